@@ -1,0 +1,244 @@
+"""The ``lambdamr`` command: run jobs and generate benchmark data, without Airflow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+
+from airflow_provider_lambdamr import __version__
+from airflow_provider_lambdamr.engine.spec import BUILTIN_JOBS, JobSpec, parse_size
+
+log = logging.getLogger("lambdamr")
+
+_NAMED_INPUT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
+
+
+def _parse_inputs(values: Sequence[str]) -> dict[str, list[str]]:
+    inputs: dict[str, list[str]] = {}
+    for value in values:
+        m = _NAMED_INPUT.match(value)
+        name, uri = (m.group(1), m.group(2)) if m else ("", value)
+        inputs.setdefault(name, []).append(uri)
+    if "" in inputs and len(inputs) > 1:
+        raise ValueError("mix of named (NAME=URI) and unnamed --input values: name them all")
+    return inputs
+
+
+def _parse_params(values: Sequence[str]) -> dict[str, str]:
+    params = {}
+    for value in values:
+        name, sep, val = value.partition("=")
+        if not sep or not name:
+            raise ValueError(f"invalid --param {value!r}: expected KEY=VALUE")
+        params[name] = val
+    return params
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _print_progress(p) -> None:
+    size = (
+        f", {_human_bytes(p.bytes_done)}/{_human_bytes(p.bytes_total)}" if p.bytes_total else ""
+    )
+    retries = f", {p.retries} retried" if p.retries else ""
+    print(f"{p.phase}: {p.done}/{p.total} tasks{size}, {p.elapsed_s:.1f}s{retries}",
+          file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lambdamr",
+        description="Run MapReduce jobs on AWS Lambda or the embedded local runtime.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a job")
+    run.add_argument(
+        "job",
+        help=f"a built-in job ({', '.join(sorted(BUILTIN_JOBS))}) or package.module:ClassName",
+    )
+    run.add_argument("--input", action="append", required=True, metavar="[NAME=]URI",
+                     help="input object, directory or s3:// prefix (repeatable)")
+    run.add_argument("--output", required=True, metavar="URI", help="where part files go")
+    run.add_argument("--job-root", metavar="URI",
+                     help="where job state and intermediates go (default: OUTPUT/_jobs)")
+    run.add_argument("--runtime", choices=("local", "aws"), default="local")
+    run.add_argument("--workers", type=int, default=None,
+                     help="local worker processes (default: CPU count)")
+    run.add_argument("--partitions", type=int, default=1, metavar="R",
+                     help="reduce partitions: output part files (default 1)")
+    run.add_argument("--fan-in", type=int, default=10, metavar="F",
+                     help="runs merged per reduce task per round (default 10)")
+    run.add_argument("--split-size", default="64MB", metavar="SIZE",
+                     help="bytes per map split, e.g. 64MB (default 64MB)")
+    run.add_argument("--memory-mb", type=int, default=1536, metavar="MB")
+    run.add_argument("--timeout-s", type=float, default=900.0, metavar="S")
+    run.add_argument("--max-attempts", type=int, default=3, metavar="N")
+    run.add_argument("--max-bad-records", type=int, default=0, metavar="N",
+                     help="unparsable records to skip (counted) before failing (default 0)")
+    run.add_argument("--max-line-bytes", default="1MB", metavar="SIZE",
+                     help="longest line accepted (default 1MB)")
+    run.add_argument("--job-id", default="", metavar="ID",
+                     help="job id; reusing one resumes that job (default: generated)")
+    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="job parameter (repeatable)")
+    run.add_argument("--no-vectorized", dest="vectorized", action="store_false",
+                     help="use the record-mode mapper even when pyarrow is available")
+    run.add_argument("--allow-empty-input", action="store_true",
+                     help="produce an empty result for empty input instead of failing")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace a result another job left in --output")
+    run.add_argument("--keep-intermediates", action="store_true",
+                     help="keep map and reduce runs after success")
+    run.add_argument("--json", action="store_true", help="print the _SUCCESS summary as JSON")
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    gen = sub.add_parser("amplab-gen", help="generate Amplab uservisits/rankings text data")
+    gen.add_argument("--output", required=True, metavar="URI",
+                     help="directory URI; tables go to OUTPUT/<table>/")
+    gen.add_argument("--table", choices=("uservisits", "rankings", "both"), default="both")
+    gen.add_argument("--rows", type=int, required=True, help="uservisits rows (or rankings rows)")
+    gen.add_argument("--rankings-rows", type=int, default=None,
+                     help="rankings rows (default: rows / 10)")
+    gen.add_argument("--files", type=int, default=1)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--gzip", action="store_true")
+    gen.add_argument("--skew", type=float, default=0.0,
+                     help="fraction of uservisits rows from a few hot source IPs")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from airflow_provider_lambdamr.engine.driver import Driver, JobFailed
+
+    spec = JobSpec(
+        job=args.job,
+        inputs=_parse_inputs(args.input),
+        output=args.output,
+        job_id=args.job_id,
+        job_root=args.job_root or "",
+        params=_parse_params(args.param),
+        partitions=args.partitions,
+        fan_in=args.fan_in,
+        split_size=parse_size(args.split_size, "--split-size"),
+        memory_mb=args.memory_mb,
+        timeout_s=args.timeout_s,
+        max_attempts=args.max_attempts,
+        max_bad_records=args.max_bad_records,
+        max_line_bytes=parse_size(args.max_line_bytes, "--max-line-bytes"),
+        vectorized=args.vectorized,
+        allow_empty_input=args.allow_empty_input,
+        keep_intermediates=args.keep_intermediates,
+        overwrite=args.overwrite,
+    )
+    runtime = _make_runtime(args, spec)
+    progress = None if args.quiet else _print_progress
+    started = time.time()
+    try:
+        with runtime:
+            summary = Driver(spec, runtime, progress=progress).run()
+    except JobFailed as err:
+        print(f"lambdamr: job {spec.job_id} failed: {err}", file=sys.stderr)
+        print(f"lambdamr: job state is in {spec.job_dir}; rerun with --job-id {spec.job_id} "
+              f"to resume", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return 0
+    c = summary["counters"]
+    print(
+        f"job {summary['job_id']} succeeded in {time.time() - started:.1f}s: "
+        f"{summary['tasks']['map']} map tasks, {summary['tasks']['reduce']} reduce tasks, "
+        f"{c['input_records']:,} input records ({_human_bytes(c['input_bytes'])}), "
+        f"{c['output_records']:,} output rows"
+        + (f", {c['bad_records']:,} bad records skipped" if c["bad_records"] else "")
+    )
+    print(f"output: {summary['output']} ({', '.join(summary['files'][:4])}"
+          f"{', ...' if len(summary['files']) > 4 else ''})")
+    return 0
+
+
+def _make_runtime(args: argparse.Namespace, spec: JobSpec):
+    if args.runtime == "aws":
+        raise ValueError(
+            "the aws runtime is not available in this release yet; use --runtime local"
+        )
+    from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    return LocalRuntime(workers=args.workers, memory_mb=spec.memory_mb, timeout_s=spec.timeout_s)
+
+
+def _cmd_amplab_gen(args: argparse.Namespace) -> int:
+    from airflow_provider_lambdamr.engine import amplab_gen
+    from lambda_src import storage as st
+
+    tables = ("rankings", "uservisits") if args.table == "both" else (args.table,)
+    out = st.normalize(args.output)
+    rankings_rows = args.rankings_rows
+    if rankings_rows is None:
+        rankings_rows = max(1, args.rows // 10) if args.table != "rankings" else args.rows
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.time()
+        if now - last[0] >= 2 or done == total:
+            last[0] = now
+            print(f"  {done:,}/{total:,} rows", file=sys.stderr, flush=True)
+
+    for table in tables:
+        rows = rankings_rows if table == "rankings" else args.rows
+        print(f"generating {table}: {rows:,} rows in {args.files} files", file=sys.stderr)
+        files = amplab_gen.generate(
+            st.join(out, table),
+            table=table,
+            rows=rows,
+            files=args.files,
+            seed=args.seed,
+            gzip=args.gzip,
+            rankings_rows=rankings_rows if table == "uservisits" else None,
+            skew=args.skew if table == "uservisits" else 0.0,
+            progress=progress,
+        )
+        total = sum(f["bytes"] for f in files)
+        print(f"{table}: {len(files)} files, {_human_bytes(total)} in {st.join(out, table)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        return _cmd_amplab_gen(args)
+    except (ValueError, OSError) as err:
+        print(f"lambdamr: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lambdamr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The Airflow-free control plane: plan, package, run and commit MapReduce jobs."""

@@ -1,0 +1,695 @@
+"""The driver: plan, map phase, reduce rounds, commit. Its state lives in storage.
+
+Every phase reads back what is already done from the status records under the job
+directory, so a driver (or an Airflow task) that is killed and started again with the same
+job id resumes where it stopped: completed tasks are not re-run. The manifest
+(``jobdata.json``) pins the plan, so a rerun works on exactly the same splits even if new
+objects appeared under an input prefix.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_provider_lambdamr import __version__
+from airflow_provider_lambdamr.engine import packaging, planner
+from airflow_provider_lambdamr.engine.runtimes.base import InvocationResult, Runtime
+from airflow_provider_lambdamr.engine.spec import JobSpec
+from lambda_src import storage as st
+from lambda_src.reader import Segment
+from lambda_src.task import EVENT_VERSION, JobConfig, load_job_class
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "jobdata.json"
+MAP_COMMIT = "map.json"
+SUCCESS = "_SUCCESS"
+#: Events above this size carry their lists through storage (Lambda's async limit is 256 KB).
+MAX_INLINE_EVENT = 200 * 1024
+POLL_S = 0.5
+NON_RETRYABLE = ("TaskInputError", "Runtime.ImportModuleError")
+
+
+class JobFailed(Exception):
+    """A job could not finish; the message names the phase, task and input."""
+
+    def __init__(self, message: str, *, phase: str, task: str | None = None,
+                 input: str | None = None, error: str | None = None) -> None:
+        super().__init__(message)
+        self.phase = phase
+        self.task = task
+        self.input = input
+        self.error = error
+
+
+@dataclass
+class Progress:
+    phase: str
+    done: int
+    total: int
+    bytes_done: int
+    bytes_total: int
+    elapsed_s: float
+    running: int = 0
+    retries: int = 0
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass
+class _Task:
+    key: str
+    function: str
+    event: dict
+    describe: str
+    input_desc: str
+    bytes: int = 0
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+    done: bool = False
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Stats:
+    durations_ms: list[float] = field(default_factory=list)
+    billed_ms: int = 0
+    peak_memory_mb: float = 0.0
+    invocations: int = 0
+    failures: int = 0
+    cold_starts: int = 0
+
+    def add(self, res: InvocationResult) -> None:
+        self.invocations += 1
+        self.billed_ms += res.billed_ms
+        self.peak_memory_mb = max(self.peak_memory_mb, res.max_memory_mb)
+        self.cold_starts += int(res.cold_start)
+        if res.ok:
+            self.durations_ms.append(res.duration_ms)
+        else:
+            self.failures += 1
+
+    def summary(self) -> dict:
+        d = sorted(self.durations_ms)
+        return {
+            "invocations": self.invocations,
+            "failed_invocations": self.failures,
+            "cold_starts": self.cold_starts,
+            "billed_ms": self.billed_ms,
+            "peak_memory_mb": round(self.peak_memory_mb, 1),
+            "task_ms": {
+                "min": round(d[0], 1) if d else 0,
+                "median": round(statistics.median(d), 1) if d else 0,
+                "max": round(d[-1], 1) if d else 0,
+            },
+        }
+
+
+class Driver:
+    """Runs one job on one runtime. ``run()`` does every phase; phases can run apart."""
+
+    def __init__(self, spec: JobSpec, runtime: Runtime, progress: ProgressFn | None = None) -> None:
+        self.spec = spec
+        self.runtime = runtime
+        self.progress = progress
+        self.job_dir = spec.job_dir
+        self.store = st.for_uri(self.job_dir)
+        self.out_store = st.for_uri(spec.output)
+        self.manifest: dict | None = None
+        self.package: packaging.CodePackage | None = None
+        self.stats = {"map": _Stats(), "reduce": _Stats()}
+        self.timings: dict[str, float] = {}
+        self._deployed = False
+        self.map_only = not load_job_class(spec.job_ref).has_reducer()
+
+    # -- public phases -----------------------------------------------------------------
+    def run(self) -> dict:
+        """Run the whole job (or finish it, if a previous run stopped part way)."""
+        started = time.time()
+        done = self.completed_summary()
+        if done is not None:
+            log.info("job %s already succeeded; output %s", self.spec.job_id, self.spec.output)
+            return done
+        self.prepare()
+        map_records = self.run_map()
+        if not self.map_only:
+            self.run_reduce(map_records)
+        summary = self.commit(map_records)
+        summary["durations_s"]["total"] = round(time.time() - started, 3)
+        return summary
+
+    def completed_summary(self) -> dict | None:
+        """The ``_SUCCESS`` manifest when this job already committed its output."""
+        uri = st.join(self.spec.output, SUCCESS)
+        try:
+            existing = json.loads(self.out_store.read_bytes(uri))
+        except st.NotFound:
+            return None
+        except ValueError as err:
+            raise JobFailed(f"{uri} is not valid JSON: {err}", phase="prepare") from None
+        if existing.get("job_id") == self.spec.job_id:
+            return existing
+        return None
+
+    def prepare(self) -> dict:
+        """Check the output, write or verify the manifest, build and deploy the code."""
+        t0 = time.time()
+        self._check_output()
+        self.manifest = self._load_or_plan()
+        self._deploy()
+        self.timings["plan"] = round(time.time() - t0, 3)
+        return self.manifest
+
+    def run_map(self) -> list[dict]:
+        """Run every map task not yet done; return all map status records, in task order."""
+        manifest = self._require_manifest()
+        self._deploy()
+        t0 = time.time()
+        tasks_spec = manifest["tasks"]
+        done = self._read_statuses("map")
+        records: dict[int, dict] = {}
+        todo: list[_Task] = []
+        count = len(tasks_spec)
+        for index, splits in enumerate(tasks_spec):
+            key = f"map/{index:05d}"
+            if key in done:
+                records[index] = done[key]
+                continue
+            todo.append(self._map_task(index, count, splits))
+        if done:
+            log.info("map: %d of %d tasks already done; running %d", len(records), count, len(todo))
+
+        def finished(task: _Task, record: dict) -> list[_Task]:
+            records[task.meta["index"]] = record
+            return []
+
+        self._execute("map", todo, finished, total=count, already=len(records),
+                      bytes_total=manifest["plan"]["bytes"],
+                      bytes_already=sum(int(r.get("stats", {}).get("input_bytes", 0)) for r in records.values()))
+        ordered = [records[i] for i in range(count)]
+        outputs = [
+            {"index": i, "outputs": r.get("outputs", []), "stats": r.get("stats", {})}
+            for i, r in enumerate(ordered)
+        ]
+        self._write_json(st.join(self.job_dir, MAP_COMMIT), {"job_id": self.spec.job_id, "tasks": outputs})
+        self.timings["map"] = round(time.time() - t0, 3)
+        return ordered
+
+    def run_reduce(self, map_records: list[dict] | None = None) -> list[dict]:
+        """Run the reduce rounds until one output per partition remains."""
+        manifest = self._require_manifest()
+        self._deploy()
+        t0 = time.time()
+        if map_records is None:
+            map_records = self._load_map_commit()
+        partitions = manifest["spec"]["partitions"]
+        fan_in = manifest["spec"]["fan_in"]
+        runs: list[list[str]] = [[] for _ in range(partitions)]
+        for rec in map_records:
+            for out in rec.get("outputs", []):
+                if out.get("records", 0) > 0:
+                    runs[int(out["partition"])].append(out["uri"])
+        done = self._read_statuses("reduce")
+        finals: dict[int, dict] = {}
+        state = {p: _PartitionRounds(p, runs[p], fan_in) for p in range(partitions)}
+        total_tasks = sum(s.expected_tasks() for s in state.values())
+
+        def tasks_for(p: int) -> list[_Task]:
+            """Next runnable tasks of partition p, skipping those already done."""
+            rounds = state[p]
+            while True:
+                new = []
+                for group, inputs in rounds.pending_groups():
+                    key = rounds.status_key(group)
+                    if key in done:
+                        rounds.complete(group, done[key])
+                        if rounds.final:
+                            finals[p] = done[key]
+                        continue
+                    new.append(self._reduce_task(p, rounds, group, inputs))
+                if new or rounds.finished:
+                    return new
+                rounds.advance()
+
+        def finished(task: _Task, record: dict) -> list[_Task]:
+            p = task.meta["partition"]
+            rounds = state[p]
+            rounds.complete(task.meta["group"], record)
+            if rounds.final and rounds.round_complete():
+                finals[p] = record
+                rounds.finished = True
+                return []
+            if rounds.round_complete():
+                rounds.advance()
+                return tasks_for(p)
+            return []
+
+        initial: list[_Task] = []
+        for p in range(partitions):
+            initial.extend(tasks_for(p))
+        already = sum(1 for k in done if k.startswith("reduce/"))
+        self._execute("reduce", initial, finished, total=max(total_tasks, already), already=already,
+                      bytes_total=0, bytes_already=0)
+        missing = [p for p in range(partitions) if p not in finals]
+        if missing:
+            raise JobFailed(f"reduce finished without a result for partitions {missing}", phase="reduce")
+        self.timings["reduce"] = round(time.time() - t0, 3)
+        return [finals[p] for p in range(partitions)]
+
+    def commit(self, map_records: list[dict] | None = None) -> dict:
+        """Write ``_SUCCESS`` (counts, bytes, durations, task statistics); clean up."""
+        manifest = self._require_manifest()
+        if map_records is None:
+            map_records = self._load_map_commit()
+        if self.map_only:
+            files = [st.basename(o["uri"]) for r in map_records for o in r.get("outputs", [])]
+            out_records = sum(o.get("records", 0) for r in map_records for o in r.get("outputs", []))
+            out_bytes = sum(o.get("bytes", 0) for r in map_records for o in r.get("outputs", []))
+        else:
+            finals = self._read_statuses("reduce")
+            final_outs = [
+                o for k, r in sorted(finals.items()) if r.get("task", {}).get("final")
+                for o in r.get("outputs", [])
+            ]
+            files = sorted(st.basename(o["uri"]) for o in final_outs)
+            out_records = sum(o.get("records", 0) for o in final_outs)
+            out_bytes = sum(o.get("bytes", 0) for o in final_outs)
+        mstats = [r.get("stats", {}) for r in map_records]
+        summary = {
+            "job_id": self.spec.job_id,
+            "job": self.spec.job_ref,
+            "inputs": self.spec.inputs,
+            "output": self.spec.output,
+            "job_dir": self.job_dir,
+            "runtime": self.runtime.name,
+            "code_version": manifest["code"]["version"],
+            "partitions": self.spec.partitions,
+            "fan_in": self.spec.fan_in,
+            "files": files,
+            "counters": {
+                "input_objects": manifest["plan"]["objects"],
+                "input_bytes": sum(int(s.get("input_bytes", 0)) for s in mstats),
+                "input_records": sum(int(s.get("input_records", 0)) for s in mstats),
+                "bad_records": sum(int(s.get("bad_records", 0)) for s in mstats),
+                "map_output_records": sum(int(s.get("output_records", 0)) for s in mstats),
+                "output_records": out_records,
+                "output_bytes": out_bytes,
+            },
+            "tasks": {
+                "map": len(map_records),
+                "reduce": len(self._read_statuses("reduce")) if not self.map_only else 0,
+                "map_modes": dict(collections.Counter(s.get("mode", "record") for s in mstats)),
+            },
+            "invocations": {phase: s.summary() for phase, s in self.stats.items()},
+            "durations_s": dict(self.timings),
+            "memory_mb": self.spec.memory_mb,
+            "lambdamr_version": __version__,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        bad_samples = [b for s in mstats for b in s.get("bad_samples", [])][:20]
+        if bad_samples:
+            summary["bad_record_samples"] = bad_samples
+        self._write_json(st.join(self.spec.output, SUCCESS), summary)
+        if not self.spec.keep_intermediates:
+            self.clean_intermediates()
+        return summary
+
+    def clean_intermediates(self) -> int:
+        """Delete map and reduce runs (status records and the manifest stay, for audit)."""
+        removed = 0
+        for sub in ("map", "reduce", "tasks"):
+            removed += self.store.delete_prefix(st.join(self.job_dir, sub))
+        return removed
+
+    # -- planning ----------------------------------------------------------------------
+    def _check_output(self) -> None:
+        success = st.join(self.spec.output, SUCCESS)
+        try:
+            existing = json.loads(self.out_store.read_bytes(success))
+        except st.NotFound:
+            existing = None
+        except ValueError:
+            existing = {"job_id": "<unreadable _SUCCESS>"}
+        if existing is not None and existing.get("job_id") != self.spec.job_id:
+            if not self.spec.overwrite:
+                raise JobFailed(
+                    f"output {self.spec.output} already holds the result of job "
+                    f"{existing.get('job_id')!r}; choose another output, or pass --overwrite "
+                    f"to replace it",
+                    phase="prepare",
+                )
+            self._clear_output()
+            return
+        if existing is None and not self.store.exists(st.join(self.job_dir, MANIFEST)):
+            parts = [
+                i.uri for i in self.out_store.list(self.spec.output)
+                if st.basename(i.uri).startswith("part-")
+            ]
+            if parts and not self.spec.overwrite:
+                raise JobFailed(
+                    f"output {self.spec.output} already holds {len(parts)} part files but no "
+                    f"{SUCCESS} (an unfinished job?); choose another output, or pass --overwrite",
+                    phase="prepare",
+                )
+            if parts:
+                self._clear_output()
+
+    def _clear_output(self) -> None:
+        stale = [
+            i.uri for i in self.out_store.list(self.spec.output)
+            if st.basename(i.uri).startswith("part-") or st.basename(i.uri) == SUCCESS
+        ]
+        log.warning("overwrite: deleting %d objects of an earlier result in %s", len(stale), self.spec.output)
+        self.out_store.delete(stale)
+
+    def _load_or_plan(self) -> dict:
+        uri = st.join(self.job_dir, MANIFEST)
+        package = self._package()
+        try:
+            manifest = json.loads(self.store.read_bytes(uri))
+        except st.NotFound:
+            manifest = None
+        if manifest is not None:
+            if manifest.get("identity") != self.spec.identity():
+                differs = sorted(
+                    k for k in set(manifest.get("identity", {})) | set(self.spec.identity())
+                    if manifest.get("identity", {}).get(k) != self.spec.identity().get(k)
+                )
+                raise JobFailed(
+                    f"job id {self.spec.job_id!r} is already used in {self.job_dir} by a job "
+                    f"that differs in {', '.join(differs)}; use another job id",
+                    phase="prepare",
+                )
+            if manifest["code"]["sha256"] != package.sha256:
+                raise JobFailed(
+                    f"the job's code changed since job {self.spec.job_id!r} started (version "
+                    f"{manifest['code']['version']} → {package.version}); finishing it with "
+                    f"other code could mix results: use another job id",
+                    phase="prepare",
+                )
+            log.info("resuming job %s from %s", self.spec.job_id, uri)
+            return manifest
+        tasks, summary = planner.plan(self.spec.inputs, self.spec.split_size, self.spec.max_files_per_task)
+        if summary["bytes"] == 0 and not self.spec.allow_empty_input:
+            raise JobFailed(
+                f"the input is empty ({summary['objects']} objects, 0 bytes): "
+                f"{', '.join(u for us in self.spec.inputs.values() for u in us)}; pass "
+                f"--allow-empty-input to produce an empty result",
+                phase="prepare",
+            )
+        manifest = {
+            "version": 1,
+            "job_id": self.spec.job_id,
+            "identity": self.spec.identity(),
+            "spec": self.spec.to_dict(),
+            "code": {"sha256": package.sha256, "version": package.version, "size": package.size},
+            "plan": summary,
+            "tasks": [[s.to_dict() for s in t.splits] for t in tasks],
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self._write_json(uri, manifest)
+        log.info(
+            "planned %d map tasks over %d objects (%d bytes, %d splits)",
+            summary["tasks"], summary["objects"], summary["bytes"], summary["splits"],
+        )
+        return manifest
+
+    def _package(self) -> packaging.CodePackage:
+        if self.package is None:
+            self.package = packaging.build(self.spec.job_ref)
+        return self.package
+
+    def _deploy(self) -> None:
+        if not self._deployed:
+            self.deployment = self.runtime.deploy(self._package())
+            self._deployed = True
+
+    def _require_manifest(self) -> dict:
+        if self.manifest is None:
+            try:
+                self.manifest = json.loads(self.store.read_bytes(st.join(self.job_dir, MANIFEST)))
+            except st.NotFound:
+                raise JobFailed(
+                    f"job {self.spec.job_id} has no manifest in {self.job_dir}: plan it first",
+                    phase="prepare",
+                ) from None
+        return self.manifest
+
+    def _load_map_commit(self) -> list[dict]:
+        uri = st.join(self.job_dir, MAP_COMMIT)
+        try:
+            data = json.loads(self.store.read_bytes(uri))
+        except st.NotFound:
+            raise JobFailed(
+                f"the map phase of job {self.spec.job_id} has not finished ({uri} is missing)",
+                phase="reduce",
+            ) from None
+        return [{"outputs": t["outputs"], "stats": t.get("stats", {})} for t in data["tasks"]]
+
+    # -- tasks -------------------------------------------------------------------------
+    def _job_config(self) -> dict:
+        return JobConfig(
+            ref=self.spec.job_ref,
+            params=self.spec.params,
+            partitions=self.spec.partitions,
+            max_bad_records=self.spec.max_bad_records,
+            vectorized=self.spec.vectorized,
+            max_line_bytes=self.spec.max_line_bytes,
+        ).to_event()
+
+    def _event(self, task: dict, **body: Any) -> dict:
+        return {
+            "version": EVENT_VERSION,
+            "job_id": self.spec.job_id,
+            "job_dir": self.job_dir,
+            "job": self._job_config(),
+            "task": task,
+            **body,
+        }
+
+    def _inline_or_stored(self, event: dict, name: str, value: list, key: str) -> dict:
+        event[name] = value
+        if len(json.dumps(event)) > MAX_INLINE_EVENT:
+            uri = st.join(self.job_dir, "tasks", f"{key}.json")
+            self._write_json(uri, value)  # type: ignore[arg-type]
+            del event[name]
+            event[f"{name}_uri"] = uri
+        return event
+
+    def _map_task(self, index: int, count: int, splits: list[dict]) -> _Task:
+        segs = [Segment.from_dict(s) for s in splits]
+        event = self._event({"phase": "map", "index": index, "count": count})
+        if self.map_only:
+            event["output"] = self.spec.output
+        event = self._inline_or_stored(event, "splits", splits, f"map-{index:05d}")
+        if len(segs) == 1:
+            input_desc = segs[0].describe()
+        else:
+            input_desc = f"{len(segs)} splits: {segs[0].describe()}, ..., {segs[-1].describe()}"
+        return _Task(
+            key=f"map/{index:05d}",
+            function="mapper",
+            event=event,
+            describe=f"map task {index} of {count}",
+            input_desc=input_desc,
+            bytes=sum(s.end - s.start for s in segs),
+            meta={"index": index},
+        )
+
+    def _reduce_task(self, p: int, rounds: _PartitionRounds, group: int, inputs: list[str]) -> _Task:
+        final = rounds.final
+        task = {"phase": "reduce", "round": rounds.round, "partition": p, "group": group, "final": final}
+        event = self._event(task)
+        if final:
+            event["output"] = self.spec.output
+        key = rounds.status_key(group)
+        event = self._inline_or_stored(
+            event, "inputs", inputs, f"reduce-r{rounds.round:03d}-p{p:05d}-g{group:05d}"
+        )
+        kind = "final reduce" if final else "reduce"
+        return _Task(
+            key=key,
+            function="reducer",
+            event=event,
+            describe=f"{kind} task (round {rounds.round}, partition {p}, group {group})",
+            input_desc=f"{len(inputs)} runs of partition {p}",
+            meta={"partition": p, "group": group},
+        )
+
+    def _execute(
+        self,
+        phase: str,
+        tasks: list[_Task],
+        on_done: Callable[[_Task, dict], list[_Task]],
+        *,
+        total: int,
+        already: int,
+        bytes_total: int,
+        bytes_already: int,
+    ) -> None:
+        """Run tasks with bounded concurrency (a sliding window), retrying failures."""
+        queue = collections.deque(tasks)
+        running: dict[str, _Task] = {}
+        stats = self.stats[phase]
+        done = already
+        bytes_done = bytes_already
+        retries = 0
+        started = time.time()
+        last_report = 0.0
+        capacity = self.runtime.capacity
+        self._report(phase, done, total, bytes_done, bytes_total, started, 0, 0, force=True)
+        while queue or running:
+            while queue and len(running) < capacity:
+                task = queue.popleft()
+                task.attempts += 1
+                task.event["task"]["attempt"] = task.attempts
+                request_id = self.runtime.invoke(task.function, task.event)
+                running[request_id] = task
+            for res in self.runtime.poll(POLL_S):
+                task = running.pop(res.request_id, None)
+                if task is None or task.done:
+                    continue
+                stats.add(res)
+                if res.ok and isinstance(res.payload, dict) and res.payload.get("state") == "succeeded":
+                    task.done = True
+                    done += 1
+                    bytes_done += task.bytes
+                    queue.extend(on_done(task, res.payload))
+                    total = max(total, done + len(queue) + len(running))
+                    continue
+                error = res.error_text() if not res.ok else "the handler returned no status record"
+                error = self._strip_prefix(error, task.describe)
+                task.errors.append(error)
+                error_type = (res.error or {}).get("errorType", "")
+                retryable = error_type not in NON_RETRYABLE
+                if task.attempts >= self.spec.max_attempts or not retryable:
+                    raise self._failed(phase, task, error, retryable, res)
+                retries += 1
+                log.warning(
+                    "%s attempt %d failed (%s); retrying", task.describe, task.attempts, error
+                )
+                queue.append(task)
+            now = time.time()
+            if now - last_report >= 2.0:
+                last_report = now
+                self._report(phase, done, total, bytes_done, bytes_total, started, len(running), retries)
+        self._report(phase, done, total, bytes_done, bytes_total, started, 0, retries, force=True)
+
+    @staticmethod
+    def _strip_prefix(error: str, describe: str) -> str:
+        for prefix in ("TaskInputError: ", "TaskError: "):
+            if error.startswith(prefix):
+                error = error[len(prefix):]
+        if error.startswith(describe + " failed: "):
+            error = error[len(describe) + len(" failed: "):]
+        return error
+
+    def _failed(self, phase: str, task: _Task, error: str, retryable: bool, res: InvocationResult) -> JobFailed:
+        if retryable:
+            what = f"failed after {task.attempts} attempt{'s' if task.attempts > 1 else ''}"
+        else:
+            what = "failed (not retried: the input itself is at fault)"
+        hint = ""
+        if (res.error or {}).get("errorType") == "Runtime.OutOfMemory":
+            hint = "; raise --memory-mb, or --partitions so each reducer holds less"
+        elif (res.error or {}).get("errorType") == "Sandbox.Timedout":
+            hint = "; raise --timeout-s, or lower --split-size"
+        message = f"{task.describe} {what}: {error}{hint} (input: {task.input_desc})"
+        return JobFailed(message, phase=phase, task=task.describe, input=task.input_desc, error=error)
+
+    def _report(self, phase: str, done: int, total: int, bytes_done: int, bytes_total: int,
+                started: float, running: int, retries: int, force: bool = False) -> None:
+        if self.progress is None:
+            return
+        self.progress(Progress(phase, done, total, bytes_done, bytes_total,
+                               round(time.time() - started, 1), running, retries))
+
+    # -- storage helpers ---------------------------------------------------------------
+    def _write_json(self, uri: str, data: dict | list) -> None:
+        st.for_uri(uri).write_bytes(uri, json.dumps(data, sort_keys=True, indent=1).encode("utf-8"))
+
+    def _read_statuses(self, phase: str) -> dict[str, dict]:
+        """Committed status records of a phase, by status key (``map/00007``)."""
+        prefix = st.join(self.job_dir, "status", phase)
+        base = st.join(self.job_dir, "status") + "/"
+        uris = [
+            i.uri for i in self.store.list(prefix)
+            if i.uri.endswith(".json") and ".failed-" not in st.basename(i.uri)
+        ]
+        if not uris:
+            return {}
+
+        def read(uri: str) -> tuple[str, dict]:
+            return uri[len(base): -len(".json")], json.loads(self.store.read_bytes(uri))
+
+        if len(uris) < 8:
+            return dict(map(read, uris))
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            return dict(pool.map(read, uris))
+
+
+class _PartitionRounds:
+    """The reduce rounds of one partition: groups of at most F runs until one remains."""
+
+    def __init__(self, partition: int, inputs: list[str], fan_in: int) -> None:
+        self.partition = partition
+        self.fan_in = fan_in
+        self.round = 1
+        self.inputs = list(inputs)
+        self.outputs: dict[int, str] = {}
+        self.finished = False
+
+    @property
+    def final(self) -> bool:
+        return len(self.inputs) <= self.fan_in
+
+    def groups(self) -> list[list[str]]:
+        if self.final:
+            return [self.inputs]
+        return [self.inputs[i: i + self.fan_in] for i in range(0, len(self.inputs), self.fan_in)]
+
+    def pending_groups(self) -> list[tuple[int, list[str]]]:
+        """Groups of this round that need a task (a lone run passes through untouched)."""
+        out = []
+        for g, inputs in enumerate(self.groups()):
+            if g in self.outputs:
+                continue
+            if len(inputs) == 1 and not self.final:
+                self.outputs[g] = inputs[0]
+                continue
+            out.append((g, inputs))
+        return out
+
+    def status_key(self, group: int) -> str:
+        return f"reduce/r{self.round:03d}/p{self.partition:05d}-g{group:05d}"
+
+    def complete(self, group: int, record: dict) -> None:
+        outs = record.get("outputs") or [{}]
+        self.outputs[group] = outs[0].get("uri", "")
+        if self.final:
+            self.finished = True
+
+    def round_complete(self) -> bool:
+        return len(self.outputs) == len(self.groups())
+
+    def advance(self) -> None:
+        self.inputs = [self.outputs[g] for g in range(len(self.groups()))]
+        self.outputs = {}
+        self.round += 1
+
+    def expected_tasks(self) -> int:
+        n, total = len(self.inputs), 0
+        while n > self.fan_in:
+            groups = -(-n // self.fan_in)
+            total += groups - (1 if n % self.fan_in == 1 else 0)
+            n = groups
+        return total + 1

@@ -1,0 +1,344 @@
+"""The local runtime: a pool of persistent worker processes that behave like Lambda.
+
+Each worker is a fresh interpreter that imports the handlers from the job's extracted zip
+(its init phase, timed as Lambda's cold start) and then serves invocations one at a time,
+warm. The pool enforces the function timeout and memory limit by killing the worker, and
+reports those failures with Lambda's wording; a worker that dies for any reason is replaced.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+from airflow_provider_lambdamr.engine import packaging
+from airflow_provider_lambdamr.engine.packaging import CodePackage
+from airflow_provider_lambdamr.engine.runtimes.base import HANDLERS, InvocationResult, Runtime
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP = str(Path(__file__).with_name("_bootstrap.py"))
+MEMORY_POLL_S = 0.05
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+@dataclass
+class _Pending:
+    request_id: str
+    function: str
+    event: dict
+
+
+@dataclass
+class _Worker:
+    proc: subprocess.Popen
+    conn: Connection
+    ready: bool = False
+    init_ms: float = 0.0
+    current: _Pending | None = None
+    started: float = 0.0
+    deadline: float = 0.0
+    peak_mb: float = 0.0
+    invocations: int = 0
+    killed_for: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB (0 where /proc is not available)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE / (1024 * 1024)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class LocalRuntime(Runtime):
+    """Runs invocations in ``workers`` warm processes on this machine."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        memory_mb: int = 1536,
+        timeout_s: float = 900.0,
+        function_prefix: str = "lambdamr",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.memory_mb = memory_mb
+        self.timeout_s = timeout_s
+        self.function_prefix = function_prefix
+        self.env = env or {}
+        self.package: CodePackage | None = None
+        self.code_dir: Path | None = None
+        self._pool: list[_Worker] = []
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._results: list[InvocationResult] = []
+        self.cold_starts = 0
+        self.workers_replaced = 0
+        self._deaths_before_ready = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.workers
+
+    def function_name(self, function: str) -> str:
+        version = self.package.version if self.package else "unversioned"
+        return f"{self.function_prefix}-{function}-{version}"
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def deploy(self, package: CodePackage) -> dict:
+        if self.package is not None and self.package.sha256 != package.sha256:
+            self.close()
+        self.package = package
+        self.code_dir = packaging.extracted(package)
+        while len(self._pool) < self.workers:
+            self._pool.append(self._spawn())
+        return {
+            "runtime": self.name,
+            "version": package.version,
+            "sha256": package.sha256,
+            "functions": {kind: self.function_name(kind) for kind in HANDLERS},
+            "code_dir": str(self.code_dir),
+        }
+
+    def _spawn(self) -> _Worker:
+        assert self.code_dir is not None
+        parent, child = socket.socketpair()
+        env = {
+            **os.environ,
+            **self.env,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_EXECUTION_ENV": "lambdamr-local",
+            "LAMBDA_TASK_ROOT": str(self.code_dir),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-I", BOOTSTRAP, str(child.fileno()), str(self.code_dir),
+             *HANDLERS.values()],
+            pass_fds=(child.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else None,
+            env=env,
+            start_new_session=True,
+        )
+        child.close()
+        conn = Connection(parent.detach())
+        return _Worker(proc=proc, conn=conn)
+
+    def close(self) -> None:
+        for worker in self._pool:
+            self._stop(worker)
+        self._pool = []
+        for pending in self._queue:
+            self._results.append(
+                InvocationResult(pending.request_id, False, error={
+                    "errorType": "Runtime.Cancelled",
+                    "errorMessage": "the local runtime was closed before this invocation ran",
+                })
+            )
+        self._queue.clear()
+
+    def _stop(self, worker: _Worker) -> None:
+        with contextlib.suppress(OSError):
+            worker.conn.close()
+        if worker.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                os.killpg(worker.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.proc.wait(timeout=5)
+
+    # -- invocations -------------------------------------------------------------------
+    def invoke(self, function: str, event: dict) -> str:
+        if function not in HANDLERS:
+            raise ValueError(f"unknown function {function!r}: expected one of {sorted(HANDLERS)}")
+        if self.package is None:
+            raise RuntimeError("deploy() a code package before invoking")
+        request_id = str(uuid.uuid4())
+        self._queue.append(_Pending(request_id, function, event))
+        self._dispatch()
+        return request_id
+
+    def cancel(self, request_id: str) -> None:
+        self._queue = collections.deque(p for p in self._queue if p.request_id != request_id)
+        for worker in self._pool:
+            if worker.current is not None and worker.current.request_id == request_id:
+                worker.killed_for = "cancelled"
+                self._replace(worker)
+
+    def _dispatch(self) -> None:
+        for worker in self._pool:
+            if not self._queue:
+                return
+            if worker.ready and worker.current is None:
+                pending = self._queue.popleft()
+                now = time.time()
+                worker.current = pending
+                worker.started = now
+                worker.deadline = now + self.timeout_s
+                worker.peak_mb = 0.0
+                worker.killed_for = None
+                request = {
+                    "request_id": pending.request_id,
+                    "handler": HANDLERS[pending.function],
+                    "function_name": self.function_name(pending.function),
+                    "memory_mb": self.memory_mb,
+                    "deadline_ms": worker.deadline * 1000,
+                    "event": pending.event,
+                }
+                try:
+                    worker.conn.send_bytes(json.dumps(request).encode())
+                except OSError:
+                    self._on_exit(worker)
+
+    def poll(self, timeout: float) -> list[InvocationResult]:
+        end = time.monotonic() + max(0.0, timeout)
+        while True:
+            self._dispatch()
+            if self._results:
+                out, self._results = self._results, []
+                return out
+            remaining = end - time.monotonic()
+            if remaining <= 0 or not self._pool:
+                return []
+            busy = [w for w in self._pool if w.current is not None]
+            wait_s = min(remaining, MEMORY_POLL_S) if busy else remaining
+            if busy:
+                nearest = min(w.deadline for w in busy) - time.time()
+                wait_s = max(0.0, min(wait_s, nearest))
+            by_conn = {w.conn: w for w in self._pool}
+            for conn in wait(list(by_conn), timeout=wait_s):
+                self._receive(by_conn[conn])
+            self._enforce_limits()
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            message = json.loads(worker.conn.recv_bytes())
+        except (EOFError, OSError):
+            self._on_exit(worker)
+            return
+        if message.get("type") == "ready":
+            worker.ready = True
+            worker.init_ms = float(message.get("init_ms", 0.0))
+            return
+        pending = worker.current
+        if pending is None or message.get("request_id") != pending.request_id:
+            return  # a late reply to an invocation already given up on
+        worker.current = None
+        worker.invocations += 1
+        cold = bool(message.get("cold_start"))
+        if cold:
+            self.cold_starts += 1
+        duration = float(message.get("duration_ms", 0.0))
+        self._results.append(
+            InvocationResult(
+                request_id=pending.request_id,
+                ok=bool(message.get("ok")),
+                payload=message.get("payload"),
+                error=message.get("error"),
+                duration_ms=duration,
+                billed_ms=max(1, math.ceil(duration)),
+                init_ms=float(message.get("init_ms", 0.0)),
+                cold_start=cold,
+                max_memory_mb=max(float(message.get("max_memory_mb", 0.0)), worker.peak_mb),
+            )
+        )
+
+    def _enforce_limits(self) -> None:
+        now = time.time()
+        for worker in list(self._pool):
+            if worker.current is None:
+                continue
+            if now >= worker.deadline:
+                worker.killed_for = "timeout"
+                self._replace(worker)
+                continue
+            used = rss_mb(worker.proc.pid)
+            worker.peak_mb = max(worker.peak_mb, used)
+            if used > self.memory_mb:
+                worker.killed_for = "memory"
+                self._replace(worker)
+
+    def _on_exit(self, worker: _Worker) -> None:
+        """A worker's connection closed: it exited or was killed."""
+        if not worker.ready:
+            self._deaths_before_ready += 1
+            if self._deaths_before_ready > 3 * self.workers:
+                code = worker.proc.poll()
+                raise RuntimeError(
+                    f"local runtime workers exit before they are ready (last exit status "
+                    f"{code}); run {sys.executable} -I {BOOTSTRAP} by hand to see why"
+                )
+        if worker in self._pool:
+            self._replace(worker)
+
+    def _replace(self, worker: _Worker) -> None:
+        self._stop(worker)
+        pending = worker.current
+        worker.current = None
+        if pending is not None and worker.killed_for != "cancelled":
+            self._results.append(self._failure(worker, pending))
+        if worker in self._pool:
+            index = self._pool.index(worker)
+            self._pool[index] = self._spawn()
+            self.workers_replaced += 1
+
+    def _failure(self, worker: _Worker, pending: _Pending) -> InvocationResult:
+        rid = pending.request_id
+        elapsed_ms = (time.time() - worker.started) * 1000
+        if worker.killed_for == "timeout":
+            error = {
+                "errorType": "Sandbox.Timedout",
+                "errorMessage": f"RequestId: {rid} Error: Task timed out after {self.timeout_s:.2f} seconds",
+            }
+        elif worker.killed_for == "memory":
+            error = {
+                "errorType": "Runtime.OutOfMemory",
+                "errorMessage": (
+                    f"RequestId: {rid} Error: Runtime exited with error: signal: killed "
+                    f"(Max Memory Used: {worker.peak_mb:.0f} MB of {self.memory_mb} MB)"
+                ),
+            }
+        else:
+            code = worker.proc.returncode
+            how = f"signal: {signal.Signals(-code).name.lower().removeprefix('sig')}" if (
+                code is not None and code < 0
+            ) else f"exit status {code}"
+            error = {
+                "errorType": "Runtime.ExitError",
+                "errorMessage": f"RequestId: {rid} Error: Runtime exited with error: {how}",
+            }
+        return InvocationResult(
+            request_id=rid,
+            ok=False,
+            error=error,
+            duration_ms=elapsed_ms,
+            billed_ms=max(1, math.ceil(elapsed_ms)),
+            max_memory_mb=worker.peak_mb,
+        )
+
+
+def _has_fileno(stream) -> bool:
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True

@@ -1,0 +1,113 @@
+"""The job API: a MapReduce job is a small class with generator methods.
+
+.. code-block:: python
+
+    from lambda_src.job import MapReduceJob
+
+    class WordCount(MapReduceJob):
+        def mapper(self, key, line):
+            for word in line.split():
+                yield word.lower(), 1
+
+        def combiner(self, key, values):
+            yield key, sum(values)
+
+        def reducer(self, key, values):
+            yield key, sum(values)
+
+``mapper(key, line)`` gets one decoded line without its line ending; ``key`` is ``None``
+for a job with one input, or the input's name for a job given named inputs
+(``--input visits=s3://...``). ``combiner`` is optional: it must emit the key it is given
+and values of the kind the mapper emits, because it may run any number of times (in the
+mapper and in every intermediate reduce round). ``reducer`` runs once per key, on every
+value of that key, in the final round. Keys and values must be JSON values (str, int,
+float, bool, None, lists, dicts); tuples come back as lists.
+
+A job may also define a vectorized mapper, ``map_table(table)``, over a ``pyarrow.Table``
+of delimited text columns (``table_columns``); it is used when pyarrow is importable and
+must give the same result as ``mapper``/``combiner``, which stay the reference path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
+
+Pair = tuple[Any, Any]
+
+
+class BadRecord(ValueError):
+    """Raised by a mapper for an input record it cannot parse.
+
+    The task fails with the file, byte offset and a sample of the line, unless the job
+    allows some bad records (``--max-bad-records``), in which case the record is skipped
+    and counted.
+    """
+
+
+class MapReduceJob:
+    """Base class for a MapReduce job; see the module docstring."""
+
+    #: Column names of delimited text input; enables ``map_table`` when pyarrow is present.
+    table_columns: tuple[str, ...] | None = None
+    #: Field delimiter of that text.
+    table_delimiter: str = ","
+    #: Columns ``map_table`` needs (default: all), so the reader can skip the others.
+    table_include: tuple[str, ...] | None = None
+    #: pyarrow type names (``"float64"``, ``"string"``, ``"int64"``) by column name.
+    table_types: Mapping[str, str] = MappingProxyType({})
+
+    def __init__(self, params: Mapping[str, str] | None = None) -> None:
+        self.params: dict[str, str] = dict(params or {})
+
+    # -- record mode -------------------------------------------------------------------
+    def mapper_init(self) -> None:
+        """Called once per map task before the first line."""
+
+    def mapper(self, key: str | None, line: str) -> Iterable[Pair]:
+        raise NotImplementedError(f"{type(self).__name__} must define mapper(key, line)")
+
+    def mapper_final(self) -> Iterable[Pair]:
+        """Called once per map task after the last line; may yield more pairs."""
+        return ()
+
+    def combiner(self, key: Any, values: Iterator[Any]) -> Iterable[Pair]:
+        raise NotImplementedError  # optional; see has_combiner()
+
+    def reducer(self, key: Any, values: Iterator[Any]) -> Iterable[Pair]:
+        raise NotImplementedError(f"{type(self).__name__} must define reducer(key, values)")
+
+    # -- vectorized mode ---------------------------------------------------------------
+    def map_table(self, table: Any) -> Iterable[Pair]:
+        """Map a ``pyarrow.Table`` of input rows to (key, value) pairs."""
+        raise NotImplementedError
+
+    # -- introspection -----------------------------------------------------------------
+    @classmethod
+    def _defines(cls, name: str) -> bool:
+        return getattr(cls, name) is not getattr(MapReduceJob, name)
+
+    @classmethod
+    def has_combiner(cls) -> bool:
+        return cls._defines("combiner")
+
+    @classmethod
+    def has_reducer(cls) -> bool:
+        """A job without a reducer is map-only: its mapper's pairs are the result."""
+        return cls._defines("reducer")
+
+    @classmethod
+    def has_table_mapper(cls) -> bool:
+        return cls._defines("map_table") and bool(cls.table_columns)
+
+    # -- helpers -----------------------------------------------------------------------
+    def param(self, name: str, default: str | None = None) -> str:
+        """A job parameter, or ``default``; a clear error when required and missing."""
+        if name in self.params:
+            return self.params[name]
+        if default is None:
+            raise ValueError(
+                f"job {type(self).__name__} needs parameter {name!r} (pass --param {name}=...)"
+            )
+        return default

@@ -1,0 +1,1 @@
+"""Built-in jobs, shipped in every zip."""

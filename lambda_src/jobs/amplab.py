@@ -1,0 +1,82 @@
+"""Amplab big-data-benchmark queries over the ``uservisits`` and ``rankings`` text tables.
+
+The tables are comma-separated text without a header (see ``amplab-gen``):
+
+- uservisits: sourceIP, destURL, visitDate, adRevenue, userAgent, countryCode,
+  languageCode, searchWord, duration
+- rankings: pageURL, pageRank, avgDuration
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from lambda_src.job import BadRecord, MapReduceJob
+
+USERVISITS_COLUMNS = (
+    "sourceIP",
+    "destURL",
+    "visitDate",
+    "adRevenue",
+    "userAgent",
+    "countryCode",
+    "languageCode",
+    "searchWord",
+    "duration",
+)
+RANKINGS_COLUMNS = ("pageURL", "pageRank", "avgDuration")
+
+
+def split_row(line: str, columns: tuple[str, ...]) -> list[str]:
+    cols = line.split(",")
+    if len(cols) != len(columns):
+        raise BadRecord(f"expected {len(columns)} comma-separated columns, found {len(cols)}")
+    return cols
+
+
+def parse_float(text: str, column: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise BadRecord(f"column {column} is not a number: {text!r}") from None
+
+
+class RevenueByIpPrefix(MapReduceJob):
+    """``SELECT SUBSTR(sourceIP, 1, N), SUM(adRevenue) FROM uservisits GROUP BY 1``."""
+
+    prefix_length = 8
+
+    table_columns = USERVISITS_COLUMNS
+    table_include = ("sourceIP", "adRevenue")
+    table_types = {"sourceIP": "string", "adRevenue": "float64"}  # noqa: RUF012 - read-only
+
+    def mapper(self, key: str | None, line: str) -> Iterator[tuple[str, float]]:
+        if not line:
+            return
+        cols = split_row(line, USERVISITS_COLUMNS)
+        yield cols[0][: self.prefix_length], parse_float(cols[3], "adRevenue")
+
+    def combiner(self, key: str, values: Iterator[float]) -> Iterator[tuple[str, float]]:
+        yield key, sum(values)
+
+    def reducer(self, key: str, values: Iterator[float]) -> Iterator[tuple[str, float]]:
+        yield key, sum(values)
+
+    def map_table(self, table: Any) -> Iterable[tuple[str, float]]:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        keys = pc.utf8_slice_codeunits(table.column("sourceIP"), 0, self.prefix_length)
+        grouped = (
+            pa.table({"k": keys, "v": table.column("adRevenue")})
+            .group_by("k", use_threads=False)
+            .aggregate([("v", "sum")])
+        )
+        return zip(grouped.column("k").to_pylist(), grouped.column("v_sum").to_pylist(), strict=True)
+
+
+class Query2a(RevenueByIpPrefix):
+    """Amplab 2a: ``SUBSTR(sourceIP, 1, 8)``."""
+
+    prefix_length = 8

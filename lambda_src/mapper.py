@@ -1,0 +1,307 @@
+"""The map task's Lambda entry point: ``lambda_src.mapper.lambda_handler``.
+
+Reads its splits, runs the job's mapper (vectorized over pyarrow tables when the job has a
+table mapper and pyarrow is importable, else line by line) and combiner, hash-partitions the
+output into sorted runs, writes them, then commits its status record.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lambda_src import output, reader, shuffle, task
+from lambda_src import storage as st
+from lambda_src.job import MapReduceJob
+
+log = logging.getLogger("lambdamr")
+
+#: Exceptions that mean "this record cannot be parsed" rather than "the job has a bug".
+RECORD_ERRORS = (ValueError, IndexError, KeyError, UnicodeError)
+BAD_SAMPLES = 5
+
+
+def lambda_handler(event: dict, context: Any) -> dict:
+    return task.run(event, context, "map", _status_key, _describe, _run)
+
+
+def _status_key(ev: task.TaskEvent) -> str:
+    return f"map/{_index(ev):05d}"
+
+
+def _index(ev: task.TaskEvent) -> int:
+    index = ev.task.get("index")
+    if not isinstance(index, int) or index < 0:
+        raise task.EventError(f"map task index must be a non-negative integer, got {index!r}")
+    return index
+
+
+def _describe(ev: task.TaskEvent) -> str:
+    count = ev.task.get("count")
+    return f"map task {_index(ev)}" + (f" of {count}" if count else "")
+
+
+class BadRecords:
+    """Counts records that cannot be parsed; fails the task past the allowed number."""
+
+    def __init__(self, allowed: int, where: str) -> None:
+        self.allowed = allowed
+        self.where = where
+        self.count = 0
+        self.samples: list[dict] = []
+
+    def add(self, uri: str, offset: int, raw: bytes | str, reason: str) -> None:
+        self.count += 1
+        line = reader.sample(raw)
+        if self.count > self.allowed:
+            allowed = (
+                "no bad records are allowed"
+                if self.allowed == 0
+                else f"more than the {self.allowed} allowed by max_bad_records"
+            )
+            raise reader.InputError(
+                f"bad record in {uri} at byte {offset}: {reason} (line: {line!r}); "
+                f"{allowed} (raise --max-bad-records to skip such records)",
+                uri=uri,
+                offset=offset,
+            )
+        if len(self.samples) < BAD_SAMPLES:
+            self.samples.append({"uri": uri, "offset": offset, "reason": reason, "line": line})
+        log.warning("%s: skipped bad record in %s at byte %d: %s", self.where, uri, offset, reason)
+
+
+def _run(ev: task.TaskEvent, token: str) -> dict:
+    index = _index(ev)
+    splits = [reader.Segment.from_dict(s) for s in ev.load_list("splits")]
+    cfg = ev.job
+    job = task.load_job_class(cfg.ref)(cfg.params)
+    where = _describe(ev)
+    if not job.has_reducer():
+        return _run_map_only(ev, job, splits, index, where)
+
+    buffer = None
+    mode = "record"
+    stats: dict[str, Any] = {}
+    if cfg.vectorized and job.has_table_mapper() and _arrow_available():
+        buffer = _new_buffer(job, cfg)
+        try:
+            stats = _map_tables(job, splits, buffer, cfg)
+            mode = "vectorized"
+        except _ArrowFallback as why:
+            log.info("%s: vectorized read stopped (%s); re-reading in record mode", where, why)
+            buffer.close()
+            buffer = None
+    if buffer is None:
+        buffer = _new_buffer(job, cfg)
+        bad = BadRecords(cfg.max_bad_records, where)
+        stats = _map_records(job, splits, buffer, cfg, bad)
+        stats["bad_records"] = bad.count
+        if bad.samples:
+            stats["bad_samples"] = bad.samples
+
+    outputs = []
+    records_out = 0
+    try:
+        for p, data in enumerate(buffer.finish()):
+            if data is None:
+                continue
+            uri = st.join(ev.job_dir, "map", f"{index:05d}", token, f"part-{p:05d}")
+            records, size = output.write_lines(uri, data)
+            records_out += records
+            outputs.append({"partition": p, "uri": uri, "records": records, "bytes": size})
+    finally:
+        buffer.close()
+    stats.update(
+        mode=mode,
+        output_records=records_out,
+        output_bytes=sum(o["bytes"] for o in outputs),
+        spills=buffer.spills,
+        mapper_records=buffer.records_in,
+    )
+    return {"outputs": outputs, "stats": stats}
+
+
+def _new_buffer(job: MapReduceJob, cfg: task.JobConfig) -> shuffle.MapOutputBuffer:
+    return shuffle.MapOutputBuffer(
+        cfg.partitions,
+        job.combiner if job.has_combiner() else None,
+        spill_dir=shuffle.spill_dir(),
+    )
+
+
+def _map_records(
+    job: MapReduceJob,
+    splits: list[reader.Segment],
+    buffer: shuffle.MapOutputBuffer,
+    cfg: task.JobConfig,
+    bad: BadRecords,
+) -> dict:
+    mapper = job.mapper
+    add = buffer.add
+    records = 0
+    input_bytes = 0
+    job.mapper_init()
+    for seg in splits:
+        key = seg.input
+
+        def on_bad_bytes(offset: int, raw: bytes, err: UnicodeDecodeError, seg=seg) -> None:
+            bad.add(seg.uri, offset, raw, f"invalid UTF-8 ({err.reason} at byte {offset + err.start})")
+
+        store = st.for_uri(seg.uri)
+        for block in reader.iter_blocks(store, seg, on_bad_bytes, cfg.max_line_bytes):
+            lines = block.lines
+            records += len(lines)
+            input_bytes += len(block.raw)
+            i = 0
+            n = len(lines)
+            while i < n:
+                try:
+                    for i in range(i, n):  # noqa: B020 - resumes after a skipped record
+                        add(list(mapper(key, lines[i])))
+                    i = n
+                except RECORD_ERRORS as err:
+                    bad.add(seg.uri, block.offset(i), lines[i], f"{type(err).__name__}: {err}")
+                    i += 1
+                except Exception as err:
+                    raise task.TaskError(
+                        f"the mapper raised {type(err).__name__}: {err} on the line at byte "
+                        f"{block.offset(i)} of {seg.uri} (line: {reader.sample(lines[i])!r})"
+                    ) from err
+    add(list(job.mapper_final()))
+    return {"input_records": records, "input_bytes": input_bytes}
+
+
+class _ArrowFallback(Exception):
+    """The vectorized reader could not parse the input; the record path reports why."""
+
+
+def _arrow_available() -> bool:
+    try:
+        import pyarrow.csv  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _arrow_stream(seg: reader.Segment, start: int, end: int):
+    import pyarrow as pa
+
+    if st.is_s3(seg.uri):
+        store = st.for_uri(seg.uri)
+        if seg.compression:
+            return pa.CompressedInputStream(pa.PythonFile(store.open_read(seg.uri), "r"), "gzip")
+        return pa.PythonFile(_S3Range(store, seg.uri, start, end), "r")
+    path = st.local_path(seg.uri)
+    source = pa.memory_map(path)
+    if seg.compression:
+        return pa.CompressedInputStream(source, "gzip")
+    return source.get_stream(start, end - start)
+
+
+class _S3Range:
+    """A minimal read-only file over a byte range of an S3 object."""
+
+    def __init__(self, store: st.Storage, uri: str, start: int, end: int) -> None:
+        self._chunks = store.iter_range(uri, start, end, chunk_size=4 * 1024 * 1024)
+        self._buf = b""
+        self.closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buf) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buf += chunk
+        if size < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:size], self._buf[size:]
+        return out
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _map_tables(
+    job: MapReduceJob,
+    splits: list[reader.Segment],
+    buffer: shuffle.MapOutputBuffer,
+    cfg: task.JobConfig,
+) -> dict:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    columns = list(job.table_columns or ())
+    include = list(job.table_include or columns)
+    read_options = pacsv.ReadOptions(
+        column_names=columns, block_size=16 * 1024 * 1024, use_threads=False
+    )
+    parse_options = pacsv.ParseOptions(
+        delimiter=job.table_delimiter,
+        quote_char=False,
+        double_quote=False,
+        escape_char=False,
+        newlines_in_values=False,
+        ignore_empty_lines=True,
+    )
+    convert_options = pacsv.ConvertOptions(
+        include_columns=include,
+        column_types={name: pa.type_for_alias(t) for name, t in job.table_types.items()},
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+    )
+    records = 0
+    input_bytes = 0
+    job.mapper_init()
+    for seg in splits:
+        start, end = reader.aligned_range(st.for_uri(seg.uri), seg, cfg.max_line_bytes)
+        if end <= start:
+            continue
+        input_bytes += end - start
+        try:
+            stream = _arrow_stream(seg, start, end)
+            with pacsv.open_csv(
+                stream,
+                read_options=read_options,
+                parse_options=parse_options,
+                convert_options=convert_options,
+            ) as batches:
+                for batch in batches:
+                    records += batch.num_rows
+                    buffer.add(job.map_table(pa.Table.from_batches([batch])))
+        except pa.ArrowException as err:
+            raise _ArrowFallback(f"{seg.describe()}: {err}") from None
+        except StopIteration:  # an empty stream
+            pass
+    buffer.add(list(job.mapper_final()))
+    return {"input_records": records, "input_bytes": input_bytes, "bad_records": 0}
+
+
+def _run_map_only(
+    ev: task.TaskEvent,
+    job: MapReduceJob,
+    splits: list[reader.Segment],
+    index: int,
+    where: str,
+) -> dict:
+    """A job without a reducer: the mapper's pairs, in input order, are the result."""
+    out_uri = ev.body.get("output")
+    if not isinstance(out_uri, str) or not out_uri:
+        raise task.EventError("a map-only task needs the event field 'output'")
+    bad = BadRecords(ev.job.max_bad_records, where)
+    uri = st.join(out_uri, f"part-m-{index:05d}")
+    with output.CsvWriter(uri) as writer:
+        stats = _map_records(job, splits, writer, ev.job, bad)  # type: ignore[arg-type]
+    stats.update(
+        mode="record",
+        bad_records=bad.count,
+        output_records=writer.records,
+        output_bytes=writer.bytes,
+    )
+    if bad.samples:
+        stats["bad_samples"] = bad.samples
+    outputs = [{"partition": None, "uri": uri, "records": writer.records, "bytes": writer.bytes}]
+    return {"outputs": outputs, "stats": stats}

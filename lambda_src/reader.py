@@ -1,0 +1,261 @@
+"""Read the lines of one input split exactly once, whatever the split edges.
+
+A split is a byte range ``[start, end)`` of an object. The split owns every line whose
+first byte lies in that range: the reader skips a partial first line (unless the byte before
+``start`` is a newline) and reads past ``end`` only to finish its last line. Adjacent splits
+therefore cover each line exactly once, including files without a trailing newline and empty
+files. Compressed (``.gz``) objects are never cut: one split holds the whole object.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from lambda_src import storage as st
+
+SCAN_STEP = 64 * 1024
+DEFAULT_MAX_LINE_BYTES = 1024 * 1024
+SAMPLE_CHARS = 120
+
+
+class InputError(Exception):
+    """Input that cannot be read as lines; the message names the object and byte offset."""
+
+    def __init__(self, message: str, *, uri: str, offset: int | None = None):
+        super().__init__(message)
+        self.uri = uri
+        self.offset = offset
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One byte range of one input object (the whole object when compressed)."""
+
+    uri: str
+    start: int
+    end: int
+    size: int
+    compression: str | None = None
+    input: str | None = None
+
+    def to_dict(self) -> dict:
+        out = {"uri": self.uri, "start": self.start, "end": self.end, "size": self.size}
+        if self.compression:
+            out["compression"] = self.compression
+        if self.input:
+            out["input"] = self.input
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Segment:
+        try:
+            seg = cls(
+                uri=str(data["uri"]),
+                start=int(data["start"]),
+                end=int(data["end"]),
+                size=int(data["size"]),
+                compression=data.get("compression") or None,
+                input=data.get("input") or None,
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"malformed split description: {err}") from None
+        if not 0 <= seg.start <= seg.end <= seg.size:
+            raise ValueError(f"split range {seg.start}-{seg.end} is outside 0-{seg.size}")
+        if seg.compression not in (None, "gzip"):
+            raise ValueError(f"unsupported compression {seg.compression!r} for {seg.uri}")
+        return seg
+
+    def describe(self) -> str:
+        if self.compression:
+            return f"{self.uri} (whole, {self.compression})"
+        return f"{self.uri} bytes {self.start}-{self.end}"
+
+
+def sample(raw: bytes | str) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return text[:SAMPLE_CHARS] + ("..." if len(text) > SAMPLE_CHARS else "")
+
+
+def next_line_start(
+    store: st.Storage, uri: str, pos: int, size: int, max_line_bytes: int
+) -> int:
+    """The offset of the first line that starts at or after ``pos``."""
+    if pos <= 0:
+        return 0
+    if pos >= size:
+        return size
+    scanned = 0
+    cursor = pos - 1  # include the byte before pos: a newline there means pos starts a line
+    while cursor < size:
+        step = min(SCAN_STEP, size - cursor)
+        chunk = store.read_bytes(uri, cursor, cursor + step)
+        if not chunk:
+            return size
+        idx = chunk.find(b"\n")
+        if idx >= 0:
+            return cursor + idx + 1
+        cursor += len(chunk)
+        scanned += len(chunk)
+        if scanned > max_line_bytes:
+            raise InputError(
+                f"{uri}: the line around byte {pos} is longer than the split overlap of "
+                f"{max_line_bytes} bytes (raise --max-line-bytes, or check that the input "
+                f"is line-oriented text)",
+                uri=uri,
+                offset=pos,
+            )
+    return size
+
+
+def aligned_range(store: st.Storage, seg: Segment, max_line_bytes: int) -> tuple[int, int]:
+    """The byte range ``[s, e)`` of the whole lines the segment owns."""
+    if seg.compression:
+        return 0, seg.size
+    start = next_line_start(store, seg.uri, seg.start, seg.size, max_line_bytes)
+    end = (
+        seg.size
+        if seg.end >= seg.size
+        else next_line_start(store, seg.uri, seg.end, seg.size, max_line_bytes)
+    )
+    return start, max(start, end)
+
+
+def _gunzip(chunks: Iterator[bytes], uri: str) -> Iterator[bytes]:
+    """Stream-decompress gzip, including concatenated members."""
+    decomp = zlib.decompressobj(wbits=31)
+    consumed = 0
+    in_member = False
+    for chunk in chunks:
+        data = chunk
+        while data:
+            in_member = True
+            try:
+                out = decomp.decompress(data)
+            except zlib.error as err:
+                raise InputError(
+                    f"{uri}: corrupt gzip data near compressed byte {consumed}: {err}",
+                    uri=uri,
+                    offset=consumed,
+                ) from None
+            if out:
+                yield out
+            if decomp.eof:
+                rest = decomp.unused_data
+                consumed += len(data) - len(rest)
+                data = rest
+                decomp = zlib.decompressobj(wbits=31)
+                in_member = False
+            else:
+                consumed += len(data)
+                data = b""
+    if in_member:
+        raise InputError(
+            f"{uri}: corrupt gzip data: the stream ends before its end marker "
+            f"(truncated after {consumed} compressed bytes)",
+            uri=uri,
+            offset=consumed,
+        )
+
+
+def raw_chunks(store: st.Storage, seg: Segment, start: int, end: int) -> Iterator[bytes]:
+    if seg.compression == "gzip":
+        return _gunzip(store.iter_range(seg.uri, 0, None), seg.uri)
+    return store.iter_range(seg.uri, start, end)
+
+
+BadBytes = Callable[[int, bytes, UnicodeDecodeError], None]
+
+
+@dataclass
+class Block:
+    """Consecutive lines: ``lines[i]`` is the i-th ``\n``-separated piece of ``raw``."""
+
+    base: int
+    raw: bytes
+    lines: list[str]
+
+    def offset(self, index: int) -> int:
+        """The byte offset of ``lines[index]``; computed only when an error needs it."""
+        pos = 0
+        for _ in range(index):
+            pos = self.raw.index(b"\n", pos) + 1
+        return self.base + pos
+
+
+def _strip_cr(lines: list[str]) -> list[str]:
+    return [line.removesuffix("\r") for line in lines]
+
+
+def _blocks(data: bytes, base: int, on_bad_bytes: BadBytes) -> Iterator[Block]:
+    """Decode whole lines; lines with invalid UTF-8 go to ``on_bad_bytes`` and are left out."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        lines = text.split("\n")
+        if data.endswith(b"\n"):
+            lines.pop()
+        if "\r" in text:
+            lines = _strip_cr(lines)
+        if lines:
+            yield Block(base, data, lines)
+        return
+    # Slow path, only for a block holding invalid UTF-8: cut it around the bad lines.
+    run_start = 0
+    good: list[str] = []
+    pos = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        stop = len(data) if nl < 0 else nl
+        piece = data[pos:stop]
+        try:
+            good.append(piece.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            if good:
+                yield Block(base + run_start, data[run_start:pos], _strip_cr(good))
+                good = []
+            on_bad_bytes(base + pos, piece, err)
+            run_start = stop + 1
+        pos = stop + 1
+    if good:
+        yield Block(base + run_start, data[run_start:], _strip_cr(good))
+
+
+def iter_blocks(
+    store: st.Storage,
+    seg: Segment,
+    on_bad_bytes: BadBytes,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[Block]:
+    """Yield the segment's lines in blocks, line endings (``\n`` or ``\r\n``) removed.
+
+    Offsets are into the object (into the decompressed stream for gzip).
+    ``on_bad_bytes(offset, raw_line, error)`` is called for a line that is not valid UTF-8;
+    it raises to fail the task, or returns to skip the line.
+    """
+    start, end = aligned_range(store, seg, max_line_bytes)
+    if start >= end and not seg.compression:
+        return
+    base = start
+    carry = b""
+    for chunk in raw_chunks(store, seg, start, end):
+        data = carry + chunk if carry else chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            carry = data
+        else:
+            carry = data[cut + 1 :]
+            yield from _blocks(data[: cut + 1], base, on_bad_bytes)
+            base += cut + 1
+        if len(carry) > max_line_bytes:
+            raise InputError(
+                f"{seg.uri}: the line at byte {base} is longer than {max_line_bytes} bytes "
+                f"(raise --max-line-bytes, or check that the input is line-oriented text)",
+                uri=seg.uri,
+                offset=base,
+            )
+    if carry:
+        yield from _blocks(carry, base, on_bad_bytes)

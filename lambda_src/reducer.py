@@ -1,0 +1,110 @@
+"""The reduce task's Lambda entry point: ``lambda_src.reducer.lambda_handler``.
+
+One reduce task merges up to F sorted runs of one partition. In an intermediate round it
+writes one merged run (combined, when the job has a combiner); in the final round it runs the
+job's reducer once per key and writes the partition's ``part-NNNNN`` CSV file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lambda_src import output, shuffle, task
+from lambda_src import storage as st
+
+READ_CHUNK = 1024 * 1024
+
+
+def lambda_handler(event: dict, context: Any) -> dict:
+    return task.run(event, context, "reduce", _status_key, _describe, _run)
+
+
+def _coords(ev: task.TaskEvent) -> tuple[int, int, int, bool]:
+    t = ev.task
+    try:
+        rnd, part, group = int(t["round"]), int(t["partition"]), int(t["group"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise task.EventError(f"reduce task needs integer round/partition/group: {err}") from None
+    if rnd < 1 or part < 0 or group < 0:
+        raise task.EventError(f"reduce task coordinates out of range: {t!r}")
+    return rnd, part, group, bool(t.get("final"))
+
+
+def _status_key(ev: task.TaskEvent) -> str:
+    rnd, part, group, _ = _coords(ev)
+    return f"reduce/r{rnd:03d}/p{part:05d}-g{group:05d}"
+
+
+def _describe(ev: task.TaskEvent) -> str:
+    rnd, part, group, final = _coords(ev)
+    kind = "final reduce" if final else "reduce"
+    return f"{kind} task (round {rnd}, partition {part}, group {group})"
+
+
+def _open_runs(inputs: list[str]) -> list:
+    return [
+        shuffle.iter_lines(st.for_uri(uri).iter_range(uri, chunk_size=READ_CHUNK))
+        for uri in inputs
+    ]
+
+
+def _run(ev: task.TaskEvent, token: str) -> dict:
+    rnd, part, group, final = _coords(ev)
+    inputs = ev.load_list("inputs")
+    for uri in inputs:
+        if not isinstance(uri, str):
+            raise task.EventError(f"reduce inputs must be URIs, got {uri!r}")
+    job = task.load_job_class(ev.job.ref)(ev.job.params)
+    merged = shuffle.merge(_open_runs(inputs))
+    input_bytes = sum(st.for_uri(uri).size(uri) for uri in inputs)
+
+    counter = _Counter(merged)
+    if final:
+        out_uri = ev.body.get("output")
+        if not isinstance(out_uri, str) or not out_uri:
+            raise task.EventError("a final reduce task needs the event field 'output'")
+        uri = st.join(out_uri, f"part-{part:05d}")
+        reducer = job.reducer
+        with output.CsvWriter(uri) as writer:
+            for key_bytes, lines in shuffle.groups(counter):
+                key = shuffle.decode(key_bytes)
+                values = (shuffle.value_of(line) for line in lines)
+                writer.add(reducer(key, values))
+                counter.keys += 1
+        records, size = writer.records, writer.bytes
+    else:
+        uri = st.join(ev.job_dir, "reduce", f"r{rnd:03d}", f"p{part:05d}-g{group:05d}", token, "run")
+        lines = counter
+        if job.has_combiner():
+            lines = shuffle.combine_stream(
+                counter, job.combiner, f"reduce round {rnd}, partition {part}"
+            )
+        records, size = output.write_lines(uri, lines)
+    return {
+        "outputs": [{"partition": part, "uri": uri, "records": records, "bytes": size}],
+        "stats": {
+            "inputs": len(inputs),
+            "input_records": counter.records,
+            "input_bytes": input_bytes,
+            "keys": counter.keys,
+            "output_records": records,
+            "output_bytes": size,
+        },
+    }
+
+
+class _Counter:
+    """Counts the lines that flow through it."""
+
+    def __init__(self, lines) -> None:
+        self._lines = iter(lines)
+        self.records = 0
+        self.keys = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        line = next(self._lines)
+        self.records += 1
+        return line

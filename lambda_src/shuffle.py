@@ -1,0 +1,276 @@
+"""The shuffle: partitioning, the intermediate encoding, sorted runs and their merge.
+
+Intermediate data is UTF-8 text, one record a line: the key's compact JSON, a tab, the
+value's compact JSON. JSON never contains a raw tab or newline (they are escaped), and a tab
+sorts before every byte JSON can produce, so sorting whole lines orders records by key
+bytes, and the records of one key are adjacent. Runs can therefore be merged and grouped
+as plain byte lines, without decoding anything but the keys and values a function needs.
+Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+_encode = _encoder.encode
+_decode = json.loads
+
+TAB = b"\t"
+
+
+class EncodeError(TypeError):
+    """A key or value that is not a JSON value."""
+
+
+def encode(obj: Any, what: str = "value") -> bytes:
+    try:
+        return _encode(obj).encode("utf-8")
+    except (TypeError, ValueError) as err:
+        raise EncodeError(
+            f"a {what} of type {type(obj).__name__} cannot be encoded: keys and values must "
+            f"be JSON values (str, int, float, bool, None, list, dict): {err}"
+        ) from None
+
+
+def decode(data: bytes) -> Any:
+    return _decode(data)
+
+
+def partition_of(key_bytes: bytes, partitions: int) -> int:
+    """The partition of an encoded key: stable across processes, machines and runs."""
+    if partitions == 1:
+        return 0
+    return zlib.crc32(key_bytes) % partitions
+
+
+def key_of(line: bytes) -> bytes:
+    return line[: line.index(TAB)]
+
+
+def value_of(line: bytes) -> Any:
+    return _decode(line[line.index(TAB) + 1 :])
+
+
+def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines (with their ``\\n``) from a stream of byte chunks."""
+    carry = b""
+    for chunk in chunks:
+        if carry:
+            chunk = carry + chunk
+        lines = chunk.split(b"\n")
+        carry = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+    if carry:
+        yield carry + b"\n"
+
+
+def merge(runs: list[Iterable[bytes]]) -> Iterator[bytes]:
+    """K-way merge of sorted runs of lines, streamed."""
+    if len(runs) == 1:
+        return iter(runs[0])
+    return heapq.merge(*runs)
+
+
+def groups(lines: Iterable[bytes]) -> Iterator[tuple[bytes, Iterator[bytes]]]:
+    """(encoded key, its lines) for each key of a sorted stream, lazily."""
+    yield from itertools.groupby(lines, key_of)
+
+
+Reduce = Callable[[Any, Iterator[Any]], Iterable[tuple[Any, Any]]]
+
+
+def combine_stream(
+    lines: Iterable[bytes], combiner: Reduce, where: str
+) -> Iterator[bytes]:
+    """Apply a combiner to every key group of a sorted stream; output stays sorted."""
+    for key_bytes, grp in groups(lines):
+        key = _decode(key_bytes)
+        values = (value_of(line) for line in grp)
+        for out_key, out_value in combiner(key, values):
+            out_key_bytes = encode(out_key, "key")
+            if out_key_bytes != key_bytes:
+                raise ValueError(
+                    f"the combiner changed key {key_bytes.decode()} into "
+                    f"{out_key_bytes.decode()} ({where}); a combiner must emit the key it is "
+                    f"given, because it may run in any round"
+                )
+            yield key_bytes + TAB + encode(out_value) + b"\n"
+
+
+class MapOutputBuffer:
+    """Collects a mapper's pairs, combines them, and spills sorted runs when large.
+
+    Pairs are grouped by key in memory (combined when a combiner exists) until
+    ``flush_values`` values are held; then they become sorted, encoded runs, one per
+    partition. Runs stay in memory until they pass ``spill_bytes``, then go to temporary
+    files, so a mapper's memory stays bounded whatever its output size.
+    """
+
+    def __init__(
+        self,
+        partitions: int,
+        combiner: Reduce | None,
+        flush_values: int = 1_000_000,
+        spill_bytes: int = 256 * 1024 * 1024,
+        spill_dir: str | None = None,
+    ) -> None:
+        self.partitions = partitions
+        self.combiner = combiner
+        self.flush_values = flush_values
+        self.spill_bytes = spill_bytes
+        self.spill_dir = spill_dir
+        self.groups: dict[Any, list[Any]] = {}
+        self.held = 0
+        self.records_in = 0
+        # runs[p] is a list of runs: bytes in memory or an open temporary file
+        self.runs: list[list[bytes | IO[bytes]]] = [[] for _ in range(partitions)]
+        self.memory_bytes = 0
+        self.spills = 0
+
+    def add(self, pairs: Iterable[tuple[Any, Any]]) -> None:
+        groups = self.groups
+        count = 0
+        for key, value in pairs:
+            try:
+                lst = groups.get(key)
+            except TypeError:  # an unhashable key (a list): group by its encoding
+                key = _Encoded(encode(key, "key"))
+                lst = groups.get(key)
+            if lst is None:
+                groups[key] = [value]
+            else:
+                lst.append(value)
+            count += 1
+        self.records_in += count
+        self.held += count
+        if self.held >= self.flush_values:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Combine in place; when still too many values are held, write runs."""
+        if self.combiner is not None:
+            self._combine_groups()
+        if self.held >= self.flush_values // 2:
+            self._write_runs()
+
+    def _combine_groups(self) -> None:
+        combined: dict[Any, list[Any]] = {}
+        held = 0
+        for key, values in self.groups.items():
+            if len(values) == 1:
+                combined[key] = values
+                held += 1
+                continue
+            real_key = key.value if isinstance(key, _Encoded) else key
+            out = []
+            for out_key, out_value in self.combiner(real_key, iter(values)):
+                if out_key != real_key and encode(out_key, "key") != encode(real_key, "key"):
+                    raise ValueError(
+                        f"the combiner changed key {real_key!r} into {out_key!r}; a combiner "
+                        f"must emit the key it is given"
+                    )
+                out.append(out_value)
+            combined[key] = out
+            held += len(out)
+        self.groups = combined
+        self.held = held
+
+    def _write_runs(self) -> None:
+        parts: list[list[bytes]] = [[] for _ in range(self.partitions)]
+        for key, values in self.groups.items():
+            kb = key.encoded if isinstance(key, _Encoded) else encode(key, "key")
+            prefix = kb + TAB
+            target = parts[partition_of(kb, self.partitions)]
+            for value in values:
+                target.append(prefix + encode(value) + b"\n")
+        self.groups = {}
+        self.held = 0
+        for p, lines in enumerate(parts):
+            if not lines:
+                continue
+            lines.sort()
+            blob = b"".join(lines)
+            self.runs[p].append(blob)
+            self.memory_bytes += len(blob)
+        if self.memory_bytes > self.spill_bytes:
+            self._spill()
+
+    def _spill(self) -> None:
+        for runs in self.runs:
+            for i, run in enumerate(runs):
+                if isinstance(run, bytes):
+                    fh = tempfile.TemporaryFile(  # noqa: SIM115 - closed by close()
+                        prefix="lambdamr-spill-", dir=self.spill_dir
+                    )
+                    fh.write(run)
+                    runs[i] = fh
+        self.memory_bytes = 0
+        self.spills += 1
+
+    def finish(self) -> list[bytes | Iterator[bytes] | None]:
+        """For each partition: its sorted (and combined) lines, or None when empty.
+
+        A partition that fits one in-memory run comes back as that run's bytes.
+        """
+        if self.groups:
+            if self.combiner is not None:
+                self._combine_groups()
+            self._write_runs()
+        out: list[Iterator[bytes] | None] = []
+        for p, runs in enumerate(self.runs):
+            if not runs:
+                out.append(None)
+                continue
+            if len(runs) == 1 and isinstance(runs[0], bytes):
+                out.append(runs[0])
+                continue
+            streams = [_run_lines(run) for run in runs]
+            merged = merge(streams)
+            if self.combiner is not None and len(runs) > 1:
+                merged = combine_stream(merged, self.combiner, f"map output partition {p}")
+            out.append(merged)
+        return out
+
+    def close(self) -> None:
+        for runs in self.runs:
+            for run in runs:
+                if not isinstance(run, bytes):
+                    run.close()
+        self.runs = [[] for _ in range(self.partitions)]
+
+
+class _Encoded:
+    """A key that is not hashable, held by its JSON encoding."""
+
+    __slots__ = ("encoded", "value")
+
+    def __init__(self, encoded: bytes) -> None:
+        self.encoded = encoded
+        self.value = _decode(encoded)
+
+    def __hash__(self) -> int:
+        return hash(self.encoded)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Encoded) and other.encoded == self.encoded
+
+
+def _run_lines(run: bytes | IO[bytes]) -> Iterator[bytes]:
+    if isinstance(run, bytes):
+        return iter(run.splitlines(keepends=True))
+    run.seek(0)
+    return iter_lines(iter(lambda: run.read(1024 * 1024), b""))
+
+
+def spill_dir() -> str | None:
+    """Lambda's writable scratch space is /tmp; locally, the system default."""
+    return os.environ.get("LAMBDAMR_SPILL_DIR") or None

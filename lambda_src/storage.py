@@ -1,0 +1,416 @@
+"""Object storage for handlers and the driver: ``file://`` (and plain paths) and ``s3://``.
+
+Only the standard library and boto3 are used, so this module runs unchanged inside an AWS
+Lambda function. Every write is atomic: a reader sees the whole object or none of it (a
+rename on a local file system, a single PUT or completed multipart upload on S3), so a
+retried or duplicated task can never leave a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+from urllib.parse import unquote, urlsplit
+
+READ_CHUNK = 8 * 1024 * 1024
+
+
+class StorageError(Exception):
+    """A storage operation failed; the message names the URI."""
+
+
+class NotFound(StorageError):
+    """The object does not exist."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    uri: str
+    size: int
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def normalize(uri: str) -> str:
+    """Return a canonical URI: ``s3://bucket/key`` or ``file:///absolute/path``."""
+    if not uri:
+        raise ValueError("empty storage URI")
+    if is_s3(uri):
+        split_s3(uri)  # validates the bucket
+        return uri
+    if uri.startswith("file://"):
+        parts = urlsplit(uri)
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"file URI must not name a host: {uri!r}")
+        path = unquote(parts.path)
+    elif "://" in uri:
+        raise ValueError(f"unsupported storage scheme in {uri!r} (use s3:// or file://)")
+    else:
+        path = uri
+    return "file://" + os.path.abspath(os.path.expanduser(path))
+
+
+def local_path(uri: str) -> str:
+    """The file system path of a ``file://`` URI (or plain path)."""
+    uri = normalize(uri)
+    if is_s3(uri):
+        raise ValueError(f"not a local URI: {uri!r}")
+    return uri[len("file://") :]
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    rest = uri[len("s3://") :]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"S3 URI has no bucket: {uri!r}")
+    return bucket, key
+
+
+def join(base: str, *parts: str) -> str:
+    """Join relative key parts onto a base URI, refusing parts that would escape it.
+
+    A part may contain ``/`` separators, but no empty, ``.`` or ``..`` segment, no leading
+    ``/`` and no backslash, so a job id or task key read from a payload can never point
+    outside the root it is joined to.
+    """
+    out = base.rstrip("/")
+    for part in parts:
+        if not isinstance(part, str) or not part:
+            raise ValueError(f"empty path component joined to {base!r}")
+        if part.startswith("/") or "\\" in part or "\x00" in part:
+            raise ValueError(f"path component {part!r} would escape {base!r}")
+        for segment in part.split("/"):
+            if segment in ("", ".", ".."):
+                raise ValueError(f"path component {part!r} would escape {base!r}")
+        out = f"{out}/{part}"
+    return out
+
+
+def basename(uri: str) -> str:
+    return posixpath.basename(uri.rstrip("/"))
+
+
+class Storage:
+    """The operations the engine needs from an object store."""
+
+    def size(self, uri: str) -> int:
+        raise NotImplementedError
+
+    def exists(self, uri: str) -> bool:
+        try:
+            self.size(uri)
+        except NotFound:
+            return False
+        return True
+
+    def read_bytes(self, uri: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes ``[start, end)`` of an object (``end=None``: to the end)."""
+        raise NotImplementedError
+
+    def iter_range(
+        self, uri: str, start: int = 0, end: int | None = None, chunk_size: int = READ_CHUNK
+    ) -> Iterator[bytes]:
+        """Stream bytes ``[start, end)`` in chunks of at most ``chunk_size``."""
+        raise NotImplementedError
+
+    def open_read(self, uri: str) -> IO[bytes]:
+        """A streaming binary reader over the whole object."""
+        raise NotImplementedError
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def open_write(self, uri: str) -> Iterator[IO[bytes]]:
+        """A binary writer whose object appears atomically when the block exits cleanly."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def list(self, uri: str) -> Iterator[ObjectInfo]:
+        """Every object at ``uri`` or below it (as a directory), in key order, all pages."""
+        raise NotImplementedError
+
+    def delete(self, uris: list[str]) -> None:
+        raise NotImplementedError
+
+    def delete_prefix(self, uri: str) -> int:
+        """Delete every object below ``uri`` (as a directory); return how many."""
+        found = [info.uri for info in self.list(uri)]
+        self.delete(found)
+        return len(found)
+
+
+class LocalStorage(Storage):
+    def size(self, uri: str) -> int:
+        path = local_path(uri)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise NotFound(f"no such object: {uri}") from None
+        if not os.path.isfile(path):
+            raise NotFound(f"not a file: {uri}")
+        return st.st_size
+
+    def read_bytes(self, uri: str, start: int = 0, end: int | None = None) -> bytes:
+        path = local_path(uri)
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(start)
+                return fh.read() if end is None else fh.read(max(0, end - start))
+        except FileNotFoundError:
+            raise NotFound(f"no such object: {uri}") from None
+        except IsADirectoryError:
+            raise NotFound(f"not a file: {uri}") from None
+
+    def iter_range(
+        self, uri: str, start: int = 0, end: int | None = None, chunk_size: int = READ_CHUNK
+    ) -> Iterator[bytes]:
+        path = local_path(uri)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed in the finally below
+        except FileNotFoundError:
+            raise NotFound(f"no such object: {uri}") from None
+        try:
+            fh.seek(start)
+            remaining = None if end is None else end - start
+            while remaining is None or remaining > 0:
+                want = chunk_size if remaining is None else min(chunk_size, remaining)
+                chunk = fh.read(want)
+                if not chunk:
+                    return
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+        finally:
+            fh.close()
+
+    def open_read(self, uri: str) -> IO[bytes]:
+        try:
+            return open(local_path(uri), "rb")
+        except FileNotFoundError:
+            raise NotFound(f"no such object: {uri}") from None
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        with self.open_write(uri) as fh:
+            fh.write(data)
+
+    @contextlib.contextmanager
+    def open_write(self, uri: str) -> Iterator[IO[bytes]]:
+        path = local_path(uri)
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                yield fh
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def list(self, uri: str) -> Iterator[ObjectInfo]:
+        root = local_path(uri).rstrip("/") or "/"
+        if os.path.isfile(root):
+            yield ObjectInfo("file://" + root, os.path.getsize(root))
+            return
+        if not os.path.isdir(root):
+            return
+        found: list[tuple[str, int]] = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in filenames:
+                if name.startswith(".tmp-"):
+                    continue  # an atomic write in flight
+                full = os.path.join(dirpath, name)
+                with contextlib.suppress(FileNotFoundError):
+                    found.append((full, os.path.getsize(full)))
+        for full, size in sorted(found):
+            yield ObjectInfo("file://" + full, size)
+
+    def delete(self, uris: list[str]) -> None:
+        for uri in uris:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(local_path(uri))
+
+    def delete_prefix(self, uri: str) -> int:
+        count = super().delete_prefix(uri)
+        root = local_path(uri)
+        # Remove the directories left empty, deepest first.
+        for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
+        return count
+
+
+class S3Storage(Storage):
+    """S3 through boto3; honours ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` like the CLI."""
+
+    def __init__(self, client=None, max_pool_connections: int = 32):
+        self._client = client
+        self._max_pool_connections = max_pool_connections
+        self._lock = threading.Lock()
+
+    @property
+    def client(self):
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    import boto3
+                    from botocore.config import Config
+
+                    self._client = boto3.session.Session().client(
+                        "s3",
+                        config=Config(
+                            max_pool_connections=self._max_pool_connections,
+                            retries={"mode": "standard", "max_attempts": 8},
+                        ),
+                    )
+        return self._client
+
+    @staticmethod
+    def _not_found(err) -> bool:
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        return code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+
+    def size(self, uri: str) -> int:
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        try:
+            return int(self.client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+        except ClientError as err:
+            if self._not_found(err):
+                raise NotFound(f"no such object: {uri}") from None
+            raise StorageError(f"cannot stat {uri}: {err}") from err
+
+    def _get(self, uri: str, start: int, end: int | None):
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        kwargs = {"Bucket": bucket, "Key": key}
+        if start or end is not None:
+            kwargs["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
+        try:
+            return self.client.get_object(**kwargs)["Body"]
+        except ClientError as err:
+            if self._not_found(err):
+                raise NotFound(f"no such object: {uri}") from None
+            if err.response.get("Error", {}).get("Code") == "InvalidRange":
+                return None
+            raise StorageError(f"cannot read {uri}: {err}") from err
+
+    def read_bytes(self, uri: str, start: int = 0, end: int | None = None) -> bytes:
+        if end is not None and end <= start:
+            return b""
+        body = self._get(uri, start, end)
+        if body is None:
+            return b""
+        with contextlib.closing(body):
+            return body.read()
+
+    def iter_range(
+        self, uri: str, start: int = 0, end: int | None = None, chunk_size: int = READ_CHUNK
+    ) -> Iterator[bytes]:
+        if end is not None and end <= start:
+            return
+        body = self._get(uri, start, end)
+        if body is None:
+            return
+        with contextlib.closing(body):
+            yield from body.iter_chunks(chunk_size)
+
+    def open_read(self, uri: str) -> IO[bytes]:
+        body = self._get(uri, 0, None)
+        if body is None:
+            import io
+
+            return io.BytesIO(b"")
+        return body
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        bucket, key = split_s3(uri)
+        self.client.put_object(Bucket=bucket, Key=key, Body=data)
+
+    @contextlib.contextmanager
+    def open_write(self, uri: str) -> Iterator[IO[bytes]]:
+        bucket, key = split_s3(uri)
+        # Spool to a temporary file, then one upload: a PUT or a multipart upload that
+        # only becomes visible when complete, so readers never see a partial object.
+        with tempfile.TemporaryFile(prefix="lambdamr-") as fh:
+            yield fh
+            fh.seek(0)
+            self.client.upload_fileobj(fh, bucket, key)
+
+    def list(self, uri: str) -> Iterator[ObjectInfo]:
+        bucket, key = split_s3(uri)
+        if key and not key.endswith("/"):
+            # The object itself, when it exists, then everything below it as a directory;
+            # never other keys that merely share the prefix ("in" must not match "in2/").
+            itself = None
+            with contextlib.suppress(NotFound):
+                itself = ObjectInfo(uri, self.size(uri))
+            if itself is not None:
+                yield itself
+            key += "/"
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=key):
+            for item in page.get("Contents", ()):
+                yield ObjectInfo(f"s3://{bucket}/{item['Key']}", int(item["Size"]))
+
+    def delete(self, uris: list[str]) -> None:
+        by_bucket: dict[str, list[str]] = {}
+        for uri in uris:
+            bucket, key = split_s3(uri)
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, keys in by_bucket.items():
+            for i in range(0, len(keys), 1000):
+                batch = [{"Key": k} for k in keys[i : i + 1000]]
+                resp = self.client.delete_objects(
+                    Bucket=bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+                errors = resp.get("Errors") or []
+                if errors:
+                    first = errors[0]
+                    raise StorageError(
+                        f"could not delete s3://{bucket}/{first.get('Key')}: "
+                        f"{first.get('Code')} {first.get('Message')} "
+                        f"({len(errors)} keys failed)"
+                    )
+
+
+_local = LocalStorage()
+_s3: S3Storage | None = None
+_s3_lock = threading.Lock()
+
+
+def for_uri(uri: str) -> Storage:
+    """The storage backend that serves ``uri`` (shared per process; thread-safe)."""
+    global _s3
+    if is_s3(uri):
+        if _s3 is None:
+            with _s3_lock:
+                if _s3 is None:
+                    _s3 = S3Storage()
+        return _s3
+    return _local
+
+
+def set_s3_client(client) -> None:
+    """Use a preconfigured boto3 S3 client (e.g. one built by an Airflow connection)."""
+    global _s3
+    with _s3_lock:
+        _s3 = S3Storage(client=client)
+
+
+def unique_token() -> str:
+    return uuid.uuid4().hex[:12]
