@@ -94,13 +94,13 @@ def next_line_start(
         if not chunk:
             return size
         idx = chunk.find(b"\n")
-        if idx >= 0:
+        if idx >= 0 and scanned + idx <= max_line_bytes:
             return cursor + idx + 1
         cursor += len(chunk)
         scanned += len(chunk)
-        if scanned > max_line_bytes:
+        if idx >= 0 or scanned > max_line_bytes:
             raise InputError(
-                f"{uri}: the line around byte {pos} is longer than the split overlap of "
+                f"{uri}: the line crossing byte {pos} is longer than the split overlap of "
                 f"{max_line_bytes} bytes (raise --max-line-bytes, or check that the input "
                 f"is line-oriented text)",
                 uri=uri,

@@ -134,7 +134,6 @@ class Driver:
     # -- public phases -----------------------------------------------------------------
     def run(self) -> dict:
         """Run the whole job (or finish it, if a previous run stopped part way)."""
-        started = time.time()
         done = self.completed_summary()
         if done is not None:
             log.info("job %s already succeeded; output %s", self.spec.job_id, self.spec.output)
@@ -143,9 +142,7 @@ class Driver:
         map_records = self.run_map()
         if not self.map_only:
             self.run_reduce(map_records)
-        summary = self.commit(map_records)
-        summary["durations_s"]["total"] = round(time.time() - started, 3)
-        return summary
+        return self.commit(map_records)
 
     def completed_summary(self) -> dict | None:
         """The ``_SUCCESS`` manifest when this job already committed its output."""
@@ -310,7 +307,10 @@ class Driver:
                 "map_modes": dict(collections.Counter(s.get("mode", "record") for s in mstats)),
             },
             "invocations": {phase: s.summary() for phase, s in self.stats.items()},
-            "durations_s": dict(self.timings),
+            "durations_s": {
+                **self.timings,
+                "total": round(time.time() - manifest.get("created_epoch", time.time()), 3),
+            },
             "memory_mb": self.spec.memory_mb,
             "lambdamr_version": __version__,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -415,6 +415,7 @@ class Driver:
             "plan": summary,
             "tasks": [[s.to_dict() for s in t.splits] for t in tasks],
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created_epoch": time.time(),
         }
         self._write_json(uri, manifest)
         log.info(

@@ -1,0 +1,77 @@
+"""Shared fixtures: an isolated code cache, moto's S3/Lambda/IAM server on 127.0.0.1, helpers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lambda_src import storage as st
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Zips and extracted code go to a per-session directory, never ~/.cache."""
+    old = os.environ.get("LAMBDAMR_CACHE_DIR")
+    os.environ["LAMBDAMR_CACHE_DIR"] = str(tmp_path_factory.mktemp("lambdamr-cache"))
+    yield
+    if old is None:
+        os.environ.pop("LAMBDAMR_CACHE_DIR", None)
+    else:
+        os.environ["LAMBDAMR_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def fixture_jobs_path() -> Iterator[str]:
+    """Put tests/fixtures (the ``userjobs`` package, outside the project) on the path."""
+    path = str(FIXTURES)
+    sys.path.insert(0, path)
+    yield path
+    sys.path.remove(path)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """moto's server (S3, Lambda, IAM control planes) on 127.0.0.1; yields its endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Point boto3 (here and in worker processes) at moto's server with fake credentials."""
+    for name, value in {
+        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setattr(st, "_s3", None)  # a fresh client that sees this endpoint
+    yield moto_server
+    monkeypatch.setattr(st, "_s3", None)
+
+
+@pytest.fixture
+def s3_bucket(aws_env: str, request: pytest.FixtureRequest) -> str:
+    """A fresh, uniquely named bucket on moto's server."""
+    import uuid
+
+    import boto3
+
+    name = f"lmr-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=aws_env).create_bucket(Bucket=name)
+    return name

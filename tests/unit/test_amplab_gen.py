@@ -1,0 +1,235 @@
+"""The Amplab generator: row formats, sizes, determinism, joinable URLs, files, gzip, skew."""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import re
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_lambdamr.engine import amplab_gen
+from lambda_src import storage as st
+
+IP = re.compile(r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}")
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+REVENUE = re.compile(r"\d{1,3}\.\d{6}")
+COUNTRY = re.compile(r"[A-Z]{3}")
+LANGUAGE = re.compile(r"[A-Z]{3}-[A-Z]{2}")
+WORD = re.compile(r"[a-z]+( [a-z]+)*")
+INT = re.compile(r"[1-9]\d*")
+
+
+def read_files(files: list[dict]) -> bytes:
+    """The concatenated bytes of the files ``generate`` returned, decompressing gzip."""
+    out = b""
+    for info in files:
+        path = st.local_path(info["uri"])
+        if path.endswith(".gz"):
+            with gzip.open(path) as fh:
+                out += fh.read()
+        else:
+            out += Path(path).read_bytes()
+    return out
+
+
+def rows_of(files: list[dict]) -> list[list[str]]:
+    text = read_files(files).decode("ascii")
+    assert text == "" or text.endswith("\n")
+    return [line.split(",") for line in text.splitlines()]
+
+
+def test_uservisits_schema(tmp_path: Path) -> None:
+    rows = rows_of(amplab_gen.generate(str(tmp_path), table="uservisits", rows=3000, seed=1))
+    assert len(rows) == 3000
+    for cols in rows:
+        assert len(cols) == 9, cols
+        ip, _url, date, revenue, agent, country, language, word, duration = cols
+        assert IP.fullmatch(ip), ip
+        assert DATE.fullmatch(date), date
+        assert datetime.date(1970, 1, 1) <= datetime.date.fromisoformat(date) <= datetime.date(2000, 12, 31)
+        assert REVENUE.fullmatch(revenue), revenue
+        assert 0.0 <= float(revenue) < 1000.0
+        assert agent and not set(agent) & set(",\"'\n\r")
+        assert COUNTRY.fullmatch(country), country
+        assert LANGUAGE.fullmatch(language), language
+        assert WORD.fullmatch(word), word
+        assert INT.fullmatch(duration) and 1 <= int(duration) <= 10000, duration
+
+
+def test_rankings_schema_and_page_rank_distribution(tmp_path: Path) -> None:
+    rows = rows_of(amplab_gen.generate(str(tmp_path), table="rankings", rows=20_000, seed=1))
+    assert len(rows) == 20_000
+    ranks = []
+    for cols in rows:
+        assert len(cols) == 3, cols
+        url, rank, duration = cols
+        assert url and " " not in url
+        assert INT.fullmatch(rank) and INT.fullmatch(duration), cols
+        assert 1 <= int(duration) <= 100
+        ranks.append(int(rank))
+    assert len({cols[0] for cols in rows}) == len(rows), "pageURLs must be unique"
+
+    def above(threshold: int) -> float:
+        return sum(r > threshold for r in ranks) / len(ranks)
+
+    assert 0.01 <= above(1000) <= 0.05
+    assert 0.10 <= above(100) <= 0.30
+    assert 0.50 <= above(10) <= 0.90
+
+
+@pytest.mark.parametrize(("table", "expected"), [("uservisits", 164), ("rankings", 71)])
+def test_average_row_size(tmp_path: Path, table: str, expected: int) -> None:
+    files = amplab_gen.generate(str(tmp_path), table=table, rows=20_000, seed=3)
+    average = files[0]["bytes"] / 20_000
+    assert expected * 0.9 <= average <= expected * 1.1, average
+    assert amplab_gen.AVG_ROW_BYTES[table] == expected
+
+
+def test_visit_dates_cover_the_query_3_window(tmp_path: Path) -> None:
+    rows = rows_of(amplab_gen.generate(str(tmp_path), table="uservisits", rows=20_000, seed=4))
+    inside = sum("1980-01-01" <= cols[2] <= "1980-04-01" for cols in rows)
+    # Uniform over 1970..2000 puts 91 of 11,323 days (0.8%) in the window.
+    assert 0.004 * len(rows) <= inside <= 0.013 * len(rows), inside
+
+
+@pytest.mark.parametrize("table", ["uservisits", "rankings"])
+def test_same_arguments_give_identical_bytes(tmp_path: Path, table: str) -> None:
+    def run(name: str, seed: int) -> list[bytes]:
+        files = amplab_gen.generate(str(tmp_path / name), table=table, rows=2500, files=2, seed=seed)
+        return [Path(st.local_path(f["uri"])).read_bytes() for f in files]
+
+    first = run("a", 7)
+    assert run("b", 7) == first
+    other = run("c", 8)
+    assert all(o != f for o, f in zip(other, first, strict=True))
+
+
+def test_dest_urls_are_rankings_page_urls(tmp_path: Path) -> None:
+    rankings = rows_of(amplab_gen.generate(str(tmp_path / "r"), table="rankings", rows=50, files=3, seed=5))
+    urls = {cols[0] for cols in rankings}
+    assert len(urls) == 50
+    assert [cols[0] for cols in rankings] == [amplab_gen.page_url(5, i) for i in range(50)]
+    visits = rows_of(
+        amplab_gen.generate(str(tmp_path / "u"), table="uservisits", rows=2000, seed=5, rankings_rows=50)
+    )
+    dest = {cols[1] for cols in visits}
+    assert dest <= urls
+    assert len(dest) > 40, "visits should spread over the pages"
+
+
+def test_page_urls_do_not_depend_on_file_count(tmp_path: Path) -> None:
+    one = rows_of(amplab_gen.generate(str(tmp_path / "one"), table="rankings", rows=100, seed=2))
+    four = rows_of(amplab_gen.generate(str(tmp_path / "four"), table="rankings", rows=100, files=4, seed=2))
+    assert [c[0] for c in one] == [c[0] for c in four]
+
+
+def test_default_rankings_rows_is_a_tenth(tmp_path: Path) -> None:
+    visits = rows_of(amplab_gen.generate(str(tmp_path), table="uservisits", rows=500, seed=6))
+    assert {cols[1] for cols in visits} <= {amplab_gen.page_url(6, i) for i in range(50)}
+
+
+def test_rows_are_spread_over_files(tmp_path: Path) -> None:
+    files = amplab_gen.generate(tmp_path.as_uri(), table="uservisits", rows=1001, files=3)
+    assert [Path(st.local_path(f["uri"])).name for f in files] == [
+        "part-00000.csv",
+        "part-00001.csv",
+        "part-00002.csv",
+    ]
+    assert [f["rows"] for f in files] == [334, 334, 333]
+    for info in files:
+        path = Path(st.local_path(info["uri"]))
+        assert path.parent == tmp_path
+        assert info["bytes"] == path.stat().st_size
+        assert path.read_bytes().count(b"\n") == info["rows"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"part-0000{i}.csv" for i in range(3)]
+
+
+@pytest.mark.parametrize("table", ["uservisits", "rankings"])
+def test_gzip_holds_the_same_text(tmp_path: Path, table: str) -> None:
+    args = {"table": table, "rows": 3000, "files": 2, "seed": 9, "skew": 0.0}
+    plain = amplab_gen.generate(str(tmp_path / "plain"), **args)
+    packed = amplab_gen.generate(str(tmp_path / "gz"), gzip=True, **args)
+    assert [Path(st.local_path(f["uri"])).name for f in packed] == ["part-00000.csv.gz", "part-00001.csv.gz"]
+    assert read_files(packed) == read_files(plain)
+    for info in packed:
+        data = Path(st.local_path(info["uri"])).read_bytes()
+        assert info["bytes"] == len(data)
+        assert data[:2] == b"\x1f\x8b"
+    again = amplab_gen.generate(str(tmp_path / "gz2"), gzip=True, **args)
+    assert [Path(st.local_path(f["uri"])).read_bytes() for f in again] == [
+        Path(st.local_path(f["uri"])).read_bytes() for f in packed
+    ]
+
+
+def test_skew_sends_that_fraction_to_hot_ips(tmp_path: Path) -> None:
+    hot = set(amplab_gen.HOT_IPS)
+    assert len({ip[:8] for ip in hot}) == 1
+    visits = rows_of(amplab_gen.generate(str(tmp_path / "s"), table="uservisits", rows=10_000, skew=0.5))
+    fraction = sum(cols[0] in hot for cols in visits) / len(visits)
+    assert 0.45 <= fraction <= 0.55, fraction
+    assert {cols[0] for cols in visits} >= hot
+    flat = rows_of(amplab_gen.generate(str(tmp_path / "f"), table="uservisits", rows=10_000))
+    assert sum(cols[0] in hot for cols in flat) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"table": "orders"}, "table"),
+        ({"rows": -1}, "rows"),
+        ({"files": 0}, "files"),
+        ({"skew": 1.5}, "skew"),
+        ({"skew": -0.1}, "skew"),
+        ({"skew": float("nan")}, "skew"),
+        ({"rankings_rows": 0}, "rankings_rows"),
+    ],
+)
+def test_bad_arguments_name_the_parameter(tmp_path: Path, kwargs: dict, name: str) -> None:
+    args = {"table": "uservisits", "rows": 10, **kwargs}
+    with pytest.raises(ValueError, match=rf"^{name} "):
+        amplab_gen.generate(str(tmp_path), **args)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_zero_rows_write_empty_files(tmp_path: Path, compress: bool) -> None:
+    files = amplab_gen.generate(str(tmp_path), table="rankings", rows=0, files=2, gzip=compress)
+    assert [f["rows"] for f in files] == [0, 0]
+    assert len(list(tmp_path.iterdir())) == 2
+    assert read_files(files) == b""
+    for info in files:
+        assert info["bytes"] == Path(st.local_path(info["uri"])).stat().st_size
+
+
+def test_progress_reports_rows_up_to_the_total(tmp_path: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    total = 2 * amplab_gen.BATCH_ROWS + 10
+    amplab_gen.generate(
+        str(tmp_path), table="uservisits", rows=total, files=2, progress=lambda d, t: calls.append((d, t))
+    )
+    assert len(calls) >= 2
+    assert all(t == total for _, t in calls)
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == total
+
+    empty: list[tuple[int, int]] = []
+    amplab_gen.generate(
+        str(tmp_path / "e"), table="rankings", rows=0, progress=lambda d, t: empty.append((d, t))
+    )
+    assert empty == [(0, 0)]
+
+
+def test_writes_to_s3(s3_bucket: str) -> None:
+    import boto3
+
+    prefix = f"s3://{s3_bucket}/data/uservisits"
+    files = amplab_gen.generate(prefix, table="uservisits", rows=100, files=2, gzip=True)
+    assert [f["uri"] for f in files] == [f"{prefix}/part-00000.csv.gz", f"{prefix}/part-00001.csv.gz"]
+    client = boto3.client("s3")
+    for info in files:
+        _, key = st.split_s3(info["uri"])
+        body = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+        assert len(body) == info["bytes"]
+        assert gzip.decompress(body).count(b"\n") == info["rows"]

@@ -1,0 +1,80 @@
+"""Deterministic, versioned zips and safe extraction."""
+
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+
+import pytest
+
+from airflow_provider_lambdamr.engine import packaging
+
+
+def test_builds_are_byte_identical_and_hash_named():
+    a, mods = packaging.build_zip_bytes("lambda_src.jobs.wordcount:WordCount")
+    b, _ = packaging.build_zip_bytes("lambda_src.jobs.wordcount:WordCount")
+    assert a == b
+    assert mods == ("lambda_src",)
+    pkg = packaging.build("lambda_src.jobs.wordcount:WordCount")
+    assert pkg.version == pkg.sha256[:16] and os.path.basename(pkg.path) == f"lambdamr-{pkg.version}.zip"
+    with zipfile.ZipFile(pkg.path) as zf:
+        names = zf.namelist()
+        assert names == sorted(names)
+        assert "lambda_src/mapper.py" in names and "lambda_src/reducer.py" in names
+        assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+        assert {i.date_time for i in zf.infolist()} == {packaging.FIXED_TIME}
+
+
+def test_user_package_is_included_and_changes_the_version(tmp_path, monkeypatch):
+    pkg_dir = tmp_path / "myjobs"
+    pkg_dir.mkdir()
+    (pkg_dir / "__init__.py").write_text("")
+    (pkg_dir / "count.py").write_text("from lambda_src.job import MapReduceJob\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    one = packaging.build("myjobs.count:Count")
+    assert one.modules == ("lambda_src", "myjobs")
+    with zipfile.ZipFile(one.path) as zf:
+        assert "myjobs/count.py" in zf.namelist()
+    (pkg_dir / "count.py").write_text("from lambda_src.job import MapReduceJob\n# changed\n")
+    two = packaging.build("myjobs.count:Count")
+    assert two.sha256 != one.sha256
+
+
+def test_unknown_module_is_a_clear_error():
+    with pytest.raises(packaging.PackagingError, match="cannot find module 'no_such_pkg_xyz'"):
+        packaging.build("no_such_pkg_xyz.mod:Job")
+
+
+@pytest.mark.parametrize("name", ["../evil.py", "a/../../evil.py", "/abs/evil.py"])
+def test_extraction_refuses_zip_slip(tmp_path, name):
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("ok.py", "x = 1\n")
+        zf.writestr(name, "boom\n")
+    target = tmp_path / "out"
+    target.mkdir()
+    with pytest.raises(packaging.PackagingError, match="would escape"):
+        packaging.safe_extract(str(bad), target)
+    assert not (tmp_path / "evil.py").exists()
+    assert list(target.iterdir()) == []
+
+
+def test_extraction_refuses_symlinks(tmp_path):
+    bad = tmp_path / "link.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        info = zipfile.ZipInfo("link")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(packaging.PackagingError, match="symbolic link"):
+        packaging.safe_extract(str(bad), tmp_path)
+
+
+def test_extracted_once_per_version():
+    pkg = packaging.build("lambda_src.jobs.wordcount:WordCount")
+    first = packaging.extracted(pkg)
+    marker = first / ".complete"
+    mtime = marker.stat().st_mtime_ns
+    assert packaging.extracted(pkg) == first
+    assert marker.stat().st_mtime_ns == mtime
+    assert (first / "lambda_src" / "mapper.py").is_file()

@@ -1,0 +1,131 @@
+"""Partitioner, intermediate encoding, sorted runs, the map output buffer."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from lambda_src import shuffle
+
+
+def _line(key, value) -> bytes:
+    return shuffle.encode(key, "key") + b"\t" + shuffle.encode(value) + b"\n"
+
+
+def test_partition_is_stable_across_processes_and_hash_seeds():
+    keys = ["a", "hello", "é", "123.45.6", "x" * 100]
+    here = [shuffle.partition_of(shuffle.encode(k), 7) for k in keys]
+    code = (
+        "from lambda_src import shuffle;"
+        f"print([shuffle.partition_of(shuffle.encode(k), 7) for k in {keys!r}])"
+    )
+    for seed in ("1", "2", "random"):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        assert out.strip() == str(here)
+    assert len(set(shuffle.partition_of(shuffle.encode(str(i)), 7) for i in range(1000))) == 7
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["text", "tab\tnew\nline\r", "", 0, -5, 2**70, 1.5, 0.1 + 0.2, 1e300, True, False, None,
+     [1, "a", [2.5, None]], {"k": [1, 2]}, "日本語"],
+)
+def test_encoding_round_trips(value):
+    line = _line(value, value)
+    assert line.count(b"\n") == 1 and line.count(b"\t") == 1
+    assert shuffle.decode(shuffle.key_of(line)) == value
+    assert shuffle.value_of(line) == value
+
+
+def test_tuples_come_back_as_lists():
+    assert shuffle.value_of(_line("k", (1, "a"))) == [1, "a"]
+
+
+def test_unencodable_values_are_refused_clearly():
+    with pytest.raises(shuffle.EncodeError, match="a value of type set cannot be encoded"):
+        shuffle.encode({1, 2})
+
+
+def test_sorting_lines_groups_each_key_together():
+    rng = random.Random(3)
+    keys = ["a", "ab", "a\tb", "b", 1, 10, 2, -1, [1], [1, 2], "", None, True]
+    lines = [_line(rng.choice(keys), rng.randint(0, 9)) for _ in range(500)]
+    lines.sort()
+    seen = []
+    for key_bytes, grp in shuffle.groups(lines):
+        assert key_bytes not in seen, "a key appeared in two groups"
+        seen.append(key_bytes)
+        assert all(shuffle.key_of(line) == key_bytes for line in grp)
+
+
+def test_merge_of_sorted_runs_is_sorted():
+    rng = random.Random(5)
+    runs = []
+    for _ in range(5):
+        run = sorted(_line(f"k{rng.randint(0, 50)}", rng.random()) for _ in range(100))
+        runs.append(run)
+    merged = list(shuffle.merge([iter(r) for r in runs]))
+    assert merged == sorted(line for r in runs for line in r)
+
+
+def _sum(key, values):
+    yield key, sum(values)
+
+
+def _drain(buffer):
+    out = {}
+    for p, data in enumerate(buffer.finish()):
+        if data is None:
+            continue
+        lines = data.splitlines(keepends=True) if isinstance(data, bytes) else list(data)
+        assert lines == sorted(lines)
+        for line in lines:
+            assert shuffle.partition_of(shuffle.key_of(line), buffer.partitions) == p
+            key = shuffle.decode(shuffle.key_of(line))
+            key = tuple(key) if isinstance(key, list) else key
+            out.setdefault(key, []).append(shuffle.value_of(line))
+    buffer.close()
+    return out
+
+
+@pytest.mark.parametrize("flush_values,spill_bytes", [(10**6, 10**9), (50, 10**9), (50, 1)])
+def test_buffer_with_combiner_flushes_and_spills_to_the_same_result(flush_values, spill_bytes):
+    rng = random.Random(11)
+    pairs = [(f"w{rng.randint(0, 40)}", 1) for _ in range(3000)]
+    buf = shuffle.MapOutputBuffer(4, _sum, flush_values=flush_values, spill_bytes=spill_bytes)
+    for i in range(0, len(pairs), 7):
+        buf.add(pairs[i : i + 7])
+    got = _drain(buf)
+    expected = {}
+    for k, v in pairs:
+        expected[k] = expected.get(k, 0) + v
+    assert {k: sum(v) for k, v in got.items()} == expected
+    assert all(len(v) == 1 for v in got.values()), "combined output holds one value per key"
+    if spill_bytes == 1:
+        assert buf.spills > 0
+
+
+def test_buffer_without_combiner_keeps_every_value():
+    buf = shuffle.MapOutputBuffer(3, None, flush_values=10, spill_bytes=1)
+    pairs = [(i % 4, i) for i in range(100)] + [([1, 2], "list key")]
+    buf.add(pairs)
+    got = _drain(buf)
+    assert sorted(v for vs in got.values() for v in vs if isinstance(v, int)) == list(range(100))
+    assert sorted(got[0]) == [i for i in range(100) if i % 4 == 0]
+    assert got[(1, 2)] == ["list key"]
+
+
+def test_combiner_must_keep_its_key():
+    def bad(key, values):
+        yield key + "!", sum(values)
+
+    buf = shuffle.MapOutputBuffer(1, bad, flush_values=2)
+    with pytest.raises(ValueError, match="combiner changed key"):
+        buf.add([("a", 1), ("a", 2), ("a", 3)])

@@ -1,0 +1,76 @@
+"""Storage backends: confinement, atomic writes, listing semantics, ranged reads (moto S3)."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+
+from lambda_src import storage as st
+
+
+@pytest.mark.parametrize("part", ["..", "a/../b", "/etc/passwd", "a//b", "./x", "a\\b", "", "x\x00"])
+def test_join_refuses_parts_that_escape(part):
+    with pytest.raises(ValueError, match="escape|empty"):
+        st.join("file:///data/root", part)
+
+
+def test_join_and_normalize():
+    assert st.join("s3://b/p/", "x", "y/z") == "s3://b/p/x/y/z"
+    assert st.normalize("/tmp/x") == "file:///tmp/x"
+    assert st.normalize("file:///tmp/x") == "file:///tmp/x"
+    with pytest.raises(ValueError, match="unsupported storage scheme"):
+        st.normalize("gs://bucket/x")
+    with pytest.raises(ValueError, match="must not name a host"):
+        st.normalize("file://evil.example/x")
+
+
+def test_local_write_is_atomic_and_leaves_nothing_on_failure(tmp_path):
+    store = st.LocalStorage()
+    uri = st.normalize(str(tmp_path / "d" / "obj"))
+    with pytest.raises(RuntimeError), store.open_write(uri) as fh:
+        fh.write(b"partial")
+        raise RuntimeError("boom")
+    assert not store.exists(uri)
+    assert list(store.list(st.normalize(str(tmp_path)))) == []
+    store.write_bytes(uri, b"whole")
+    assert store.read_bytes(uri) == b"whole"
+    assert store.read_bytes(uri, 1, 3) == b"ho"
+    assert b"".join(store.iter_range(uri, 1, None, chunk_size=1)) == b"hole"
+
+
+def test_s3_listing_treats_a_prefix_as_a_directory(s3_bucket):
+    s3 = boto3.client("s3")
+    for key in ("in", "in/a", "in/b/c", "in2/x", "input", "other"):
+        s3.put_object(Bucket=s3_bucket, Key=key, Body=key.encode())
+    store = st.for_uri(f"s3://{s3_bucket}/")
+    got = [i.uri for i in store.list(f"s3://{s3_bucket}/in")]
+    assert got == [f"s3://{s3_bucket}/in", f"s3://{s3_bucket}/in/a", f"s3://{s3_bucket}/in/b/c"]
+    assert [i.uri for i in store.list(f"s3://{s3_bucket}/in/")] == got[1:]
+
+
+def test_s3_listing_reads_every_page(s3_bucket):
+    s3 = boto3.client("s3")
+    for i in range(1105):
+        s3.put_object(Bucket=s3_bucket, Key=f"many/{i:05d}", Body=b"x")
+    store = st.for_uri(f"s3://{s3_bucket}")
+    assert len(list(store.list(f"s3://{s3_bucket}/many"))) == 1105
+    assert store.delete_prefix(f"s3://{s3_bucket}/many") == 1105
+    assert list(store.list(f"s3://{s3_bucket}/many")) == []
+
+
+def test_s3_ranged_reads_and_atomic_writes(s3_bucket):
+    store = st.for_uri(f"s3://{s3_bucket}")
+    uri = f"s3://{s3_bucket}/obj"
+    with store.open_write(uri) as fh:
+        fh.write(b"0123456789")
+    assert store.size(uri) == 10
+    assert store.read_bytes(uri, 2, 5) == b"234"
+    assert store.read_bytes(uri, 8) == b"89"
+    assert store.read_bytes(uri, 10) == b""
+    assert b"".join(store.iter_range(uri, 3, 9, chunk_size=2)) == b"345678"
+    with pytest.raises(st.NotFound, match="no such object"):
+        store.size(f"s3://{s3_bucket}/missing")
+    with pytest.raises(RuntimeError), store.open_write(f"s3://{s3_bucket}/never") as fh:
+        fh.write(b"x")
+        raise RuntimeError("boom")
+    assert not store.exists(f"s3://{s3_bucket}/never")
