@@ -79,10 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runtime", choices=("local", "aws"), default="local")
     run.add_argument("--workers", type=int, default=None,
                      help="local worker processes (default: CPU count)")
-    run.add_argument("--partitions", type=int, default=1, metavar="R",
-                     help="reduce partitions: output part files (default 1)")
-    run.add_argument("--fan-in", type=int, default=10, metavar="F",
-                     help="runs merged per reduce task per round (default 10)")
+    run.add_argument("--partitions", type=int, default=None, metavar="R",
+                     help="reduce partitions = output part files (default: the local worker "
+                          "count; 1 on aws)")
+    run.add_argument("--fan-in", type=int, default=16, metavar="F",
+                     help="runs merged per reduce task per round (default 16)")
     run.add_argument("--split-size", default="64MB", metavar="SIZE",
                      help="bytes per map split, e.g. 64MB (default 64MB)")
     run.add_argument("--memory-mb", type=int, default=1536, metavar="MB")
@@ -125,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace) -> int:
     from airflow_provider_lambdamr.engine.driver import Driver, JobFailed
 
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    workers = args.workers or os.cpu_count() or 1
+    partitions = args.partitions
+    if partitions is None:
+        partitions = workers if args.runtime == "local" else 1
     spec = JobSpec(
         job=args.job,
         inputs=_parse_inputs(args.input),
@@ -132,7 +139,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         job_id=args.job_id,
         job_root=args.job_root or "",
         params=_parse_params(args.param),
-        partitions=args.partitions,
+        partitions=partitions,
         fan_in=args.fan_in,
         split_size=parse_size(args.split_size, "--split-size"),
         memory_mb=args.memory_mb,
@@ -145,7 +152,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         keep_intermediates=args.keep_intermediates,
         overwrite=args.overwrite,
     )
-    runtime = _make_runtime(args, spec)
+    runtime = _make_runtime(args, spec, workers)
     progress = None if args.quiet else _print_progress
     started = time.time()
     try:
@@ -172,16 +179,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_runtime(args: argparse.Namespace, spec: JobSpec):
+def _make_runtime(args: argparse.Namespace, spec: JobSpec, workers: int):
     if args.runtime == "aws":
         raise ValueError(
             "the aws runtime is not available in this release yet; use --runtime local"
         )
     from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
 
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    return LocalRuntime(workers=args.workers, memory_mb=spec.memory_mb, timeout_s=spec.timeout_s)
+    return LocalRuntime(workers=workers, memory_mb=spec.memory_mb, timeout_s=spec.timeout_s)
 
 
 def _cmd_amplab_gen(args: argparse.Namespace) -> int:

@@ -25,7 +25,11 @@ float, bool, None, lists, dicts); tuples come back as lists.
 
 A job may also define a vectorized mapper, ``map_table(table)``, over a ``pyarrow.Table``
 of delimited text columns (``table_columns``); it is used when pyarrow is importable and
-must give the same result as ``mapper``/``combiner``, which stay the reference path.
+must give the same result as ``mapper``/``combiner``, which stay the reference path (and
+the path that reports bad records precisely). ``map_table`` may return (key, value) pairs,
+or a table with ``key`` and ``value`` columns; a job that returns tables and also defines
+``combine_table`` (associative, like ``combiner``) and ``reduce_table`` (like ``reducer``)
+keeps its whole shuffle in Arrow: partial aggregates never become Python objects.
 """
 
 from __future__ import annotations
@@ -63,13 +67,13 @@ class MapReduceJob:
 
     # -- record mode -------------------------------------------------------------------
     def mapper_init(self) -> None:
-        """Called once per map task before the first line."""
+        """Called once per record-mode map task before the first line."""
 
     def mapper(self, key: str | None, line: str) -> Iterable[Pair]:
         raise NotImplementedError(f"{type(self).__name__} must define mapper(key, line)")
 
     def mapper_final(self) -> Iterable[Pair]:
-        """Called once per map task after the last line; may yield more pairs."""
+        """Called once per record-mode map task after the last line; may yield more pairs."""
         return ()
 
     def combiner(self, key: Any, values: Iterator[Any]) -> Iterable[Pair]:
@@ -81,6 +85,14 @@ class MapReduceJob:
     # -- vectorized mode ---------------------------------------------------------------
     def map_table(self, table: Any) -> Iterable[Pair]:
         """Map a ``pyarrow.Table`` of input rows to (key, value) pairs."""
+        raise NotImplementedError
+
+    def combine_table(self, table: Any) -> Any:
+        """Combine a ``key``/``value`` table of partial results (associative, like combiner)."""
+        raise NotImplementedError
+
+    def reduce_table(self, table: Any) -> Any:
+        """Final result rows from a ``key``/``value`` table; columns become CSV columns."""
         raise NotImplementedError
 
     # -- introspection -----------------------------------------------------------------
@@ -100,6 +112,15 @@ class MapReduceJob:
     @classmethod
     def has_table_mapper(cls) -> bool:
         return cls._defines("map_table") and bool(cls.table_columns)
+
+    @classmethod
+    def has_table_shuffle(cls) -> bool:
+        """map_table returns tables, and the combine and reduce steps work on tables too."""
+        return (
+            cls.has_table_mapper()
+            and cls._defines("combine_table")
+            and cls._defines("reduce_table")
+        )
 
     # -- helpers -----------------------------------------------------------------------
     def param(self, name: str, default: str | None = None) -> str:

@@ -8,6 +8,7 @@ output into sorted runs, writes them, then commits its status record.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from lambda_src import output, reader, shuffle, task
@@ -15,6 +16,12 @@ from lambda_src import storage as st
 from lambda_src.job import MapReduceJob
 
 log = logging.getLogger("lambdamr")
+
+try:  # in the init phase, so a warm container pays for it once (Lambda's advice)
+    import pyarrow.compute  # noqa: F401
+    import pyarrow.csv  # noqa: F401
+except ImportError:
+    pass
 
 #: Exceptions that mean "this record cannot be parsed" rather than "the job has a bug".
 RECORD_ERRORS = (ValueError, IndexError, KeyError, UnicodeError)
@@ -83,13 +90,16 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
     mode = "record"
     stats: dict[str, Any] = {}
     if cfg.vectorized and job.has_table_mapper() and _arrow_available():
-        buffer = _new_buffer(job, cfg)
         try:
-            stats = _map_tables(job, splits, buffer, cfg)
+            if job.has_table_shuffle():
+                return _run_table_shuffle(ev, job, splits, cfg, index, token)
+            buffer = _new_buffer(job, cfg)
+            stats = _map_tables(job, splits, buffer.add, cfg)
             mode = "vectorized"
         except _ArrowFallback as why:
             log.info("%s: vectorized read stopped (%s); re-reading in record mode", where, why)
-            buffer.close()
+            if buffer is not None:
+                buffer.close()
             buffer = None
     if buffer is None:
         buffer = _new_buffer(job, cfg)
@@ -228,9 +238,10 @@ class _S3Range:
 def _map_tables(
     job: MapReduceJob,
     splits: list[reader.Segment],
-    buffer: shuffle.MapOutputBuffer,
+    sink: Callable[[Any], None],
     cfg: task.JobConfig,
 ) -> dict:
+    """Feed ``map_table`` with the splits' rows, batch by batch; its results go to ``sink``."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -255,7 +266,6 @@ def _map_tables(
     )
     records = 0
     input_bytes = 0
-    job.mapper_init()
     for seg in splits:
         start, end = reader.aligned_range(st.for_uri(seg.uri), seg, cfg.max_line_bytes)
         if end <= start:
@@ -271,13 +281,57 @@ def _map_tables(
             ) as batches:
                 for batch in batches:
                     records += batch.num_rows
-                    buffer.add(job.map_table(pa.Table.from_batches([batch])))
+                    sink(job.map_table(pa.Table.from_batches([batch])))
         except pa.ArrowException as err:
             raise _ArrowFallback(f"{seg.describe()}: {err}") from None
         except StopIteration:  # an empty stream
             pass
-    buffer.add(list(job.mapper_final()))
     return {"input_records": records, "input_bytes": input_bytes, "bad_records": 0}
+
+
+#: Partial tables are combined whenever this many rows are held.
+COMBINE_ROWS = 2_000_000
+
+
+def _run_table_shuffle(
+    ev: task.TaskEvent,
+    job: MapReduceJob,
+    splits: list[reader.Segment],
+    cfg: task.JobConfig,
+    index: int,
+    token: str,
+) -> dict:
+    """Map and combine in Arrow, then write one Arrow run per non-empty partition."""
+    from lambda_src import arrow_shuffle as ash
+
+    held: list[Any] = []
+    rows = [0]
+
+    def sink(result: Any) -> None:
+        table = ash.check_table(result, "map_table")
+        held.append(table)
+        rows[0] += table.num_rows
+        if rows[0] >= COMBINE_ROWS and len(held) > 1:
+            combined = ash.check_table(job.combine_table(ash.concat(held)), "combine_table")
+            held[:] = [combined]
+            rows[0] = combined.num_rows
+
+    stats = _map_tables(job, splits, sink, cfg)
+    outputs = []
+    if held:
+        combined = ash.check_table(job.combine_table(ash.concat(held)), "combine_table")
+        for p, part in enumerate(ash.partition_table(combined, cfg.partitions)):
+            if part is None:
+                continue
+            uri = st.join(ev.job_dir, "map", f"{index:05d}", token, f"part-{p:05d}{ash.SUFFIX}")
+            records, size = ash.write_run(uri, part)
+            outputs.append({"partition": p, "uri": uri, "records": records, "bytes": size})
+    stats.update(
+        mode="vectorized",
+        output_records=sum(o["records"] for o in outputs),
+        output_bytes=sum(o["bytes"] for o in outputs),
+    )
+    return {"outputs": outputs, "stats": stats}
 
 
 def _run_map_only(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable
 from typing import IO, Any
 
 from lambda_src import storage as st
@@ -70,8 +71,6 @@ class CsvWriter:
         self.uri = uri
         self.records = 0
         self.bytes = 0
-        self.records_in = 0
-        self.spills = 0
         self._ctx = None
         self._fh: IO[bytes] | None = None
         self._text = io.StringIO()
@@ -87,7 +86,6 @@ class CsvWriter:
         for key, value in pairs:
             writerow(csv_fields(key, value))
             self.records += 1
-        self.records_in = self.records
         if self._text.tell() >= WRITE_BUFFER:
             self._drain()
 
@@ -105,6 +103,26 @@ class CsvWriter:
         return self._ctx.__exit__(exc_type, exc, tb)
 
 
-def iter_csv_rows(pairs: Iterator[tuple[Any, Any]]) -> Iterator[list[str]]:
-    for key, value in pairs:
-        yield csv_fields(key, value)
+_NEEDS_QUOTES = re.compile(r'[,"\r\n]')
+
+
+def columns_to_csv(columns: list[list[Any]]) -> bytes:
+    """CSV bytes for result columns, formatted exactly as ``CsvWriter`` formats rows."""
+    if not columns or not columns[0]:
+        return b""
+    texts = []
+    for col in columns:
+        if all(type(v) is str for v in col):
+            texts.append(col)
+        elif all(type(v) is float for v in col):
+            texts.append(list(map(repr, col)))
+        else:
+            texts.append([_field(v) for v in col])
+    if any(_NEEDS_QUOTES.search(v) for col in texts for v in col) or (
+        len(texts) == 1 and "" in texts[0]
+    ):
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(zip(*texts, strict=True))
+        return buf.getvalue().encode("utf-8")
+    lines = texts[0] if len(texts) == 1 else [",".join(row) for row in zip(*texts, strict=True)]
+    return ("\n".join(lines) + "\n").encode("utf-8")

@@ -41,13 +41,6 @@ def _describe(ev: task.TaskEvent) -> str:
     return f"{kind} task (round {rnd}, partition {part}, group {group})"
 
 
-def _open_runs(inputs: list[str]) -> list:
-    return [
-        shuffle.iter_lines(st.for_uri(uri).iter_range(uri, chunk_size=READ_CHUNK))
-        for uri in inputs
-    ]
-
-
 def _run(ev: task.TaskEvent, token: str) -> dict:
     rnd, part, group, final = _coords(ev)
     inputs = ev.load_list("inputs")
@@ -55,15 +48,29 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
         if not isinstance(uri, str):
             raise task.EventError(f"reduce inputs must be URIs, got {uri!r}")
     job = task.load_job_class(ev.job.ref)(ev.job.params)
-    merged = shuffle.merge(_open_runs(inputs))
     input_bytes = sum(st.for_uri(uri).size(uri) for uri in inputs)
+    arrow_runs = [uri for uri in inputs if uri.endswith(".arrow")]
+    if arrow_runs and job.has_table_shuffle() and len(arrow_runs) == len(inputs):
+        result = _run_tables(ev, job, inputs, token, rnd, part, group, final)
+    else:
+        result = _run_lines(ev, job, inputs, token, rnd, part, group, final)
+    result["stats"].update(inputs=len(inputs), input_bytes=input_bytes)
+    return result
 
-    counter = _Counter(merged)
+
+def _run_lines(ev, job, inputs, token, rnd, part, group, final) -> dict:
+    """The record path: a streamed k-way merge of sorted runs."""
+    runs = []
+    for uri in inputs:
+        if uri.endswith(".arrow"):  # a mix of run kinds: read the Arrow ones as lines
+            from lambda_src import arrow_shuffle as ash
+
+            runs.append(ash.as_lines(ash.read_run(uri)))
+        else:
+            runs.append(shuffle.iter_lines(st.for_uri(uri).iter_range(uri, chunk_size=READ_CHUNK)))
+    counter = _Counter(shuffle.merge(runs))
     if final:
-        out_uri = ev.body.get("output")
-        if not isinstance(out_uri, str) or not out_uri:
-            raise task.EventError("a final reduce task needs the event field 'output'")
-        uri = st.join(out_uri, f"part-{part:05d}")
+        uri = st.join(_final_output(ev), f"part-{part:05d}")
         reducer = job.reducer
         with output.CsvWriter(uri) as writer:
             for key_bytes, lines in shuffle.groups(counter):
@@ -76,21 +83,45 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
         uri = st.join(ev.job_dir, "reduce", f"r{rnd:03d}", f"p{part:05d}-g{group:05d}", token, "run")
         lines = counter
         if job.has_combiner():
-            lines = shuffle.combine_stream(
-                counter, job.combiner, f"reduce round {rnd}, partition {part}"
-            )
+            lines = shuffle.combine_stream(counter, job.combiner, f"reduce round {rnd}, partition {part}")
         records, size = output.write_lines(uri, lines)
     return {
         "outputs": [{"partition": part, "uri": uri, "records": records, "bytes": size}],
-        "stats": {
-            "inputs": len(inputs),
-            "input_records": counter.records,
-            "input_bytes": input_bytes,
-            "keys": counter.keys,
-            "output_records": records,
-            "output_bytes": size,
-        },
+        "stats": {"input_records": counter.records, "keys": counter.keys, "output_records": records,
+                  "output_bytes": size, "mode": "record"},
     }
+
+
+def _run_tables(ev, job, inputs, token, rnd, part, group, final) -> dict:
+    """The Arrow path: concatenate the runs, combine (or reduce) them as one table."""
+    from lambda_src import arrow_shuffle as ash
+
+    tables = [ash.read_run(uri) for uri in inputs]
+    table = ash.concat(tables)
+    input_records = table.num_rows
+    if final:
+        result = job.reduce_table(table)
+        uri = st.join(_final_output(ev), f"part-{part:05d}")
+        data = ash.table_to_csv(result)
+        st.for_uri(uri).write_bytes(uri, data)
+        records, size = result.num_rows, len(data)
+    else:
+        combined = ash.check_table(job.combine_table(table), "combine_table")
+        uri = st.join(ev.job_dir, "reduce", f"r{rnd:03d}", f"p{part:05d}-g{group:05d}", token,
+                      f"run{ash.SUFFIX}")
+        records, size = ash.write_run(uri, combined)
+    return {
+        "outputs": [{"partition": part, "uri": uri, "records": records, "bytes": size}],
+        "stats": {"input_records": input_records, "output_records": records, "output_bytes": size,
+                  "mode": "vectorized"},
+    }
+
+
+def _final_output(ev: task.TaskEvent) -> str:
+    out_uri = ev.body.get("output")
+    if not isinstance(out_uri, str) or not out_uri:
+        raise task.EventError("a final reduce task needs the event field 'output'")
+    return out_uri
 
 
 class _Counter:

@@ -208,7 +208,9 @@ class LocalStorage(Storage):
         path = local_path(uri)
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        # Not mkstemp: its 0600 mode would survive the rename; O_EXCL with 0666 honours umask.
+        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as fh:
                 yield fh

@@ -161,8 +161,8 @@ class Driver:
         """Check the output, write or verify the manifest, build and deploy the code."""
         t0 = time.time()
         self._check_output()
+        self._deploy()  # workers start (cold) while the inputs are listed
         self.manifest = self._load_or_plan()
-        self._deploy()
         self.timings["plan"] = round(time.time() - t0, 3)
         return self.manifest
 

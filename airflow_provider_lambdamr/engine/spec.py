@@ -63,7 +63,7 @@ class JobSpec:
     job_root: str = ""
     params: dict[str, str] = field(default_factory=dict)
     partitions: int = 1
-    fan_in: int = 10
+    fan_in: int = 16
     split_size: int = 64 * 1024 * 1024
     max_files_per_task: int = 500
     memory_mb: int = 1536

@@ -9,7 +9,7 @@ The tables are comma-separated text without a header (see ``amplab-gen``):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from lambda_src.job import BadRecord, MapReduceJob
@@ -63,17 +63,19 @@ class RevenueByIpPrefix(MapReduceJob):
     def reducer(self, key: str, values: Iterator[float]) -> Iterator[tuple[str, float]]:
         yield key, sum(values)
 
-    def map_table(self, table: Any) -> Iterable[tuple[str, float]]:
+    def map_table(self, table: Any) -> Any:
         import pyarrow as pa
         import pyarrow.compute as pc
 
         keys = pc.utf8_slice_codeunits(table.column("sourceIP"), 0, self.prefix_length)
-        grouped = (
-            pa.table({"k": keys, "v": table.column("adRevenue")})
-            .group_by("k", use_threads=False)
-            .aggregate([("v", "sum")])
-        )
-        return zip(grouped.column("k").to_pylist(), grouped.column("v_sum").to_pylist(), strict=True)
+        return self.combine_table(pa.table({"key": keys, "value": table.column("adRevenue")}))
+
+    def combine_table(self, table: Any) -> Any:
+        grouped = table.group_by("key", use_threads=False).aggregate([("value", "sum")])
+        return grouped.select(["key", "value_sum"]).rename_columns(["key", "value"])
+
+    def reduce_table(self, table: Any) -> Any:
+        return self.combine_table(table)
 
 
 class Query2a(RevenueByIpPrefix):
