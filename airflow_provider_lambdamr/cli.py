@@ -239,6 +239,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"lambdamr: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        # Storage, packaging and AWS client errors: a message, not a traceback.
+        from airflow_provider_lambdamr.engine.packaging import PackagingError
+        from lambda_src.storage import StorageError
+
+        if isinstance(err, PackagingError | StorageError) or type(err).__module__.startswith("botocore"):
+            print(f"lambdamr: {type(err).__name__}: {err}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         print("lambdamr: interrupted", file=sys.stderr)
         return 130

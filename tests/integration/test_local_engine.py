@@ -240,7 +240,7 @@ def test_same_job_id_with_a_different_spec_is_refused(tmp_path):
     spec = JobSpec(job="wordcount", inputs={"": [str(tmp_path / "in")]}, output=str(tmp_path / "out"), job_id="j")
     with LocalRuntime(workers=1) as rt:
         Driver(spec, rt).prepare()
-    with pytest.raises(JobFailed, match="already used .* differs in partitions"):
+    with pytest.raises(JobFailed, match=r"already used .* differs in partitions"):
         run_job(job="wordcount", inputs={"": [str(tmp_path / "in")]}, output=str(tmp_path / "out"),
                 job_id="j", partitions=3)
 

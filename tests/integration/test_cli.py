@@ -1,0 +1,84 @@
+"""The ``lambdamr`` command, run as a user would: exit codes, messages, results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+LAMBDAMR = [sys.executable, "-m", "airflow_provider_lambdamr.cli"]
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*LAMBDAMR, *args], capture_output=True, text=True, timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_amplab_gen_then_run_2a(tmp_path):
+    gen = run("amplab-gen", "--output", str(tmp_path / "data"), "--rows", "3000", "--files", "2", "--seed", "4")
+    assert gen.returncode == 0, gen.stderr
+    assert "uservisits: 2 files" in gen.stdout and "rankings: 2 files" in gen.stdout
+    res = run("run", "amplab-2a", "--input", str(tmp_path / "data" / "uservisits"), "--output",
+              str(tmp_path / "out"), "--workers", "2", "--split-size", "100KB", "--json")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["counters"]["input_records"] == 3000
+    assert "map:" in res.stderr and "tasks" in res.stderr  # progress lines
+    assert (tmp_path / "out" / "_SUCCESS").is_file()
+
+
+def test_user_job_by_module_path(tmp_path):
+    pkg = tmp_path / "mine"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "first.py").write_text(
+        "from lambda_src.job import MapReduceJob\n"
+        "class FirstLetters(MapReduceJob):\n"
+        "    def mapper(self, key, line):\n"
+        "        if line: yield line[0], 1\n"
+        "    def reducer(self, key, values):\n"
+        "        yield key, sum(values)\n"
+    )
+    (tmp_path / "in.txt").write_text("apple\navocado\nbanana\n\ncherry\n")
+    res = run("run", "mine.first:FirstLetters", "--input", str(tmp_path / "in.txt"), "--output",
+              str(tmp_path / "out"), "--partitions", "1", env={"PYTHONPATH": str(tmp_path)})
+    assert res.returncode == 0, res.stderr
+    assert "succeeded" in res.stdout and "3 output rows" in res.stdout
+    assert sorted((tmp_path / "out" / "part-00000").read_text().splitlines()) == ["a,2", "b,1", "c,1"]
+
+
+def test_failure_exits_1_with_a_specific_message(tmp_path):
+    (tmp_path / "uv.txt").write_text("1.2.3.4,only,three\n")
+    res = run("run", "amplab-2a", "--input", str(tmp_path / "uv.txt"), "--output", str(tmp_path / "out"))
+    assert res.returncode == 1
+    assert "map task 0 of 1 failed" in res.stderr
+    assert "expected 9 comma-separated columns, found 3" in res.stderr
+    assert "at byte 0" in res.stderr and "uv.txt" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert "--job-id" in res.stderr  # how to resume
+
+
+def test_usage_errors_exit_2_without_traceback(tmp_path):
+    cases = [
+        (["run", "nosuchjob", "--input", "x", "--output", "y"], "unknown job 'nosuchjob'"),
+        (["run", "wordcount", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")],
+         "matched no objects"),
+        (["run", "wordcount", "--input", "x", "--output", "y", "--split-size", "lots"], "invalid --split-size"),
+        (["run", "wordcount", "--input", "x", "--output", "y", "--job-id", "../etc"], "invalid job id"),
+        (["run", "wordcount", "--input", "gs://b/x", "--output", "y"], "unsupported storage scheme"),
+    ]
+    for args, message in cases:
+        res = run(*args)
+        assert res.returncode in (1, 2), (args, res.stderr)
+        assert message in res.stderr, (args, res.stderr)
+        assert "Traceback" not in res.stderr, res.stderr
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).with_name("lambdamr")
+    res = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith("lambdamr ")

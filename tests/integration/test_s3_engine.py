@@ -1,0 +1,60 @@
+"""The same jobs with s3:// input, output and job root, against moto's server on 127.0.0.1.
+
+Worker processes inherit AWS_ENDPOINT_URL, so the handlers' boto3 clients reach moto too.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import re
+
+import boto3
+
+from airflow_provider_lambdamr.engine import amplab_gen
+from lambda_src import storage as st
+from tests.helpers import read_counts, read_rows, run_job
+from tests.integration.test_amplab_duckdb import duckdb_2a
+
+
+def test_wordcount_on_s3(s3_bucket, tmp_path):
+    s3 = boto3.client("s3")
+    expected = collections.Counter()
+    for i in range(5):
+        text = "\n".join(f"w{j % 7} W{(i * j) % 5} it's" for j in range(200 + i))
+        expected.update(re.findall(r"[\w']+", text.lower()))
+        body = gzip.compress(text.encode()) if i == 0 else text.encode()
+        s3.put_object(Bucket=s3_bucket, Key=f"in/part-{i}" + (".gz" if i == 0 else ""), Body=body)
+    s3.put_object(Bucket=s3_bucket, Key="in2/not-mine", Body=b"must not be read")
+    out = f"s3://{s3_bucket}/out"
+    summary = run_job(
+        job="wordcount", inputs={"": [f"s3://{s3_bucket}/in"]}, output=out,
+        job_root=f"s3://{s3_bucket}/jobs", split_size=700, partitions=2, fan_in=2,
+    )
+    assert read_counts(out) == dict(expected)
+    success = json.loads(s3.get_object(Bucket=s3_bucket, Key="out/_SUCCESS")["Body"].read())
+    assert success["job_id"] == summary["job_id"]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="jobs/")["Contents"]]
+    assert f"jobs/{summary['job_id']}/jobdata.json" in keys
+    job = f"jobs/{summary['job_id']}/"
+    assert not [k for k in keys if k.startswith((job + "map/", job + "reduce/"))], "intermediates left"
+    assert any(k.startswith(job + "status/reduce/") for k in keys)
+
+
+def test_amplab_2a_on_s3_equals_duckdb(s3_bucket, tmp_path):
+    local = amplab_gen.generate(str(tmp_path / "uv"), table="uservisits", rows=6000, files=3, seed=5)
+    remote = amplab_gen.generate(f"s3://{s3_bucket}/uv", table="uservisits", rows=6000, files=3, seed=5)
+    assert [f["bytes"] for f in local] == [f["bytes"] for f in remote]
+    for vectorized in (True, False):
+        out = f"s3://{s3_bucket}/out-{vectorized}"
+        summary = run_job(
+            job="amplab-2a", inputs={"": [f"s3://{s3_bucket}/uv"]}, output=out,
+            job_root=f"s3://{s3_bucket}/jobs", split_size=150_000, partitions=2, vectorized=vectorized,
+        )
+        assert summary["tasks"]["map"] > 3
+        expected = duckdb_2a([st.local_path(f["uri"]) for f in local])
+        got = {r[0]: float(r[1]) for r in read_rows(out)}
+        assert got.keys() == expected.keys()
+        assert all(abs(got[k] - expected[k][0]) <= 1e-9 * max(1.0, abs(expected[k][0])) for k in got)
+        assert summary["counters"]["input_records"] == 6000
