@@ -129,6 +129,7 @@ class Driver:
         self.stats = {"map": _Stats(), "reduce": _Stats()}
         self.timings: dict[str, float] = {}
         self._deployed = False
+        self._last_report: tuple | None = None
         self.map_only = not load_job_class(spec.job_ref).has_reducer()
 
     # -- public phases -----------------------------------------------------------------
@@ -609,8 +610,9 @@ class Driver:
 
     def _report(self, phase: str, done: int, total: int, bytes_done: int, bytes_total: int,
                 started: float, running: int, retries: int, force: bool = False) -> None:
-        if self.progress is None:
+        if self.progress is None or (self._last_report == (phase, done, total) and not running):
             return
+        self._last_report = (phase, done, total)
         self.progress(Progress(phase, done, total, bytes_done, bytes_total,
                                round(time.time() - started, 1), running, retries))
 

@@ -1,0 +1,98 @@
+"""The Lambda entry points called directly, as Lambda calls them: event in, status out."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from lambda_src import mapper, reducer, task
+from lambda_src import storage as st
+
+CTX = SimpleNamespace(aws_request_id="req-1", function_name="f", memory_limit_in_mb="128",
+                      get_remaining_time_in_millis=lambda: 60_000)
+
+
+def _event(job_dir: str, **overrides) -> dict:
+    event = {
+        "version": task.EVENT_VERSION,
+        "job_id": "job-1",
+        "job_dir": job_dir,
+        "job": {"ref": "lambda_src.jobs.wordcount:WordCount", "params": {}, "partitions": 2},
+        "task": {"phase": "map", "index": 3, "count": 9, "attempt": 1},
+    }
+    event.update(overrides)
+    return event
+
+
+def test_mapper_writes_partitioned_sorted_runs_then_its_status(tmp_path):
+    (tmp_path / "in.txt").write_text("b a\nc a b\n")
+    job_dir = f"file://{tmp_path}/job"
+    uri = st.normalize(str(tmp_path / "in.txt"))
+    record = mapper.lambda_handler(_event(job_dir, splits=[{"uri": uri, "start": 0, "end": 10, "size": 10}]), CTX)
+    assert record["state"] == "succeeded" and record["request_id"] == "req-1"
+    status = json.loads((tmp_path / "job" / "status" / "map" / "00003.json").read_text())
+    assert status == record
+    assert record["stats"]["input_records"] == 2 and record["stats"]["output_records"] == 3
+    pairs = {}
+    for out in record["outputs"]:
+        lines = st.for_uri(out["uri"]).read_bytes(out["uri"]).splitlines()
+        assert lines == sorted(lines)
+        assert f"/map/00003/{record['attempt_token']}/" in out["uri"]
+        for line in lines:
+            key, value = line.split(b"\t")
+            pairs[json.loads(key)] = json.loads(value)
+    assert pairs == {"a": 2, "b": 2, "c": 1}
+
+
+def test_reducer_final_round_writes_csv(tmp_path):
+    job_dir = f"file://{tmp_path}/job"
+    runs = []
+    for i, body in enumerate([b'"a"\t1\n"b"\t2\n', b'"a"\t5\n"c"\t1\n']):
+        uri = f"{job_dir}/map/0000{i}/x/part-00000"
+        st.for_uri(uri).write_bytes(uri, body)
+        runs.append(uri)
+    out = f"file://{tmp_path}/out"
+    ev = _event(job_dir, task={"phase": "reduce", "round": 1, "partition": 0, "group": 0, "final": True},
+                inputs=runs, output=out)
+    record = reducer.lambda_handler(ev, CTX)
+    assert (tmp_path / "out" / "part-00000").read_text() == "a,6\nb,2\nc,1\n"
+    assert record["stats"]["input_records"] == 4 and record["stats"]["keys"] == 3
+    assert (tmp_path / "job" / "status" / "reduce" / "r001" / "p00000-g00000.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"version": 99}, "event version 99"),
+        ({"job_id": "../../etc"}, "invalid job id"),
+        ({"job": {"ref": "os:system", "partitions": 1}}, "not a MapReduceJob subclass"),
+        ({"job": {"ref": "__import__('os')", "partitions": 1}}, "invalid job reference"),
+        ({"job": {"ref": "lambda_src.jobs.wordcount:WordCount", "partitions": 0}}, "partitions must be"),
+        ({"job": {"ref": "lambda_src.jobs.wordcount:WordCount", "partitions": 1, "params": {"a b": "x"}}},
+         "invalid job parameter name"),
+        ({"splits_uri": "file:///etc/passwd"}, "must lie under the job directory"),
+    ],
+)
+def test_bad_events_are_refused_with_a_clear_error(tmp_path, change, message):
+    ev = _event(f"file://{tmp_path}/job", splits=[])
+    if "splits_uri" in change:
+        del ev["splits"]
+    ev.update(change)
+    with pytest.raises((task.EventError, task.TaskError)) as info:
+        mapper.lambda_handler(ev, CTX)
+    assert message in str(info.value)
+
+
+def test_a_failed_attempt_records_its_error_without_committing(tmp_path):
+    job_dir = f"file://{tmp_path}/job"
+    ev = _event(job_dir, splits=[{"uri": f"file://{tmp_path}/gone.txt", "start": 0, "end": 5, "size": 5}])
+    with pytest.raises(task.TaskInputError, match=r"map task 3 of 9 failed: NotFound: no such object"):
+        mapper.lambda_handler(ev, CTX)
+    status_dir = tmp_path / "job" / "status" / "map"
+    assert not (status_dir / "00003.json").exists()
+    (failed,) = status_dir.glob("00003.failed-a1-*.json")
+    record = json.loads(failed.read_text())
+    assert record["state"] == "failed" and record["error"]["type"] == "NotFound"
+    assert "Traceback" in record["error"]["traceback"]
