@@ -18,7 +18,7 @@ from lambda_src.job import MapReduceJob
 log = logging.getLogger("lambdamr")
 
 try:  # in the init phase, so a warm container pays for it once (Lambda's advice)
-    import pyarrow.compute  # noqa: F401
+    import pyarrow.compute
     import pyarrow.csv  # noqa: F401
 except ImportError:
     pass
