@@ -270,8 +270,11 @@ class S3Storage(Storage):
                     import boto3
                     from botocore.config import Config
 
+                    # Set by the local runtime when the Airflow connection disables TLS checks.
+                    verify = os.environ.get("LAMBDAMR_S3_VERIFY", "").lower() != "false"
                     self._client = boto3.session.Session().client(
                         "s3",
+                        verify=None if verify else False,
                         config=Config(
                             max_pool_connections=self._max_pool_connections,
                             retries={"mode": "standard", "max_attempts": 8},

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lambda_src import storage as st
+ROOT = Path(__file__).resolve().parent.parent
+
+# Airflow reads its configuration when first imported: give the whole session its own
+# home (SQLite DB), the example DAGs as the DAG folder, and no example DAGs of Airflow's.
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="lambdamr-airflow-")
+os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "example_dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["LAMBDAMR_SAMPLE_DIR"] = os.path.join(_AIRFLOW_HOME, "samples")
+os.environ.pop("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", None)
+
+from lambda_src import storage as st  # noqa: E402 - after the Airflow environment above
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -33,6 +46,15 @@ def fixture_jobs_path() -> Iterator[str]:
     sys.path.insert(0, path)
     yield path
     sys.path.remove(path)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """A migrated SQLite metadata DB for this session (``airflow db migrate`` once)."""
+    airflow = Path(sys.executable).with_name("airflow")
+    res = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return _AIRFLOW_HOME
 
 
 @pytest.fixture(scope="session")

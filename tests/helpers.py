@@ -18,11 +18,12 @@ def run_job(workers: int = 2, progress=None, **kwargs) -> dict:
 
 
 def read_rows(output: str) -> list[list[str]]:
-    """Every CSV row of every part file under ``output``."""
+    """Every CSV row of every part file directly in ``output``."""
+    output = st.normalize(output).rstrip("/")
     store = st.for_uri(output)
     rows: list[list[str]] = []
     for info in store.list(output):
-        if st.basename(info.uri).startswith("part-"):
+        if st.basename(info.uri).startswith("part-") and info.uri.rsplit("/", 1)[0] == output:
             rows.extend(csv.reader(io.StringIO(store.read_bytes(info.uri).decode("utf-8"))))
     return rows
 

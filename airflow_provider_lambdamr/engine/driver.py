@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "jobdata.json"
 MAP_COMMIT = "map.json"
+#: Written when a phase fails for good, so a sensor in another process can report why.
+FAILURE = "failed.json"
 SUCCESS = "_SUCCESS"
 #: Events above this size carry their lists through storage (Lambda's async limit is 256 KB).
 MAX_INLINE_EVENT = 200 * 1024
@@ -172,6 +174,7 @@ class Driver:
         manifest = self._require_manifest()
         self._deploy()
         t0 = time.time()
+        self._clear_failure()
         tasks_spec = manifest["tasks"]
         done = self._read_statuses("map")
         records: dict[int, dict] = {}
@@ -207,6 +210,7 @@ class Driver:
         manifest = self._require_manifest()
         self._deploy()
         t0 = time.time()
+        self._clear_failure()
         if map_records is None:
             map_records = self._load_map_commit()
         partitions = manifest["spec"]["partitions"]
@@ -574,7 +578,9 @@ class Driver:
                 error_type = (res.error or {}).get("errorType", "")
                 retryable = error_type not in NON_RETRYABLE
                 if task.attempts >= self.spec.max_attempts or not retryable:
-                    raise self._failed(phase, task, error, retryable, res)
+                    failure = self._failed(phase, task, error, retryable, res)
+                    self._record_failure(failure)
+                    raise failure
                 retries += 1
                 log.warning(
                     "%s attempt %d failed (%s); retrying", task.describe, task.attempts, error
@@ -608,6 +614,15 @@ class Driver:
         message = f"{task.describe} {what}: {error}{hint} (input: {task.input_desc})"
         return JobFailed(message, phase=phase, task=task.describe, input=task.input_desc, error=error)
 
+    def _record_failure(self, failure: JobFailed) -> None:
+        record = {"job_id": self.spec.job_id, "phase": failure.phase, "task": failure.task,
+                  "input": failure.input, "error": failure.error, "message": str(failure),
+                  "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        try:
+            self._write_json(st.join(self.job_dir, FAILURE), record)
+        except Exception:  # reporting the failure matters more than recording it
+            log.exception("could not record the failure of job %s", self.spec.job_id)
+
     def _report(self, phase: str, done: int, total: int, bytes_done: int, bytes_total: int,
                 started: float, running: int, retries: int, force: bool = False) -> None:
         if self.progress is None or (self._last_report == (phase, done, total) and not running):
@@ -615,6 +630,9 @@ class Driver:
         self._last_report = (phase, done, total)
         self.progress(Progress(phase, done, total, bytes_done, bytes_total,
                                round(time.time() - started, 1), running, retries))
+
+    def _clear_failure(self) -> None:
+        self.store.delete([st.join(self.job_dir, FAILURE)])
 
     # -- storage helpers ---------------------------------------------------------------
     def _write_json(self, uri: str, data: dict | list) -> None:
@@ -696,3 +714,44 @@ class _PartitionRounds:
             total += groups - (1 if n % self.fan_in == 1 else 0)
             n = groups
         return total + 1
+
+
+@dataclass
+class PhaseState:
+    """How far a phase of a job has got, read from storage alone."""
+
+    phase: str
+    done: int
+    total: int
+    complete: bool
+    failure: dict | None = None
+
+
+def phase_state(job_dir: str, phase: str) -> PhaseState:
+    """The state of ``phase`` ("map", or "reduce": the whole job) of the job in ``job_dir``."""
+    if phase not in ("map", "reduce"):
+        raise ValueError(f"phase must be 'map' or 'reduce', got {phase!r}")
+    store = st.for_uri(job_dir)
+    try:
+        manifest = json.loads(store.read_bytes(st.join(job_dir, MANIFEST)))
+    except st.NotFound:
+        return PhaseState(phase, 0, 0, False)
+    try:
+        failure = json.loads(store.read_bytes(st.join(job_dir, FAILURE)))
+    except st.NotFound:
+        failure = None
+    if phase == "map":
+        total = len(manifest["tasks"])
+        done = sum(
+            1 for i in store.list(st.join(job_dir, "status", "map"))
+            if i.uri.endswith(".json") and ".failed-" not in st.basename(i.uri)
+        )
+        return PhaseState(phase, done, total, done >= total, failure)
+    output = manifest["spec"]["output"]
+    try:
+        success = json.loads(st.for_uri(output).read_bytes(st.join(output, SUCCESS)))
+    except st.NotFound:
+        success = None
+    complete = bool(success and success.get("job_id") == manifest["job_id"])
+    total = manifest["spec"]["partitions"]
+    return PhaseState(phase, total if complete else 0, total, complete, failure)

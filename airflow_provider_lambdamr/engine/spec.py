@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 import time
@@ -133,3 +134,23 @@ class JobSpec:
         out = asdict(self)
         out["job_ref"] = self.job_ref
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict, **overrides: object) -> JobSpec:
+        """The spec a manifest recorded (``to_dict``), with run-time settings overridden."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in fields}
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kwargs)
+
+
+def load_spec(job_dir: str, **overrides: object) -> JobSpec:
+    """The spec of the job whose directory (``<job root>/<job id>``) is ``job_dir``."""
+    import json
+
+    uri = st.join(st.normalize(job_dir), "jobdata.json")
+    try:
+        manifest = json.loads(st.for_uri(uri).read_bytes(uri))
+    except st.NotFound:
+        raise ValueError(f"no job at {job_dir}: {uri} does not exist (has the map phase run?)") from None
+    return JobSpec.from_dict(manifest["spec"], **overrides)

@@ -1,0 +1,399 @@
+"""Operators: the map fan-out, the reducer rounds, and cleanup of a LambdaMR job."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Asset, AssetAlias, BaseOperator, BaseOperatorLink
+from airflow.sdk.exceptions import AirflowException
+
+from airflow_provider_lambdamr.engine.driver import Driver, JobFailed, Progress
+from airflow_provider_lambdamr.engine.spec import JobSpec, load_spec, parse_size
+from airflow_provider_lambdamr.hooks.lambda_mr import LambdaMapReduceHook
+from lambda_src import storage as st
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+    from airflow.sdk.types import TaskInstanceKey
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
+
+
+def default_job_id(context: Context) -> str:
+    """A job id from the DAG run: stable across task retries, distinct across runs."""
+    raw = f"{context['dag'].dag_id}__{context['run_id']}"
+    job_id = _UNSAFE.sub("-", raw).strip("-.") or "job"
+    if len(job_id) > 180:
+        import hashlib
+
+        job_id = job_id[:160] + "-" + hashlib.sha256(raw.encode()).hexdigest()[:16]
+    return job_id
+
+
+def normalize_inputs(inputs: str | Sequence[str] | dict[str, str | Sequence[str]]) -> dict[str, list[str]]:
+    """``"uri"``, ``["uri", ...]`` or ``{"name": "uri" | [...]}`` → the engine's form."""
+    if isinstance(inputs, str):
+        return {"": [inputs]}
+    if isinstance(inputs, dict):
+        return {name: [uris] if isinstance(uris, str) else list(uris) for name, uris in inputs.items()}
+    return {"": list(inputs)}
+
+
+class LambdaMapReduceResultLink(BaseOperatorLink):
+    """Where the job's result is: the S3 console for ``s3://``, else the result's URI."""
+
+    name = "LambdaMR Result"
+    key = "lambdamr_result"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        from airflow.sdk.execution_time.xcom import XCom
+
+        try:
+            value = XCom.get_value(ti_key=ti_key, key=self.key)
+        except Exception:
+            return ""
+        if not value:
+            return ""
+        output = value.get("output", "")
+        if st.is_s3(output):
+            bucket, key = st.split_s3(output)
+            region = value.get("region") or "us-east-1"
+            return (
+                f"https://{region}.console.aws.amazon.com/s3/buckets/{bucket}"
+                f"?region={region}&prefix={key.rstrip('/')}/"
+            )
+        return output
+
+
+class _LambdaMapReduceBase(BaseOperator):
+    """What the map and reduce operators share: the hook, progress logging, on_kill."""
+
+    def __init__(
+        self,
+        *,
+        runtime: str = "local",
+        workers: int | None = None,
+        aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+        verify: bool | str | None = None,
+        botocore_config: dict | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.runtime = runtime
+        self.workers = workers
+        self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
+        self.verify = verify
+        self.botocore_config = botocore_config
+        self._runtime = None
+
+    @cached_property
+    def hook(self) -> LambdaMapReduceHook:
+        return LambdaMapReduceHook(
+            runtime=self.runtime,
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+            verify=self.verify,
+            botocore_config=self.botocore_config,
+            workers=self.workers,
+        )
+
+    def _progress(self, p: Progress) -> None:
+        size = f", {p.bytes_done / 1e6:.1f}/{p.bytes_total / 1e6:.1f} MB" if p.bytes_total else ""
+        self.log.info("%s: %d/%d tasks%s, %.1fs elapsed", p.phase, p.done, p.total, size, p.elapsed_s)
+
+    def _run(self, spec: JobSpec, phase: Any) -> Any:
+        """Run ``phase(driver)`` with a runtime that on_kill can stop."""
+        runtime = self.hook.get_runtime(spec)
+        self._runtime = runtime
+        try:
+            with runtime:
+                driver = self.hook.get_driver(spec, runtime, progress=self._progress)
+                return phase(driver)
+        except JobFailed as err:
+            raise AirflowException(f"LambdaMR job {spec.job_id} failed: {err}") from None
+        finally:
+            self._runtime = None
+
+    def on_kill(self) -> None:
+        runtime = self._runtime
+        if runtime is not None:
+            self.log.info("stopping the local runtime's workers")
+            runtime.close()
+
+
+class LambdaMapOperator(_LambdaMapReduceBase):
+    """
+    Plan a LambdaMR job, deploy its code (only when that version is new) and run its map tasks.
+
+    The map tasks fan out with bounded concurrency; a retried Airflow task resumes from the
+    status records in storage, so completed map tasks are not re-run. Returns a small
+    summary (XCom) whose ``job_dir`` the reduce operator and the sensor take.
+
+    :param job: A built-in job (``wordcount``, ``amplab-2a``) or ``package.module:ClassName``.
+        (templated)
+    :param inputs: Input URI(s): a string, a list, or ``{name: uri or [uris]}``. (templated)
+    :param output_uri: Where the ``part-NNNNN`` files and ``_SUCCESS`` go. (templated)
+    :param job_root: Where job state and intermediates go (default: ``<output_uri>/_jobs``).
+        (templated)
+    :param job_id: Job id (default: derived from the DAG run). (templated)
+    :param job_params: Job parameters, ``{name: str}``. (templated)
+    :param partitions: Reduce partitions, i.e. result files.
+    :param fan_in: Runs merged per reduce task per round.
+    :param split_size: Bytes per map split, e.g. ``"64MB"``.
+    :param memory_mb: Function memory, MB.
+    :param timeout_s: Function timeout, seconds.
+    :param max_attempts: Attempts per task before the job fails.
+    :param max_bad_records: Unparsable records to skip (counted) before failing.
+    :param vectorized: Use the job's pyarrow mapper when available.
+    :param allow_empty_input: Give an empty result for empty input instead of failing.
+    :param overwrite: Replace a result another job left in ``output_uri``.
+    :param runtime: ``local`` or ``aws``. (templated)
+    :param workers: Local worker processes (default: CPU count).
+    :param aws_conn_id: Airflow AWS connection for ``s3://`` storage and Lambda.
+    :param region_name: AWS region. (templated)
+    :param verify: TLS verification for AWS calls.
+    :param botocore_config: botocore client configuration, as a dict.
+    """
+
+    template_fields: Sequence[str] = (
+        "inputs",
+        "job",
+        "job_id",
+        "job_params",
+        "job_root",
+        "output_uri",
+        "region_name",
+        "runtime",
+    )
+    ui_color = "#f5b26b"
+
+    def __init__(
+        self,
+        *,
+        job: str,
+        inputs: str | Sequence[str] | dict[str, Any],
+        output_uri: str,
+        job_root: str | None = None,
+        job_id: str | None = None,
+        job_params: dict[str, str] | None = None,
+        partitions: int = 1,
+        fan_in: int = 16,
+        split_size: str | int = "64MB",
+        memory_mb: int = 1536,
+        timeout_s: float = 900.0,
+        max_attempts: int = 3,
+        max_bad_records: int = 0,
+        vectorized: bool = True,
+        allow_empty_input: bool = False,
+        overwrite: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("multiple_outputs", True)  # so map_task.output["job_dir"] works
+        super().__init__(**kwargs)
+        self.job = job
+        self.inputs = inputs
+        self.output_uri = output_uri
+        self.job_root = job_root
+        self.job_id = job_id
+        self.job_params = job_params
+        self.partitions = partitions
+        self.fan_in = fan_in
+        self.split_size = split_size
+        self.memory_mb = memory_mb
+        self.timeout_s = timeout_s
+        self.max_attempts = max_attempts
+        self.max_bad_records = max_bad_records
+        self.vectorized = vectorized
+        self.allow_empty_input = allow_empty_input
+        self.overwrite = overwrite
+
+    def build_spec(self, context: Context) -> JobSpec:
+        try:
+            return JobSpec(
+                job=self.job,
+                inputs=normalize_inputs(self.inputs),
+                output=self.output_uri,
+                job_root=self.job_root or "",
+                job_id=self.job_id or default_job_id(context),
+                params={str(k): str(v) for k, v in (self.job_params or {}).items()},
+                partitions=self.partitions,
+                fan_in=self.fan_in,
+                split_size=parse_size(self.split_size, "split_size"),
+                memory_mb=self.memory_mb,
+                timeout_s=self.timeout_s,
+                max_attempts=self.max_attempts,
+                max_bad_records=self.max_bad_records,
+                vectorized=self.vectorized,
+                allow_empty_input=self.allow_empty_input,
+                overwrite=self.overwrite,
+                keep_intermediates=True,  # the reduce operator reads them, cleanup removes them
+            )
+        except ValueError as err:
+            raise AirflowException(f"Invalid LambdaMR job for task {self.task_id}: {err}") from None
+
+    def execute(self, context: Context) -> dict:
+        spec = self.build_spec(context)
+        self.log.info("LambdaMR job %s: %s -> %s", spec.job_id, spec.job_ref, spec.output)
+        # Before any work, so downstream cleanup finds the job even if this task fails.
+        context["ti"].xcom_push(key="job_dir", value=spec.job_dir)
+
+        def phase(driver: Driver) -> dict:
+            done = driver.completed_summary()
+            if done is not None:
+                self.log.info("job %s already succeeded; nothing to map", spec.job_id)
+                return {"job_id": spec.job_id, "job_dir": spec.job_dir, "output": spec.output,
+                        "already_succeeded": True}
+            manifest = driver.prepare()
+            records = driver.run_map()
+            stats = [r.get("stats", {}) for r in records]
+            summary = {
+                "job_id": spec.job_id,
+                "job_dir": spec.job_dir,
+                "output": spec.output,
+                "code_version": manifest["code"]["version"],
+                "map_tasks": len(records),
+                "input_objects": manifest["plan"]["objects"],
+                "input_bytes": sum(int(s.get("input_bytes", 0)) for s in stats),
+                "input_records": sum(int(s.get("input_records", 0)) for s in stats),
+                "map_output_records": sum(int(s.get("output_records", 0)) for s in stats),
+                "bad_records": sum(int(s.get("bad_records", 0)) for s in stats),
+                "invocations": driver.stats["map"].summary()["invocations"],
+            }
+            self.log.info("map phase done: %s", summary)
+            return summary
+
+        return self._run(spec, phase)
+
+
+class LambdaReduceOperator(_LambdaMapReduceBase):
+    """
+    Run the reducer rounds of a mapped LambdaMR job and commit its result.
+
+    Merges up to ``fan_in`` runs per partition per round until one output per partition
+    remains, writes ``part-NNNNN`` files and ``_SUCCESS``, and emits the result as an
+    Asset. A retried task resumes at the round it reached.
+
+    :param job_dir: The job's directory, e.g. ``map_task.output["job_dir"]``. (templated)
+    :param keep_intermediates: Keep map and reduce runs after success.
+    :param runtime: ``local`` or ``aws``. (templated)
+    :param workers: Local worker processes (default: CPU count).
+    :param aws_conn_id: Airflow AWS connection for ``s3://`` storage and Lambda.
+    :param region_name: AWS region. (templated)
+    :param verify: TLS verification for AWS calls.
+    :param botocore_config: botocore client configuration, as a dict.
+    :param result_asset: URI of the Asset to emit (default: an alias resolved to the output).
+    """
+
+    template_fields: Sequence[str] = ("job_dir", "region_name", "runtime")
+    operator_extra_links = (LambdaMapReduceResultLink(),)
+    ui_color = "#f7d08a"
+
+    def __init__(
+        self,
+        *,
+        job_dir: str,
+        keep_intermediates: bool = False,
+        result_asset: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.alias = AssetAlias(f"lambdamr-result-{kwargs.get('task_id', 'reduce')}")
+        if result_asset:
+            kwargs.setdefault("outlets", [Asset(result_asset)])
+        else:
+            kwargs.setdefault("outlets", [self.alias])
+        super().__init__(**kwargs)
+        self.job_dir = job_dir
+        self.keep_intermediates = keep_intermediates
+        self.result_asset = result_asset
+
+    def execute(self, context: Context) -> dict:
+        try:
+            spec = load_spec(self.job_dir, keep_intermediates=self.keep_intermediates)
+        except ValueError as err:
+            raise AirflowException(f"LambdaMR reduce task {self.task_id}: {err}") from None
+
+        def phase(driver: Driver) -> dict:
+            done = driver.completed_summary()
+            if done is None:
+                driver.run_reduce()
+                done = driver.commit()
+            return done
+
+        summary = self._run(spec, phase)
+        c = summary["counters"]
+        result = {
+            "job_id": summary["job_id"],
+            "output": summary["output"],
+            "files": len(summary["files"]),
+            "output_records": c["output_records"],
+            "output_bytes": c["output_bytes"],
+            "input_records": c["input_records"],
+            "bad_records": c["bad_records"],
+            "reduce_tasks": summary["tasks"]["reduce"],
+            "duration_s": summary["durations_s"].get("total"),
+        }
+        context["ti"].xcom_push(
+            key=LambdaMapReduceResultLink.key,
+            value={"output": summary["output"], "region": self.region_name},
+        )
+        if not self.result_asset:
+            context["outlet_events"][self.alias].add(Asset(summary["output"]), extra=result)
+        self.log.info("LambdaMR job %s succeeded: %s", summary["job_id"], result)
+        return result
+
+
+class LambdaMapReduceCleanupOperator(BaseOperator):
+    """
+    Delete a LambdaMR job's intermediates (map and reduce runs), or its whole directory.
+
+    Meant as a teardown (``trigger_rule="all_done"``): it succeeds when there is nothing to
+    delete.
+
+    :param job_dir: The job's directory. (templated)
+    :param delete_job_dir: Also delete the manifest and status records.
+    :param aws_conn_id: Airflow AWS connection for ``s3://`` storage.
+    :param region_name: AWS region. (templated)
+    :param verify: TLS verification for AWS calls.
+    :param botocore_config: botocore client configuration, as a dict.
+    """
+
+    template_fields: Sequence[str] = ("job_dir", "region_name")
+
+    def __init__(
+        self,
+        *,
+        job_dir: str,
+        delete_job_dir: bool = False,
+        aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+        verify: bool | str | None = None,
+        botocore_config: dict | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.job_dir = job_dir
+        self.delete_job_dir = delete_job_dir
+        self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
+        self.verify = verify
+        self.botocore_config = botocore_config
+
+    def execute(self, context: Context) -> int:
+        job_dir = st.normalize(self.job_dir)
+        if st.is_s3(job_dir):
+            LambdaMapReduceHook(
+                aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify,
+                botocore_config=self.botocore_config,
+            ).configure_storage_for(job_dir)
+        store = st.for_uri(job_dir)
+        subdirs = [""] if self.delete_job_dir else ["map", "reduce", "tasks"]
+        removed = 0
+        for sub in subdirs:
+            removed += store.delete_prefix(st.join(job_dir, sub) if sub else job_dir)
+        self.log.info("deleted %d objects under %s", removed, job_dir)
+        return removed

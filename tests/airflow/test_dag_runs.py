@@ -1,0 +1,177 @@
+"""Whole DAG runs with ``dag.test()``: local runtime, file:// and s3:// (moto) storage."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import boto3
+import pytest
+
+from lambda_src import storage as st
+from tests.helpers import read_counts, read_rows
+from tests.integration.test_amplab_duckdb import duckdb_2a
+
+EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
+
+
+def _dag(dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(EXAMPLE_DAGS))
+    assert bag.import_errors == {}
+    return bag.get_dag(dag_id)
+
+
+def _state(dr) -> str:
+    return str(getattr(dr.state, "value", dr.state))
+
+
+def test_amplab_2a_example_dag_runs_locally_and_equals_duckdb(airflow_db, tmp_path):
+    from airflow_provider_lambdamr.engine import amplab_gen
+
+    files = amplab_gen.generate(str(tmp_path / "uv"), table="uservisits", rows=20_000, files=3, seed=8)
+    out = str(tmp_path / "result")
+    dr = _dag("example_lambdamr_amplab_2a").test(run_conf={"input": str(tmp_path / "uv"), "output": out})
+    assert _state(dr) == "success"
+    expected = duckdb_2a([st.local_path(f["uri"]) for f in files])
+    got = {r[0]: float(r[1]) for r in read_rows(out)}
+    assert got.keys() == expected.keys()
+    assert all(abs(got[k] - expected[k][0]) <= 1e-9 * max(1, abs(expected[k][0])) for k in got)
+    success = json.loads((tmp_path / "result" / "_SUCCESS").read_text())
+    assert success["job_id"].startswith("example_lambdamr_amplab_2a__manual__")
+    job_dir = tmp_path / "result" / "_jobs" / success["job_id"]
+    assert not (job_dir / "map").exists(), "cleanup removes the intermediates"
+
+
+def test_wordcount_backfill_dates_are_separate_and_reruns_idempotent(airflow_db, tmp_path):
+    root = tmp_path / "in"
+    for day, words in (("2024-03-01", "a b a"), ("2024-03-02", "c c c d")):
+        (root / day).mkdir(parents=True)
+        (root / day / "part-0.txt").write_text(words + "\n")
+    conf = {"input_root": str(root), "output_root": str(tmp_path / "out")}
+    dag = _dag("example_lambdamr_wordcount")
+    for day in ("2024-03-01", "2024-03-02"):
+        when = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
+        assert _state(dag.test(logical_date=when, run_after=when, run_conf=conf)) == "success"
+    assert read_counts(str(tmp_path / "out" / "2024-03-01")) == {"a": 2, "b": 1}
+    assert read_counts(str(tmp_path / "out" / "2024-03-02")) == {"c": 3, "d": 1}
+    part = tmp_path / "out" / "2024-03-01" / "part-00000"
+    before = (part.stat().st_mtime_ns, json.loads((part.parent / "_SUCCESS").read_text())["job_id"])
+    when = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+    assert _state(dag.test(logical_date=when, run_after=when, run_conf=conf)) == "success"
+    after = (part.stat().st_mtime_ns, json.loads((part.parent / "_SUCCESS").read_text())["job_id"])
+    assert before == after == (before[0], "wordcount-2024-03-01"), "a rerun must not recompute the date"
+
+
+@pytest.fixture
+def moto_connection(moto_server, monkeypatch):
+    """Credentials in the environment, the endpoint only in the Airflow connection."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(
+        {"conn_type": "aws", "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"}}
+    ))
+    monkeypatch.setattr(st, "_s3", None)
+    bucket = f"dag-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket=bucket)
+    yield bucket
+    monkeypatch.setattr(st, "_s3", None)
+
+
+def test_amplab_2a_example_dag_on_s3_through_the_connection(airflow_db, moto_connection, moto_server, tmp_path):
+    from airflow_provider_lambdamr.engine import amplab_gen
+
+    local = amplab_gen.generate(str(tmp_path / "uv"), table="uservisits", rows=5000, files=2, seed=2)
+    s3 = boto3.client("s3", endpoint_url=moto_server)
+    for f in local:
+        s3.upload_file(st.local_path(f["uri"]), moto_connection, f"uv/{st.basename(f['uri'])}")
+    out = f"s3://{moto_connection}/result"
+    dr = _dag("example_lambdamr_amplab_2a").test(run_conf={"input": f"s3://{moto_connection}/uv/", "output": out})
+    assert _state(dr) == "success"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=moto_connection, Prefix="result/")["Contents"]]
+    assert "result/_SUCCESS" in keys and "result/part-00000" in keys
+    expected = duckdb_2a([st.local_path(f["uri"]) for f in local])
+    rows = []
+    for key in sorted(k for k in keys if k.startswith("result/part-")):
+        body = s3.get_object(Bucket=moto_connection, Key=key)["Body"].read().decode()
+        rows.extend(line.split(",") for line in body.splitlines())
+    assert {r[0] for r in rows} == set(expected)
+
+
+def test_deferrable_sensor_waits_in_a_trigger_until_the_job_commits(airflow_db, tmp_path):
+    """The sensor defers; the trigger runs (in-process under dag.test) while the reduce
+    phase finishes elsewhere, and the sensor resumes on its event."""
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    from airflow.sdk import DAG
+
+    from airflow_provider_lambdamr.engine.driver import Driver
+    from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
+    from airflow_provider_lambdamr.engine.spec import JobSpec
+    from airflow_provider_lambdamr.sensors.lambda_mr import LambdaMapReduceSensor
+
+    (tmp_path / "in.txt").write_text("x y\ny\n")
+    spec = JobSpec(job="wordcount", inputs={"": [str(tmp_path / "in.txt")]}, output=str(tmp_path / "out"),
+                   job_id="deferred", keep_intermediates=True)
+    with LocalRuntime(workers=1) as rt:
+        d = Driver(spec, rt)
+        d.prepare()
+        d.run_map()
+
+    def finish_later():
+        time.sleep(1.5)
+        with LocalRuntime(workers=1) as rt2:
+            Driver(spec, rt2).run()
+
+    with DAG(dag_id=f"lambdamr_deferral_{uuid.uuid4().hex[:6]}", schedule=None,
+             start_date=dt.datetime(2024, 1, 1)) as dag:
+        LambdaMapReduceSensor(task_id="wait", job_dir=spec.job_dir, phase="reduce", deferrable=True,
+                              poke_interval=0.2, timeout=60, aws_conn_id=None)
+    bag = DagBag(collect_dags=False)
+    bag.bag_dag(dag)
+    sync_bag_to_db(bag, bundle_name="dags-folder", bundle_version=None)
+    worker = threading.Thread(target=finish_later)
+    worker.start()
+    try:
+        dr = dag.test()
+    finally:
+        worker.join()
+    assert _state(dr) == "success"
+    assert read_counts(str(tmp_path / "out")) == {"x": 1, "y": 2}
+
+
+class _TI:
+    def __init__(self) -> None:
+        self.pushed: dict[str, object] = {}
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.pushed[key] = value
+
+
+def test_a_retried_map_task_resumes_instead_of_redoing_work(tmp_path):
+    from airflow_provider_lambdamr.operators.lambda_mr import LambdaMapOperator, LambdaReduceOperator
+
+    for i in range(4):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / f"f{i}.txt").write_text(f"w{i} common\n")
+    op = LambdaMapOperator(task_id="map", job="wordcount", inputs=str(tmp_path / "in"),
+                           output_uri=str(tmp_path / "out"), split_size=8, aws_conn_id=None)
+    ctx = {"dag": SimpleNamespace(dag_id="d"), "run_id": "manual__1", "ti": _TI()}
+    first = op.execute(ctx)
+    assert first["invocations"] == first["map_tasks"] == 8  # each 10-byte file is cut into two splits
+    assert ctx["ti"].pushed["job_dir"] == first["job_dir"]
+    retry = op.execute({**ctx, "ti": _TI()})  # the Airflow task's second try, same run
+    assert retry["invocations"] == 0 and retry["map_tasks"] == 8
+    assert retry["job_dir"] == first["job_dir"]
+    red = LambdaReduceOperator(task_id="reduce", job_dir=first["job_dir"], aws_conn_id=None, result_asset=str(tmp_path / "out"))
+    result = red.execute({**ctx, "ti": _TI(), "outlet_events": {}})
+    assert result["output_records"] == 5 and result["input_records"] == 4
+    assert read_counts(str(tmp_path / "out")) == {"w0": 1, "w1": 1, "w2": 1, "w3": 1, "common": 4}
