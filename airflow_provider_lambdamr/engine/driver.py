@@ -37,7 +37,7 @@ SUCCESS = "_SUCCESS"
 #: Events above this size carry their lists through storage (Lambda's async limit is 256 KB).
 MAX_INLINE_EVENT = 200 * 1024
 POLL_S = 0.5
-NON_RETRYABLE = ("TaskInputError", "Runtime.ImportModuleError")
+NON_RETRYABLE = ("TaskInputError", "Runtime.ImportModuleError", "Runtime.Cancelled")
 
 
 class JobFailed(Exception):
@@ -602,7 +602,9 @@ class Driver:
         return error
 
     def _failed(self, phase: str, task: _Task, error: str, retryable: bool, res: InvocationResult) -> JobFailed:
-        if retryable:
+        if (res.error or {}).get("errorType") == "Runtime.Cancelled":
+            what = "was cancelled"
+        elif retryable:
             what = f"failed after {task.attempts} attempt{'s' if task.attempts > 1 else ''}"
         else:
             what = "failed (not retried: the input itself is at fault)"

@@ -47,6 +47,17 @@ def test_amplab_2a_example_dag_runs_locally_and_equals_duckdb(airflow_db, tmp_pa
     assert success["job_id"].startswith("example_lambdamr_amplab_2a__manual__")
     job_dir = tmp_path / "result" / "_jobs" / success["job_id"]
     assert not (job_dir / "map").exists(), "cleanup removes the intermediates"
+    # the result is emitted as an Asset event, with the summary as its extra
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = (
+            session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.uri == st.normalize(out)).all()
+        )
+        assert len(events) == 1
+        assert events[0].extra["output_records"] == len(expected)
 
 
 def test_wordcount_backfill_dates_are_separate_and_reruns_idempotent(airflow_db, tmp_path):
@@ -175,3 +186,36 @@ def test_a_retried_map_task_resumes_instead_of_redoing_work(tmp_path):
     result = red.execute({**ctx, "ti": _TI(), "outlet_events": {}})
     assert result["output_records"] == 5 and result["input_records"] == 4
     assert read_counts(str(tmp_path / "out")) == {"w0": 1, "w1": 1, "w2": 1, "w3": 1, "common": 4}
+
+
+def test_on_kill_stops_the_local_workers(tmp_path, fixture_jobs_path):
+    """Airflow calls on_kill from its SIGTERM handler, in the task's own thread: do the same."""
+    import signal
+
+    from airflow.sdk.exceptions import AirflowException
+
+    from airflow_provider_lambdamr.operators.lambda_mr import LambdaMapOperator
+
+    (tmp_path / "in.txt").write_text("a\n")
+    op = LambdaMapOperator(task_id="map", job="userjobs.faulty:FaultyCount", inputs=str(tmp_path / "in.txt"),
+                           output_uri=str(tmp_path / "out"), job_params={"sleep_always": "60"},
+                           workers=1, aws_conn_id=None)
+    seen = {}
+
+    def on_term(signum, frame):
+        runtime = op._runtime
+        seen["pids"] = [w.proc.pid for w in runtime._pool]
+        seen["procs"] = [w.proc for w in runtime._pool]
+        op.on_kill()
+
+    old = signal.signal(signal.SIGALRM, on_term)
+    signal.setitimer(signal.ITIMER_REAL, 2.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(AirflowException, match=r"map task 0 of 1 was cancelled: Runtime\.Cancelled"):
+            op.execute({"dag": SimpleNamespace(dag_id="d"), "run_id": "kill", "ti": _TI()})
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert time.monotonic() - started < 30, "on_kill must end the task promptly"
+    assert seen["pids"] and all(p.poll() is not None for p in seen["procs"]), "workers still running"

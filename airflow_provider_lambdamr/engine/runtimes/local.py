@@ -94,6 +94,7 @@ class LocalRuntime(Runtime):
         self.cold_starts = 0
         self.workers_replaced = 0
         self._deaths_before_ready = 0
+        self._closed = False
 
     @property
     def capacity(self) -> int:
@@ -105,6 +106,7 @@ class LocalRuntime(Runtime):
 
     # -- lifecycle ---------------------------------------------------------------------
     def deploy(self, package: CodePackage) -> dict:
+        self._closed = False
         if self.package is not None and self.package.sha256 != package.sha256:
             self.close()
         self.package = package
@@ -145,17 +147,21 @@ class LocalRuntime(Runtime):
         return _Worker(proc=proc, conn=conn)
 
     def close(self) -> None:
+        """Stop every worker; in-flight and queued invocations end as cancelled."""
+        self._closed = True
+        cancelled = [w.current for w in self._pool if w.current is not None] + list(self._queue)
         for worker in self._pool:
+            worker.current = None
             self._stop(worker)
         self._pool = []
-        for pending in self._queue:
+        self._queue.clear()
+        for pending in cancelled:
             self._results.append(
                 InvocationResult(pending.request_id, False, error={
                     "errorType": "Runtime.Cancelled",
-                    "errorMessage": "the local runtime was closed before this invocation ran",
+                    "errorMessage": "the local runtime was stopped (on_kill or shutdown)",
                 })
             )
-        self._queue.clear()
 
     def _stop(self, worker: _Worker) -> None:
         with contextlib.suppress(OSError):
@@ -170,6 +176,8 @@ class LocalRuntime(Runtime):
     def invoke(self, function: str, event: dict) -> str:
         if function not in HANDLERS:
             raise ValueError(f"unknown function {function!r}: expected one of {sorted(HANDLERS)}")
+        if self._closed:
+            raise RuntimeError("the local runtime was stopped")
         if self.package is None:
             raise RuntimeError("deploy() a code package before invoking")
         request_id = str(uuid.uuid4())
@@ -217,6 +225,8 @@ class LocalRuntime(Runtime):
                 out, self._results = self._results, []
                 return out
             remaining = end - time.monotonic()
+            if self._closed:
+                raise RuntimeError("the local runtime was stopped")
             if remaining <= 0 or not self._pool:
                 return []
             busy = [w for w in self._pool if w.current is not None]
