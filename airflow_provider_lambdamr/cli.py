@@ -105,8 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace a result another job left in --output")
     run.add_argument("--keep-intermediates", action="store_true",
                      help="keep map and reduce runs after success")
+    _add_aws_options(run)
     run.add_argument("--json", action="store_true", help="print the _SUCCESS summary as JSON")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    deploy = sub.add_parser("deploy", help="create or update the job's Lambda functions")
+    deploy.add_argument("job", help="a built-in job or package.module:ClassName")
+    deploy.add_argument("--memory-mb", type=int, default=1536, metavar="MB")
+    deploy.add_argument("--timeout-s", type=float, default=900.0, metavar="S")
+    _add_aws_options(deploy, role_required=True)
 
     gen = sub.add_parser("amplab-gen", help="generate Amplab uservisits/rankings text data")
     gen.add_argument("--output", required=True, metavar="URI",
@@ -121,6 +128,46 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--skew", type=float, default=0.0,
                      help="fraction of uservisits rows from a few hot source IPs")
     return parser
+
+
+def _add_aws_options(parser: argparse.ArgumentParser, role_required: bool = False) -> None:
+    aws = parser.add_argument_group("AWS Lambda (--runtime aws)")
+    aws.add_argument("--role", required=role_required, metavar="ARN", help="the functions' execution role")
+    aws.add_argument("--function-prefix", default="lambdamr", metavar="P",
+                     help="functions are P-mapper and P-reducer (default lambdamr)")
+    aws.add_argument("--architecture", choices=("x86_64", "arm64"), default="x86_64")
+    aws.add_argument("--runtime-version", choices=("python3.11", "python3.12", "python3.13"),
+                     default="python3.12")
+    aws.add_argument("--trace", action="store_true", help="X-Ray tracing")
+    aws.add_argument("--concurrency", type=int, default=100, metavar="N",
+                     help="Lambda invocations in flight at once (default 100)")
+    aws.add_argument("--code-uri", metavar="S3URI", help="s3:// prefix for zips above 50 MB")
+    aws.add_argument("--region", metavar="REGION", help="AWS region (default: the AWS config's)")
+
+
+def _aws_runtime(args: argparse.Namespace, memory_mb: int, timeout_s: float):
+    import boto3
+
+    from airflow_provider_lambdamr.engine.runtimes.aws import AwsRuntime
+
+    if not args.role:
+        raise ValueError("--runtime aws needs --role ARN (see: lambdamr iam create-role)")
+    client = boto3.session.Session(region_name=args.region).client("lambda")
+    return AwsRuntime(
+        client, role_arn=args.role, function_prefix=args.function_prefix, memory_mb=memory_mb,
+        timeout_s=timeout_s, architecture=args.architecture, runtime_version=args.runtime_version,
+        tracing=args.trace, concurrency=args.concurrency, code_uri=args.code_uri,
+    )
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from airflow_provider_lambdamr.engine import packaging
+    from airflow_provider_lambdamr.engine.spec import resolve_job_ref
+
+    package = packaging.build(resolve_job_ref(args.job))
+    runtime = _aws_runtime(args, args.memory_mb, args.timeout_s)
+    print(json.dumps(runtime.deploy(package), indent=2, sort_keys=True))
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -181,9 +228,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _make_runtime(args: argparse.Namespace, spec: JobSpec, workers: int):
     if args.runtime == "aws":
-        raise ValueError(
-            "the aws runtime is not available in this release yet; use --runtime local"
-        )
+        return _aws_runtime(args, spec.memory_mb, spec.timeout_s)
     from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
 
     return LocalRuntime(workers=workers, memory_mb=spec.memory_mb, timeout_s=spec.timeout_s)
@@ -235,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "deploy":
+            return _cmd_deploy(args)
         return _cmd_amplab_gen(args)
     except (ValueError, OSError) as err:
         print(f"lambdamr: {err}", file=sys.stderr)

@@ -29,10 +29,10 @@ BAD_SAMPLES = 5
 
 
 def lambda_handler(event: dict, context: Any) -> dict:
-    return task.run(event, context, "map", _status_key, _describe, _run)
+    return task.run(event, context, "map", status_key, _describe, _run)
 
 
-def _status_key(ev: task.TaskEvent) -> str:
+def status_key(ev: task.TaskEvent) -> str:
     return f"map/{_index(ev):05d}"
 
 

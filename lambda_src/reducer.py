@@ -16,7 +16,7 @@ READ_CHUNK = 1024 * 1024
 
 
 def lambda_handler(event: dict, context: Any) -> dict:
-    return task.run(event, context, "reduce", _status_key, _describe, _run)
+    return task.run(event, context, "reduce", status_key, _describe, _run)
 
 
 def _coords(ev: task.TaskEvent) -> tuple[int, int, int, bool]:
@@ -30,7 +30,7 @@ def _coords(ev: task.TaskEvent) -> tuple[int, int, int, bool]:
     return rnd, part, group, bool(t.get("final"))
 
 
-def _status_key(ev: task.TaskEvent) -> str:
+def status_key(ev: task.TaskEvent) -> str:
     rnd, part, group, _ = _coords(ev)
     return f"reduce/r{rnd:03d}/p{part:05d}-g{group:05d}"
 

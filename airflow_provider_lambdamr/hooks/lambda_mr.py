@@ -47,9 +47,11 @@ class LambdaMapReduceHook(BaseHook):
         verify: bool | str | None = None,
         botocore_config: dict | None = None,
         workers: int | None = None,
+        aws_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.aws_options = dict(aws_options or {})
         if runtime not in RUNTIMES:
             raise ValueError(f"Parameter 'runtime' must be one of {RUNTIMES}, got {runtime!r}")
         self.runtime = runtime
@@ -110,10 +112,28 @@ class LambdaMapReduceHook(BaseHook):
             env["AWS_CA_BUNDLE"] = self.verify
         return env
 
+    @cached_property
+    def lambda_hook(self):
+        from airflow.providers.amazon.aws.hooks.lambda_function import LambdaHook
+
+        return LambdaHook(
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+            verify=self.verify,
+            config=self.botocore_config,
+        )
+
     def get_runtime(self, spec: JobSpec) -> Runtime:
         if self.runtime == "aws":
-            raise NotImplementedError(
-                "the aws runtime is not available in this release yet; use runtime='local'"
+            from airflow_provider_lambdamr.engine.runtimes.aws import AwsRuntime
+
+            options = dict(self.aws_options)
+            role_arn = options.pop("role_arn", None)
+            if not role_arn:
+                raise ValueError("Parameter 'role_arn' is required if 'runtime' is 'aws'")
+            return AwsRuntime(
+                self.lambda_hook.conn, role_arn=role_arn, memory_mb=spec.memory_mb,
+                timeout_s=spec.timeout_s, **options,
             )
         from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
 

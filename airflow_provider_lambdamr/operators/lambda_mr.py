@@ -80,11 +80,25 @@ class _LambdaMapReduceBase(BaseOperator):
         region_name: str | None = None,
         verify: bool | str | None = None,
         botocore_config: dict | None = None,
+        role_arn: str | None = None,
+        function_prefix: str = "lambdamr",
+        architecture: str = "x86_64",
+        runtime_version: str = "python3.12",
+        tracing: bool = False,
+        concurrency: int = 100,
+        code_uri: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.runtime = runtime
         self.workers = workers
+        self.role_arn = role_arn
+        self.function_prefix = function_prefix
+        self.architecture = architecture
+        self.runtime_version = runtime_version
+        self.tracing = tracing
+        self.concurrency = concurrency
+        self.code_uri = code_uri
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
         self.verify = verify
@@ -100,6 +114,15 @@ class _LambdaMapReduceBase(BaseOperator):
             verify=self.verify,
             botocore_config=self.botocore_config,
             workers=self.workers,
+            aws_options={
+                "role_arn": self.role_arn,
+                "function_prefix": self.function_prefix,
+                "architecture": self.architecture,
+                "runtime_version": self.runtime_version,
+                "tracing": self.tracing,
+                "concurrency": self.concurrency,
+                "code_uri": self.code_uri,
+            },
         )
 
     def _progress(self, p: Progress) -> None:
@@ -158,9 +181,17 @@ class LambdaMapOperator(_LambdaMapReduceBase):
     :param region_name: AWS region. (templated)
     :param verify: TLS verification for AWS calls.
     :param botocore_config: botocore client configuration, as a dict.
+    :param role_arn: The Lambda functions' execution role (``aws`` runtime). (templated)
+    :param function_prefix: Functions are ``<prefix>-mapper`` / ``<prefix>-reducer``. (templated)
+    :param architecture: ``x86_64`` or ``arm64`` (``aws`` runtime).
+    :param runtime_version: Lambda Python runtime, e.g. ``python3.12`` (``aws`` runtime).
+    :param tracing: X-Ray active tracing (``aws`` runtime).
+    :param concurrency: Lambda invocations in flight at once (``aws`` runtime).
+    :param code_uri: ``s3://`` prefix for zips above Lambda's direct upload limit.
     """
 
     template_fields: Sequence[str] = (
+        "function_prefix",
         "inputs",
         "job",
         "job_id",
@@ -168,6 +199,7 @@ class LambdaMapOperator(_LambdaMapReduceBase):
         "job_root",
         "output_uri",
         "region_name",
+        "role_arn",
         "runtime",
     )
     ui_color = "#f5b26b"
@@ -289,7 +321,7 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
     :param result_asset: URI of the Asset to emit (default: an alias resolved to the output).
     """
 
-    template_fields: Sequence[str] = ("job_dir", "region_name", "runtime")
+    template_fields: Sequence[str] = ("function_prefix", "job_dir", "region_name", "role_arn", "runtime")
     operator_extra_links = (LambdaMapReduceResultLink(),)
     ui_color = "#f7d08a"
 

@@ -82,3 +82,35 @@ def test_console_script_is_installed():
     exe = Path(sys.executable).with_name("lambdamr")
     res = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.startswith("lambdamr ")
+
+
+def test_deploy_prints_a_stable_json_summary(aws_env, tmp_path):
+    import uuid
+
+    import boto3
+
+    role = boto3.client("iam").create_role(
+        RoleName=f"cli-{uuid.uuid4().hex[:8]}",
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]}),
+    )["Role"]["Arn"]
+    prefix = f"cli-{uuid.uuid4().hex[:6]}"
+    args = ["deploy", "wordcount", "--role", role, "--function-prefix", prefix, "--memory-mb", "512",
+            "--timeout-s", "30", "--architecture", "arm64", "--runtime-version", "python3.13"]
+    first = run(*args)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert set(summary["functions"]) == {"mapper", "reducer"}
+    assert summary["functions"]["mapper"]["name"] == f"{prefix}-mapper"
+    assert summary["architecture"] == "arm64" and summary["memory_mb"] == 512
+    second = run(*args)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout) == summary
+
+
+def test_aws_runtime_needs_a_role(tmp_path):
+    (tmp_path / "in.txt").write_text("a\n")
+    res = run("run", "wordcount", "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "o"),
+              "--runtime", "aws")
+    assert res.returncode == 2
+    assert "--runtime aws needs --role ARN" in res.stderr

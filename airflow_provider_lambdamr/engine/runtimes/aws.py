@@ -1,0 +1,364 @@
+"""The AWS runtime: the job's zip deployed as Lambda functions, invoked asynchronously.
+
+Deploy creates or updates one mapper and one reducer function, waits with botocore's Lambda
+waiters, publishes a version only when the code or configuration changed, and points an
+alias named after the code version at it, so every invocation of a job runs exactly the code
+it was planned with. Invocations are ``Event`` invokes (a sliding window bounded by
+``concurrency``, with backoff on throttling); their outcome is read from the status records
+the handlers write, with paginated listing, so it works for 10,000+ tasks and survives a
+restarted driver. Lambda's own async retries are turned off: the driver retries.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_provider_lambdamr.engine.packaging import CodePackage
+from airflow_provider_lambdamr.engine.runtimes.base import HANDLERS, InvocationResult, Runtime
+from lambda_src import mapper, reducer, task
+from lambda_src import storage as st
+
+log = logging.getLogger(__name__)
+
+#: Lambda accepts zips up to this size in the request itself; larger ones go through S3.
+DIRECT_UPLOAD_LIMIT = 50 * 1024 * 1024
+ARCHITECTURES = ("x86_64", "arm64")
+RUNTIME_VERSIONS = ("python3.11", "python3.12", "python3.13")
+THROTTLE_CODES = ("TooManyRequestsException", "ThrottlingException", "EC2ThrottledException")
+
+
+class DeployError(Exception):
+    """A function could not be created, updated or published."""
+
+
+@dataclass
+class _InFlight:
+    request_id: str
+    status_prefix: str  # <job_dir>/status/<key>
+    attempt: int
+    started: float
+
+
+class AwsRuntime(Runtime):
+    """Runs invocations on AWS Lambda.
+
+    :param lambda_client: A boto3 Lambda client (e.g. ``LambdaHook(...).conn``).
+    :param role_arn: The functions' execution role.
+    :param function_prefix: Function names are ``<prefix>-mapper`` and ``<prefix>-reducer``.
+    :param memory_mb: Function memory, MB.
+    :param timeout_s: Function timeout, seconds.
+    :param architecture: ``x86_64`` or ``arm64``.
+    :param runtime_version: Lambda Python runtime, e.g. ``python3.12``.
+    :param tracing: X-Ray active tracing.
+    :param concurrency: Invocations in flight at once.
+    :param environment: Extra environment variables for the functions.
+    :param code_uri: ``s3://`` prefix for zips above the direct-upload limit.
+    :param status_grace_s: How long past the timeout a task may stay silent before it
+        counts as lost (async delivery can lag under throttling).
+    """
+
+    name = "aws"
+
+    def __init__(
+        self,
+        lambda_client: Any,
+        *,
+        role_arn: str,
+        function_prefix: str = "lambdamr",
+        memory_mb: int = 1536,
+        timeout_s: float = 900.0,
+        architecture: str = "x86_64",
+        runtime_version: str = "python3.12",
+        tracing: bool = False,
+        concurrency: int = 100,
+        environment: dict[str, str] | None = None,
+        code_uri: str | None = None,
+        status_grace_s: float = 120.0,
+        poll_interval_s: float = 2.0,
+        direct_upload_limit: int = DIRECT_UPLOAD_LIMIT,
+        max_throttle_retries: int = 12,
+    ) -> None:
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        if runtime_version not in RUNTIME_VERSIONS:
+            raise ValueError(f"runtime_version must be one of {RUNTIME_VERSIONS}, got {runtime_version!r}")
+        if not role_arn or not role_arn.startswith("arn:"):
+            raise ValueError(f"role_arn must be an IAM role ARN, got {role_arn!r}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.client = lambda_client
+        self.role_arn = role_arn
+        self.function_prefix = function_prefix
+        self.memory_mb = memory_mb
+        self.timeout_s = timeout_s
+        self.architecture = architecture
+        self.runtime_version = runtime_version
+        self.tracing = tracing
+        self.concurrency = concurrency
+        self.environment = dict(environment or {})
+        self.code_uri = code_uri
+        self.status_grace_s = status_grace_s
+        self.poll_interval_s = poll_interval_s
+        self.direct_upload_limit = direct_upload_limit
+        self.max_throttle_retries = max_throttle_retries
+        self.package: CodePackage | None = None
+        self.deployment: dict | None = None
+        self._in_flight: dict[str, _InFlight] = {}
+        self.throttled = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.concurrency
+
+    def function_name(self, kind: str) -> str:
+        return f"{self.function_prefix}-{kind}"
+
+    def alias_name(self, package: CodePackage) -> str:
+        return f"v{package.version}"
+
+    # -- deploy ------------------------------------------------------------------------
+    def _configuration(self, kind: str) -> dict:
+        return {
+            "Role": self.role_arn,
+            "Handler": HANDLERS[kind],
+            "Runtime": self.runtime_version,
+            "MemorySize": int(self.memory_mb),
+            "Timeout": math.ceil(self.timeout_s),
+            "TracingConfig": {"Mode": "Active" if self.tracing else "PassThrough"},
+            "Environment": {"Variables": {**self.environment, "LAMBDAMR_TRACING": "1" if self.tracing else "0"}},
+        }
+
+    def _code(self, package: CodePackage) -> dict:
+        with open(package.path, "rb") as fh:
+            data = fh.read()
+        if len(data) <= self.direct_upload_limit:
+            return {"ZipFile": data}
+        if not self.code_uri or not st.is_s3(self.code_uri):
+            raise DeployError(
+                f"the function zip is {len(data)} bytes, above the {self.direct_upload_limit}-byte "
+                f"direct upload limit; pass an s3:// code_uri to upload it through S3"
+            )
+        uri = st.join(self.code_uri, f"lambdamr-{package.version}.zip")
+        st.for_uri(uri).write_bytes(uri, data)
+        bucket, key = st.split_s3(uri)
+        return {"S3Bucket": bucket, "S3Key": key}
+
+    @staticmethod
+    def lambda_sha256(package: CodePackage) -> str:
+        """Lambda's ``CodeSha256``: the base64 SHA-256 of the zip."""
+        with open(package.path, "rb") as fh:
+            return base64.b64encode(hashlib.sha256(fh.read()).digest()).decode()
+
+    def _config_differs(self, current: dict, wanted: dict) -> bool:
+        env = (current.get("Environment") or {}).get("Variables") or {}
+        return any((
+            current.get("Role") != wanted["Role"],
+            current.get("Handler") != wanted["Handler"],
+            current.get("Runtime") != wanted["Runtime"],
+            int(current.get("MemorySize", 0)) != wanted["MemorySize"],
+            int(current.get("Timeout", 0)) != wanted["Timeout"],
+            (current.get("TracingConfig") or {}).get("Mode", "PassThrough") != wanted["TracingConfig"]["Mode"],
+            env != wanted["Environment"]["Variables"],
+        ))
+
+    def _wait(self, waiter: str, name: str, qualifier: str | None = None) -> None:
+        params: dict[str, Any] = {"FunctionName": name, "WaiterConfig": {"Delay": 2, "MaxAttempts": 150}}
+        if qualifier:
+            params["Qualifier"] = qualifier
+        try:
+            self.client.get_waiter(waiter).wait(**params)
+        except Exception as err:
+            raise DeployError(f"function {name} did not become ready ({waiter}): {err}") from err
+
+    def _deploy_function(self, kind: str, package: CodePackage, sha: str) -> dict:
+        from botocore.exceptions import ClientError
+
+        name = self.function_name(kind)
+        wanted = self._configuration(kind)
+        alias = self.alias_name(package)
+        try:
+            existing = self.client.get_function(FunctionName=name)["Configuration"]
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise DeployError(f"cannot read function {name}: {err}") from err
+            existing = None
+        if existing is None:
+            log.info("creating function %s", name)
+            try:
+                self.client.create_function(
+                    FunctionName=name, Code=self._code(package), Architectures=[self.architecture],
+                    PackageType="Zip", Publish=False,
+                    Description=f"lambdamr {kind}", **wanted,
+                )
+            except ClientError as err:
+                raise DeployError(f"cannot create function {name}: {err}") from err
+            self._wait("function_active_v2", name)
+        else:
+            if existing.get("CodeSha256") != sha or (existing.get("Architectures") or ["x86_64"]) != [self.architecture]:
+                log.info("updating the code of %s", name)
+                self.client.update_function_code(
+                    FunctionName=name, Architectures=[self.architecture], **self._code(package)
+                )
+                self._wait("function_updated_v2", name)
+            if self._config_differs(existing, wanted):
+                log.info("updating the configuration of %s", name)
+                self.client.update_function_configuration(FunctionName=name, **wanted)
+                self._wait("function_updated_v2", name)
+        # Async retries off: the driver retries, with the error in hand.
+        self.client.put_function_event_invoke_config(
+            FunctionName=name, MaximumRetryAttempts=0, MaximumEventAgeInSeconds=21600
+        )
+        version = self._published_version(name, alias, sha, wanted)
+        return {"name": name, "alias": alias, "version": version, "code_sha256": sha}
+
+    def _published_version(self, name: str, alias: str, sha: str, wanted: dict) -> str:
+        """The alias's version when it already runs this code and configuration; else publish."""
+        from botocore.exceptions import ClientError
+
+        try:
+            current = self.client.get_alias(FunctionName=name, Name=alias)
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise
+            current = None
+        if current is not None:
+            cfg = self.client.get_function_configuration(FunctionName=name, Qualifier=current["FunctionVersion"])
+            if cfg.get("CodeSha256") == sha and not self._config_differs(cfg, wanted):
+                return current["FunctionVersion"]
+        published = self.client.publish_version(FunctionName=name, CodeSha256=sha, Description=alias)
+        version = published["Version"]
+        self._wait("published_version_active", name, qualifier=version)
+        if current is None:
+            self.client.create_alias(FunctionName=name, Name=alias, FunctionVersion=version)
+        else:
+            self.client.update_alias(FunctionName=name, Name=alias, FunctionVersion=version)
+        log.info("published %s version %s as alias %s", name, version, alias)
+        return version
+
+    def deploy(self, package: CodePackage) -> dict:
+        sha = self.lambda_sha256(package)
+        functions = {kind: self._deploy_function(kind, package, sha) for kind in HANDLERS}
+        self.package = package
+        self.deployment = {
+            "runtime": self.name,
+            "version": package.version,
+            "sha256": package.sha256,
+            "functions": functions,
+            "memory_mb": self.memory_mb,
+            "timeout_s": self.timeout_s,
+            "architecture": self.architecture,
+            "runtime_version": self.runtime_version,
+            "tracing": self.tracing,
+        }
+        return self.deployment
+
+    # -- invoke ------------------------------------------------------------------------
+    def invoke(self, function: str, event: dict) -> str:
+        from botocore.exceptions import ClientError
+
+        if self.deployment is None:
+            raise RuntimeError("deploy() a code package before invoking")
+        fn = self.deployment["functions"][function]
+        phase = "map" if function == "mapper" else "reduce"
+        ev = task.TaskEvent.parse(event, phase)
+        key = (mapper if phase == "map" else reducer).status_key(ev)
+        payload = json.dumps(event).encode()
+        delay = 0.2
+        for attempt in range(self.max_throttle_retries + 1):
+            try:
+                resp = self.client.invoke(
+                    FunctionName=fn["name"], Qualifier=fn["alias"], InvocationType="Event", Payload=payload
+                )
+                break
+            except ClientError as err:
+                code = err.response.get("Error", {}).get("Code", "")
+                if code not in THROTTLE_CODES or attempt == self.max_throttle_retries:
+                    raise
+                self.throttled += 1
+                sleep = min(20.0, delay * (2**attempt)) * (0.5 + random.random())
+                log.info("invoke throttled (%s); retrying in %.1fs", code, sleep)
+                time.sleep(sleep)
+        status = int(resp.get("StatusCode", 0))
+        if status != 202:
+            raise RuntimeError(f"asynchronous invoke of {fn['name']} returned status {status}, not 202")
+        request_id = resp.get("ResponseMetadata", {}).get("RequestId") or str(uuid.uuid4())
+        self._in_flight[request_id] = _InFlight(
+            request_id, st.join(ev.job_dir, "status", key), ev.attempt, time.monotonic()
+        )
+        return request_id
+
+    def poll(self, timeout: float) -> list[InvocationResult]:
+        end = time.monotonic() + max(0.0, timeout)
+        while True:
+            results = self._check()
+            if results or time.monotonic() >= end or not self._in_flight:
+                return results
+            time.sleep(min(self.poll_interval_s, max(0.0, end - time.monotonic())))
+
+    def _check(self) -> list[InvocationResult]:
+        """Read the status records of everything in flight (one paginated listing per phase)."""
+        if not self._in_flight:
+            return []
+        by_dir: dict[str, set[str]] = {}
+        for inflight in self._in_flight.values():
+            base = inflight.status_prefix.rsplit("/", 1)[0]
+            by_dir.setdefault(base, set())
+        listing: set[str] = set()
+        for base in by_dir:
+            listing.update(i.uri for i in st.for_uri(base).list(base))
+        results = []
+        now = time.monotonic()
+        for rid, inflight in list(self._in_flight.items()):
+            done_uri = inflight.status_prefix + ".json"
+            store = st.for_uri(done_uri)
+            if done_uri in listing:
+                record = json.loads(store.read_bytes(done_uri))
+                stats = record.get("stats", {})
+                duration = float(stats.get("duration_ms", 0.0))
+                results.append(InvocationResult(
+                    request_id=rid, ok=True, payload=record, duration_ms=duration,
+                    billed_ms=max(1, math.ceil(duration)), max_memory_mb=float(stats.get("peak_memory_mb", 0.0)),
+                ))
+                del self._in_flight[rid]
+                continue
+            failed_prefix = f"{inflight.status_prefix}.failed-a{inflight.attempt}-"
+            failed = sorted(u for u in listing if u.startswith(failed_prefix))
+            if failed:
+                record = json.loads(store.read_bytes(failed[0]))
+                err = record.get("error", {})
+                deterministic = err.get("type") in {e.__name__ for e in task.DETERMINISTIC_ERRORS}
+                results.append(InvocationResult(
+                    request_id=rid, ok=False,
+                    error={"errorType": "TaskInputError" if deterministic else "TaskError",
+                           "errorMessage": record.get("where", "task") + " failed: "
+                           + f"{err.get('type')}: {err.get('message')}"},
+                    duration_ms=float(record.get("duration_ms", 0.0)),
+                ))
+                del self._in_flight[rid]
+                continue
+            if now - inflight.started > self.timeout_s + self.status_grace_s:
+                results.append(InvocationResult(
+                    request_id=rid, ok=False,
+                    error={"errorType": "Sandbox.Timedout",
+                           "errorMessage": f"RequestId: {rid} no status record within "
+                                           f"{self.timeout_s + self.status_grace_s:.0f} seconds: the "
+                                           f"function timed out, ran out of memory, or the event was lost"},
+                ))
+                del self._in_flight[rid]
+        return results
+
+    def cancel(self, request_id: str) -> None:
+        self._in_flight.pop(request_id, None)
+
+    def close(self) -> None:
+        """Invocations already queued in Lambda run to completion; stop watching them."""
+        self._in_flight.clear()
