@@ -138,7 +138,8 @@ def _add_aws_options(parser: argparse.ArgumentParser, role_required: bool = Fals
     aws.add_argument("--architecture", choices=("x86_64", "arm64"), default="x86_64")
     aws.add_argument("--runtime-version", choices=("python3.11", "python3.12", "python3.13"),
                      default="python3.12")
-    aws.add_argument("--trace", action="store_true", help="X-Ray tracing")
+    aws.add_argument("--trace", action="store_true",
+                     help="X-Ray tracing (segments go to AWS_XRAY_DAEMON_ADDRESS; works locally too)")
     aws.add_argument("--concurrency", type=int, default=100, metavar="N",
                      help="Lambda invocations in flight at once (default 100)")
     aws.add_argument("--code-uri", metavar="S3URI", help="s3:// prefix for zips above 50 MB")
@@ -164,8 +165,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     from airflow_provider_lambdamr.engine import packaging
     from airflow_provider_lambdamr.engine.spec import resolve_job_ref
 
-    package = packaging.build(resolve_job_ref(args.job))
     runtime = _aws_runtime(args, args.memory_mb, args.timeout_s)
+    package = packaging.build(resolve_job_ref(args.job), tracing=args.trace)
     print(json.dumps(runtime.deploy(package), indent=2, sort_keys=True))
     return 0
 
@@ -198,6 +199,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         allow_empty_input=args.allow_empty_input,
         keep_intermediates=args.keep_intermediates,
         overwrite=args.overwrite,
+        tracing=args.trace,
     )
     runtime = _make_runtime(args, spec, workers)
     progress = None if args.quiet else _print_progress
@@ -231,7 +233,8 @@ def _make_runtime(args: argparse.Namespace, spec: JobSpec, workers: int):
         return _aws_runtime(args, spec.memory_mb, spec.timeout_s)
     from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
 
-    return LocalRuntime(workers=workers, memory_mb=spec.memory_mb, timeout_s=spec.timeout_s)
+    return LocalRuntime(workers=workers, memory_mb=spec.memory_mb, timeout_s=spec.timeout_s,
+                        tracing=spec.tracing)
 
 
 def _cmd_amplab_gen(args: argparse.Namespace) -> int:

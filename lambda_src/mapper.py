@@ -94,7 +94,8 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
             if job.has_table_shuffle():
                 return _run_table_shuffle(ev, job, splits, cfg, index, token)
             buffer = _new_buffer(job, cfg)
-            stats = _map_tables(job, splits, buffer.add, cfg)
+            with task.traced("read+map", mode="vectorized"):
+                stats = _map_tables(job, splits, buffer.add, cfg)
             mode = "vectorized"
         except _ArrowFallback as why:
             log.info("%s: vectorized read stopped (%s); re-reading in record mode", where, why)
@@ -104,21 +105,24 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
     if buffer is None:
         buffer = _new_buffer(job, cfg)
         bad = BadRecords(cfg.max_bad_records, where)
-        stats = _map_records(job, splits, buffer, cfg, bad)
+        with task.traced("read+map", mode="record"):
+            stats = _map_records(job, splits, buffer, cfg, bad)
         stats["bad_records"] = bad.count
         if bad.samples:
             stats["bad_samples"] = bad.samples
 
     outputs = []
     records_out = 0
+    traced_write = task.traced("write")
     try:
-        for p, data in enumerate(buffer.finish()):
-            if data is None:
-                continue
-            uri = st.join(ev.job_dir, "map", f"{index:05d}", token, f"part-{p:05d}")
-            records, size = output.write_lines(uri, data)
-            records_out += records
-            outputs.append({"partition": p, "uri": uri, "records": records, "bytes": size})
+        with traced_write:
+            for p, data in enumerate(buffer.finish()):
+                if data is None:
+                    continue
+                uri = st.join(ev.job_dir, "map", f"{index:05d}", token, f"part-{p:05d}")
+                records, size = output.write_lines(uri, data)
+                records_out += records
+                outputs.append({"partition": p, "uri": uri, "records": records, "bytes": size})
     finally:
         buffer.close()
     stats.update(
@@ -316,7 +320,8 @@ def _run_table_shuffle(
             held[:] = [combined]
             rows[0] = combined.num_rows
 
-    stats = _map_tables(job, splits, sink, cfg)
+    with task.traced("read+map", mode="vectorized"):
+        stats = _map_tables(job, splits, sink, cfg)
     outputs = []
     if held:
         combined = ash.check_table(job.combine_table(ash.concat(held)), "combine_table")

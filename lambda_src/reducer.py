@@ -50,10 +50,12 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
     job = task.load_job_class(ev.job.ref)(ev.job.params)
     input_bytes = sum(st.for_uri(uri).size(uri) for uri in inputs)
     arrow_runs = [uri for uri in inputs if uri.endswith(".arrow")]
-    if arrow_runs and job.has_table_shuffle() and len(arrow_runs) == len(inputs):
-        result = _run_tables(ev, job, inputs, token, rnd, part, group, final)
-    else:
-        result = _run_lines(ev, job, inputs, token, rnd, part, group, final)
+    # Reading, merging, reducing and writing stream together: one subsegment.
+    with task.traced("read+reduce+write", inputs=len(inputs)):
+        if arrow_runs and job.has_table_shuffle() and len(arrow_runs) == len(inputs):
+            result = _run_tables(ev, job, inputs, token, rnd, part, group, final)
+        else:
+            result = _run_lines(ev, job, inputs, token, rnd, part, group, final)
     result["stats"].update(inputs=len(inputs), input_bytes=input_bytes)
     return result
 

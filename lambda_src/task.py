@@ -9,16 +9,18 @@ duplicate delivery) can never mix their outputs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
+import os
 import re
 import resource
 import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,6 +227,40 @@ def write_json(uri: str, record: dict) -> None:
 
 Body = Callable[[TaskEvent, str], dict]
 
+_tracing_ready: bool | None = None
+
+
+def _tracing() -> bool:
+    """Trace handlers when the function was deployed with tracing and the SDK is in the zip."""
+    global _tracing_ready
+    if _tracing_ready is None:
+        _tracing_ready = False
+        if os.environ.get("LAMBDAMR_TRACING") == "1" and os.environ.get("_X_AMZN_TRACE_ID"):
+            try:
+                from aws_xray_sdk.core import patch, xray_recorder
+            except ImportError:
+                log.warning("tracing is on but aws_xray_sdk is not in the function's zip")
+            else:
+                logging.getLogger("aws_xray_sdk").setLevel(logging.ERROR)
+                xray_recorder.configure(context_missing="IGNORE_ERROR", sampling=False, plugins=())
+                patch(("botocore",))
+                _tracing_ready = True
+    return _tracing_ready and bool(os.environ.get("_X_AMZN_TRACE_ID"))
+
+
+@contextlib.contextmanager
+def traced(name: str, **annotations: object) -> Iterator[None]:
+    """An X-Ray subsegment of the invocation's trace, or nothing when not tracing."""
+    if not _tracing():
+        yield
+        return
+    from aws_xray_sdk.core import xray_recorder
+
+    with xray_recorder.in_subsegment(name) as sub:
+        for key, value in annotations.items():
+            sub.put_annotation(key, value)
+        yield
+
 
 def run(
     event: object,
@@ -248,7 +284,8 @@ def run(
     status_uri = st.join(ev.job_dir, "status", f"{key}.json")
     request_id = getattr(context, "aws_request_id", None)
     try:
-        result = body(ev, token)
+        with traced(describe(ev), job_id=ev.job_id, task=status_key(ev)):
+            result = body(ev, token)
     except Exception as err:
         where = describe(ev)
         message = f"{where} failed: {type(err).__name__}: {err}"

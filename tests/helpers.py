@@ -13,7 +13,8 @@ from lambda_src import storage as st
 
 def run_job(workers: int = 2, progress=None, **kwargs) -> dict:
     spec = JobSpec(**kwargs)
-    with LocalRuntime(workers=workers, memory_mb=spec.memory_mb, timeout_s=spec.timeout_s) as rt:
+    with LocalRuntime(workers=workers, memory_mb=spec.memory_mb, timeout_s=spec.timeout_s,
+                      tracing=spec.tracing) as rt:
         return Driver(spec, rt, progress=progress).run()
 
 

@@ -23,6 +23,7 @@ from airflow_provider_lambdamr import __version__
 from airflow_provider_lambdamr.engine import packaging, planner
 from airflow_provider_lambdamr.engine.runtimes.base import InvocationResult, Runtime
 from airflow_provider_lambdamr.engine.spec import JobSpec
+from airflow_provider_lambdamr.engine.tracing import JobTracer
 from lambda_src import storage as st
 from lambda_src.reader import Segment
 from lambda_src.task import EVENT_VERSION, JobConfig, load_job_class
@@ -132,6 +133,8 @@ class Driver:
         self.timings: dict[str, float] = {}
         self._deployed = False
         self._last_report: tuple | None = None
+        self.tracer = JobTracer(spec.tracing, spec.job_id)
+        self._trace_header: str | None = None
         self.map_only = not load_job_class(spec.job_ref).has_reducer()
 
     # -- public phases -----------------------------------------------------------------
@@ -141,11 +144,12 @@ class Driver:
         if done is not None:
             log.info("job %s already succeeded; output %s", self.spec.job_id, self.spec.output)
             return done
-        self.prepare()
-        map_records = self.run_map()
-        if not self.map_only:
-            self.run_reduce(map_records)
-        return self.commit(map_records)
+        with self.tracer:
+            self.prepare()
+            map_records = self.run_map()
+            if not self.map_only:
+                self.run_reduce(map_records)
+            return self.commit(map_records)
 
     def completed_summary(self) -> dict | None:
         """The ``_SUCCESS`` manifest when this job already committed its output."""
@@ -193,9 +197,11 @@ class Driver:
             records[task.meta["index"]] = record
             return []
 
-        self._execute("map", todo, finished, total=count, already=len(records),
+        with self.tracer.phase("map") as header:
+            self._trace_header = header
+            self._execute("map", todo, finished, total=count, already=len(records),
                       bytes_total=manifest["plan"]["bytes"],
-                      bytes_already=sum(int(r.get("stats", {}).get("input_bytes", 0)) for r in records.values()))
+                          bytes_already=sum(int(r.get("stats", {}).get("input_bytes", 0)) for r in records.values()))
         ordered = [records[i] for i in range(count)]
         outputs = [
             {"index": i, "outputs": r.get("outputs", []), "stats": r.get("stats", {})}
@@ -259,8 +265,10 @@ class Driver:
         for p in range(partitions):
             initial.extend(tasks_for(p))
         already = sum(1 for k in done if k.startswith("reduce/"))
-        self._execute("reduce", initial, finished, total=max(total_tasks, already), already=already,
-                      bytes_total=0, bytes_already=0)
+        with self.tracer.phase("reduce") as header:
+            self._trace_header = header
+            self._execute("reduce", initial, finished, total=max(total_tasks, already), already=already,
+                          bytes_total=0, bytes_already=0)
         missing = [p for p in range(partitions) if p not in finals]
         if missing:
             raise JobFailed(f"reduce finished without a result for partitions {missing}", phase="reduce")
@@ -317,6 +325,7 @@ class Driver:
                 "total": round(time.time() - manifest.get("created_epoch", time.time()), 3),
             },
             "memory_mb": self.spec.memory_mb,
+            "trace_id": self.tracer.trace_id,
             "lambdamr_version": __version__,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -431,7 +440,7 @@ class Driver:
 
     def _package(self) -> packaging.CodePackage:
         if self.package is None:
-            self.package = packaging.build(self.spec.job_ref)
+            self.package = packaging.build(self.spec.job_ref, tracing=self.spec.tracing)
         return self.package
 
     def _deploy(self) -> None:
@@ -558,7 +567,7 @@ class Driver:
                 task = queue.popleft()
                 task.attempts += 1
                 task.event["task"]["attempt"] = task.attempts
-                request_id = self.runtime.invoke(task.function, task.event)
+                request_id = self.runtime.invoke(task.function, task.event, self._trace_header)
                 running[request_id] = task
             for res in self.runtime.poll(POLL_S):
                 task = running.pop(res.request_id, None)

@@ -75,21 +75,25 @@ def _files(top: str, root: Path) -> list[tuple[str, Path]]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
         for name in sorted(filenames):
-            if name.endswith(SKIP_SUFFIXES) or name.startswith("."):
-                continue
+            if name.endswith((*SKIP_SUFFIXES, ".so", ".pyd", ".dylib")) or name.startswith("."):
+                continue  # compiled extensions are built for this machine, not for Lambda
             full = Path(dirpath) / name
             rel = full.relative_to(root).as_posix()
             out.append((f"{top}/{rel}", full))
     return out
 
 
-def build_zip_bytes(job_ref: str) -> tuple[bytes, tuple[str, ...]]:
-    """The zip's bytes and its top-level modules, for the runtime plus the job's module."""
+#: What the handlers need for X-Ray (Lambda's Python runtime has botocore, not these).
+TRACING_MODULES = ("aws_xray_sdk", "wrapt")
+
+
+def build_zip_bytes(job_ref: str, include: tuple[str, ...] = ()) -> tuple[bytes, tuple[str, ...]]:
+    """The zip's bytes and its top-level modules: the runtime, the job's module, ``include``."""
     module_name = job_ref.partition(":")[0]
     tops: dict[str, Path] = {"lambda_src": Path(lambda_src.__file__).parent}
-    top, root = _package_root(module_name)
-    if top != "lambda_src":
-        tops[top] = root
+    for name in (module_name, *include):
+        top, root = _package_root(name)
+        tops.setdefault(top, root)
     entries: list[tuple[str, Path]] = []
     for name, path in sorted(tops.items()):
         entries.extend(_files(name, path))
@@ -105,9 +109,9 @@ def build_zip_bytes(job_ref: str) -> tuple[bytes, tuple[str, ...]]:
     return buf.getvalue(), tuple(sorted(tops))
 
 
-def build(job_ref: str) -> CodePackage:
-    """Build (or find in the cache) the versioned zip for a job."""
-    data, modules = build_zip_bytes(job_ref)
+def build(job_ref: str, tracing: bool = False) -> CodePackage:
+    """Build (or find in the cache) the versioned zip for a job (with the X-Ray SDK if tracing)."""
+    data, modules = build_zip_bytes(job_ref, TRACING_MODULES if tracing else ())
     digest = hashlib.sha256(data).hexdigest()
     target = cache_dir() / "zips" / f"lambdamr-{digest[:16]}.zip"
     if not target.exists() or target.stat().st_size != len(data):

@@ -76,6 +76,7 @@ class JobSpec:
     allow_empty_input: bool = False
     keep_intermediates: bool = False
     overwrite: bool = False
+    tracing: bool = False
 
     def __post_init__(self) -> None:
         self.job_ref = resolve_job_ref(self.job)

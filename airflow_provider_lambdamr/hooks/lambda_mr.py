@@ -129,6 +129,7 @@ class LambdaMapReduceHook(BaseHook):
 
             options = dict(self.aws_options)
             role_arn = options.pop("role_arn", None)
+            options["tracing"] = bool(options.get("tracing") or spec.tracing)
             if not role_arn:
                 raise ValueError("Parameter 'role_arn' is required if 'runtime' is 'aws'")
             return AwsRuntime(
@@ -142,6 +143,7 @@ class LambdaMapReduceHook(BaseHook):
             memory_mb=spec.memory_mb,
             timeout_s=spec.timeout_s,
             env=self.worker_env(spec),
+            tracing=spec.tracing,
         )
 
     def get_driver(

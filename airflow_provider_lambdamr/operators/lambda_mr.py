@@ -263,6 +263,7 @@ class LambdaMapOperator(_LambdaMapReduceBase):
                 vectorized=self.vectorized,
                 allow_empty_input=self.allow_empty_input,
                 overwrite=self.overwrite,
+                tracing=self.tracing,
                 keep_intermediates=True,  # the reduce operator reads them, cleanup removes them
             )
         except ValueError as err:

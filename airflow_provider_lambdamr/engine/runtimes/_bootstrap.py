@@ -90,6 +90,11 @@ def main() -> None:
                 fh.write("5")
         except OSError:
             pass
+        # Lambda sets the invocation's trace header in the environment; so do we.
+        if request.get("trace_header"):
+            os.environ["_X_AMZN_TRACE_ID"] = request["trace_header"]
+        else:
+            os.environ.pop("_X_AMZN_TRACE_ID", None)
         reply = {"type": "result", "request_id": request["request_id"], "cold_start": cold}
         if cold:
             reply["init_ms"] = init_ms

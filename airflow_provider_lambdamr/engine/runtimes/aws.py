@@ -262,7 +262,9 @@ class AwsRuntime(Runtime):
         return self.deployment
 
     # -- invoke ------------------------------------------------------------------------
-    def invoke(self, function: str, event: dict) -> str:
+    def invoke(self, function: str, event: dict, trace_header: str | None = None) -> str:
+        # The trace header travels in the HTTP request: X-Ray's botocore patch adds it for
+        # calls made inside the driver's phase subsegment.
         from botocore.exceptions import ClientError
 
         if self.deployment is None:

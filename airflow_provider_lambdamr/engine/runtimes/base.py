@@ -52,8 +52,12 @@ class Runtime(abc.ABC):
         """Make this code version ready to invoke; return a summary of what was deployed."""
 
     @abc.abstractmethod
-    def invoke(self, function: str, event: dict) -> str:
-        """Start one invocation of ``function`` (a key of HANDLERS); return its request id."""
+    def invoke(self, function: str, event: dict, trace_header: str | None = None) -> str:
+        """Start one invocation of ``function`` (a key of HANDLERS); return its request id.
+
+        ``trace_header`` (``Root=...;Parent=...;Sampled=1``) makes the invocation part of
+        the driver's X-Ray trace.
+        """
 
     @abc.abstractmethod
     def poll(self, timeout: float) -> list[InvocationResult]:

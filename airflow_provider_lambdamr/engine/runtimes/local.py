@@ -40,6 +40,7 @@ class _Pending:
     request_id: str
     function: str
     event: dict
+    trace_header: str | None = None
 
 
 @dataclass
@@ -78,6 +79,7 @@ class LocalRuntime(Runtime):
         timeout_s: float = 900.0,
         function_prefix: str = "lambdamr",
         env: dict[str, str] | None = None,
+        tracing: bool = False,
     ) -> None:
         self.workers = workers or os.cpu_count() or 1
         if self.workers < 1:
@@ -85,7 +87,8 @@ class LocalRuntime(Runtime):
         self.memory_mb = memory_mb
         self.timeout_s = timeout_s
         self.function_prefix = function_prefix
-        self.env = env or {}
+        self.env = {**(env or {}), "LAMBDAMR_TRACING": "1" if tracing else "0"}
+        self.tracing = tracing
         self.package: CodePackage | None = None
         self.code_dir: Path | None = None
         self._pool: list[_Worker] = []
@@ -173,7 +176,7 @@ class LocalRuntime(Runtime):
             worker.proc.wait(timeout=5)
 
     # -- invocations -------------------------------------------------------------------
-    def invoke(self, function: str, event: dict) -> str:
+    def invoke(self, function: str, event: dict, trace_header: str | None = None) -> str:
         if function not in HANDLERS:
             raise ValueError(f"unknown function {function!r}: expected one of {sorted(HANDLERS)}")
         if self._closed:
@@ -181,7 +184,7 @@ class LocalRuntime(Runtime):
         if self.package is None:
             raise RuntimeError("deploy() a code package before invoking")
         request_id = str(uuid.uuid4())
-        self._queue.append(_Pending(request_id, function, event))
+        self._queue.append(_Pending(request_id, function, event, trace_header))
         self._dispatch()
         return request_id
 
@@ -210,6 +213,7 @@ class LocalRuntime(Runtime):
                     "function_name": self.function_name(pending.function),
                     "memory_mb": self.memory_mb,
                     "deadline_ms": worker.deadline * 1000,
+                    "trace_header": pending.trace_header,
                     "event": pending.event,
                 }
                 try:
