@@ -115,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--timeout-s", type=float, default=900.0, metavar="S")
     _add_aws_options(deploy, role_required=True)
 
+    clean = sub.add_parser("cleanup", help="delete a job's intermediates; prune old function versions")
+    clean.add_argument("--job-dir", metavar="URI", help="the job directory (<job root>/<job id>)")
+    clean.add_argument("--delete-job-dir", action="store_true",
+                       help="also delete the manifest and status records")
+    clean.add_argument("--functions", action="store_true",
+                       help="delete old aliases and versions of the functions, keeping the live one")
+    clean.add_argument("--keep-alias", metavar="ALIAS", help="the alias to keep (default: the newest)")
+    clean.add_argument("--log-groups", action="store_true", help="delete the functions' log groups")
+    clean.add_argument("--function-prefix", default="lambdamr", metavar="P")
+    clean.add_argument("--region", metavar="REGION")
+
     gen = sub.add_parser("amplab-gen", help="generate Amplab uservisits/rankings text data")
     gen.add_argument("--output", required=True, metavar="URI",
                      help="directory URI; tables go to OUTPUT/<table>/")
@@ -168,6 +179,31 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     runtime = _aws_runtime(args, args.memory_mb, args.timeout_s)
     package = packaging.build(resolve_job_ref(args.job), tracing=args.trace)
     print(json.dumps(runtime.deploy(package), indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_cleanup(args: argparse.Namespace) -> int:
+    from lambda_src import storage as st
+
+    if not (args.job_dir or args.functions or args.log_groups):
+        raise ValueError("nothing to clean: give --job-dir, --functions and/or --log-groups")
+    report: dict = {}
+    if args.job_dir:
+        job_dir = st.normalize(args.job_dir)
+        store = st.for_uri(job_dir)
+        subs = [job_dir] if args.delete_job_dir else [st.join(job_dir, s) for s in ("map", "reduce", "tasks")]
+        report["deleted_objects"] = sum(store.delete_prefix(u) for u in subs)
+    if args.functions or args.log_groups:
+        import boto3
+
+        from airflow_provider_lambdamr.engine.runtimes import aws
+
+        session = boto3.session.Session(region_name=args.region)
+        if args.functions:
+            report["functions"] = aws.prune_functions(session.client("lambda"), args.function_prefix, args.keep_alias)
+        if args.log_groups:
+            report["log_groups"] = aws.delete_log_groups(session.client("logs"), args.function_prefix)
+    print(json.dumps(report, indent=2, sort_keys=True))
     return 0
 
 
@@ -285,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "deploy":
             return _cmd_deploy(args)
+        if args.command == "cleanup":
+            return _cmd_cleanup(args)
         return _cmd_amplab_gen(args)
     except (ValueError, OSError) as err:
         print(f"lambdamr: {err}", file=sys.stderr)

@@ -389,19 +389,26 @@ class LambdaMapReduceCleanupOperator(BaseOperator):
 
     :param job_dir: The job's directory. (templated)
     :param delete_job_dir: Also delete the manifest and status records.
+    :param prune_functions: Delete old aliases and versions of the functions, keeping the
+        newest alias (``aws`` runtime).
+    :param delete_log_groups: Delete the functions' CloudWatch log groups.
+    :param function_prefix: Functions are ``<prefix>-mapper`` / ``<prefix>-reducer``.
     :param aws_conn_id: Airflow AWS connection for ``s3://`` storage.
     :param region_name: AWS region. (templated)
     :param verify: TLS verification for AWS calls.
     :param botocore_config: botocore client configuration, as a dict.
     """
 
-    template_fields: Sequence[str] = ("job_dir", "region_name")
+    template_fields: Sequence[str] = ("function_prefix", "job_dir", "region_name")
 
     def __init__(
         self,
         *,
         job_dir: str,
         delete_job_dir: bool = False,
+        prune_functions: bool = False,
+        delete_log_groups: bool = False,
+        function_prefix: str = "lambdamr",
         aws_conn_id: str | None = "aws_default",
         region_name: str | None = None,
         verify: bool | str | None = None,
@@ -411,6 +418,9 @@ class LambdaMapReduceCleanupOperator(BaseOperator):
         super().__init__(**kwargs)
         self.job_dir = job_dir
         self.delete_job_dir = delete_job_dir
+        self.prune_functions = prune_functions
+        self.delete_log_groups = delete_log_groups
+        self.function_prefix = function_prefix
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
         self.verify = verify
@@ -418,11 +428,22 @@ class LambdaMapReduceCleanupOperator(BaseOperator):
 
     def execute(self, context: Context) -> int:
         job_dir = st.normalize(self.job_dir)
-        if st.is_s3(job_dir):
-            LambdaMapReduceHook(
-                aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify,
-                botocore_config=self.botocore_config,
-            ).configure_storage_for(job_dir)
+        hook = LambdaMapReduceHook(
+            aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify,
+            botocore_config=self.botocore_config,
+        )
+        hook.configure_storage_for(job_dir)
+        if self.prune_functions or self.delete_log_groups:
+            from airflow_provider_lambdamr.engine.runtimes import aws
+
+            if self.prune_functions:
+                self.log.info("pruned: %s", aws.prune_functions(hook.lambda_hook.conn, self.function_prefix))
+            if self.delete_log_groups:
+                from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
+
+                logs = AwsLogsHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name,
+                                   verify=self.verify, config=self.botocore_config).conn
+                self.log.info("deleted log groups: %s", aws.delete_log_groups(logs, self.function_prefix))
         store = st.for_uri(job_dir)
         subdirs = [""] if self.delete_job_dir else ["map", "reduce", "tasks"]
         removed = 0

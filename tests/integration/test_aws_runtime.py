@@ -179,3 +179,25 @@ def test_function_errors_and_lost_invocations_are_retried_or_reported(lambda_cli
     with pytest.raises(JobFailed, match=r"map task 0 of 1 failed after 2 attempts: RuntimeError: injected "
                                         r"failure \(always\) \(input: file://.*/0\.txt bytes 0-\d+\)"):
         Driver(spec2, _runtime(AsyncLambda(lambda_client), role_arn)).run()
+
+
+def test_prune_keeps_the_live_alias_and_version(lambda_client, role_arn):
+    from airflow_provider_lambdamr.engine.runtimes.aws import delete_log_groups, prune_functions
+
+    prefix = f"lmr-{uuid.uuid4().hex[:6]}"
+    pkg = packaging.build("lambda_src.jobs.wordcount:WordCount")
+    pkg2 = packaging.build("lambda_src.jobs.wordcount:WordCount", tracing=True)  # other code
+    AwsRuntime(lambda_client, role_arn=role_arn, function_prefix=prefix).deploy(pkg)
+    live = AwsRuntime(lambda_client, role_arn=role_arn, function_prefix=prefix).deploy(pkg2)
+    assert len(_versions(lambda_client, f"{prefix}-mapper")) == 2
+    deleted = prune_functions(lambda_client, prefix, keep_alias=f"v{pkg2.version}")
+    assert deleted[f"{prefix}-mapper"]["aliases"] == [f"v{pkg.version}"]
+    assert _versions(lambda_client, f"{prefix}-mapper") == [live["functions"]["mapper"]["version"]]
+    names = [a["Name"] for a in lambda_client.list_aliases(FunctionName=f"{prefix}-reducer")["Aliases"]]
+    assert names == [f"v{pkg2.version}"]
+    assert prune_functions(lambda_client, prefix)[f"{prefix}-mapper"] == {
+        "aliases": [], "versions": [], "kept": [live["functions"]["mapper"]["version"]]}
+    logs = boto3.client("logs")
+    logs.create_log_group(logGroupName=f"/aws/lambda/{prefix}-mapper")
+    assert delete_log_groups(logs, prefix) == [f"/aws/lambda/{prefix}-mapper"]
+    assert prune_functions(lambda_client, "no-such-prefix") == {}

@@ -364,3 +364,53 @@ class AwsRuntime(Runtime):
     def close(self) -> None:
         """Invocations already queued in Lambda run to completion; stop watching them."""
         self._in_flight.clear()
+
+
+def prune_functions(lambda_client: Any, function_prefix: str, keep_alias: str | None = None) -> dict:
+    """Delete old aliases and versions of ``<prefix>-mapper`` / ``<prefix>-reducer``.
+
+    The alias ``keep_alias`` (default: the most recently published one) and the version it
+    points to stay, as does ``$LATEST``. Returns what was deleted, by function.
+    """
+    from botocore.exceptions import ClientError
+
+    deleted: dict[str, dict[str, list[str]]] = {}
+    for kind in HANDLERS:
+        name = f"{function_prefix}-{kind}"
+        try:
+            aliases = [a for p in lambda_client.get_paginator("list_aliases").paginate(FunctionName=name)
+                       for a in p["Aliases"]]
+            versions = [v["Version"] for p in lambda_client.get_paginator("list_versions_by_function")
+                        .paginate(FunctionName=name) for v in p["Versions"] if v["Version"] != "$LATEST"]
+        except ClientError as err:
+            if err.response["Error"]["Code"] == "ResourceNotFoundException":
+                continue
+            raise
+        live = keep_alias
+        if live is None and aliases:
+            live = max(aliases, key=lambda a: int(a["FunctionVersion"]) if a["FunctionVersion"].isdigit() else -1)["Name"]
+        kept_versions = {a["FunctionVersion"] for a in aliases if a["Name"] == live}
+        gone_aliases = [a["Name"] for a in aliases if a["Name"] != live]
+        for alias in gone_aliases:
+            lambda_client.delete_alias(FunctionName=name, Name=alias)
+        gone_versions = [v for v in versions if v not in kept_versions]
+        for version in gone_versions:
+            lambda_client.delete_function(FunctionName=name, Qualifier=version)
+        deleted[name] = {"aliases": gone_aliases, "versions": gone_versions, "kept": sorted(kept_versions)}
+    return deleted
+
+
+def delete_log_groups(logs_client: Any, function_prefix: str) -> list[str]:
+    """Delete the functions' CloudWatch log groups (only when asked: logs are evidence)."""
+    from botocore.exceptions import ClientError
+
+    gone = []
+    for kind in HANDLERS:
+        group = f"/aws/lambda/{function_prefix}-{kind}"
+        try:
+            logs_client.delete_log_group(logGroupName=group)
+            gone.append(group)
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise
+    return gone
