@@ -30,5 +30,9 @@ def get_provider_info() -> dict:
         "triggers": [
             {"integration-name": integration, "python-modules": ["airflow_provider_lambdamr.triggers.lambda_mr"]}
         ],
-        "extra-links": ["airflow_provider_lambdamr.operators.lambda_mr.LambdaMapReduceResultLink"],
+        "extra-links": [
+            "airflow_provider_lambdamr.operators.lambda_mr.LambdaMapReduceResultLink",
+            "airflow_provider_lambdamr.operators.lambda_mr.LambdaMapReduceFunctionLink",
+            "airflow_provider_lambdamr.operators.lambda_mr.LambdaMapReduceTraceLink",
+        ],
     }

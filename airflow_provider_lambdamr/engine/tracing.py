@@ -25,6 +25,7 @@ class JobTracer:
         self.job_id = job_id
         self.service = service
         self.segment: Any = None
+        self.trace_id: str | None = None  # kept after the segment ends, for links and summaries
         self._recorder: Any = None
 
     def __enter__(self) -> JobTracer:
@@ -48,6 +49,7 @@ class JobTracer:
         self._recorder = xray_recorder
         self.segment = xray_recorder.begin_segment(self.service, sampling=1)
         self.segment.put_annotation("job_id", self.job_id)
+        self.trace_id = self.segment.trace_id
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -57,10 +59,6 @@ class JobTracer:
             self.segment.add_exception(exc, [])
         self._recorder.end_segment()
         self.segment = None
-
-    @property
-    def trace_id(self) -> str | None:
-        return self.segment.trace_id if self.segment is not None else None
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[str | None]:

@@ -49,12 +49,7 @@ class LambdaMapReduceResultLink(BaseOperatorLink):
     key = "lambdamr_result"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
-
-        try:
-            value = XCom.get_value(ti_key=ti_key, key=self.key)
-        except Exception:
-            return ""
+        value = _xcom_link_value(ti_key, self.key)
         if not value:
             return ""
         output = value.get("output", "")
@@ -66,6 +61,45 @@ class LambdaMapReduceResultLink(BaseOperatorLink):
                 f"?region={region}&prefix={key.rstrip('/')}/"
             )
         return output
+
+
+class LambdaMapReduceFunctionLink(BaseOperatorLink):
+    """The mapper function in the Lambda console (``aws`` runtime)."""
+
+    name = "Lambda Function"
+    key = "lambdamr_function"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        value = _xcom_link_value(ti_key, self.key)
+        if not value or not value.get("function"):
+            return ""
+        region = value.get("region") or "us-east-1"
+        return (f"https://{region}.console.aws.amazon.com/lambda/home?region={region}"
+                f"#/functions/{value['function']}/aliases/{value.get('alias', '')}")
+
+
+class LambdaMapReduceTraceLink(BaseOperatorLink):
+    """The job's X-Ray trace (when traced)."""
+
+    name = "X-Ray Trace"
+    key = "lambdamr_trace"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        value = _xcom_link_value(ti_key, self.key)
+        if not value or not value.get("trace_id"):
+            return ""
+        region = value.get("region") or "us-east-1"
+        return (f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}"
+                f"#xray:traces/{value['trace_id']}")
+
+
+def _xcom_link_value(ti_key: TaskInstanceKey, key: str) -> dict | None:
+    from airflow.sdk.execution_time.xcom import XCom
+
+    try:
+        return XCom.get_value(ti_key=ti_key, key=key)
+    except Exception:
+        return None
 
 
 class _LambdaMapReduceBase(BaseOperator):
@@ -129,18 +163,37 @@ class _LambdaMapReduceBase(BaseOperator):
         size = f", {p.bytes_done / 1e6:.1f}/{p.bytes_total / 1e6:.1f} MB" if p.bytes_total else ""
         self.log.info("%s: %d/%d tasks%s, %.1fs elapsed", p.phase, p.done, p.total, size, p.elapsed_s)
 
-    def _run(self, spec: JobSpec, phase: Any) -> Any:
-        """Run ``phase(driver)`` with a runtime that on_kill can stop."""
+    def _run(self, spec: JobSpec, phase: Any, context: Context) -> Any:
+        """Run ``phase(driver)`` with a runtime that on_kill can stop, inside the job's trace."""
         runtime = self.hook.get_runtime(spec)
         self._runtime = runtime
         try:
             with runtime:
                 driver = self.hook.get_driver(spec, runtime, progress=self._progress)
-                return phase(driver)
+                try:
+                    with driver.tracer:
+                        return phase(driver)
+                finally:
+                    self._push_links(context, driver)
         except JobFailed as err:
             raise AirflowException(f"LambdaMR job {spec.job_id} failed: {err}") from None
         finally:
             self._runtime = None
+
+    def _push_links(self, context: Context, driver: Driver) -> None:
+        ti = context.get("ti")
+        if ti is None:
+            return
+        region = None
+        if self.runtime == "aws":
+            region = self.region_name or self.hook.lambda_hook.conn.meta.region_name
+        deployment = getattr(driver, "deployment", None) or {}
+        mapper_fn = (deployment.get("functions") or {}).get("mapper") or {}
+        if deployment.get("runtime") == "aws" and mapper_fn:
+            ti.xcom_push(key=LambdaMapReduceFunctionLink.key,
+                         value={"function": mapper_fn["name"], "alias": mapper_fn["alias"], "region": region})
+        if driver.tracer.trace_id:
+            ti.xcom_push(key=LambdaMapReduceTraceLink.key, value={"trace_id": driver.tracer.trace_id, "region": region})
 
     def on_kill(self) -> None:
         runtime = self._runtime
@@ -202,6 +255,7 @@ class LambdaMapOperator(_LambdaMapReduceBase):
         "role_arn",
         "runtime",
     )
+    operator_extra_links = (LambdaMapReduceFunctionLink(), LambdaMapReduceTraceLink())
     ui_color = "#f5b26b"
 
     def __init__(
@@ -300,7 +354,7 @@ class LambdaMapOperator(_LambdaMapReduceBase):
             self.log.info("map phase done: %s", summary)
             return summary
 
-        return self._run(spec, phase)
+        return self._run(spec, phase, context)
 
 
 class LambdaReduceOperator(_LambdaMapReduceBase):
@@ -323,7 +377,11 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
     """
 
     template_fields: Sequence[str] = ("function_prefix", "job_dir", "region_name", "role_arn", "runtime")
-    operator_extra_links = (LambdaMapReduceResultLink(),)
+    operator_extra_links = (
+        LambdaMapReduceResultLink(),
+        LambdaMapReduceFunctionLink(),
+        LambdaMapReduceTraceLink(),
+    )
     ui_color = "#f7d08a"
 
     def __init__(
@@ -357,7 +415,7 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
                 done = driver.commit()
             return done
 
-        summary = self._run(spec, phase)
+        summary = self._run(spec, phase, context)
         c = summary["counters"]
         result = {
             "job_id": summary["job_id"],

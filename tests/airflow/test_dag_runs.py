@@ -32,6 +32,17 @@ def _state(dr) -> str:
     return str(getattr(dr.state, "value", dr.state))
 
 
+def _register(dag) -> None:
+    """Make a DAG defined in a test runnable by dag.test(): serialize it into the DB."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(collect_dags=False)
+    bag.bag_dag(dag)
+    sync_bag_to_db(bag, bundle_name="dags-folder", bundle_version=None)
+
+
 def test_amplab_2a_example_dag_runs_locally_and_equals_duckdb(airflow_db, tmp_path):
     from airflow_provider_lambdamr.engine import amplab_gen
 
@@ -121,7 +132,6 @@ def test_amplab_2a_example_dag_on_s3_through_the_connection(airflow_db, moto_con
 def test_deferrable_sensor_waits_in_a_trigger_until_the_job_commits(airflow_db, tmp_path):
     """The sensor defers; the trigger runs (in-process under dag.test) while the reduce
     phase finishes elsewhere, and the sensor resumes on its event."""
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
     from airflow.sdk import DAG
 
     from airflow_provider_lambdamr.engine.driver import Driver
@@ -146,9 +156,7 @@ def test_deferrable_sensor_waits_in_a_trigger_until_the_job_commits(airflow_db, 
              start_date=dt.datetime(2024, 1, 1)) as dag:
         LambdaMapReduceSensor(task_id="wait", job_dir=spec.job_dir, phase="reduce", deferrable=True,
                               poke_interval=0.2, timeout=60, aws_conn_id=None)
-    bag = DagBag(collect_dags=False)
-    bag.bag_dag(dag)
-    sync_bag_to_db(bag, bundle_name="dags-folder", bundle_version=None)
+    _register(dag)
     worker = threading.Thread(target=finish_later)
     worker.start()
     try:
@@ -219,3 +227,30 @@ def test_on_kill_stops_the_local_workers(tmp_path, fixture_jobs_path):
         signal.signal(signal.SIGALRM, old)
     assert time.monotonic() - started < 30, "on_kill must end the task promptly"
     assert seen["pids"] and all(p.poll() is not None for p in seen["procs"]), "workers still running"
+
+
+def test_extra_links_are_stored_for_a_traced_run(airflow_db, tmp_path, monkeypatch):
+    from airflow.models.xcom import XComModel
+    from airflow.sdk import DAG
+    from airflow.utils.session import create_session
+
+    from airflow_provider_lambdamr.operators.lambda_mr import LambdaMapOperator, LambdaReduceOperator
+
+    monkeypatch.setenv("AWS_XRAY_DAEMON_ADDRESS", "127.0.0.1:9")  # discard segments
+    (tmp_path / "in.txt").write_text("p q\n")
+    with DAG(dag_id=f"lambdamr_links_{uuid.uuid4().hex[:6]}", schedule=None,
+             start_date=dt.datetime(2024, 1, 1)) as dag:
+        m = LambdaMapOperator(task_id="map", job="wordcount", inputs=str(tmp_path / "in.txt"),
+                              output_uri=str(tmp_path / "out"), tracing=True, aws_conn_id=None)
+        LambdaReduceOperator(task_id="reduce", job_dir=m.output["job_dir"], aws_conn_id=None)
+    _register(dag)
+    dr = dag.test()
+    assert _state(dr) == "success"
+    with create_session() as session:
+        rows = {(x.task_id, x.key): x.value for x in session.query(XComModel).filter(
+            XComModel.dag_id == dag.dag_id, XComModel.run_id == dr.run_id, XComModel.key.like("_link_%"))}
+    trace = rows[("map", "_link_LambdaMapReduceTraceLink")]
+    assert trace.startswith("https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-east-1#xray:traces/1-")
+    assert rows[("reduce", "_link_LambdaMapReduceTraceLink")].startswith("https://")
+    assert rows[("reduce", "_link_LambdaMapReduceResultLink")] == st.normalize(str(tmp_path / "out"))
+    assert rows[("map", "_link_LambdaMapReduceFunctionLink")] == ""  # local runtime: no function
