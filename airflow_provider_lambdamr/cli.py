@@ -115,6 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--timeout-s", type=float, default=900.0, metavar="S")
     _add_aws_options(deploy, role_required=True)
 
+    iam = sub.add_parser("iam", help="least-privilege execution role for the functions")
+    iam_sub = iam.add_subparsers(dest="iam_command", required=True)
+    for name, text in (("policy", "print the execution policy"),
+                       ("create-role", "create or update the role and its policy")):
+        cmd = iam_sub.add_parser(name, help=text)
+        if name == "create-role":
+            cmd.add_argument("--name", required=True, help="role name")
+        cmd.add_argument("--input", action="append", default=[], metavar="S3URI", help="readable input (repeatable)")
+        cmd.add_argument("--job-root", required=True, metavar="S3URI", help="job state and intermediates")
+        cmd.add_argument("--output", action="append", default=[], metavar="S3URI", help="result location (repeatable)")
+        cmd.add_argument("--function-prefix", default="lambdamr", metavar="P")
+        cmd.add_argument("--no-tracing", dest="tracing", action="store_false", help="omit X-Ray permissions")
+        cmd.add_argument("--region", metavar="REGION")
+    delete_role = iam_sub.add_parser("delete-role", help="delete the role and its policies")
+    delete_role.add_argument("--name", required=True)
+    delete_role.add_argument("--region", metavar="REGION")
+
     clean = sub.add_parser("cleanup", help="delete a job's intermediates; prune old function versions")
     clean.add_argument("--job-dir", metavar="URI", help="the job directory (<job root>/<job id>)")
     clean.add_argument("--delete-job-dir", action="store_true",
@@ -179,6 +196,27 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     runtime = _aws_runtime(args, args.memory_mb, args.timeout_s)
     package = packaging.build(resolve_job_ref(args.job), tracing=args.trace)
     print(json.dumps(runtime.deploy(package), indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_iam(args: argparse.Namespace) -> int:
+    import boto3
+
+    from airflow_provider_lambdamr.engine import iam
+
+    client = boto3.session.Session(region_name=args.region).client("iam")
+    if args.iam_command == "delete-role":
+        deleted = iam.delete_role(client, role_name=args.name)
+        print(json.dumps({"role_name": args.name, "deleted": deleted}))
+        return 0
+    policy = iam.execution_policy(
+        inputs=args.input, job_root=args.job_root, outputs=args.output,
+        function_prefix=args.function_prefix, tracing=args.tracing,
+    )
+    if args.iam_command == "policy":
+        print(json.dumps(policy, indent=2))
+        return 0
+    print(json.dumps(iam.create_role(client, role_name=args.name, policy=policy), indent=2, sort_keys=True))
     return 0
 
 
@@ -323,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_deploy(args)
         if args.command == "cleanup":
             return _cmd_cleanup(args)
+        if args.command == "iam":
+            return _cmd_iam(args)
         return _cmd_amplab_gen(args)
     except (ValueError, OSError) as err:
         print(f"lambdamr: {err}", file=sys.stderr)

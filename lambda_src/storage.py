@@ -361,11 +361,12 @@ class S3Storage(Storage):
         if key and not key.endswith("/"):
             # The object itself, when it exists, then everything below it as a directory;
             # never other keys that merely share the prefix ("in" must not match "in2/").
-            itself = None
-            with contextlib.suppress(NotFound):
-                itself = ObjectInfo(uri, self.size(uri))
-            if itself is not None:
-                yield itself
+            # A one-key LIST, not a HEAD: the exact key sorts first among keys with its
+            # prefix, and a role allowed to list only this prefix gets 403, not 404, from
+            # a HEAD of a missing key.
+            first = self.client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents") or []
+            if first and first[0]["Key"] == key:
+                yield ObjectInfo(uri, int(first[0]["Size"]))
             key += "/"
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=bucket, Prefix=key):

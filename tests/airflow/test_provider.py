@@ -50,7 +50,7 @@ def test_example_dags_import_without_errors(airflow_db):
 
     bag = DagBag(dag_folder=str(EXAMPLE_DAGS))
     assert bag.import_errors == {}
-    assert {"example_lambdamr_amplab_2a", "example_lambdamr_wordcount"} <= set(bag.dag_ids)
+    assert {"example_lambdamr_amplab_2a", "example_lambdamr_wordcount", "example_lambdamr_aws"} <= set(bag.dag_ids)
     dag = bag.get_dag("example_lambdamr_amplab_2a")
     assert dag.get_task("reduce").upstream_task_ids == {"map", "wait_for_map"}
     assert dag.get_task("cleanup").trigger_rule == "all_done"

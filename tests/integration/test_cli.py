@@ -114,3 +114,25 @@ def test_aws_runtime_needs_a_role(tmp_path):
               "--runtime", "aws")
     assert res.returncode == 2
     assert "--runtime aws needs --role ARN" in res.stderr
+
+
+def test_iam_role_lifecycle(aws_env):
+    import uuid
+
+    import boto3
+
+    name = f"cli-role-{uuid.uuid4().hex[:8]}"
+    policy = run("iam", "policy", "--input", "s3://in/data/", "--job-root", "s3://jobs/root", "--output", "s3://out/res")
+    assert policy.returncode == 0, policy.stderr
+    doc = json.loads(policy.stdout)
+    lists = [s for s in doc["Statement"] if "s3:ListBucket" in s["Action"]]
+    assert lists and all("/" not in r.split(":::", 1)[1] for s in lists for r in s["Resource"])
+    created = run("iam", "create-role", "--name", name, "--input", "s3://in/data/", "--job-root",
+                  "s3://jobs/root", "--output", "s3://out/res")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["created"] is True
+    assert boto3.client("iam").get_role(RoleName=name)["Role"]["Arn"] == json.loads(created.stdout)["role_arn"]
+    gone = run("iam", "delete-role", "--name", name)
+    assert json.loads(gone.stdout) == {"role_name": name, "deleted": True}
+    bad = run("iam", "policy", "--job-root", "/local/dir")
+    assert bad.returncode == 2 and "job_root must be an s3:// URI" in bad.stderr

@@ -86,6 +86,7 @@ class AwsRuntime(Runtime):
         poll_interval_s: float = 2.0,
         direct_upload_limit: int = DIRECT_UPLOAD_LIMIT,
         max_throttle_retries: int = 12,
+        role_propagation_retries: int = 12,
     ) -> None:
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
@@ -110,6 +111,7 @@ class AwsRuntime(Runtime):
         self.poll_interval_s = poll_interval_s
         self.direct_upload_limit = direct_upload_limit
         self.max_throttle_retries = max_throttle_retries
+        self.role_propagation_retries = role_propagation_retries
         self.package: CodePackage | None = None
         self.deployment: dict | None = None
         self._in_flight: dict[str, _InFlight] = {}
@@ -193,14 +195,22 @@ class AwsRuntime(Runtime):
             existing = None
         if existing is None:
             log.info("creating function %s", name)
-            try:
-                self.client.create_function(
-                    FunctionName=name, Code=self._code(package), Architectures=[self.architecture],
-                    PackageType="Zip", Publish=False,
-                    Description=f"lambdamr {kind}", **wanted,
-                )
-            except ClientError as err:
-                raise DeployError(f"cannot create function {name}: {err}") from err
+            code = self._code(package)
+            for attempt in range(self.role_propagation_retries + 1):
+                try:
+                    self.client.create_function(
+                        FunctionName=name, Code=code, Architectures=[self.architecture],
+                        PackageType="Zip", Publish=False, Description=f"lambdamr {kind}", **wanted,
+                    )
+                    break
+                except ClientError as err:
+                    # A role created moments ago is not yet assumable by Lambda (IAM is
+                    # eventually consistent): wait for it rather than fail the deploy.
+                    message = err.response.get("Error", {}).get("Message", "")
+                    if "cannot be assumed" in message and attempt < self.role_propagation_retries:
+                        time.sleep(5)
+                        continue
+                    raise DeployError(f"cannot create function {name}: {err}") from err
             self._wait("function_active_v2", name)
         else:
             if existing.get("CodeSha256") != sha or (existing.get("Architectures") or ["x86_64"]) != [self.architecture]:
