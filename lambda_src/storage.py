@@ -261,6 +261,12 @@ class S3Storage(Storage):
         self._client = client
         self._max_pool_connections = max_pool_connections
         self._lock = threading.Lock()
+        #: Requests made, by price class, for the cost estimate.
+        self.requests = {"put": 0, "get": 0, "list": 0, "head": 0}
+
+    def _count(self, kind: str) -> None:
+        with self._lock:
+            self.requests[kind] += 1
 
     @property
     def client(self):
@@ -291,6 +297,7 @@ class S3Storage(Storage):
         from botocore.exceptions import ClientError
 
         bucket, key = split_s3(uri)
+        self._count("head")
         try:
             return int(self.client.head_object(Bucket=bucket, Key=key)["ContentLength"])
         except ClientError as err:
@@ -305,6 +312,7 @@ class S3Storage(Storage):
         kwargs = {"Bucket": bucket, "Key": key}
         if start or end is not None:
             kwargs["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
+        self._count("get")
         try:
             return self.client.get_object(**kwargs)["Body"]
         except ClientError as err:
@@ -344,6 +352,7 @@ class S3Storage(Storage):
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         bucket, key = split_s3(uri)
+        self._count("put")
         self.client.put_object(Bucket=bucket, Key=key, Body=data)
 
     @contextlib.contextmanager
@@ -353,8 +362,13 @@ class S3Storage(Storage):
         # only becomes visible when complete, so readers never see a partial object.
         with tempfile.TemporaryFile(prefix="lambdamr-") as fh:
             yield fh
+            size = fh.tell()
             fh.seek(0)
             self.client.upload_fileobj(fh, bucket, key)
+            # Above s3transfer's 8 MB threshold: create, one request per part, complete.
+            part = 8 * 1024 * 1024
+            for _ in range(1 if size <= part else -(-size // part) + 2):
+                self._count("put")
 
     def list(self, uri: str) -> Iterator[ObjectInfo]:
         bucket, key = split_s3(uri)
@@ -364,12 +378,14 @@ class S3Storage(Storage):
             # A one-key LIST, not a HEAD: the exact key sorts first among keys with its
             # prefix, and a role allowed to list only this prefix gets 403, not 404, from
             # a HEAD of a missing key.
+            self._count("list")
             first = self.client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents") or []
             if first and first[0]["Key"] == key:
                 yield ObjectInfo(uri, int(first[0]["Size"]))
             key += "/"
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=bucket, Prefix=key):
+            self._count("list")
             for item in page.get("Contents", ()):
                 yield ObjectInfo(f"s3://{bucket}/{item['Key']}", int(item["Size"]))
 
@@ -380,6 +396,7 @@ class S3Storage(Storage):
             by_bucket.setdefault(bucket, []).append(key)
         for bucket, keys in by_bucket.items():
             for i in range(0, len(keys), 1000):
+                self._count("put")
                 batch = [{"Key": k} for k in keys[i : i + 1000]]
                 resp = self.client.delete_objects(
                     Bucket=bucket, Delete={"Objects": batch, "Quiet": True}
@@ -409,6 +426,11 @@ def for_uri(uri: str) -> Storage:
                     _s3 = S3Storage()
         return _s3
     return _local
+
+
+def s3_requests() -> dict[str, int]:
+    """S3 requests this process has made so far, by price class."""
+    return dict(_s3.requests) if _s3 is not None else {"put": 0, "get": 0, "list": 0, "head": 0}
 
 
 def set_s3_client(client) -> None:

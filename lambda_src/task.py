@@ -278,6 +278,7 @@ def run(
     """
     started = time.time()
     reset_peak_memory()
+    requests_before = st.s3_requests()
     ev = TaskEvent.parse(event, phase)
     token = attempt_token(ev.attempt)
     key = status_key(ev)
@@ -314,6 +315,10 @@ def run(
     stats = result.setdefault("stats", {})
     stats["duration_ms"] = duration_ms
     stats["peak_memory_mb"] = peak_memory_mb()
+    after = st.s3_requests()
+    # The status record's own PUT, written next, is counted here too.
+    stats["s3_requests"] = {k: after[k] - requests_before[k] + (k == "put" and st.is_s3(status_uri))
+                            for k in after}
     record = {
         "job_id": ev.job_id,
         "task": ev.task,

@@ -134,6 +134,7 @@ class Driver:
         self._deployed = False
         self._last_report: tuple | None = None
         self.tracer = JobTracer(spec.tracing, spec.job_id)
+        self._deadline = time.time() + spec.job_timeout_s if spec.job_timeout_s else None
         self._trace_header: str | None = None
         self.map_only = not load_job_class(spec.job_ref).has_reducer()
 
@@ -596,6 +597,17 @@ class Driver:
                 )
                 queue.append(task)
             now = time.time()
+            if self._deadline is not None and now > self._deadline and (queue or running):
+                for request_id in running:
+                    self.runtime.cancel(request_id)
+                failure = JobFailed(
+                    f"job {self.spec.job_id} did not finish within {self.spec.job_timeout_s:.0f} s: the "
+                    f"{phase} phase has {done} of {total} tasks done, {len(running)} running and "
+                    f"{len(queue)} waiting; rerun with the same job id to resume",
+                    phase=phase,
+                )
+                self._record_failure(failure)
+                raise failure
             if now - last_report >= 2.0:
                 last_report = now
                 self._report(phase, done, total, bytes_done, bytes_total, started, len(running), retries)

@@ -77,6 +77,8 @@ class JobSpec:
     keep_intermediates: bool = False
     overwrite: bool = False
     tracing: bool = False
+    #: The whole run of this driver must finish within this many seconds (None: no limit).
+    job_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         self.job_ref = resolve_job_ref(self.job)

@@ -292,3 +292,16 @@ def test_vectorized_and_record_modes_agree(tmp_path):
     assert results[True].keys() == results[False].keys()
     for key, value in results[True].items():
         assert value == pytest.approx(results[False][key], rel=1e-12)
+
+
+def test_job_timeout_fails_clearly_and_the_job_resumes(tmp_path, fixture_jobs_path):
+    make_text(tmp_path / "in", files=3, lines=5, seed=13)
+    kwargs = dict(job="userjobs.faulty:FaultyCount", inputs={"": [str(tmp_path / "in")]},
+                  output=str(tmp_path / "out"), job_id="slow-1", max_files_per_task=1)
+    with pytest.raises(JobFailed, match=r"job slow-1 did not finish within 1 s: the map phase has 0 of 3 "
+                                        r"tasks done, 2 running and 1 waiting; rerun with the same job id"):
+        run_job(job_timeout_s=1, params={"sleep_always": "5"}, **kwargs)
+    failed = json.loads((tmp_path / "out" / "_jobs" / "slow-1" / "failed.json").read_text())
+    assert failed["phase"] == "map"
+    with pytest.raises(JobFailed, match="differs in params"):
+        run_job(params={}, **kwargs)  # a different job under the same id is refused
