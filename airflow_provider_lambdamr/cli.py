@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-intermediates", action="store_true",
                      help="keep map and reduce runs after success")
     _add_aws_options(run)
+    run.add_argument("--prices", metavar="JSON", help="price table overrides (a JSON file)")
     run.add_argument("--json", action="store_true", help="print the _SUCCESS summary as JSON")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -283,7 +284,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     started = time.time()
     try:
         with runtime:
-            summary = Driver(spec, runtime, progress=progress).run()
+            from airflow_provider_lambdamr.engine.cost import PriceTable
+
+            prices = PriceTable.from_file(args.prices) if args.prices else None
+            summary = Driver(spec, runtime, progress=progress, prices=prices).run()
     except JobFailed as err:
         print(f"lambdamr: job {spec.job_id} failed: {err}", file=sys.stderr)
         print(f"lambdamr: job state is in {spec.job_dir}; rerun with --job-id {spec.job_id} "
@@ -300,6 +304,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"{c['output_records']:,} output rows"
         + (f", {c['bad_records']:,} bad records skipped" if c["bad_records"] else "")
     )
+    if summary.get("cost"):
+        from airflow_provider_lambdamr.engine.cost import format_estimate
+
+        print(format_estimate(summary["cost"]) + (" (projection for Lambda)" if args.runtime == "local" else ""))
     print(f"output: {summary['output']} ({', '.join(summary['files'][:4])}"
           f"{', ...' if len(summary['files']) > 4 else ''})")
     return 0

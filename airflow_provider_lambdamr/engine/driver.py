@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_lambdamr import __version__
+from airflow_provider_lambdamr.engine import cost as cost_model
 from airflow_provider_lambdamr.engine import packaging, planner
 from airflow_provider_lambdamr.engine.runtimes.base import InvocationResult, Runtime
 from airflow_provider_lambdamr.engine.spec import JobSpec
@@ -120,8 +121,15 @@ class _Stats:
 class Driver:
     """Runs one job on one runtime. ``run()`` does every phase; phases can run apart."""
 
-    def __init__(self, spec: JobSpec, runtime: Runtime, progress: ProgressFn | None = None) -> None:
+    def __init__(
+        self,
+        spec: JobSpec,
+        runtime: Runtime,
+        progress: ProgressFn | None = None,
+        prices: cost_model.PriceTable | None = None,
+    ) -> None:
         self.spec = spec
+        self.prices = prices
         self.runtime = runtime
         self.progress = progress
         self.job_dir = spec.job_dir
@@ -330,6 +338,8 @@ class Driver:
             "lambdamr_version": __version__,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        summary["cost"] = self._cost(mstats, summary)
+        log.info("job %s: %s", self.spec.job_id, cost_model.format_estimate(summary["cost"]))
         bad_samples = [b for s in mstats for b in s.get("bad_samples", [])][:20]
         if bad_samples:
             summary["bad_record_samples"] = bad_samples
@@ -337,6 +347,42 @@ class Driver:
         if not self.spec.keep_intermediates:
             self.clean_intermediates()
         return summary
+
+    def _cost(self, mstats: list[dict], summary: dict) -> dict:
+        """What the job costs (or would cost) on Lambda, from the billed ms of its tasks.
+
+        Durations and S3 request counts come from the status records, so an estimate made
+        in a later process (the reduce operator) still covers the map phase. Failed
+        invocations seen by this driver are added; ones from earlier drivers are not known.
+        """
+        rstats = [r.get("stats", {}) for r in self._read_statuses("reduce").values()]
+        billed = [cost_model.billed_ms(float(s.get("duration_ms", 0))) for s in mstats + rstats]
+        failed = sum(p.failures for p in self.stats.values())
+        failed_ms = sum(p.billed_ms for p in self.stats.values()) - sum(
+            cost_model.billed_ms(d) for p in self.stats.values() for d in p.durations_ms
+        )
+        requests = {"put": 0, "get": 0, "list": 0, "head": 0}
+        for s in mstats + rstats:
+            for kind, n in (s.get("s3_requests") or {}).items():
+                requests[kind] = requests.get(kind, 0) + int(n)
+        driver = st.s3_requests()
+        for kind in requests:
+            requests[kind] += driver.get(kind, 0)
+        usage = cost_model.Usage(
+            billed_ms=sum(billed) + max(0, failed_ms),
+            invocations=len(billed) + failed,
+            memory_mb=self.spec.memory_mb,
+            architecture=getattr(self.runtime, "architecture", "x86_64"),
+            s3_put=requests["put"], s3_get=requests["get"], s3_list=requests["list"], s3_head=requests["head"],
+            stored_bytes=summary["counters"]["output_bytes"],
+        )
+        est = cost_model.estimate(usage, self.prices)
+        est["runtime"] = self.runtime.name
+        est["note"] = (
+            "projection for AWS Lambda from local task durations" if self.runtime.name == "local"
+            else "estimate from the handlers' measured durations"
+        )
+        return est
 
     def clean_intermediates(self) -> int:
         """Delete map and reduce runs (status records and the manifest stay, for audit)."""

@@ -427,6 +427,8 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
             "bad_records": c["bad_records"],
             "reduce_tasks": summary["tasks"]["reduce"],
             "duration_s": summary["durations_s"].get("total"),
+            "cost_estimate": (summary.get("cost") or {}).get("total"),
+            "cost_reference_formula": (summary.get("cost") or {}).get("reference_formula"),
         }
         context["ti"].xcom_push(
             key=LambdaMapReduceResultLink.key,

@@ -305,3 +305,19 @@ def test_job_timeout_fails_clearly_and_the_job_resumes(tmp_path, fixture_jobs_pa
     assert failed["phase"] == "map"
     with pytest.raises(JobFailed, match="differs in params"):
         run_job(params={}, **kwargs)  # a different job under the same id is refused
+
+
+def test_cost_estimate_is_built_from_the_status_records(tmp_path):
+    import math
+
+    make_text(tmp_path / "in", files=3, lines=20, seed=21)
+    summary = run_job(job="wordcount", inputs={"": [str(tmp_path / "in")]}, output=str(tmp_path / "out"),
+                      max_files_per_task=1, partitions=2, memory_mb=1024)
+    status = tmp_path / "out" / "_jobs" / summary["job_id"] / "status"
+    records = [json.loads(p.read_text()) for p in status.rglob("*.json")]
+    billed = sum(max(1, math.ceil(r["stats"]["duration_ms"])) for r in records)
+    cost = summary["cost"]
+    assert cost["billed_ms"] == billed and cost["invocations"] == len(records) == 3 + 2
+    assert cost["lambda_compute"] == pytest.approx(billed / 1000 * 1024 / 1024 * 0.0000166667, abs=1e-8)
+    assert cost["s3_requests"] == 0  # file:// storage
+    assert cost["reference_formula"] == pytest.approx(billed / 1000 * 0.00001667, abs=1e-8)  # money: 8 decimals

@@ -58,3 +58,15 @@ def test_amplab_2a_on_s3_equals_duckdb(s3_bucket, tmp_path):
         assert got.keys() == expected.keys()
         assert all(abs(got[k] - expected[k][0]) <= 1e-9 * max(1.0, abs(expected[k][0])) for k in got)
         assert summary["counters"]["input_records"] == 6000
+
+
+def test_s3_requests_are_counted_into_the_cost(s3_bucket):
+    s3 = boto3.client("s3")
+    for i in range(3):
+        s3.put_object(Bucket=s3_bucket, Key=f"c/{i}.txt", Body=b"a b c\n" * 10)
+    summary = run_job(job="wordcount", inputs={"": [f"s3://{s3_bucket}/c"]}, output=f"s3://{s3_bucket}/o",
+                      max_files_per_task=1, partitions=1)
+    cost = summary["cost"]
+    # at least: 3 map GETs, 3 map run PUTs + 3 status PUTs, the reducer's output and status PUTs
+    assert cost["s3_requests"] >= (3 * 0.0004 + 8 * 0.005) / 1000
+    assert cost["total"] > cost["lambda_compute"]
