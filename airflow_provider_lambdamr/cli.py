@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--memory-mb", type=int, default=1536, metavar="MB")
     run.add_argument("--timeout-s", type=float, default=900.0, metavar="S")
     run.add_argument("--max-attempts", type=int, default=3, metavar="N")
+    run.add_argument("--no-speculation", dest="speculation", action="store_false",
+                     help="no second attempts for stragglers (3x the median task time, >= 10 s)")
     run.add_argument("--job-timeout-s", type=float, default=None, metavar="S",
                      help="fail (resumably) if the job has not finished after S seconds")
     run.add_argument("--max-bad-records", type=int, default=0, metavar="N",
@@ -278,6 +280,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         tracing=args.trace,
         job_timeout_s=args.job_timeout_s,
+        speculation=args.speculation,
     )
     runtime = _make_runtime(args, spec, workers)
     progress = None if args.quiet else _print_progress

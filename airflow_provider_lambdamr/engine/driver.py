@@ -80,6 +80,7 @@ class _Task:
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
     done: bool = False
+    speculated: bool = False
     meta: dict = field(default_factory=dict)
 
 
@@ -143,6 +144,7 @@ class Driver:
         self._last_report: tuple | None = None
         self.tracer = JobTracer(spec.tracing, spec.job_id)
         self._deadline = time.time() + spec.job_timeout_s if spec.job_timeout_s else None
+        self.speculative_attempts = 0
         self._trace_header: str | None = None
         self.map_only = not load_job_class(spec.job_ref).has_reducer()
 
@@ -329,6 +331,7 @@ class Driver:
                 "map_modes": dict(collections.Counter(s.get("mode", "record") for s in mstats)),
             },
             "invocations": {phase: s.summary() for phase, s in self.stats.items()},
+            "speculative_attempts": self.speculative_attempts,
             "durations_s": {
                 **self.timings,
                 "total": round(time.time() - manifest.get("created_epoch", time.time()), 3),
@@ -598,9 +601,16 @@ class Driver:
         bytes_total: int,
         bytes_already: int,
     ) -> None:
-        """Run tasks with bounded concurrency (a sliding window), retrying failures."""
+        """Run tasks with bounded concurrency (a sliding window), retrying failures.
+
+        A task still running after ``speculation_factor`` times the median duration of the
+        phase's finished tasks (and at least ``speculation_min_s``) gets a second attempt
+        when a slot is free; the first attempt to commit wins and the other is cancelled.
+        """
         queue = collections.deque(tasks)
         running: dict[str, _Task] = {}
+        started_at: dict[str, float] = {}
+        finished_s: list[float] = []
         stats = self.stats[phase]
         done = already
         bytes_done = bytes_already
@@ -608,21 +618,34 @@ class Driver:
         started = time.time()
         last_report = 0.0
         capacity = self.runtime.capacity
+
+        def launch(task: _Task) -> None:
+            task.attempts += 1
+            # Each attempt gets its own event: the runtime may serialise it later.
+            event = {**task.event, "task": {**task.event["task"], "attempt": task.attempts}}
+            request_id = self.runtime.invoke(task.function, event, self._trace_header)
+            running[request_id] = task
+            started_at[request_id] = time.time()
+
         self._report(phase, done, total, bytes_done, bytes_total, started, 0, 0, force=True)
         while queue or running:
             while queue and len(running) < capacity:
-                task = queue.popleft()
-                task.attempts += 1
-                task.event["task"]["attempt"] = task.attempts
-                request_id = self.runtime.invoke(task.function, task.event, self._trace_header)
-                running[request_id] = task
+                launch(queue.popleft())
             for res in self.runtime.poll(POLL_S):
                 task = running.pop(res.request_id, None)
+                began = started_at.pop(res.request_id, None)
                 if task is None or task.done:
                     continue
                 stats.add(res)
+                twins = [rid for rid, t in running.items() if t is task]
                 if res.ok and isinstance(res.payload, dict) and res.payload.get("state") == "succeeded":
                     task.done = True
+                    for rid in twins:  # the first attempt to commit wins
+                        self.runtime.cancel(rid)
+                        running.pop(rid, None)
+                        started_at.pop(rid, None)
+                    if began is not None:
+                        finished_s.append(time.time() - began)
                     done += 1
                     bytes_done += task.bytes
                     queue.extend(on_done(task, res.payload))
@@ -631,6 +654,8 @@ class Driver:
                 error = res.error_text() if not res.ok else "the handler returned no status record"
                 error = self._strip_prefix(error, task.describe)
                 task.errors.append(error)
+                if twins:
+                    continue  # another attempt is still running; let it finish
                 error_type = (res.error or {}).get("errorType", "")
                 retryable = error_type not in NON_RETRYABLE
                 if task.attempts >= self.spec.max_attempts or not retryable:
@@ -642,6 +667,20 @@ class Driver:
                     "%s attempt %d failed (%s); retrying", task.describe, task.attempts, error
                 )
                 queue.append(task)
+            if self.spec.speculation and not queue and len(finished_s) >= 3:
+                threshold = max(self.spec.speculation_factor * statistics.median(finished_s),
+                                self.spec.speculation_min_s)
+                now = time.time()
+                for rid, task in list(running.items()):
+                    if len(running) >= capacity:
+                        break
+                    if (now - started_at.get(rid, now) > threshold and not task.speculated
+                            and task.attempts < self.spec.max_attempts):
+                        task.speculated = True
+                        self.speculative_attempts += 1
+                        log.warning("%s is a straggler (%.1fs, median %.1fs): starting a second attempt",
+                                    task.describe, now - started_at[rid], statistics.median(finished_s))
+                        launch(task)
             now = time.time()
             if self._deadline is not None and now > self._deadline and (queue or running):
                 for request_id in running:

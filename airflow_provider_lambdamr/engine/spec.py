@@ -79,6 +79,10 @@ class JobSpec:
     tracing: bool = False
     #: The whole run of this driver must finish within this many seconds (None: no limit).
     job_timeout_s: float | None = None
+    #: Second attempts for stragglers: after factor x the median task time, at least min_s.
+    speculation: bool = True
+    speculation_factor: float = 3.0
+    speculation_min_s: float = 10.0
 
     def __post_init__(self) -> None:
         self.job_ref = resolve_job_ref(self.job)

@@ -321,3 +321,24 @@ def test_cost_estimate_is_built_from_the_status_records(tmp_path):
     assert cost["lambda_compute"] == pytest.approx(billed / 1000 * 1024 / 1024 * 0.0000166667, abs=1e-8)
     assert cost["s3_requests"] == 0  # file:// storage
     assert cost["reference_formula"] == pytest.approx(billed / 1000 * 0.00001667, abs=1e-8)  # money: 8 decimals
+
+
+def test_a_straggler_gets_a_speculative_attempt_and_nothing_is_counted_twice(tmp_path, fixture_jobs_path):
+    import time as _time
+
+    expected = collections.Counter()
+    for i in range(6):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        text = "\n".join(f"s{i} t{j % 3}" for j in range(20)) + "\n"
+        (tmp_path / "in" / f"{i}.txt").write_text(text)
+        expected.update(text.split())
+    started = _time.monotonic()
+    summary = run_job(
+        job="userjobs.faulty:FaultyCount", inputs={"": [str(tmp_path / "in")]}, output=str(tmp_path / "out"),
+        max_files_per_task=1, speculation_factor=3.0, speculation_min_s=1.0,
+        params={"sleep_once": str(tmp_path / "slow"), "sleep_s": "60"},
+    )
+    assert _time.monotonic() - started < 30, "the straggler's twin must finish the job"
+    assert summary["speculative_attempts"] == 1
+    assert read_counts(str(tmp_path / "out")) == dict(expected)
+    assert summary["counters"]["input_records"] == 6 * 20
