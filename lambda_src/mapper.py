@@ -171,7 +171,9 @@ def _map_records(
             while i < n:
                 try:
                     for i in range(i, n):  # noqa: B020 - resumes after a skipped record
-                        add(list(mapper(key, lines[i])))
+                        pairs = mapper(key, lines[i])
+                        # Materialised before adding, so a record that fails midway adds nothing.
+                        add(pairs if type(pairs) is list else list(pairs))
                     i = n
                 except RECORD_ERRORS as err:
                     bad.add(seg.uri, block.offset(i), lines[i], f"{type(err).__name__}: {err}")

@@ -10,6 +10,7 @@ Nothing is ever pickled.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import json
@@ -128,7 +129,7 @@ class MapOutputBuffer:
         self.flush_values = flush_values
         self.spill_bytes = spill_bytes
         self.spill_dir = spill_dir
-        self.groups: dict[Any, list[Any]] = {}
+        self.groups: collections.defaultdict[Any, list[Any]] = collections.defaultdict(list)
         self.held = 0
         self.records_in = 0
         # runs[p] is a list of runs: bytes in memory or an open temporary file
@@ -137,23 +138,38 @@ class MapOutputBuffer:
         self.spills = 0
 
     def add(self, pairs: Iterable[tuple[Any, Any]]) -> None:
+        if type(pairs) is not list:
+            pairs = list(pairs)
         groups = self.groups
-        count = 0
-        for key, value in pairs:
-            try:
-                lst = groups.get(key)
-            except TypeError:  # an unhashable key (a list): group by its encoding
-                key = _Encoded(encode(key, "key"))
-                lst = groups.get(key)
-            if lst is None:
-                groups[key] = [value]
-            else:
-                lst.append(value)
-            count += 1
+        try:
+            for key, value in pairs:
+                groups[key].append(value)
+        except TypeError:  # an unhashable key (a list): group the rest by their encoding
+            self._add_slow(pairs)
+        count = len(pairs)
         self.records_in += count
         self.held += count
         if self.held >= self.flush_values:
             self._compact()
+
+    def _add_slow(self, pairs: list[tuple[Any, Any]]) -> None:
+        """Finish a batch that stopped at its first unhashable key (a list).
+
+        Every pair before that key went in; from it on, unhashable keys are grouped by
+        their encoding.
+        """
+        groups = self.groups
+        start = 0
+        for start, (key, _) in enumerate(pairs):  # noqa: B007 - the index is the result
+            try:
+                hash(key)
+            except TypeError:
+                break
+        for key, value in pairs[start:]:
+            try:
+                groups[key].append(value)
+            except TypeError:
+                groups[_Encoded(encode(key, "key"))].append(value)
 
     def _compact(self) -> None:
         """Combine in place; when still too many values are held, write runs."""
@@ -163,7 +179,7 @@ class MapOutputBuffer:
             self._write_runs()
 
     def _combine_groups(self) -> None:
-        combined: dict[Any, list[Any]] = {}
+        combined: collections.defaultdict[Any, list[Any]] = collections.defaultdict(list)
         held = 0
         for key, values in self.groups.items():
             if len(values) == 1:
@@ -192,7 +208,7 @@ class MapOutputBuffer:
             target = parts[partition_of(kb, self.partitions)]
             for value in values:
                 target.append(prefix + encode(value) + b"\n")
-        self.groups = {}
+        self.groups = collections.defaultdict(list)
         self.held = 0
         for p, lines in enumerate(parts):
             if not lines:

@@ -462,7 +462,9 @@ class Driver:
                 )
             log.info("resuming job %s from %s", self.spec.job_id, uri)
             return manifest
-        tasks, summary = planner.plan(self.spec.inputs, self.spec.split_size, self.spec.max_files_per_task)
+        tasks, summary = planner.plan(
+            self.spec.inputs, self.spec.split_size, self.spec.max_files_per_task, self.runtime.capacity
+        )
         if summary["bytes"] == 0 and not self.spec.allow_empty_input:
             raise JobFailed(
                 f"the input is empty ({summary['objects']} objects, 0 bytes): "

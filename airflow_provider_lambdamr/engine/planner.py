@@ -81,18 +81,44 @@ def pack(segments: Iterable[Segment], target_bytes: int, max_files: int) -> list
     return tasks
 
 
+#: Below this, splitting further costs more in per-task overhead than it saves.
+MIN_BALANCED_SPLIT = 1024 * 1024
+
+
+def balanced_split_size(
+    total_bytes: int, split_size: int, parallelism: int, min_split: int | None = None
+) -> int:
+    """A split size that gives a multiple of ``parallelism`` tasks when tasks are few.
+
+    Three equal tasks on two workers take as long as four; with few tasks, rounding their
+    number up to a multiple of the worker count shortens the job. Many tasks balance by
+    themselves, and small inputs are not worth cutting finer, so both are left alone.
+    """
+    if parallelism <= 1 or total_bytes <= 0:
+        return split_size
+    if min_split is None:
+        min_split = MIN_BALANCED_SPLIT
+    count = -(-total_bytes // split_size)
+    if count % parallelism == 0 or count >= 8 * parallelism:
+        return split_size
+    balanced = -(-total_bytes // (-(-count // parallelism) * parallelism))
+    return balanced if balanced >= min(min_split, split_size) else split_size
+
+
 def plan(
-    inputs: dict[str, list[str]], split_size: int, max_files_per_task: int
+    inputs: dict[str, list[str]], split_size: int, max_files_per_task: int, parallelism: int = 1
 ) -> tuple[list[MapTask], dict]:
     """The map tasks of a job and a summary of its input."""
-    segments: list[Segment] = []
-    objects = 0
-    total = 0
+    listed: list[tuple[st.ObjectInfo, str | None]] = []
     for name, uris in inputs.items():
         for uri in uris:
-            for info in list_input(uri):
-                objects += 1
-                total += info.size
-                segments.extend(split_object(info, split_size, name or None))
-    tasks = pack(segments, split_size, max_files_per_task)
-    return tasks, {"objects": objects, "bytes": total, "splits": len(segments), "tasks": len(tasks)}
+            listed.extend((info, name or None) for info in list_input(uri))
+    total = sum(info.size for info, _ in listed)
+    effective = balanced_split_size(total, split_size, parallelism)
+    segments: list[Segment] = []
+    for info, name in listed:
+        segments.extend(split_object(info, effective, name))
+    tasks = pack(segments, effective, max_files_per_task)
+    summary = {"objects": len(listed), "bytes": total, "splits": len(segments), "tasks": len(tasks),
+               "split_size": effective}
+    return tasks, summary

@@ -68,7 +68,8 @@ class RevenueByIpPrefix(MapReduceJob):
         import pyarrow.compute as pc
 
         keys = pc.utf8_slice_codeunits(table.column("sourceIP"), 0, self.prefix_length)
-        return self.combine_table(pa.table({"key": keys, "value": table.column("adRevenue")}))
+        # Not aggregated here: the map task combines all its batches' rows in one group-by.
+        return pa.table({"key": keys, "value": table.column("adRevenue")})
 
     def combine_table(self, table: Any) -> Any:
         grouped = table.group_by("key", use_threads=False).aggregate([("value", "sum")])

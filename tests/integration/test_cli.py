@@ -53,7 +53,8 @@ def test_user_job_by_module_path(tmp_path):
 
 def test_failure_exits_1_with_a_specific_message(tmp_path):
     (tmp_path / "uv.txt").write_text("1.2.3.4,only,three\n")
-    res = run("run", "amplab-2a", "--input", str(tmp_path / "uv.txt"), "--output", str(tmp_path / "out"))
+    res = run("run", "amplab-2a", "--input", str(tmp_path / "uv.txt"), "--output", str(tmp_path / "out"),
+              "--workers", "1")
     assert res.returncode == 1
     assert "map task 0 of 1 failed" in res.stderr
     assert "expected 9 comma-separated columns, found 3" in res.stderr

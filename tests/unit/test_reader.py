@@ -177,3 +177,32 @@ def test_segment_from_dict_validates():
         reader.Segment.from_dict({"uri": "file:///x", "start": 5, "end": 2, "size": 10})
     with pytest.raises(ValueError, match="malformed"):
         reader.Segment.from_dict({"uri": "file:///x"})
+
+
+@pytest.mark.parametrize(
+    "total,split,workers,expected",
+    [
+        (200, 67, 2, 50),  # 3 tasks on 2 workers -> 4 tasks
+        (200, 67, 1, 67),  # one worker: unchanged
+        (120, 60, 2, 60),  # already a multiple
+        (1000, 10, 2, 10),  # many tasks balance by themselves
+        (0, 64, 2, 64),
+        (7, 64, 4, 2),  # one small task on 4 workers -> 4 tasks
+    ],
+)
+def test_balanced_split_size(total, split, workers, expected):
+    assert planner.balanced_split_size(total, split, workers, min_split=1) == expected
+
+
+def test_small_inputs_are_not_cut_finer():
+    assert planner.balanced_split_size(7, 64 * 2**20, 4) == 64 * 2**20
+    assert planner.balanced_split_size(200 * 10**6, 64 * 2**20, 2) == 50 * 10**6
+
+
+def test_plan_rounds_few_tasks_up_to_a_multiple_of_the_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(planner, "MIN_BALANCED_SPLIT", 1)
+    (tmp_path / "f.txt").write_bytes(b"0123456789\n" * 20)  # 220 bytes
+    tasks, summary = planner.plan({"": [str(tmp_path / "f.txt")]}, split_size=80, max_files_per_task=500,
+                                  parallelism=2)
+    assert summary["tasks"] == len(tasks) == 4 and summary["split_size"] == 55
+    assert read_all(str(tmp_path / "f.txt"), 55) == ["0123456789"] * 20

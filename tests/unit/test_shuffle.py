@@ -129,3 +129,11 @@ def test_combiner_must_keep_its_key():
     buf = shuffle.MapOutputBuffer(1, bad, flush_values=2)
     with pytest.raises(ValueError, match="combiner changed key"):
         buf.add([("a", 1), ("a", 2), ("a", 3)])
+
+
+def test_unhashable_keys_in_the_middle_of_a_batch_lose_nothing():
+    buf = shuffle.MapOutputBuffer(1, None)
+    buf.add([("a", 1), ([1], 2), ("b", 3), ([1], 4), ("a", 5)])
+    buf.add(iter([("c", 6)]))
+    got = _drain(buf)
+    assert {k: sorted(v) for k, v in got.items()} == {"a": [1, 5], (1,): [2, 4], "b": [3], "c": [6]}
