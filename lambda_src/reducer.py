@@ -13,6 +13,8 @@ from lambda_src import output, shuffle, task
 from lambda_src import storage as st
 
 READ_CHUNK = 1024 * 1024
+#: Total read-ahead across all the runs one reduce task merges.
+MERGE_BUFFER = 64 * 1024 * 1024
 
 
 def lambda_handler(event: dict, context: Any) -> dict:
@@ -62,6 +64,8 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
 
 def _run_lines(ev, job, inputs, token, rnd, part, group, final) -> dict:
     """The record path: a streamed k-way merge of sorted runs."""
+    # Read buffers are bounded in total, whatever the fan-in.
+    chunk = max(64 * 1024, min(READ_CHUNK, MERGE_BUFFER // max(1, len(inputs))))
     runs = []
     for uri in inputs:
         if uri.endswith(".arrow"):  # a mix of run kinds: read the Arrow ones as lines
@@ -69,7 +73,7 @@ def _run_lines(ev, job, inputs, token, rnd, part, group, final) -> dict:
 
             runs.append(ash.as_lines(ash.read_run(uri)))
         else:
-            runs.append(shuffle.iter_lines(st.for_uri(uri).iter_range(uri, chunk_size=READ_CHUNK)))
+            runs.append(shuffle.iter_lines(st.for_uri(uri).iter_range(uri, chunk_size=chunk)))
     counter = _Counter(shuffle.merge(runs))
     if final:
         uri = st.join(_final_output(ev), f"part-{part:05d}")

@@ -234,8 +234,13 @@ class LocalStorage(Storage):
                 if name.startswith(".tmp-"):
                     continue  # an atomic write in flight
                 full = os.path.join(dirpath, name)
-                with contextlib.suppress(FileNotFoundError):
-                    found.append((full, os.path.getsize(full)))
+                try:
+                    size = os.path.getsize(full)
+                except FileNotFoundError:
+                    if os.path.islink(full):  # never drop an input silently
+                        raise StorageError(f"cannot read {full}: a broken symbolic link") from None
+                    continue  # removed while listing (a temporary file)
+                found.append((full, size))
         for full, size in sorted(found):
             yield ObjectInfo("file://" + full, size)
 

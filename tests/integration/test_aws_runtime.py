@@ -101,8 +101,9 @@ class AsyncLambda:
 
     HANDLERS: ClassVar[dict] = {"mapper": mapper.lambda_handler, "reducer": reducer.lambda_handler}
 
-    def __init__(self, real, throttle_first: int = 0, crash: set[str] | None = None):
+    def __init__(self, real, throttle_first: int = 0, crash: set[str] | None = None, duplicate: bool = False):
         self.real = real
+        self.duplicate = duplicate  # Lambda's async delivery is at least once
         self.pool = ThreadPoolExecutor(max_workers=4)
         self.throttle_left = throttle_first
         self.crash = crash or set()
@@ -134,6 +135,8 @@ class AsyncLambda:
                 self.HANDLERS[kind](event, ctx)
 
         self.pool.submit(run)
+        if self.duplicate:
+            self.pool.submit(run)
         return {"StatusCode": 202, "ResponseMetadata": {"RequestId": rid}}
 
 
@@ -201,3 +204,19 @@ def test_prune_keeps_the_live_alias_and_version(lambda_client, role_arn):
     logs.create_log_group(logGroupName=f"/aws/lambda/{prefix}-mapper")
     assert delete_log_groups(logs, prefix) == [f"/aws/lambda/{prefix}-mapper"]
     assert prune_functions(lambda_client, "no-such-prefix") == {}
+
+
+def test_every_event_delivered_twice_concurrently_still_counts_once(lambda_client, role_arn, tmp_path):
+    expected = collections.Counter()
+    for i in range(5):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        text = "\n".join(f"d{j % 4} f{i}" for j in range(30)) + "\n"
+        (tmp_path / "in" / f"{i}.txt").write_text(text)
+        expected.update(text.split())
+    client = AsyncLambda(lambda_client, duplicate=True)
+    spec = JobSpec(job="wordcount", inputs={"": [str(tmp_path / "in")]}, output=str(tmp_path / "out"),
+                   max_files_per_task=1, partitions=2, fan_in=2, keep_intermediates=True)
+    Driver(spec, _runtime(client, role_arn)).run()
+    assert read_counts(str(tmp_path / "out")) == dict(expected)
+    runs = list((tmp_path / "out" / "_jobs" / spec.job_id / "map").glob("*/*"))
+    assert len(runs) == 10, "two attempts' outputs exist side by side; the status record picks one"
