@@ -145,7 +145,7 @@ def test_the_driver_killed_mid_job_resumes_without_rerunning_done_tasks(tmp_path
     time.sleep(1)  # the orphaned worker finishes its task, sees its driver gone, and exits
     before = {p.name: p.stat().st_mtime_ns for p in status.glob("*.json")}
     assert 3 <= len(before) < 8
-    res = subprocess.run(cmd[:-1] + ["--json"], env=env, capture_output=True, text=True, timeout=120)
+    res = subprocess.run([*cmd[:-1], "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["invocations"]["map"]["invocations"] == 8 - len(before)
