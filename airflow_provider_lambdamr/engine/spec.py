@@ -13,7 +13,12 @@ from lambda_src.task import JOB_REF_RE, validate_job_id, validate_params
 
 BUILTIN_JOBS: dict[str, str] = {
     "wordcount": "lambda_src.jobs.wordcount:WordCount",
+    "amplab-1a": "lambda_src.jobs.amplab:Query1a",
+    "amplab-1b": "lambda_src.jobs.amplab:Query1b",
+    "amplab-1c": "lambda_src.jobs.amplab:Query1c",
     "amplab-2a": "lambda_src.jobs.amplab:Query2a",
+    "amplab-2b": "lambda_src.jobs.amplab:Query2b",
+    "amplab-2c": "lambda_src.jobs.amplab:Query2c",
 }
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)?\s*$", re.IGNORECASE)

@@ -83,3 +83,50 @@ class Query2a(RevenueByIpPrefix):
     """Amplab 2a: ``SUBSTR(sourceIP, 1, 8)``."""
 
     prefix_length = 8
+
+
+class Query2b(RevenueByIpPrefix):
+    """Amplab 2b: ``SUBSTR(sourceIP, 1, 10)``; run with ``--partitions R``."""
+
+    prefix_length = 10
+
+
+class Query2c(RevenueByIpPrefix):
+    """Amplab 2c: ``SUBSTR(sourceIP, 1, 12)``; run with ``--partitions R``."""
+
+    prefix_length = 12
+
+
+class RankingsScan(MapReduceJob):
+    """``SELECT pageURL, pageRank FROM rankings WHERE pageRank > N``: map-only, no reduce."""
+
+    min_rank = 1000
+
+    def mapper(self, key: str | None, line: str) -> Iterator[tuple[str, int]]:
+        if not line:
+            return
+        cols = split_row(line, RANKINGS_COLUMNS)
+        try:
+            rank = int(cols[1])
+        except ValueError:
+            raise BadRecord(f"column pageRank is not an integer: {cols[1]!r}") from None
+        if rank > self.min_rank:
+            yield cols[0], rank
+
+
+class Query1a(RankingsScan):
+    """Amplab 1a: ``pageRank > 1000``."""
+
+    min_rank = 1000
+
+
+class Query1b(RankingsScan):
+    """Amplab 1b: ``pageRank > 100``."""
+
+    min_rank = 100
+
+
+class Query1c(RankingsScan):
+    """Amplab 1c: ``pageRank > 10``."""
+
+    min_rank = 10

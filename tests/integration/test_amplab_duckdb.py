@@ -85,3 +85,36 @@ def test_2a_with_a_task_falling_back_to_record_mode_mixes_run_kinds(tmp_path):
     paths = [st.local_path(f["uri"]) for i, f in enumerate(files) if i != 2] + [str(clean)]
     summary["counters"]["input_records"] -= 1  # the skipped bad record was read, not counted by DuckDB
     assert_equal_to_duckdb(out, paths, summary)
+
+
+RANKINGS = {"pageURL": "VARCHAR", "pageRank": "BIGINT", "avgDuration": "BIGINT"}
+
+
+@pytest.mark.parametrize("query,threshold", [("amplab-1a", 1000), ("amplab-1b", 100), ("amplab-1c", 10)])
+def test_scans_1abc_equal_duckdb_and_are_map_only(tmp_path, query, threshold):
+    files = amplab_gen.generate(str(tmp_path / "rk"), table="rankings", rows=30_000, files=3, seed=4, gzip=True)
+    out = str(tmp_path / "out")
+    summary = run_job(job=query, inputs={"": [str(tmp_path / "rk")]}, output=out)
+    assert summary["tasks"]["reduce"] == 0
+    assert all(f.startswith("part-m-") for f in summary["files"])
+    expected = duckdb.connect().execute(
+        "SELECT pageURL, pageRank FROM read_csv(?, header=false, delim=',', quote='', escape='', columns=?) "
+        "WHERE pageRank > ?", [[st.local_path(f["uri"]) for f in files], RANKINGS, threshold]).fetchall()
+    got = sorted((r[0], int(r[1])) for r in read_rows(out))
+    assert got == sorted(expected) and len(got) > 0
+    assert summary["counters"]["input_records"] == 30_000
+
+
+@pytest.mark.parametrize("query,length", [("amplab-2b", 10), ("amplab-2c", 12)])
+def test_2b_2c_with_partitions_equal_duckdb(tmp_path, query, length):
+    files = amplab_gen.generate(str(tmp_path / "uv"), table="uservisits", rows=20_000, files=2, seed=5)
+    out = str(tmp_path / "out")
+    summary = run_job(job=query, inputs={"": [str(tmp_path / "uv")]}, output=out, partitions=4,
+                      split_size=500_000)
+    assert summary["files"] == [f"part-{p:05d}" for p in range(4)]
+    expected = dict(duckdb.connect().execute(
+        f"SELECT SUBSTR(sourceIP, 1, {length}), SUM(adRevenue) FROM read_csv(?, header=false, delim=',', "
+        "quote='', escape='', columns=?) GROUP BY 1", [[st.local_path(f["uri"]) for f in files], COLUMNS]).fetchall())
+    got = {r[0]: float(r[1]) for r in read_rows(out)}
+    assert got.keys() == expected.keys()
+    assert all(abs(got[k] - expected[k]) <= 1e-9 * max(1.0, abs(expected[k])) for k in got)
