@@ -63,32 +63,43 @@ class LambdaMapReduceResultLink(BaseOperatorLink):
         return output
 
 
-class LambdaMapReduceFunctionLink(BaseOperatorLink):
+class _AwsConsoleLink(BaseOperatorLink):
+    """A console URL built from the value the operator pushed to XCom under ``key``."""
+
+    name = ""
+    key = ""
+    field = ""
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        value = _xcom_link_value(ti_key, self.key)
+        if not value or not value.get(self.field):
+            return ""
+        return self.url(value, value.get("region") or "us-east-1")
+
+    def url(self, value: dict, region: str) -> str:
+        raise NotImplementedError
+
+
+class LambdaMapReduceFunctionLink(_AwsConsoleLink):
     """The mapper function in the Lambda console (``aws`` runtime)."""
 
     name = "Lambda Function"
     key = "lambdamr_function"
+    field = "function"
 
-    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        value = _xcom_link_value(ti_key, self.key)
-        if not value or not value.get("function"):
-            return ""
-        region = value.get("region") or "us-east-1"
+    def url(self, value: dict, region: str) -> str:
         return (f"https://{region}.console.aws.amazon.com/lambda/home?region={region}"
                 f"#/functions/{value['function']}/aliases/{value.get('alias', '')}")
 
 
-class LambdaMapReduceTraceLink(BaseOperatorLink):
+class LambdaMapReduceTraceLink(_AwsConsoleLink):
     """The job's X-Ray trace (when traced)."""
 
     name = "X-Ray Trace"
     key = "lambdamr_trace"
+    field = "trace_id"
 
-    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        value = _xcom_link_value(ti_key, self.key)
-        if not value or not value.get("trace_id"):
-            return ""
-        region = value.get("region") or "us-east-1"
+    def url(self, value: dict, region: str) -> str:
         return (f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}"
                 f"#xray:traces/{value['trace_id']}")
 
