@@ -291,14 +291,14 @@ class Driver:
         manifest = self._require_manifest()
         if map_records is None:
             map_records = self._load_map_commit()
+        reduce_records = {} if self.map_only else self._read_statuses("reduce")
         if self.map_only:
             files = [st.basename(o["uri"]) for r in map_records for o in r.get("outputs", [])]
             out_records = sum(o.get("records", 0) for r in map_records for o in r.get("outputs", []))
             out_bytes = sum(o.get("bytes", 0) for r in map_records for o in r.get("outputs", []))
         else:
-            finals = self._read_statuses("reduce")
             final_outs = [
-                o for k, r in sorted(finals.items()) if r.get("task", {}).get("final")
+                o for k, r in sorted(reduce_records.items()) if r.get("task", {}).get("final")
                 for o in r.get("outputs", [])
             ]
             files = sorted(st.basename(o["uri"]) for o in final_outs)
@@ -327,7 +327,7 @@ class Driver:
             },
             "tasks": {
                 "map": len(map_records),
-                "reduce": len(self._read_statuses("reduce")) if not self.map_only else 0,
+                "reduce": len(reduce_records),
                 "map_modes": dict(collections.Counter(s.get("mode", "record") for s in mstats)),
             },
             "invocations": {phase: s.summary() for phase, s in self.stats.items()},
@@ -341,7 +341,7 @@ class Driver:
             "lambdamr_version": __version__,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        summary["cost"] = self._cost(mstats, summary)
+        summary["cost"] = self._cost(mstats, [r.get("stats", {}) for r in reduce_records.values()], summary)
         log.info("job %s: %s", self.spec.job_id, cost_model.format_estimate(summary["cost"]))
         bad_samples = [b for s in mstats for b in s.get("bad_samples", [])][:20]
         if bad_samples:
@@ -351,14 +351,13 @@ class Driver:
             self.clean_intermediates()
         return summary
 
-    def _cost(self, mstats: list[dict], summary: dict) -> dict:
+    def _cost(self, mstats: list[dict], rstats: list[dict], summary: dict) -> dict:
         """What the job costs (or would cost) on Lambda, from the billed ms of its tasks.
 
         Durations and S3 request counts come from the status records, so an estimate made
         in a later process (the reduce operator) still covers the map phase. Failed
         invocations seen by this driver are added; ones from earlier drivers are not known.
         """
-        rstats = [r.get("stats", {}) for r in self._read_statuses("reduce").values()]
         billed = [cost_model.billed_ms(float(s.get("duration_ms", 0))) for s in mstats + rstats]
         failed = sum(p.failures for p in self.stats.values())
         failed_ms = sum(p.billed_ms for p in self.stats.values()) - sum(
