@@ -186,8 +186,13 @@ class TaskEvent:
             value = self.body[name]
         elif f"{name}_uri" in self.body:
             uri = self.body[f"{name}_uri"]
-            if not isinstance(uri, str) or not uri.startswith(self.job_dir.rstrip("/") + "/"):
+            prefix = self.job_dir.rstrip("/") + "/"
+            if not isinstance(uri, str) or not uri.startswith(prefix):
                 raise EventError(f"event field '{name}_uri' must lie under the job directory")
+            try:  # no "..", empty or absolute segments after the prefix
+                uri = st.join(self.job_dir, uri[len(prefix):])
+            except ValueError:
+                raise EventError(f"event field '{name}_uri' must lie under the job directory") from None
             value = json.loads(st.for_uri(uri).read_bytes(uri))
         else:
             raise EventError(f"event has neither '{name}' nor '{name}_uri'")

@@ -73,12 +73,14 @@ def test_reducer_final_round_writes_csv(tmp_path):
         ({"job": {"ref": "lambda_src.jobs.wordcount:WordCount", "partitions": 1, "params": {"a b": "x"}}},
          "invalid job parameter name"),
         ({"splits_uri": "file:///etc/passwd"}, "must lie under the job directory"),
+        ({"splits_uri": "JOB/../../etc/passwd"}, "must lie under the job directory"),
     ],
 )
 def test_bad_events_are_refused_with_a_clear_error(tmp_path, change, message):
     ev = _event(f"file://{tmp_path}/job", splits=[])
     if "splits_uri" in change:
         del ev["splits"]
+        change = {"splits_uri": change["splits_uri"].replace("JOB", ev["job_dir"])}
     ev.update(change)
     with pytest.raises((task.EventError, task.TaskError)) as info:
         mapper.lambda_handler(ev, CTX)
