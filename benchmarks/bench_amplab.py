@@ -1,0 +1,498 @@
+"""Amplab benchmark queries: ``lambdamr run`` (local runtime) vs DuckDB vs a pure-Python loop.
+
+What is measured, and how:
+
+- Data: ``lambdamr amplab-gen`` (seed 1, 4 files per table) under ``--data-dir``:
+  uservisits of about ``--size-mb`` MB (``N * 1e6 / 164`` rows) and rankings of about a
+  quarter of that (``N / 4 * 1e6 / 71`` rows). Generated only if missing.
+- Tools, each timed as a whole command (a fresh process: interpreter start, imports and,
+  for us, worker start-up are included), run alternately, ``--repeat`` times per query:
+  ours (``lambdamr run <query> --runtime local --workers 2``, ``--partitions 4`` for 2b/2c),
+  DuckDB (2 threads, ``COPY (query) TO`` CSV, reading the same files with ``read_csv`` and
+  explicit columns) and a reference: one Python process looping over the lines of the files,
+  splitting them and filtering or aggregating into a dict (the reference architecture's
+  per-record approach, without Lambda).
+- Wall time (median and min) and peak RSS of each command: ``/usr/bin/time -f %M``, which
+  reports the largest resident set of any single process in the command's tree (the driver
+  or one of its workers), not their sum.
+- Every answer is checked against DuckDB's: the same set of rows, floats equal to within
+  1e-9 relative. Any difference fails the run.
+- MB/s is the input bytes of the table a query reads divided by the median time.
+- ``--overhead``: a word count over 200 one-line files (``--split-size 1KB``: 200 map
+  tasks) minus the same command over one such file, divided by 199: ms per extra task.
+- ``--scaling 100,400,1600``: 2a only (ours and DuckDB) at each uservisits size, with
+  throughput and peak memory, to show the driver's memory stays flat as the input grows.
+- Cost projection for the Amplab "5nodes" data set (uservisits 126.8 GB, rankings
+  6.38 GB): our ``_SUCCESS`` cost block at the measured size, scaled linearly by bytes.
+  It is a projection from local task durations, not a measurement on AWS.
+- A PNG chart if matplotlib is importable (it is not installed for you).
+
+Queries live in ``QUERIES``: adding one (3a, the join, is not implemented as a built-in
+job yet) takes a ``Query`` entry with its SQL, the table(s) it reads, and a reference
+function in ``REFERENCE`` (plus a result reader if its output is not ``key,value``).
+
+    .venv/bin/python benchmarks/bench_amplab.py --size-mb 400 --repeat 3 --overhead
+    .venv/bin/python benchmarks/bench_amplab.py --size-mb 100 --repeat 1 --scaling 100,400,1600
+
+Writes ``benchmarks/results/amplab.json`` (and ``amplab.png`` with matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+LAMBDAMR = str(BIN / "lambdamr")
+GNU_TIME = "/usr/bin/time"
+WORKERS = 2
+FILES = 4
+SEED = 1
+
+ROW_BYTES = {"uservisits": 164, "rankings": 71}
+# The Amplab "5nodes" data set, for the cost projection.
+FIVE_NODES_BYTES = {"uservisits": 126.8e9, "rankings": 6.38e9}
+
+COLUMNS = {
+    "uservisits": {
+        "sourceIP": "VARCHAR", "destURL": "VARCHAR", "visitDate": "VARCHAR", "adRevenue": "DOUBLE",
+        "userAgent": "VARCHAR", "countryCode": "VARCHAR", "languageCode": "VARCHAR",
+        "searchWord": "VARCHAR", "duration": "BIGINT",
+    },
+    "rankings": {"pageURL": "VARCHAR", "pageRank": "BIGINT", "avgDuration": "BIGINT"},
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str  # the built-in job, e.g. amplab-2a
+    table: str  # the table it reads (its bytes give MB/s and the cost scaling)
+    sql: str  # DuckDB's query; each table name is replaced by its read_csv(...)
+    reference: str  # a function name in REFERENCE_SOURCE
+    reference_arg: int
+    extra_args: tuple[str, ...] = field(default=())
+
+
+QUERIES = (
+    Query("amplab-1a", "rankings", "SELECT pageURL, pageRank FROM rankings WHERE pageRank > 1000", "scan", 1000),
+    Query("amplab-1b", "rankings", "SELECT pageURL, pageRank FROM rankings WHERE pageRank > 100", "scan", 100),
+    Query("amplab-1c", "rankings", "SELECT pageURL, pageRank FROM rankings WHERE pageRank > 10", "scan", 10),
+    Query("amplab-2a", "uservisits", "SELECT SUBSTR(sourceIP, 1, 8), SUM(adRevenue) FROM uservisits GROUP BY 1",
+          "revenue", 8),
+    Query("amplab-2b", "uservisits", "SELECT SUBSTR(sourceIP, 1, 10), SUM(adRevenue) FROM uservisits GROUP BY 1",
+          "revenue", 10, ("--partitions", "4")),
+    Query("amplab-2c", "uservisits", "SELECT SUBSTR(sourceIP, 1, 12), SUM(adRevenue) FROM uservisits GROUP BY 1",
+          "revenue", 12, ("--partitions", "4")),
+)  # fmt: skip
+
+# The reference architecture's per-record loop, in one process. argv: function, arg, output, files...
+REFERENCE_SOURCE = """
+import sys
+
+
+def scan(files, min_rank, out):
+    with open(out, "w") as dst:
+        for path in files:
+            with open(path) as src:
+                for line in src:
+                    cols = line.rstrip("\\n").split(",")
+                    rank = int(cols[1])
+                    if rank > min_rank:
+                        dst.write(f"{cols[0]},{rank}\\n")
+
+
+def revenue(files, prefix, out):
+    sums = {}
+    for path in files:
+        with open(path) as src:
+            for line in src:
+                cols = line.split(",")
+                key = cols[0][:prefix]
+                sums[key] = sums.get(key, 0.0) + float(cols[3])
+    with open(out, "w") as dst:
+        for key, value in sums.items():
+            dst.write(f"{key},{value!r}\\n")
+
+
+globals()[sys.argv[1]](sys.argv[4:], int(sys.argv[2]), sys.argv[3])
+"""
+
+
+def duckdb_source() -> str:
+    """The DuckDB script: views over read_csv with explicit columns, then COPY (query) TO CSV."""
+    return (
+        "import duckdb, json, sys\n"
+        "tables, sql, out, cols = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])\n"
+        "con = duckdb.connect()\n"
+        "con.execute('SET threads = 2')\n"
+        "for name, files in tables.items():\n"
+        "    spec = ', '.join(f\"'{k}': '{v}'\" for k, v in cols[name].items())\n"
+        "    paths = ', '.join(f\"'{p}'\" for p in files)\n"
+        "    con.execute(f\"CREATE VIEW {name} AS SELECT * FROM read_csv([{paths}], header=false, delim=',', \"\n"
+        "                f\"quote='', escape='', columns={{{spec}}})\")\n"
+        "con.execute(f\"COPY ({sql}) TO '{out}' (HEADER false)\")\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def table_dir(data_dir: Path, size_mb: int) -> Path:
+    return data_dir / f"amplab-{size_mb}mb"
+
+
+def table_rows(size_mb: float) -> dict[str, int]:
+    return {
+        "uservisits": int(size_mb * 1_000_000 / ROW_BYTES["uservisits"]),
+        "rankings": int(size_mb / 4 * 1_000_000 / ROW_BYTES["rankings"]),
+    }
+
+
+def ensure_table(data_dir: Path, size_mb: int, table: str) -> list[Path]:
+    """The table's files for this size, generated (deterministically) if missing or partial."""
+    root = table_dir(data_dir, size_mb)
+    files = sorted((root / table).glob("part-*"))
+    if len(files) == FILES:
+        return files
+    shutil.rmtree(root / table, ignore_errors=True)
+    rows = table_rows(size_mb)
+    print(f"generating {table} for {size_mb} MB ({rows[table]:,} rows) in {root}", file=sys.stderr)
+    subprocess.run(
+        [LAMBDAMR, "amplab-gen", "--output", str(root), "--table", table,
+         "--rows", str(rows[table] if table == "rankings" else rows["uservisits"]),
+         "--rankings-rows", str(rows["rankings"]), "--files", str(FILES), "--seed", str(SEED)],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    files = sorted((root / table).glob("part-*"))
+    if len(files) != FILES:
+        raise SystemExit(f"amplab-gen wrote {len(files)} files in {root / table}, expected {FILES}")
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+
+
+@dataclass
+class Run:
+    seconds: float
+    peak_mb: float
+    stdout: str
+
+
+def run_measured(cmd: list[str]) -> Run:
+    """Run a whole command under /usr/bin/time: wall seconds and peak RSS (MB)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+        started = time.perf_counter()
+        proc = subprocess.run([GNU_TIME, "-f", "%M", "-o", tf.name, *cmd], capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+        lines = [line for line in tf.read().splitlines() if line.strip()]
+    return Run(seconds, int(lines[-1]) / 1024, proc.stdout)
+
+
+def ours_cmd(query: Query, inputs: Path, output: Path) -> list[str]:
+    return [LAMBDAMR, "run", query.name, "--runtime", "local", "--workers", str(WORKERS), "--input",
+            str(inputs), "--output", str(output), "--quiet", "--overwrite", "--json", *query.extra_args]  # fmt: skip
+
+
+def duck_cmd(query: Query, files: list[Path], output: Path) -> list[str]:
+    tables = {query.table: [str(p) for p in files]}
+    return [
+        sys.executable,
+        "-c",
+        duckdb_source(),
+        json.dumps(tables),
+        query.sql,
+        str(output),
+        json.dumps(COLUMNS),
+    ]
+
+
+def reference_cmd(query: Query, files: list[Path], output: Path) -> list[str]:
+    return [sys.executable, "-c", REFERENCE_SOURCE, query.reference, str(query.reference_arg), str(output),
+            *map(str, files)]  # fmt: skip
+
+
+def read_rows(paths: list[Path]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for path in paths:
+        with open(path, newline="") as fh:
+            rows.extend((row[0], row[1]) for row in csv.reader(fh, quoting=csv.QUOTE_NONE) if row)
+    return rows
+
+
+def same_answer(got: list[tuple[str, str]], want: list[tuple[str, str]]) -> str | None:
+    """None if ``got`` equals ``want`` as a set of rows (floats within 1e-9 relative), else why not."""
+    if len(got) != len(want):
+        return f"{len(got):,} rows, DuckDB has {len(want):,}"
+    mine = dict(got)
+    theirs = dict(want)
+    if len(mine) != len(got) or len(theirs) != len(want):
+        if sorted(got) != sorted(want):
+            return "duplicate keys and the rows differ"
+        return None
+    if mine.keys() != theirs.keys():
+        missing = sorted(theirs.keys() - mine.keys())[:3]
+        extra = sorted(mine.keys() - theirs.keys())[:3]
+        return f"keys differ: missing {missing}, extra {extra}"
+    for key, text in mine.items():
+        a, b = float(text), float(theirs[key])
+        if not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9):
+            return f"{key!r}: {text} vs DuckDB's {theirs[key]}"
+    return None
+
+
+TOOLS = ("lambdamr (local, 2 workers)", "duckdb (2 threads)", "python reference (1 process)")
+
+
+def bench_query(query: Query, data_root: Path, files: list[Path], repeat: int, work: Path,
+                tools: tuple[str, ...] = TOOLS) -> dict:  # fmt: skip
+    """Run the tools alternately ``repeat`` times; check every answer against DuckDB's."""
+    runs: dict[str, list[Run]] = {tool: [] for tool in tools}
+    success: dict | None = None
+    for i in range(repeat):
+        outputs = {
+            TOOLS[0]: work / f"{query.name}-ours",
+            TOOLS[1]: work / f"{query.name}-duck.csv",
+            TOOLS[2]: work / f"{query.name}-ref.csv",
+        }
+        cmds = {
+            TOOLS[0]: ours_cmd(query, data_root / query.table, outputs[TOOLS[0]]),
+            TOOLS[1]: duck_cmd(query, files, outputs[TOOLS[1]]),
+            TOOLS[2]: reference_cmd(query, files, outputs[TOOLS[2]]),
+        }
+        answers: dict[str, list[tuple[str, str]]] = {}
+        for tool in tools:
+            run = run_measured(cmds[tool])
+            runs[tool].append(run)
+            out = outputs[tool]
+            answers[tool] = read_rows(sorted(out.glob("part-*")) if out.is_dir() else [out])
+            if tool == TOOLS[0]:
+                success = json.loads(run.stdout)
+        for tool in tools:
+            if tool != TOOLS[1]:
+                why = same_answer(answers[tool], answers[TOOLS[1]])
+                if why:
+                    raise SystemExit(f"{query.name}: {tool}'s answer DIFFERS from DuckDB's: {why}")
+        shutil.rmtree(outputs[TOOLS[0]], ignore_errors=True)
+        print(f"{query.name} round {i + 1}: " + ", ".join(f"{t.split()[0]} {runs[t][-1].seconds:.2f}s" for t in tools)
+              + f" ({len(answers[TOOLS[1]]):,} rows, all equal)", file=sys.stderr)  # fmt: skip
+    input_bytes = sum(p.stat().st_size for p in files)
+    base = statistics.median(r.seconds for r in runs[TOOLS[1]])
+    results = []
+    for tool in tools:
+        secs = [r.seconds for r in runs[tool]]
+        med = statistics.median(secs)
+        results.append({
+            "tool": tool, "median_s": round(med, 3), "min_s": round(min(secs), 3),
+            "mb_per_s": round(input_bytes / 1e6 / med, 1), "ratio_to_duckdb": round(med / base, 2),
+            "peak_mb": round(max(r.peak_mb for r in runs[tool]), 1),
+            "runs_s": [round(s, 3) for s in secs], "runs_peak_mb": [round(r.peak_mb, 1) for r in runs[tool]],
+        })  # fmt: skip
+    assert success is not None
+    return {
+        "query": query.name, "sql": query.sql, "table": query.table, "input_bytes": input_bytes,
+        "rows": len(answers[TOOLS[1]]), "results": results, "cost": success.get("cost", {}),
+        "task_peak_memory_mb": {k: v.get("peak_memory_mb") for k, v in success.get("invocations", {}).items()},
+    }  # fmt: skip
+
+
+def bench_overhead(repeat: int, work: Path) -> dict:
+    """ms per task: a 200-task word count minus the same command over one file, over 199."""
+    dirs = {n: work / f"overhead-{n}" for n in (1, 200)}
+    for n, d in dirs.items():
+        d.mkdir(parents=True)
+        for i in range(n):
+            # One ~1000-byte line: two files exceed --split-size 1KB, so each is its own task.
+            (d / f"f{i:03d}.txt").write_text(f"w{i} " + "the quick brown fox " * 49 + "\n")
+    times: dict[int, list[float]] = {1: [], 200: []}
+    tasks = {}
+    for _ in range(repeat):
+        for n, d in dirs.items():
+            out = work / f"overhead-out-{n}"
+            run = run_measured([LAMBDAMR, "run", "wordcount", "--runtime", "local", "--workers", str(WORKERS),
+                                "--input", str(d), "--output", str(out), "--split-size", "1KB", "--quiet",
+                                "--overwrite", "--json"])  # fmt: skip
+            times[n].append(run.seconds)
+            tasks[n] = json.loads(run.stdout).get("tasks", {})
+            shutil.rmtree(out, ignore_errors=True)
+    if tasks[200].get("map") != 200:
+        raise SystemExit(f"overhead job planned {tasks[200].get('map')} map tasks, expected 200")
+    med = {n: statistics.median(v) for n, v in times.items()}
+    ms = (med[200] - med[1]) / 199 * 1000
+    return {"median_s_200_files": round(med[200], 3), "median_s_1_file": round(med[1], 3),
+            "ms_per_task": round(ms, 1), "tasks_200_files": tasks[200], "tasks_1_file": tasks[1],
+            "runs_s": {str(n): [round(s, 3) for s in v] for n, v in times.items()}}  # fmt: skip
+
+
+def project_cost(query_results: list[dict]) -> list[dict]:
+    """Our local cost block per query, scaled linearly by bytes to the Amplab 5nodes tables."""
+    out = []
+    for q in query_results:
+        factor = FIVE_NODES_BYTES[q["table"]] / q["input_bytes"]
+        cost = q["cost"]
+        out.append({
+            "query": q["query"], "label": "projection", "scale_factor": round(factor, 1),
+            "measured": {k: cost.get(k) for k in ("lambda_compute", "gb_seconds", "billed_ms", "total",
+                                                   "reference_formula")},
+            "five_nodes": {k: round(cost[k] * factor, 6) for k in ("lambda_compute", "gb_seconds", "billed_ms",
+                                                                    "total", "reference_formula") if k in cost},
+        })  # fmt: skip
+    return out
+
+
+def chart(path: Path, query_results: list[dict], scaling: list[dict]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no chart (pip install matplotlib)")
+        return
+    ncols = 2 if scaling else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(7 * ncols, 4.5), squeeze=False)
+    ax = axes[0][0]
+    names = [q["query"] for q in query_results]
+    width = 0.8 / len(TOOLS)
+    for i, tool in enumerate(TOOLS):
+        values = [next(r["mb_per_s"] for r in q["results"] if r["tool"] == tool) for q in query_results]
+        ax.bar([x + i * width for x in range(len(names))], values, width, label=tool)
+    ax.set_xticks([x + width for x in range(len(names))], names)
+    ax.set_ylabel("MB/s (input / median wall time)")
+    ax.set_title("Amplab queries, whole commands")
+    ax.legend()
+    if scaling:
+        ax = axes[0][1]
+        sizes = [s["size_mb"] for s in scaling]
+        for tool in TOOLS[:2]:
+            ax.plot(sizes, [next(r["median_s"] for r in s["results"] if r["tool"] == tool) for s in scaling],
+                    marker="o", label=f"{tool} time (s)")  # fmt: skip
+        ax.plot(sizes, [next(r["peak_mb"] for r in s["results"] if r["tool"] == TOOLS[0]) for s in scaling],
+                marker="s", linestyle="--", label="lambdamr peak RSS (MB)")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("uservisits MB")
+        ax.set_title("Amplab 2a scaling")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def print_table(title: str, query_results: list[dict]) -> None:
+    print(f"\n{title}\n")
+    print(
+        f"{'query':<10} {'tool':<30} {'median s':>9} {'min s':>7} {'MB/s':>8} {'vs duckdb':>10} {'peak MB':>8}"
+    )
+    for q in query_results:
+        for r in q["results"]:
+            print(f"{q['query']:<10} {r['tool']:<30} {r['median_s']:>9.2f} {r['min_s']:>7.2f} {r['mb_per_s']:>8.1f} "
+                  f"{r['ratio_to_duckdb']:>9.2f}x {r['peak_mb']:>8.0f}")  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mb", type=int, default=400, help="uservisits MB (rankings is a quarter)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--queries", default=",".join(q.name for q in QUERIES), help="comma-separated")
+    parser.add_argument("--data-dir", type=Path, default=HERE / "data")
+    parser.add_argument("--results", type=Path, default=HERE / "results" / "amplab.json")
+    parser.add_argument("--overhead", action="store_true", help="also measure ms per task (200 tiny tasks)")
+    parser.add_argument("--scaling", default="", help="uservisits sizes in MB for a 2a-only scaling run")
+    args = parser.parse_args()
+
+    if not Path(GNU_TIME).exists():
+        raise SystemExit(f"{GNU_TIME} is needed for peak memory")
+    by_name = {q.name: q for q in QUERIES}
+    wanted = [name.strip() for name in args.queries.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in by_name]
+    if unknown:
+        raise SystemExit(f"unknown queries {unknown}; known: {list(by_name)}")
+    queries = [by_name[name] for name in wanted]
+    sizes = [int(s) for s in args.scaling.split(",") if s.strip()]
+
+    work = Path(tempfile.mkdtemp(prefix="lambdamr-amplab-"))
+    report: dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "workers": WORKERS, "duckdb_threads": 2, "repeat": args.repeat, "size_mb": args.size_mb,
+        "rows": table_rows(args.size_mb), "seed": SEED, "files_per_table": FILES,
+    }  # fmt: skip
+    try:
+        root = table_dir(args.data_dir, args.size_mb)
+        files = {t: ensure_table(args.data_dir, args.size_mb, t) for t in sorted({q.table for q in queries})}
+        report["table_bytes"] = {t: sum(p.stat().st_size for p in fs) for t, fs in files.items()}
+        query_results = [bench_query(q, root, files[q.table], args.repeat, work) for q in queries]
+        report["queries"] = query_results
+        overhead = bench_overhead(args.repeat, work) if args.overhead else None
+        report["overhead"] = overhead
+        scaling = []
+        for size in sizes:
+            uv = ensure_table(args.data_dir, size, "uservisits")
+            result = bench_query(by_name["amplab-2a"], table_dir(args.data_dir, size), uv, args.repeat, work,
+                                 tools=TOOLS[:2])  # fmt: skip
+            scaling.append({"size_mb": size, **result})
+        report["scaling"] = scaling
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    sizes_text = ", ".join(f"{t} {b / 1e6:.0f} MB" for t, b in report["table_bytes"].items())
+    print_table(f"Amplab queries at --size-mb {args.size_mb} ({sizes_text}; {FILES} files each), "
+                f"{args.repeat} alternating run(s); every answer equal to DuckDB's", query_results)  # fmt: skip
+    print("\npeak MB: the largest single process of the command (/usr/bin/time %M: driver or a worker)")
+
+    if overhead:
+        print(f"\ntask overhead: 200 one-line files {overhead['median_s_200_files']:.2f}s, 1 file "
+              f"{overhead['median_s_1_file']:.2f}s -> {overhead['ms_per_task']:.1f} ms per task "
+              f"(2 workers; tasks {overhead['tasks_200_files'].get('map')} map + "
+              f"{overhead['tasks_200_files'].get('reduce')} reduce)")  # fmt: skip
+
+    if scaling:
+        print("\nAmplab 2a scaling (uservisits only)\n")
+        print(f"{'size MB':>8} {'tool':<30} {'median s':>9} {'MB/s':>8} {'peak MB':>8} {'task peak MB':>13}")
+        for s in scaling:
+            for r in s["results"]:
+                task_peak = (
+                    max((v or 0) for v in s["task_peak_memory_mb"].values())
+                    if r["tool"] == TOOLS[0]
+                    else None
+                )
+                print(f"{s['size_mb']:>8} {r['tool']:<30} {r['median_s']:>9.2f} {r['mb_per_s']:>8.1f} "
+                      f"{r['peak_mb']:>8.0f} {'' if task_peak is None else f'{task_peak:.0f}':>13}")  # fmt: skip
+
+    projection = project_cost(query_results)
+    report["cost_projection_5nodes"] = projection
+    print("\ncost projection (not measured: our local cost block scaled linearly by bytes to the Amplab "
+          "5nodes tables, uservisits 126.8 GB, rankings 6.38 GB; 1536 MB functions, x86_64)")  # fmt: skip
+    for p in projection:
+        five = p["five_nodes"]
+        print(f"  projection {p['query']}: x{p['scale_factor']:,.0f} -> {five.get('gb_seconds', 0):,.0f} GB-s, "
+              f"Lambda compute ${five.get('lambda_compute', 0):.4f}, total ${five.get('total', 0):.4f}")  # fmt: skip
+
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.results}")
+    chart(args.results.with_suffix(".png"), query_results, scaling)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
