@@ -352,8 +352,14 @@ def _run_map_only(
     out_uri = ev.body.get("output")
     if not isinstance(out_uri, str) or not out_uri:
         raise task.EventError("a map-only task needs the event field 'output'")
-    bad = BadRecords(ev.job.max_bad_records, where)
     uri = st.join(out_uri, f"part-m-{index:05d}")
+    cfg = ev.job
+    if cfg.vectorized and job.has_table_mapper() and _arrow_available():
+        try:
+            return _run_map_only_tables(job, splits, cfg, uri)
+        except _ArrowFallback as why:
+            log.info("%s: vectorized read stopped (%s); re-reading in record mode", where, why)
+    bad = BadRecords(ev.job.max_bad_records, where)
     with output.CsvWriter(uri) as writer:
         stats = _map_records(job, splits, writer, ev.job, bad)  # type: ignore[arg-type]
     stats.update(
@@ -366,3 +372,18 @@ def _run_map_only(
         stats["bad_samples"] = bad.samples
     outputs = [{"partition": None, "uri": uri, "records": writer.records, "bytes": writer.bytes}]
     return {"outputs": outputs, "stats": stats}
+
+
+def _run_map_only_tables(job: MapReduceJob, splits: list[reader.Segment], cfg: task.JobConfig, uri: str) -> dict:
+    """A map-only job in Arrow: ``map_table``'s rows, in input order, become the CSV part."""
+    from lambda_src import arrow_shuffle as ash
+
+    tables: list[Any] = []
+    with task.traced("read+map", mode="vectorized"):
+        stats = _map_tables(job, splits, lambda t: tables.append(ash.check_table(t, "map_table")), cfg)
+    data = ash.table_to_csv(ash.concat(tables)) if tables else b""
+    with task.traced("write"):
+        st.for_uri(uri).write_bytes(uri, data)
+    records = sum(t.num_rows for t in tables)
+    stats.update(mode="vectorized", output_records=records, output_bytes=len(data))
+    return {"outputs": [{"partition": None, "uri": uri, "records": records, "bytes": len(data)}], "stats": stats}

@@ -102,6 +102,17 @@ class RankingsScan(MapReduceJob):
 
     min_rank = 1000
 
+    table_columns = RANKINGS_COLUMNS
+    table_include = ("pageURL", "pageRank")
+    table_types = {"pageURL": "string", "pageRank": "int64"}  # noqa: RUF012 - read-only
+
+    def map_table(self, table: Any) -> Any:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        kept = table.filter(pc.greater(table.column("pageRank"), self.min_rank))
+        return pa.table({"key": kept.column("pageURL"), "value": kept.column("pageRank")})
+
     def mapper(self, key: str | None, line: str) -> Iterator[tuple[str, int]]:
         if not line:
             return

@@ -118,3 +118,15 @@ def test_2b_2c_with_partitions_equal_duckdb(tmp_path, query, length):
     got = {r[0]: float(r[1]) for r in read_rows(out)}
     assert got.keys() == expected.keys()
     assert all(abs(got[k] - expected[k]) <= 1e-9 * max(1.0, abs(expected[k])) for k in got)
+
+
+def test_scan_vectorized_and_record_outputs_are_byte_identical(tmp_path):
+    amplab_gen.generate(str(tmp_path / "rk"), table="rankings", rows=20_000, files=2, seed=9)
+    outputs = {}
+    for vectorized in (True, False):
+        out = tmp_path / f"out-{vectorized}"
+        summary = run_job(job="amplab-1b", inputs={"": [str(tmp_path / "rk")]}, output=str(out),
+                          vectorized=vectorized, split_size=300_000)
+        assert summary["tasks"]["map_modes"] == {("vectorized" if vectorized else "record"): summary["tasks"]["map"]}
+        outputs[vectorized] = {p.name: p.read_bytes() for p in sorted(out.glob("part-m-*"))}
+    assert outputs[True] == outputs[False] and outputs[True]
