@@ -18,11 +18,7 @@ import pyarrow.compute as pc
 from lambda_src import shuffle
 from lambda_src import storage as st
 
-SUFFIX = ".arrow"
-
-
-def is_arrow_run(uri: str) -> bool:
-    return uri.endswith(SUFFIX)
+SUFFIX = shuffle.ARROW_SUFFIX
 
 
 def check_table(table: object, where: str) -> pa.Table:

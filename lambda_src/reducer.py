@@ -51,7 +51,7 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
             raise task.EventError(f"reduce inputs must be URIs, got {uri!r}")
     job = task.load_job_class(ev.job.ref)(ev.job.params)
     input_bytes = sum(st.for_uri(uri).size(uri) for uri in inputs)
-    arrow_runs = [uri for uri in inputs if uri.endswith(".arrow")]
+    arrow_runs = [uri for uri in inputs if uri.endswith(shuffle.ARROW_SUFFIX)]
     # Reading, merging, reducing and writing stream together: one subsegment.
     with task.traced("read+reduce+write", inputs=len(inputs)):
         if arrow_runs and job.has_table_shuffle() and len(arrow_runs) == len(inputs):
@@ -68,7 +68,7 @@ def _run_lines(ev, job, inputs, token, rnd, part, group, final) -> dict:
     chunk = max(64 * 1024, min(READ_CHUNK, MERGE_BUFFER // max(1, len(inputs))))
     runs = []
     for uri in inputs:
-        if uri.endswith(".arrow"):  # a mix of run kinds: read the Arrow ones as lines
+        if uri.endswith(shuffle.ARROW_SUFFIX):  # a mix of run kinds: read the Arrow ones as lines
             from lambda_src import arrow_shuffle as ash
 
             runs.append(ash.as_lines(ash.read_run(uri)))

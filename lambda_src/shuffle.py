@@ -25,6 +25,8 @@ _encode = _encoder.encode
 _decode = json.loads
 
 TAB = b"\t"
+#: Name suffix of a run in Arrow IPC form (the other runs are JSON lines).
+ARROW_SUFFIX = ".arrow"
 
 
 class EncodeError(TypeError):

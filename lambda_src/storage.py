@@ -444,6 +444,3 @@ def set_s3_client(client) -> None:
     with _s3_lock:
         _s3 = S3Storage(client=client)
 
-
-def unique_token() -> str:
-    return uuid.uuid4().hex[:12]

@@ -18,6 +18,18 @@ def run_job(workers: int = 2, progress=None, **kwargs) -> dict:
         return Driver(spec, rt, progress=progress).run()
 
 
+def mapped_job(tmp_path, text: str, job_id: str) -> JobSpec:
+    """A word-count job whose map phase is done and whose reduce phase has not run."""
+    (tmp_path / "in.txt").write_text(text)
+    spec = JobSpec(job="wordcount", inputs={"": [str(tmp_path / "in.txt")]}, output=str(tmp_path / "out"),
+                   job_id=job_id, keep_intermediates=True)
+    with LocalRuntime(workers=1) as rt:
+        driver = Driver(spec, rt)
+        driver.prepare()
+        driver.run_map()
+    return spec
+
+
 def read_rows(output: str) -> list[list[str]]:
     """Every CSV row of every part file directly in ``output``."""
     output = st.normalize(output).rstrip("/")

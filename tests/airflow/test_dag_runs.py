@@ -14,7 +14,7 @@ import boto3
 import pytest
 
 from lambda_src import storage as st
-from tests.helpers import read_counts, read_rows
+from tests.helpers import mapped_job, read_counts, read_rows
 from tests.integration.test_amplab_duckdb import duckdb_2a
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
@@ -136,16 +136,9 @@ def test_deferrable_sensor_waits_in_a_trigger_until_the_job_commits(airflow_db, 
 
     from airflow_provider_lambdamr.engine.driver import Driver
     from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
-    from airflow_provider_lambdamr.engine.spec import JobSpec
     from airflow_provider_lambdamr.sensors.lambda_mr import LambdaMapReduceSensor
 
-    (tmp_path / "in.txt").write_text("x y\ny\n")
-    spec = JobSpec(job="wordcount", inputs={"": [str(tmp_path / "in.txt")]}, output=str(tmp_path / "out"),
-                   job_id="deferred", keep_intermediates=True)
-    with LocalRuntime(workers=1) as rt:
-        d = Driver(spec, rt)
-        d.prepare()
-        d.run_map()
+    spec = mapped_job(tmp_path, "x y\ny\n", "deferred")
 
     def finish_later():
         time.sleep(1.5)

@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 
 from airflow_provider_lambdamr import get_provider_info
+from tests.helpers import mapped_job
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
 
@@ -133,22 +134,6 @@ def test_trigger_serialization_round_trips():
     assert json.loads(json.dumps(kwargs)) == kwargs
 
 
-def _mapped_job(tmp_path):
-    """A job whose map phase is done and whose reduce phase has not run."""
-    from airflow_provider_lambdamr.engine.driver import Driver
-    from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
-    from airflow_provider_lambdamr.engine.spec import JobSpec
-
-    (tmp_path / "in.txt").write_text("a b\nb c\n")
-    spec = JobSpec(job="wordcount", inputs={"": [str(tmp_path / "in.txt")]}, output=str(tmp_path / "out"),
-                   job_id="trig", keep_intermediates=True)
-    with LocalRuntime(workers=1) as rt:
-        driver = Driver(spec, rt)
-        driver.prepare()
-        driver.run_map()
-    return spec
-
-
 def _first_event(trigger):
     async def first():
         async for event in trigger.run():
@@ -160,7 +145,7 @@ def _first_event(trigger):
 def test_trigger_reports_success_failure_and_timeout(tmp_path):
     from airflow_provider_lambdamr.triggers.lambda_mr import LambdaMapReducePhaseTrigger
 
-    spec = _mapped_job(tmp_path)
+    spec = mapped_job(tmp_path, "a b\nb c\n", "trig")
     done = _first_event(LambdaMapReducePhaseTrigger(job_dir=spec.job_dir, phase="map", aws_conn_id=None))
     assert done == {"status": "success", "job_dir": spec.job_dir, "phase": "map", "done": 1, "total": 1}
     waiting = _first_event(LambdaMapReducePhaseTrigger(job_dir=spec.job_dir, phase="reduce", poll_interval=0.05,
@@ -177,7 +162,7 @@ def test_sensor_defers_then_validates_the_event(tmp_path):
     from airflow_provider_lambdamr.sensors.lambda_mr import LambdaMapReduceSensor
     from airflow_provider_lambdamr.triggers.lambda_mr import LambdaMapReducePhaseTrigger
 
-    spec = _mapped_job(tmp_path)
+    spec = mapped_job(tmp_path, "a b\nb c\n", "trig")
     sensor = LambdaMapReduceSensor(task_id="s", job_dir=spec.job_dir, phase="reduce", deferrable=True,
                                    timeout=120, poke_interval=3, aws_conn_id=None)
     with pytest.raises(TaskDeferred) as info:
