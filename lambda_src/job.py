@@ -30,15 +30,64 @@ the path that reports bad records precisely). ``map_table`` may return (key, val
 or a table with ``key`` and ``value`` columns; a job that returns tables and also defines
 ``combine_table`` (associative, like ``combiner``) and ``reduce_table`` (like ``reducer``)
 keeps its whole shuffle in Arrow: partial aggregates never become Python objects.
+
+A job of several MapReduce rounds (a join, then an aggregation, then a top-N) defines
+``steps()``, returning ``Step`` objects that name bound methods, mrjob-style:
+
+.. code-block:: python
+
+    def steps(self):
+        return [
+            Step(mapper=self.tag_rows, reducer=self.join),
+            Step(combiner=self.add_up, reducer=self.add_up),
+        ]
+
+Step 1 reads the job's input lines. Every later step reads the (key, value) pairs the
+previous step's reducer emitted: its mapper is called as ``mapper(key, value)`` (a step
+without a mapper passes the pairs through). Only the last step's reducer output becomes
+the job's CSV result; the pairs between steps stay in the compact intermediate encoding.
+A step may set ``partitions`` (for example 1 for a global top-N). The vectorized methods
+apply to single-step jobs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 Pair = tuple[Any, Any]
+Reduce = Callable[[Any, Iterator[Any]], Iterable[Pair]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One MapReduce round of a multi-step job; the functions are bound job methods.
+
+    ``mapper(key, value)`` (line input: ``(input name or None, line)``) yields pairs; None
+    passes each pair through unchanged. ``mapper_init``/``mapper_final`` run once per map
+    task around it (in-mapper combining). ``combiner`` is optional, as in a one-step job.
+    ``reducer`` is required in a multi-step job (only a one-step job may be map-only).
+    ``partitions`` overrides the job's ``--partitions``.
+    """
+
+    mapper: Callable[[Any, Any], Iterable[Pair]] | None = None
+    reducer: Reduce | None = None
+    combiner: Reduce | None = None
+    mapper_init: Callable[[], None] | None = None
+    mapper_final: Callable[[], Iterable[Pair]] | None = None
+    partitions: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.partitions is not None and not 1 <= self.partitions <= 100_000:
+            raise ValueError(f"a step's partitions must be between 1 and 100000, got {self.partitions}")
+
+    def map_pairs(self, key: Any, value: Any) -> Iterable[Pair]:
+        """The step's mapper, or the identity."""
+        if self.mapper is None:
+            return ((key, value),)
+        return self.mapper(key, value)
 
 
 class BadRecord(ValueError):
@@ -53,6 +102,8 @@ class BadRecord(ValueError):
 class MapReduceJob:
     """Base class for a MapReduce job; see the module docstring."""
 
+    #: The named inputs the job reads (``--input NAME=URI``), or None for any inputs.
+    input_names: tuple[str, ...] | None = None
     #: Column names of delimited text input; enables ``map_table`` when pyarrow is present.
     table_columns: tuple[str, ...] | None = None
     #: Field delimiter of that text.
@@ -95,6 +146,38 @@ class MapReduceJob:
         """Final result rows from a ``key``/``value`` table; columns become CSV columns."""
         raise NotImplementedError
 
+    # -- multi-step jobs ----------------------------------------------------------------
+    def steps(self) -> list[Step]:
+        """The job's MapReduce rounds; a job that does not override this has one."""
+        cls = type(self)
+        return [
+            Step(
+                mapper=self.mapper,
+                reducer=self.reducer if cls.has_reducer() else None,
+                combiner=self.combiner if cls.has_combiner() else None,
+                mapper_init=self.mapper_init,
+                mapper_final=self.mapper_final,
+            )
+        ]
+
+    def checked_steps(self) -> list[Step]:
+        """``steps()``, checked: a clear error for a malformed multi-step definition."""
+        name = type(self).__name__
+        steps = self.steps()
+        if not isinstance(steps, list | tuple) or not steps:
+            raise TypeError(f"{name}.steps() must return a non-empty list of Step objects")
+        for n, step in enumerate(steps, 1):
+            if not isinstance(step, Step):
+                raise TypeError(f"{name}.steps() item {n} is {type(step).__name__}, not a Step")
+            if step.reducer is None and len(steps) > 1:
+                raise TypeError(f"{name}: step {n} of {len(steps)} has no reducer; every step "
+                                f"of a multi-step job needs one")
+        return list(steps)
+
+    @classmethod
+    def is_multi_step(cls) -> bool:
+        return cls._defines("steps")
+
     # -- introspection -----------------------------------------------------------------
     @classmethod
     def _defines(cls, name: str) -> bool:
@@ -106,12 +189,12 @@ class MapReduceJob:
 
     @classmethod
     def has_reducer(cls) -> bool:
-        """A job without a reducer is map-only: its mapper's pairs are the result."""
-        return cls._defines("reducer")
+        """A one-step job without a reducer is map-only: its mapper's pairs are the result."""
+        return cls._defines("reducer") or cls.is_multi_step()
 
     @classmethod
     def has_table_mapper(cls) -> bool:
-        return cls._defines("map_table") and bool(cls.table_columns)
+        return cls._defines("map_table") and bool(cls.table_columns) and not cls.is_multi_step()
 
     @classmethod
     def has_table_shuffle(cls) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 
 from lambda_src import output, reader, shuffle, task
 from lambda_src import storage as st
-from lambda_src.job import MapReduceJob
+from lambda_src.job import MapReduceJob, Step
 
 log = logging.getLogger("lambdamr")
 
@@ -33,7 +33,7 @@ def lambda_handler(event: dict, context: Any) -> dict:
 
 
 def status_key(ev: task.TaskEvent) -> str:
-    return f"map/{_index(ev):05d}"
+    return task.step_key(ev, f"map/{_index(ev):05d}")
 
 
 def _index(ev: task.TaskEvent) -> int:
@@ -45,7 +45,9 @@ def _index(ev: task.TaskEvent) -> int:
 
 def _describe(ev: task.TaskEvent) -> str:
     count = ev.task.get("count")
-    return f"map task {_index(ev)}" + (f" of {count}" if count else "")
+    where = f"map task {_index(ev)}" + (f" of {count}" if count else "")
+    step = task.step_index(ev)
+    return f"step {step + 1} {where}" if step else where
 
 
 class BadRecords:
@@ -79,11 +81,14 @@ class BadRecords:
 
 def _run(ev: task.TaskEvent, token: str) -> dict:
     index = _index(ev)
-    splits = [reader.Segment.from_dict(s) for s in ev.load_list("splits")]
     cfg = ev.job
     job = task.load_job_class(cfg.ref)(cfg.params)
+    ctx = task.step_context(ev, job)
     where = _describe(ev)
-    if not job.has_reducer():
+    if ctx.index > 0:
+        return _run_later_step(ev, job, ctx, index, token, where)
+    splits = [reader.Segment.from_dict(s) for s in ev.load_list("splits")]
+    if ctx.step.reducer is None:
         return _run_map_only(ev, job, splits, index, where)
 
     buffer = None
@@ -93,7 +98,7 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
         try:
             if job.has_table_shuffle():
                 return _run_table_shuffle(ev, job, splits, cfg, index, token)
-            buffer = _new_buffer(job, cfg)
+            buffer = _new_buffer(ctx)
             with task.traced("read+map", mode="vectorized"):
                 stats = _map_tables(job, splits, buffer.add, cfg)
             mode = "vectorized"
@@ -103,30 +108,35 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
                 buffer.close()
             buffer = None
     if buffer is None:
-        buffer = _new_buffer(job, cfg)
+        buffer = _new_buffer(ctx)
         bad = BadRecords(cfg.max_bad_records, where)
         with task.traced("read+map", mode="record"):
-            stats = _map_records(job, splits, buffer, cfg, bad)
+            stats = _map_records(ctx.step, splits, buffer, cfg, bad)
         stats["bad_records"] = bad.count
         if bad.samples:
             stats["bad_samples"] = bad.samples
+    stats["mode"] = mode
+    return _write_map_output(ctx, buffer, index, token, stats)
 
+
+def _write_map_output(
+    ctx: task.StepContext, buffer: shuffle.MapOutputBuffer, index: int, token: str, stats: dict
+) -> dict:
+    """Write the buffer's sorted runs, one per non-empty partition."""
     outputs = []
     records_out = 0
-    traced_write = task.traced("write")
     try:
-        with traced_write:
+        with task.traced("write"):
             for p, data in enumerate(buffer.finish()):
                 if data is None:
                     continue
-                uri = st.join(ev.job_dir, "map", f"{index:05d}", token, f"part-{p:05d}")
+                uri = st.join(ctx.dir, "map", f"{index:05d}", token, f"part-{p:05d}")
                 records, size = output.write_lines(uri, data)
                 records_out += records
                 outputs.append({"partition": p, "uri": uri, "records": records, "bytes": size})
     finally:
         buffer.close()
     stats.update(
-        mode=mode,
         output_records=records_out,
         output_bytes=sum(o["bytes"] for o in outputs),
         spills=buffer.spills,
@@ -135,26 +145,59 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
     return {"outputs": outputs, "stats": stats}
 
 
-def _new_buffer(job: MapReduceJob, cfg: task.JobConfig) -> shuffle.MapOutputBuffer:
-    return shuffle.MapOutputBuffer(
-        cfg.partitions,
-        job.combiner if job.has_combiner() else None,
-        spill_dir=shuffle.spill_dir(),
-    )
+def _run_later_step(
+    ev: task.TaskEvent, job: MapReduceJob, ctx: task.StepContext, index: int, token: str, where: str
+) -> dict:
+    """Steps after the first map the (key, value) pairs of the previous step's reducers."""
+    runs = [ev.inside_job_dir(uri, "an input run") for uri in ev.load_list("runs")]
+    step = ctx.step
+    buffer = _new_buffer(ctx)
+    add = buffer.add
+    map_pairs = step.map_pairs
+    records = 0
+    input_bytes = 0
+    with task.traced("read+map", mode="pairs"):
+        if step.mapper_init is not None:
+            step.mapper_init()
+        for uri in runs:
+            store = st.for_uri(uri)
+            for line in shuffle.iter_lines(store.iter_range(uri)):
+                records += 1
+                input_bytes += len(line)
+                tab = line.index(shuffle.TAB)
+                key = shuffle.decode(line[:tab])
+                value = shuffle.decode(line[tab + 1:])
+                try:
+                    pairs = map_pairs(key, value)
+                    add(pairs if type(pairs) is list else list(pairs))
+                except Exception as err:
+                    raise task.TaskError(
+                        f"the step {ctx.index + 1} mapper raised {type(err).__name__}: {err} on the "
+                        f"pair with key {reader.sample(line[:tab])!r} from {uri}"
+                    ) from err
+        if step.mapper_final is not None:
+            add(list(step.mapper_final()))
+    stats = {"input_records": records, "input_bytes": input_bytes, "mode": "record"}
+    return _write_map_output(ctx, buffer, index, token, stats)
+
+
+def _new_buffer(ctx: task.StepContext) -> shuffle.MapOutputBuffer:
+    return shuffle.MapOutputBuffer(ctx.partitions, ctx.step.combiner, spill_dir=shuffle.spill_dir())
 
 
 def _map_records(
-    job: MapReduceJob,
+    step: Step,
     splits: list[reader.Segment],
     buffer: shuffle.MapOutputBuffer,
     cfg: task.JobConfig,
     bad: BadRecords,
 ) -> dict:
-    mapper = job.mapper
+    mapper = step.mapper if step.mapper is not None else step.map_pairs
     add = buffer.add
     records = 0
     input_bytes = 0
-    job.mapper_init()
+    if step.mapper_init is not None:
+        step.mapper_init()
     for seg in splits:
         key = seg.input
 
@@ -183,7 +226,8 @@ def _map_records(
                         f"the mapper raised {type(err).__name__}: {err} on the line at byte "
                         f"{block.offset(i)} of {seg.uri} (line: {reader.sample(lines[i])!r})"
                     ) from err
-    add(list(job.mapper_final()))
+    if step.mapper_final is not None:
+        add(list(step.mapper_final()))
     return {"input_records": records, "input_bytes": input_bytes}
 
 
@@ -361,7 +405,7 @@ def _run_map_only(
             log.info("%s: vectorized read stopped (%s); re-reading in record mode", where, why)
     bad = BadRecords(ev.job.max_bad_records, where)
     with output.CsvWriter(uri) as writer:
-        stats = _map_records(job, splits, writer, ev.job, bad)  # type: ignore[arg-type]
+        stats = _map_records(job.steps()[0], splits, writer, ev.job, bad)  # type: ignore[arg-type]
     stats.update(
         mode="record",
         bad_records=bad.count,

@@ -11,6 +11,7 @@ from typing import Any
 
 from lambda_src import output, shuffle, task
 from lambda_src import storage as st
+from lambda_src.job import Reduce
 
 READ_CHUNK = 1024 * 1024
 #: Total read-ahead across all the runs one reduce task merges.
@@ -34,22 +35,22 @@ def _coords(ev: task.TaskEvent) -> tuple[int, int, int, bool]:
 
 def status_key(ev: task.TaskEvent) -> str:
     rnd, part, group, _ = _coords(ev)
-    return f"reduce/r{rnd:03d}/p{part:05d}-g{group:05d}"
+    return task.step_key(ev, f"reduce/r{rnd:03d}/p{part:05d}-g{group:05d}")
 
 
 def _describe(ev: task.TaskEvent) -> str:
     rnd, part, group, final = _coords(ev)
     kind = "final reduce" if final else "reduce"
-    return f"{kind} task (round {rnd}, partition {part}, group {group})"
+    where = f"{kind} task (round {rnd}, partition {part}, group {group})"
+    step = task.step_index(ev)
+    return f"step {step + 1} {where}" if step else where
 
 
 def _run(ev: task.TaskEvent, token: str) -> dict:
     rnd, part, group, final = _coords(ev)
-    inputs = ev.load_list("inputs")
-    for uri in inputs:
-        if not isinstance(uri, str):
-            raise task.EventError(f"reduce inputs must be URIs, got {uri!r}")
+    inputs = [ev.inside_job_dir(uri, "a reduce input") for uri in ev.load_list("inputs")]
     job = task.load_job_class(ev.job.ref)(ev.job.params)
+    ctx = task.step_context(ev, job)
     input_bytes = sum(st.for_uri(uri).size(uri) for uri in inputs)
     arrow_runs = [uri for uri in inputs if uri.endswith(shuffle.ARROW_SUFFIX)]
     # Reading, merging, reducing and writing stream together: one subsegment.
@@ -57,13 +58,17 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
         if arrow_runs and job.has_table_shuffle() and len(arrow_runs) == len(inputs):
             result = _run_tables(ev, job, inputs, token, rnd, part, group, final)
         else:
-            result = _run_lines(ev, job, inputs, token, rnd, part, group, final)
+            result = _run_lines(ev, ctx, inputs, token, rnd, part, group, final)
     result["stats"].update(inputs=len(inputs), input_bytes=input_bytes)
     return result
 
 
-def _run_lines(ev, job, inputs, token, rnd, part, group, final) -> dict:
-    """The record path: a streamed k-way merge of sorted runs."""
+def _run_lines(ev, ctx: task.StepContext, inputs, token, rnd, part, group, final) -> dict:
+    """The record path: a streamed k-way merge of sorted runs.
+
+    The final round of the last step writes the CSV part file; the final round of an
+    earlier step writes the reducer's pairs as a run for the next step's mappers.
+    """
     # Read buffers are bounded in total, whatever the fan-in.
     chunk = max(64 * 1024, min(READ_CHUNK, MERGE_BUFFER // max(1, len(inputs))))
     runs = []
@@ -75,21 +80,22 @@ def _run_lines(ev, job, inputs, token, rnd, part, group, final) -> dict:
         else:
             runs.append(shuffle.iter_lines(st.for_uri(uri).iter_range(uri, chunk_size=chunk)))
     counter = _Counter(shuffle.merge(runs))
-    if final:
+    step = ctx.step
+    run_dir = st.join(ctx.dir, "reduce", f"r{rnd:03d}", f"p{part:05d}-g{group:05d}", token)
+    if final and ctx.last:
         uri = st.join(_final_output(ev), f"part-{part:05d}")
-        reducer = job.reducer
         with output.CsvWriter(uri) as writer:
-            for key_bytes, lines in shuffle.groups(counter):
-                key = shuffle.decode(key_bytes)
-                values = (shuffle.value_of(line) for line in lines)
-                writer.add(reducer(key, values))
-                counter.keys += 1
+            for key, values in _key_groups(counter):
+                writer.add(step.reducer(key, values))
         records, size = writer.records, writer.bytes
+    elif final:
+        uri = st.join(run_dir, "pairs")
+        records, size = output.write_lines(uri, _encoded_pairs(_key_groups(counter), step.reducer))
     else:
-        uri = st.join(ev.job_dir, "reduce", f"r{rnd:03d}", f"p{part:05d}-g{group:05d}", token, "run")
+        uri = st.join(run_dir, "run")
         lines = counter
-        if job.has_combiner():
-            lines = shuffle.combine_stream(counter, job.combiner, f"reduce round {rnd}, partition {part}")
+        if step.combiner is not None:
+            lines = shuffle.combine_stream(counter, step.combiner, f"reduce round {rnd}, partition {part}")
         records, size = output.write_lines(uri, lines)
     return {
         "outputs": [{"partition": part, "uri": uri, "records": records, "bytes": size}],
@@ -121,6 +127,21 @@ def _run_tables(ev, job, inputs, token, rnd, part, group, final) -> dict:
         "stats": {"input_records": input_records, "output_records": records, "output_bytes": size,
                   "mode": "vectorized"},
     }
+
+
+def _key_groups(counter: _Counter):
+    """(key, lazy values) for each key of a merged stream, counting the keys."""
+    for key_bytes, lines in shuffle.groups(counter):
+        counter.keys += 1
+        yield shuffle.decode(key_bytes), (shuffle.value_of(line) for line in lines)
+
+
+def _encoded_pairs(groups, reducer: Reduce):
+    """The reducer's pairs, encoded as intermediate lines (what the next step reads)."""
+    encode = shuffle.encode
+    for key, values in groups:
+        for out_key, out_value in reducer(key, values):
+            yield encode(out_key, "key") + shuffle.TAB + encode(out_value) + b"\n"
 
 
 def _final_output(ev: task.TaskEvent) -> str:

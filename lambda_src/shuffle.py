@@ -17,8 +17,10 @@ import json
 import os
 import tempfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
+
+from lambda_src.job import Reduce
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True)
 _encode = _encoder.encode
@@ -86,9 +88,6 @@ def merge(runs: list[Iterable[bytes]]) -> Iterator[bytes]:
 def groups(lines: Iterable[bytes]) -> Iterator[tuple[bytes, Iterator[bytes]]]:
     """(encoded key, its lines) for each key of a sorted stream, lazily."""
     yield from itertools.groupby(lines, key_of)
-
-
-Reduce = Callable[[Any, Iterator[Any]], Iterable[tuple[Any, Any]]]
 
 
 def combine_stream(

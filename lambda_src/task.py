@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lambda_src import storage as st
-from lambda_src.job import BadRecord, MapReduceJob
+from lambda_src.job import BadRecord, MapReduceJob, Step
 from lambda_src.reader import InputError
 from lambda_src.shuffle import EncodeError
 
@@ -180,25 +180,78 @@ class TaskEvent:
             body=event,
         )
 
+    def inside_job_dir(self, uri: object, what: str) -> str:
+        """``uri``, checked to lie under the job directory (intermediate data lives there)."""
+        prefix = self.job_dir.rstrip("/") + "/"
+        if not isinstance(uri, str) or not uri.startswith(prefix):
+            raise EventError(f"{what} must lie under the job directory, got {uri!r}")
+        try:  # no "..", empty or absolute segments after the prefix
+            return st.join(self.job_dir, uri[len(prefix):])
+        except ValueError:
+            raise EventError(f"{what} must lie under the job directory, got {uri!r}") from None
+
     def load_list(self, name: str) -> list:
         """An inline list field, or the JSON list stored at ``<name>_uri`` (large events)."""
         if name in self.body:
             value = self.body[name]
         elif f"{name}_uri" in self.body:
-            uri = self.body[f"{name}_uri"]
-            prefix = self.job_dir.rstrip("/") + "/"
-            if not isinstance(uri, str) or not uri.startswith(prefix):
-                raise EventError(f"event field '{name}_uri' must lie under the job directory")
-            try:  # no "..", empty or absolute segments after the prefix
-                uri = st.join(self.job_dir, uri[len(prefix):])
-            except ValueError:
-                raise EventError(f"event field '{name}_uri' must lie under the job directory") from None
+            uri = self.inside_job_dir(self.body[f"{name}_uri"], f"event field '{name}_uri'")
             value = json.loads(st.for_uri(uri).read_bytes(uri))
         else:
             raise EventError(f"event has neither '{name}' nor '{name}_uri'")
         if not isinstance(value, list):
             raise EventError(f"event field {name!r} must be a list")
         return value
+
+
+@dataclass
+class StepContext:
+    """Which step of the job a task belongs to, and where that step keeps its data."""
+
+    step: Step
+    index: int  # 0-based
+    count: int
+    partitions: int
+    dir: str  # the job directory for step 1, <job dir>/step-NN for later steps
+
+    @property
+    def last(self) -> bool:
+        return self.index == self.count - 1
+
+
+
+def step_name(index: int) -> str:
+    """The directory (and status-key prefix) of a later step: ``step-02`` for index 1."""
+    return f"step-{index + 1:02d}"
+
+
+def step_index(ev: TaskEvent) -> int:
+    index = ev.task.get("step", 0)
+    if not isinstance(index, int) or index < 0:
+        raise EventError(f"task step must be a non-negative integer, got {index!r}")
+    return index
+
+
+def step_key(ev: TaskEvent, key: str) -> str:
+    """A status key (``map/00003``) in the namespace of the event's step."""
+    index = step_index(ev)
+    return key if index == 0 else f"{step_name(index)}/{key}"
+
+
+def step_context(ev: TaskEvent, job: MapReduceJob) -> StepContext:
+    """The task's step of ``job``; an event naming a step the job lacks is an EventError."""
+    steps = job.checked_steps()
+    index = step_index(ev)
+    if index >= len(steps):
+        raise EventError(f"the event names step {index + 1}, but {ev.job.ref} has {len(steps)} step(s)")
+    step = steps[index]
+    return StepContext(
+        step=step,
+        index=index,
+        count=len(steps),
+        partitions=step.partitions or ev.job.partitions,
+        dir=ev.job_dir if index == 0 else st.join(ev.job_dir, step_name(index)),
+    )
 
 
 def reset_peak_memory() -> None:

@@ -27,7 +27,7 @@ from airflow_provider_lambdamr.engine.spec import JobSpec
 from airflow_provider_lambdamr.engine.tracing import JobTracer
 from lambda_src import storage as st
 from lambda_src.reader import Segment
-from lambda_src.task import EVENT_VERSION, JobConfig, load_job_class
+from lambda_src.task import EVENT_VERSION, JobConfig, load_job_class, step_name
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,23 @@ class Driver:
         self._deadline = time.time() + spec.job_timeout_s if spec.job_timeout_s else None
         self.speculative_attempts = 0
         self._trace_header: str | None = None
-        self.map_only = not load_job_class(spec.job_ref).has_reducer()
+        job_class = load_job_class(spec.job_ref)
+        if job_class.input_names is not None and set(spec.inputs) != set(job_class.input_names):
+            got = ", ".join(repr(n) if n else "one unnamed input" for n in spec.inputs) or "none"
+            raise JobFailed(
+                f"job {spec.job_ref} reads the named inputs {', '.join(job_class.input_names)} "
+                f"(got {got}): pass "
+                + " ".join(f"--input {n}=URI" for n in job_class.input_names),
+                phase="prepare",
+            )
+        steps = job_class(spec.params).checked_steps()
+        #: Partitions of each step (a step may override the job's --partitions).
+        self.step_partitions = [s.partitions or spec.partitions for s in steps]
+        self.map_only = len(steps) == 1 and steps[0].reducer is None
+
+    @property
+    def step_count(self) -> int:
+        return len(self.step_partitions)
 
     # -- public phases -----------------------------------------------------------------
     def run(self) -> dict:
@@ -160,6 +176,7 @@ class Driver:
             map_records = self.run_map()
             if not self.map_only:
                 self.run_reduce(map_records)
+                self.run_later_steps()
             return self.commit(map_records)
 
     def completed_summary(self) -> dict | None:
@@ -184,62 +201,113 @@ class Driver:
         self.timings["plan"] = round(time.time() - t0, 3)
         return self.manifest
 
-    def run_map(self) -> list[dict]:
-        """Run every map task not yet done; return all map status records, in task order."""
+    def run_map(self, step: int = 0) -> list[dict]:
+        """Run every map task of a step not yet done; return its status records, in task order.
+
+        Step 1 maps the planned input splits; a later step maps the runs that the previous
+        step's final reducers wrote.
+        """
         manifest = self._require_manifest()
         self._deploy()
         t0 = time.time()
         self._clear_failure()
-        tasks_spec = manifest["tasks"]
-        done = self._read_statuses("map")
+        phase = self._phase_name("map", step)
+        if step == 0:
+            tasks_spec = manifest["tasks"]
+            bytes_total = manifest["plan"]["bytes"]
+        else:
+            tasks_spec = self._later_step_inputs(step)
+            bytes_total = sum(b for _, b in tasks_spec)
+        done = self._read_statuses(self._step_key(step, "map"))
         records: dict[int, dict] = {}
         todo: list[_Task] = []
         count = len(tasks_spec)
-        for index, splits in enumerate(tasks_spec):
-            key = f"map/{index:05d}"
+        for index, item in enumerate(tasks_spec):
+            key = self._step_key(step, f"map/{index:05d}")
             if key in done:
                 records[index] = done[key]
                 continue
-            todo.append(self._map_task(index, count, splits))
+            if step == 0:
+                todo.append(self._map_task(index, count, item))
+            else:
+                todo.append(self._later_map_task(step, index, count, *item))
         if done:
-            log.info("map: %d of %d tasks already done; running %d", len(records), count, len(todo))
+            log.info("%s: %d of %d tasks already done; running %d", phase, len(records), count, len(todo))
 
         def finished(task: _Task, record: dict) -> list[_Task]:
             records[task.meta["index"]] = record
             return []
 
-        with self.tracer.phase("map") as header:
+        with self.tracer.phase(phase) as header:
             self._trace_header = header
-            self._execute("map", todo, finished, total=count, already=len(records),
-                      bytes_total=manifest["plan"]["bytes"],
+            self._execute(phase, todo, finished, total=count, already=len(records), bytes_total=bytes_total,
                           bytes_already=sum(int(r.get("stats", {}).get("input_bytes", 0)) for r in records.values()))
         ordered = [records[i] for i in range(count)]
         outputs = [
             {"index": i, "outputs": r.get("outputs", []), "stats": r.get("stats", {})}
             for i, r in enumerate(ordered)
         ]
-        self._write_json(st.join(self.job_dir, MAP_COMMIT), {"job_id": self.spec.job_id, "tasks": outputs})
-        self.timings["map"] = round(time.time() - t0, 3)
+        self._write_json(st.join(self._step_dir(step), MAP_COMMIT), {"job_id": self.spec.job_id, "tasks": outputs})
+        self._add_timing("map", step, time.time() - t0)
         return ordered
 
-    def run_reduce(self, map_records: list[dict] | None = None) -> list[dict]:
-        """Run the reduce rounds until one output per partition remains."""
+    def run_later_steps(self) -> None:
+        """Map and reduce every step after the first (after ``run_reduce`` of step 1)."""
+        for step in range(1, self.step_count):
+            self.run_reduce(self.run_map(step), step)
+
+    def _later_step_inputs(self, step: int) -> list[tuple[list[str], int]]:
+        """The map tasks of a later step: the previous step's final runs, packed by bytes."""
+        finals = self._final_records(step - 1)
+        if len(finals) < self.step_partitions[step - 1]:
+            raise JobFailed(
+                f"step {step} of job {self.spec.job_id} has not finished: {len(finals)} of "
+                f"{self.step_partitions[step - 1]} partitions have a final result",
+                phase=self._phase_name("reduce", step - 1),
+            )
+        runs = [
+            (o["uri"], int(o.get("bytes", 0)))
+            for _, rec in sorted(finals.items()) for o in rec.get("outputs", [])
+            if o.get("records", 0) > 0
+        ]
+        tasks: list[tuple[list[str], int]] = []
+        limit = max(1, self.spec.split_size)
+        for uri, size in runs:
+            if tasks and tasks[-1][1] + size <= limit and len(tasks[-1][0]) < self.spec.max_files_per_task:
+                tasks[-1][0].append(uri)
+                tasks[-1] = (tasks[-1][0], tasks[-1][1] + size)
+            else:
+                tasks.append(([uri], size))
+        return tasks
+
+    def _final_records(self, step: int) -> dict[int, dict]:
+        """The committed final-round status records of a step's reduce, by partition."""
+        return {
+            int(r["task"]["partition"]): r
+            for r in self._read_statuses(self._step_key(step, "reduce")).values()
+            if r.get("task", {}).get("final")
+        }
+
+    def run_reduce(self, map_records: list[dict] | None = None, step: int = 0) -> list[dict]:
+        """Run a step's reduce rounds until one output per partition remains."""
         manifest = self._require_manifest()
         self._deploy()
         t0 = time.time()
         self._clear_failure()
         if map_records is None:
-            map_records = self._load_map_commit()
-        partitions = manifest["spec"]["partitions"]
+            map_records = self._load_map_commit(step)
+        phase = self._phase_name("reduce", step)
+        partitions = self.step_partitions[step]
         fan_in = manifest["spec"]["fan_in"]
         runs: list[list[str]] = [[] for _ in range(partitions)]
         for rec in map_records:
             for out in rec.get("outputs", []):
                 if out.get("records", 0) > 0:
                     runs[int(out["partition"])].append(out["uri"])
-        done = self._read_statuses("reduce")
+        done = self._read_statuses(self._step_key(step, "reduce"))
         finals: dict[int, dict] = {}
-        state = {p: _PartitionRounds(p, runs[p], fan_in) for p in range(partitions)}
+        prefix = self._step_key(step, "reduce")
+        state = {p: _PartitionRounds(p, runs[p], fan_in, prefix) for p in range(partitions)}
         total_tasks = sum(s.expected_tasks() for s in state.values())
 
         def tasks_for(p: int) -> list[_Task]:
@@ -254,7 +322,7 @@ class Driver:
                         if rounds.final:
                             finals[p] = done[key]
                         continue
-                    new.append(self._reduce_task(p, rounds, group, inputs))
+                    new.append(self._reduce_task(step, p, rounds, group, inputs))
                 if new or rounds.finished:
                     return new
                 rounds.advance()
@@ -275,15 +343,15 @@ class Driver:
         initial: list[_Task] = []
         for p in range(partitions):
             initial.extend(tasks_for(p))
-        already = sum(1 for k in done if k.startswith("reduce/"))
-        with self.tracer.phase("reduce") as header:
+        already = len(done)
+        with self.tracer.phase(phase) as header:
             self._trace_header = header
-            self._execute("reduce", initial, finished, total=max(total_tasks, already), already=already,
+            self._execute(phase, initial, finished, total=max(total_tasks, already), already=already,
                           bytes_total=0, bytes_already=0)
         missing = [p for p in range(partitions) if p not in finals]
         if missing:
-            raise JobFailed(f"reduce finished without a result for partitions {missing}", phase="reduce")
-        self.timings["reduce"] = round(time.time() - t0, 3)
+            raise JobFailed(f"{phase} finished without a result for partitions {missing}", phase=phase)
+        self._add_timing("reduce", step, time.time() - t0)
         return [finals[p] for p in range(partitions)]
 
     def commit(self, map_records: list[dict] | None = None) -> dict:
@@ -291,7 +359,11 @@ class Driver:
         manifest = self._require_manifest()
         if map_records is None:
             map_records = self._load_map_commit()
-        reduce_records = {} if self.map_only else self._read_statuses("reduce")
+        later_maps = [self._load_map_commit(k) for k in range(1, self.step_count)]
+        step_reduces = [] if self.map_only else [
+            self._read_statuses(self._step_key(k, "reduce")) for k in range(self.step_count)
+        ]
+        reduce_records = step_reduces[-1] if step_reduces else {}
         if self.map_only:
             files = [st.basename(o["uri"]) for r in map_records for o in r.get("outputs", [])]
             out_records = sum(o.get("records", 0) for r in map_records for o in r.get("outputs", []))
@@ -325,9 +397,10 @@ class Driver:
                 "output_records": out_records,
                 "output_bytes": out_bytes,
             },
+            "steps": self.step_count,
             "tasks": {
-                "map": len(map_records),
-                "reduce": len(reduce_records),
+                "map": len(map_records) + sum(len(m) for m in later_maps),
+                "reduce": sum(len(r) for r in step_reduces),
                 "map_modes": dict(collections.Counter(s.get("mode", "record") for s in mstats)),
             },
             "invocations": {phase: s.summary() for phase, s in self.stats.items()},
@@ -341,7 +414,16 @@ class Driver:
             "lambdamr_version": __version__,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        summary["cost"] = self._cost(mstats, [r.get("stats", {}) for r in reduce_records.values()], summary)
+        if self.step_count > 1:
+            summary["tasks"]["by_step"] = [
+                {"map": len(m), "reduce": len(r), "partitions": self.step_partitions[k]}
+                for k, (m, r) in enumerate(zip([map_records, *later_maps], step_reduces, strict=True))
+            ]
+        summary["cost"] = self._cost(
+            mstats + [r.get("stats", {}) for m in later_maps for r in m],
+            [r.get("stats", {}) for recs in step_reduces for r in recs.values()],
+            summary,
+        )
         log.info("job %s: %s", self.spec.job_id, cost_model.format_estimate(summary["cost"]))
         bad_samples = [b for s in mstats for b in s.get("bad_samples", [])][:20]
         if bad_samples:
@@ -389,8 +471,9 @@ class Driver:
     def clean_intermediates(self) -> int:
         """Delete map and reduce runs (status records and the manifest stay, for audit)."""
         removed = 0
-        for sub in ("map", "reduce", "tasks"):
-            removed += self.store.delete_prefix(st.join(self.job_dir, sub))
+        for step in range(self.step_count):
+            for sub in ("map", "reduce", "tasks"):
+                removed += self.store.delete_prefix(st.join(self._step_dir(step), sub))
         return removed
 
     # -- planning ----------------------------------------------------------------------
@@ -510,16 +593,32 @@ class Driver:
                 ) from None
         return self.manifest
 
-    def _load_map_commit(self) -> list[dict]:
-        uri = st.join(self.job_dir, MAP_COMMIT)
+    def _load_map_commit(self, step: int = 0) -> list[dict]:
+        uri = st.join(self._step_dir(step), MAP_COMMIT)
         try:
             data = json.loads(self.store.read_bytes(uri))
         except st.NotFound:
             raise JobFailed(
-                f"the map phase of job {self.spec.job_id} has not finished ({uri} is missing)",
-                phase="reduce",
+                f"the {self._phase_name('map', step)} phase of job {self.spec.job_id} has not "
+                f"finished ({uri} is missing)",
+                phase=self._phase_name("reduce", step),
             ) from None
         return [{"outputs": t["outputs"], "stats": t.get("stats", {})} for t in data["tasks"]]
+
+    # -- steps -------------------------------------------------------------------------
+    def _phase_name(self, phase: str, step: int) -> str:
+        """``map``/``reduce`` for a one-step job; ``step 2/3 map`` in a multi-step one."""
+        return phase if self.step_count == 1 else f"step {step + 1}/{self.step_count} {phase}"
+
+    @staticmethod
+    def _step_key(step: int, key: str) -> str:
+        return key if step == 0 else f"{step_name(step)}/{key}"
+
+    def _step_dir(self, step: int) -> str:
+        return self.job_dir if step == 0 else st.join(self.job_dir, step_name(step))
+
+    def _add_timing(self, phase: str, step: int, seconds: float) -> None:
+        self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
 
     # -- tasks -------------------------------------------------------------------------
     def _job_config(self) -> dict:
@@ -541,6 +640,20 @@ class Driver:
             "task": task,
             **body,
         }
+
+    def _later_map_task(self, step: int, index: int, count: int, runs: list[str], size: int) -> _Task:
+        task = {"phase": "map", "step": step, "index": index, "count": count}
+        key = self._step_key(step, f"map/{index:05d}")
+        event = self._inline_or_stored(self._event(task), "runs", runs, f"{step_name(step)}-map-{index:05d}")
+        return _Task(
+            key=key,
+            function="mapper",
+            event=event,
+            describe=f"step {step + 1} map task {index} of {count}",
+            input_desc=f"{len(runs)} result runs of step {step}",
+            bytes=size,
+            meta={"index": index},
+        )
 
     def _inline_or_stored(self, event: dict, name: str, value: list, key: str) -> dict:
         event[name] = value
@@ -571,22 +684,24 @@ class Driver:
             meta={"index": index},
         )
 
-    def _reduce_task(self, p: int, rounds: _PartitionRounds, group: int, inputs: list[str]) -> _Task:
+    def _reduce_task(self, step: int, p: int, rounds: _PartitionRounds, group: int, inputs: list[str]) -> _Task:
         final = rounds.final
         task = {"phase": "reduce", "round": rounds.round, "partition": p, "group": group, "final": final}
+        if step:
+            task["step"] = step
         event = self._event(task)
-        if final:
+        if final and step == self.step_count - 1:
             event["output"] = self.spec.output
         key = rounds.status_key(group)
-        event = self._inline_or_stored(
-            event, "inputs", inputs, f"reduce-r{rounds.round:03d}-p{p:05d}-g{group:05d}"
-        )
+        stored = f"reduce-r{rounds.round:03d}-p{p:05d}-g{group:05d}"
+        event = self._inline_or_stored(event, "inputs", inputs, f"{step_name(step)}-{stored}" if step else stored)
         kind = "final reduce" if final else "reduce"
         return _Task(
             key=key,
             function="reducer",
             event=event,
-            describe=f"{kind} task (round {rounds.round}, partition {p}, group {group})",
+            describe=f"{'step ' + str(step + 1) + ' ' if step else ''}{kind} task (round {rounds.round}, "
+                     f"partition {p}, group {group})",
             input_desc=f"{len(inputs)} runs of partition {p}",
             meta={"partition": p, "group": group},
         )
@@ -612,7 +727,7 @@ class Driver:
         running: dict[str, _Task] = {}
         started_at: dict[str, float] = {}
         finished_s: list[float] = []
-        stats = self.stats[phase]
+        stats = self.stats["map" if phase.endswith("map") else "reduce"]
         done = already
         bytes_done = bytes_already
         retries = 0
@@ -770,8 +885,9 @@ class Driver:
 class _PartitionRounds:
     """The reduce rounds of one partition: groups of at most F runs until one remains."""
 
-    def __init__(self, partition: int, inputs: list[str], fan_in: int) -> None:
+    def __init__(self, partition: int, inputs: list[str], fan_in: int, prefix: str = "reduce") -> None:
         self.partition = partition
+        self.prefix = prefix
         self.fan_in = fan_in
         self.round = 1
         self.inputs = list(inputs)
@@ -800,7 +916,7 @@ class _PartitionRounds:
         return out
 
     def status_key(self, group: int) -> str:
-        return f"reduce/r{self.round:03d}/p{self.partition:05d}-g{group:05d}"
+        return f"{self.prefix}/r{self.round:03d}/p{self.partition:05d}-g{group:05d}"
 
     def complete(self, group: int, record: dict) -> None:
         outs = record.get("outputs") or [{}]

@@ -19,6 +19,7 @@ BUILTIN_JOBS: dict[str, str] = {
     "amplab-2a": "lambda_src.jobs.amplab:Query2a",
     "amplab-2b": "lambda_src.jobs.amplab:Query2b",
     "amplab-2c": "lambda_src.jobs.amplab:Query2c",
+    "amplab-3a": "lambda_src.jobs.amplab:Query3a",
 }
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)?\s*$", re.IGNORECASE)

@@ -423,6 +423,7 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
             done = driver.completed_summary()
             if done is None:
                 driver.run_reduce()
+                driver.run_later_steps()  # a multi-step job's later steps run here too
                 done = driver.commit()
             return done
 

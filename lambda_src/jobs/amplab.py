@@ -5,14 +5,19 @@ The tables are comma-separated text without a header (see ``amplab-gen``):
 - uservisits: sourceIP, destURL, visitDate, adRevenue, userAgent, countryCode,
   languageCode, searchWord, duration
 - rankings: pageURL, pageRank, avgDuration
+
+Query 3a joins the two tables, so it takes named inputs (``--input uservisits=URI
+--input rankings=URI``): the mapper's ``key`` is the input's name.
 """
 
 from __future__ import annotations
 
+import functools
+import heapq
 from collections.abc import Iterator
 from typing import Any
 
-from lambda_src.job import BadRecord, MapReduceJob
+from lambda_src.job import BadRecord, MapReduceJob, Step
 
 USERVISITS_COLUMNS = (
     "sourceIP",
@@ -141,3 +146,117 @@ class Query1c(RankingsScan):
     """Amplab 1c: ``pageRank > 10``."""
 
     min_rank = 10
+
+
+class Query3a(MapReduceJob):
+    """Amplab 3a, a three-step job over two named inputs::
+
+        SELECT sourceIP, totalRevenue, avgPageRank FROM (
+          SELECT sourceIP, AVG(pageRank) AS avgPageRank, SUM(adRevenue) AS totalRevenue
+          FROM rankings AS R, uservisits AS UV
+          WHERE R.pageURL = UV.destURL
+            AND UV.visitDate BETWEEN DATE('1980-01-01') AND DATE('1980-04-01')
+          GROUP BY UV.sourceIP)
+        ORDER BY totalRevenue DESC LIMIT 1
+
+    1. a reduce-side join on the URL: rankings rows and the visits in the date window meet
+       in the reducer of their URL, which emits ``sourceIP → [adRevenue, pageRank, 1]``;
+    2. a sum per sourceIP (combined in the mappers and in every reduce round);
+    3. the top row: each map task keeps its best row (in-mapper combining) and one reducer
+       picks the best of those. Ties in revenue go to the smallest sourceIP.
+
+    ``--param start=YYYY-MM-DD --param end=YYYY-MM-DD`` change the (inclusive) window and
+    ``--param top=N`` the number of rows.
+    """
+
+    input_names = ("uservisits", "rankings")
+
+    def steps(self) -> list[Step]:
+        return [
+            Step(mapper_init=self.join_init, mapper=self.map_join, reducer=self.reduce_join),
+            Step(combiner=self.sum_totals, reducer=self.sum_totals),
+            Step(mapper_init=self.top_init, mapper=self.top_map, mapper_final=self.top_final,
+                 combiner=self.top_rows, reducer=self.top_result, partitions=1),
+        ]
+
+    # -- step 1: the join ----------------------------------------------------------------
+    def join_init(self) -> None:
+        self._start = self.param("start", "1980-01-01")
+        self._end = self.param("end", "1980-04-01")
+
+    def map_join(self, key: str | None, line: str) -> Iterator[tuple[str, list]]:
+        if not line:
+            return
+        if key == "uservisits":
+            cols = split_row(line, USERVISITS_COLUMNS)
+            if self._start <= cols[2] <= self._end:
+                yield cols[1], ["v", cols[0], parse_float(cols[3], "adRevenue")]
+        elif key == "rankings":
+            cols = split_row(line, RANKINGS_COLUMNS)
+            try:
+                rank = int(cols[1])
+            except ValueError:
+                raise BadRecord(f"column pageRank is not an integer: {cols[1]!r}") from None
+            yield cols[0], ["r", rank]
+        else:  # the driver checks input_names before it plans, so only a stray event gets here
+            raise ValueError(f"amplab-3a reads inputs uservisits and rankings, not {key!r}")
+
+    def reduce_join(self, url: str, values: Iterator[list]) -> Iterator[tuple[str, list]]:
+        """Every (visit, ranking) pair of the URL, once, whatever order the values come in."""
+        ranks: list[int] = []
+        visits: list[list] = []
+        for value in values:
+            if value[0] == "r":
+                ranks.append(value[1])
+                for _, ip, revenue in visits:
+                    yield ip, [revenue, value[1], 1]
+            else:
+                visits.append(value)
+                for rank in ranks:
+                    yield value[1], [value[2], rank, 1]
+
+    # -- step 2: totals per sourceIP -----------------------------------------------------
+    def sum_totals(self, ip: str, values: Iterator[list]) -> Iterator[tuple[str, list]]:
+        revenue, rank_sum, visits = 0.0, 0, 0
+        for r, p, n in values:
+            revenue += r
+            rank_sum += p
+            visits += n
+        yield ip, [revenue, rank_sum, visits]
+
+    # -- step 3: the top rows ------------------------------------------------------------
+    def top_init(self) -> None:
+        self._best: list[list] = []
+
+    def top_map(self, ip: str, total: list) -> tuple[()]:
+        revenue, rank_sum, visits = total
+        self._best.append([revenue, ip, rank_sum / visits])
+        if len(self._best) > 4 * self._top + 1024:
+            self._best = self._ranked(self._best)
+        return ()
+
+    def top_final(self) -> Iterator[tuple[None, list]]:
+        for row in self._ranked(self._best):
+            yield None, row
+
+    def top_rows(self, key: None, rows: Iterator[list]) -> Iterator[tuple[None, list]]:
+        for row in self._ranked(rows):
+            yield key, row
+
+    def top_result(self, key: None, rows: Iterator[list]) -> Iterator[tuple[str, list]]:
+        for revenue, ip, avg_rank in self._ranked(rows):
+            yield ip, [revenue, avg_rank]
+
+    @functools.cached_property
+    def _top(self) -> int:
+        try:
+            top = int(self.param("top", "1"))
+        except ValueError:
+            raise ValueError(f"parameter top must be an integer, got {self.param('top')!r}") from None
+        if top < 1:
+            raise ValueError(f"parameter top must be at least 1, got {top}")
+        return top
+
+    def _ranked(self, rows) -> list[list]:
+        """The best ``top`` rows: highest revenue first, then the smallest sourceIP."""
+        return heapq.nsmallest(self._top, rows, key=lambda row: (-row[0], row[1]))

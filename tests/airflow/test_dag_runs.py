@@ -71,6 +71,27 @@ def test_amplab_2a_example_dag_runs_locally_and_equals_duckdb(airflow_db, tmp_pa
         assert events[0].extra["output_records"] == len(expected)
 
 
+def test_amplab_3a_example_dag_joins_named_inputs_in_three_steps(airflow_db, tmp_path):
+    from airflow_provider_lambdamr.engine import amplab_gen
+    from tests.integration.test_amplab_duckdb import duckdb_3a
+
+    rk = amplab_gen.generate(str(tmp_path / "rk"), table="rankings", rows=3_000, files=2, seed=12)
+    uv = amplab_gen.generate(str(tmp_path / "uv"), table="uservisits", rows=80_000, files=3, seed=12,
+                             rankings_rows=3_000)
+    out = str(tmp_path / "result")
+    dr = _dag("example_lambdamr_amplab_3a").test(
+        run_conf={"uservisits": str(tmp_path / "uv"), "rankings": str(tmp_path / "rk"), "output": out})
+    assert _state(dr) == "success"
+    ((ip, revenue, avg_rank),) = duckdb_3a([st.local_path(f["uri"]) for f in uv],
+                                           [st.local_path(f["uri"]) for f in rk], "1980-01-01", "1980-04-01", 1)
+    ((got_ip, got_revenue, got_avg),) = read_rows(out)
+    assert (got_ip, float(got_revenue), float(got_avg)) == (ip, pytest.approx(revenue), pytest.approx(avg_rank))
+    success = json.loads((tmp_path / "result" / "_SUCCESS").read_text())
+    assert success["steps"] == 3 and len(success["tasks"]["by_step"]) == 3
+    job_dir = tmp_path / "result" / "_jobs" / success["job_id"]
+    assert not (job_dir / "step-02" / "reduce").exists(), "cleanup removes every step's intermediates"
+
+
 def test_wordcount_backfill_dates_are_separate_and_reruns_idempotent(airflow_db, tmp_path):
     root = tmp_path / "in"
     for day, words in (("2024-03-01", "a b a"), ("2024-03-02", "c c c d")):

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 LAMBDAMR = [sys.executable, "-m", "airflow_provider_lambdamr.cli"]
 
 
@@ -29,6 +31,34 @@ def test_amplab_gen_then_run_2a(tmp_path):
     assert summary["counters"]["input_records"] == 3000
     assert "map:" in res.stderr and "tasks" in res.stderr  # progress lines
     assert (tmp_path / "out" / "_SUCCESS").is_file()
+
+
+def test_amplab_3a_joins_two_named_inputs_and_names_them_when_missing(tmp_path):
+    gen = run("amplab-gen", "--output", str(tmp_path / "data"), "--rows", "20000", "--files", "2", "--seed", "6")
+    assert gen.returncode == 0, gen.stderr
+    data = tmp_path / "data"
+    res = run("run", "amplab-3a", "--input", f"uservisits={data / 'uservisits'}", "--input",
+              f"rankings={data / 'rankings'}", "--output", str(tmp_path / "out"), "--json",
+              "--param", "start=1970-01-01", "--param", "end=2000-12-31")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["steps"] == 3 and summary["counters"]["output_records"] == 1
+    assert "step 2/3 map:" in res.stderr and "step 3/3 reduce:" in res.stderr  # progress per step
+    ip, revenue, avg_rank = (tmp_path / "out" / "part-00000").read_text().strip().split(",")
+    visits = [line.split(",") for p in sorted((data / "uservisits").iterdir())
+              for line in p.read_text().splitlines()]
+    ranks = {line.split(",")[0]: int(line.split(",")[1]) for p in sorted((data / "rankings").iterdir())
+             for line in p.read_text().splitlines()}
+    mine = [v for v in visits if v[0] == ip]  # every visit joins: the window spans all dates
+    assert float(revenue) == pytest.approx(max(  # the top source IP, recomputed from the files
+        sum(float(v[3]) for v in visits if v[0] == other) for other in {v[0] for v in visits}), rel=1e-12)
+    assert float(avg_rank) == pytest.approx(sum(ranks[v[1]] for v in mine) / len(mine), rel=1e-12)
+
+    res = run("run", "amplab-3a", "--input", str(data / "uservisits"), "--output", str(tmp_path / "o2"))
+    assert res.returncode == 1
+    assert "reads the named inputs uservisits, rankings (got one unnamed input)" in res.stderr
+    assert "--input uservisits=URI --input rankings=URI" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_user_job_by_module_path(tmp_path):

@@ -98,3 +98,58 @@ def test_a_failed_attempt_records_its_error_without_committing(tmp_path):
     record = json.loads(failed.read_text())
     assert record["state"] == "failed" and record["error"]["type"] == "NotFound"
     assert "Traceback" in record["error"]["traceback"]
+
+
+Q3A = {"ref": "lambda_src.jobs.amplab:Query3a", "params": {}, "partitions": 2}
+
+
+def test_a_later_step_mapper_reads_pairs_and_writes_under_its_step(tmp_path):
+    job_dir = f"file://{tmp_path}/job"
+    uri = f"{job_dir}/reduce/r001/p00000-g00000/a1-x/pairs"  # what step 1's final reducer wrote
+    st.for_uri(uri).write_bytes(uri, b'"1.2.3.4"\t[2.5,10,1]\n"5.6.7.8"\t[1.0,3,1]\n"1.2.3.4"\t[0.5,20,1]\n')
+    ev = _event(job_dir, job=Q3A, task={"phase": "map", "step": 1, "index": 0, "count": 1}, runs=[uri])
+    record = mapper.lambda_handler(ev, CTX)
+    assert (tmp_path / "job" / "status" / "step-02" / "map" / "00000.json").is_file()
+    assert record["stats"]["input_records"] == 3
+    pairs = {}
+    for out in record["outputs"]:
+        assert out["uri"].startswith(f"{job_dir}/step-02/map/00000/{record['attempt_token']}/")
+        for line in st.for_uri(out["uri"]).read_bytes(out["uri"]).splitlines():
+            key, value = line.split(b"\t")
+            pairs[json.loads(key)] = json.loads(value)
+    assert pairs == {"1.2.3.4": [3.0, 30, 2], "5.6.7.8": [1.0, 3, 1]}  # step 2's combiner ran
+
+
+def test_the_final_reducer_of_an_earlier_step_writes_pairs_not_csv(tmp_path):
+    job_dir = f"file://{tmp_path}/job"
+    run = f"{job_dir}/map/00000/a1-x/part-00001"
+    st.for_uri(run).write_bytes(run, b'"u1"\t["r",7]\n"u1"\t["v","1.2.3.4",2.5]\n"u2"\t["v","9.9.9.9",1.0]\n')
+    ev = _event(job_dir, job=Q3A, task={"phase": "reduce", "round": 1, "partition": 1, "group": 0, "final": True},
+                inputs=[run])
+    record = reducer.lambda_handler(ev, CTX)
+    (out,) = record["outputs"]
+    assert out["uri"].endswith("/pairs") and "/reduce/r001/p00001-g00000/" in out["uri"]
+    # u1 joins its ranking; u2 has no ranking, so its visit drops out (an inner join)
+    assert st.for_uri(out["uri"]).read_bytes(out["uri"]) == b'"1.2.3.4"\t[2.5,7,1]\n'
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "job,step,extra,message",
+    [
+        (Q3A, 3, {"runs": []}, "the event names step 4, but lambda_src.jobs.amplab:Query3a has 3 step(s)"),
+        (None, 1, {"runs": []}, "names step 2, but lambda_src.jobs.wordcount:WordCount has 1 step(s)"),
+        (Q3A, 1, {"runs": ["file:///etc/passwd"]}, "an input run must lie under the job directory"),
+        (Q3A, 1, {"runs": ["JOB/../../etc/passwd"]}, "an input run must lie under the job directory"),
+        (Q3A, -1, {"runs": []}, "task step must be a non-negative integer"),
+    ],
+)
+def test_bad_step_events_are_refused(tmp_path, job, step, extra, message):
+    job_dir = f"file://{tmp_path}/job"
+    extra = {k: [u.replace("JOB", job_dir) for u in v] for k, v in extra.items()}
+    ev = _event(job_dir, task={"phase": "map", "step": step, "index": 0}, **extra)
+    if job:
+        ev["job"] = job
+    with pytest.raises((task.EventError, task.TaskError)) as info:
+        mapper.lambda_handler(ev, CTX)
+    assert message in str(info.value)

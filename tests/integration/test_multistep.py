@@ -1,0 +1,119 @@
+"""Multi-step jobs: later steps read the previous step's pairs, resume per step, retry."""
+
+from __future__ import annotations
+
+import collections
+import json
+import random
+
+import pytest
+
+from airflow_provider_lambdamr.engine.driver import Driver
+from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
+from airflow_provider_lambdamr.engine.spec import JobSpec
+from lambda_src import storage as st
+from tests.helpers import read_rows, run_job
+
+JOB = "userjobs.countofcounts:CountOfCounts"
+
+
+def write_words(tmp_path, files: int = 3, lines: int = 3000, seed: int = 11) -> tuple[str, dict[int, int]]:
+    """Input files of random words, and how many distinct words occur n times, by n."""
+    rnd = random.Random(seed)
+    vocab = [f"w{i}" for i in range(700)]
+    counts: collections.Counter[str] = collections.Counter()
+    root = tmp_path / "in"
+    root.mkdir()
+    for f in range(files):
+        out = []
+        for _ in range(lines):
+            words = [rnd.choice(vocab[: rnd.randint(1, len(vocab))]) for _ in range(rnd.randint(0, 6))]
+            counts.update(words)
+            out.append(" ".join(words))
+        (root / f"part-{f}.txt").write_text("\n".join(out) + ("\n" if f % 2 else ""))
+    return str(root), dict(collections.Counter(counts.values()))
+
+
+def result(output: str) -> dict[int, int]:
+    rows = read_rows(output)
+    got = {int(k): int(v) for k, v in rows}
+    assert len(got) == len(rows), "a key appears in two output rows"
+    return got
+
+
+@pytest.mark.parametrize("partitions,fan_in,step2", [(1, 2, None), (3, 2, None), (4, 3, 1)])
+def test_two_step_job_is_exact_whatever_the_partitions_and_rounds(
+    tmp_path, fixture_jobs_path, partitions, fan_in, step2
+):
+    root, expected = write_words(tmp_path)
+    params = {"step2_partitions": str(step2)} if step2 else {}
+    summary = run_job(job=JOB, inputs={"": [root]}, output=str(tmp_path / "out"), split_size=20_000,
+                      partitions=partitions, fan_in=fan_in, params=params)
+    assert result(str(tmp_path / "out")) == expected
+    assert summary["steps"] == 2
+    by_step = summary["tasks"]["by_step"]
+    assert by_step[0]["map"] > fan_in  # enough map tasks for more than one reduce round
+    assert by_step[1]["partitions"] == (step2 or partitions)
+    assert summary["files"] == [f"part-{p:05d}" for p in range(step2 or partitions)]
+    assert summary["tasks"]["map"] == by_step[0]["map"] + by_step[1]["map"]
+
+
+def _status_records(job_dir: str) -> dict[str, dict]:
+    base = st.join(job_dir, "status") + "/"
+    store = st.for_uri(job_dir)
+    return {
+        i.uri[len(base):]: json.loads(store.read_bytes(i.uri))
+        for i in store.list(st.join(job_dir, "status"))
+        if i.uri.endswith(".json") and ".failed-" not in i.uri
+    }
+
+
+def test_a_rerun_resumes_at_the_step_where_the_driver_stopped(tmp_path, fixture_jobs_path):
+    root, expected = write_words(tmp_path)
+    spec = JobSpec(job=JOB, inputs={"": [root]}, output=str(tmp_path / "out"), job_id="resume-steps",
+                   split_size=20_000, partitions=2, keep_intermediates=True)
+    with LocalRuntime(workers=2) as rt:
+        driver = Driver(spec, rt)
+        driver.prepare()
+        driver.run_reduce(driver.run_map())  # step 1 done; the driver "dies" here
+    before = _status_records(spec.job_dir)
+    assert before and all(not k.startswith("step-02/") for k in before)
+
+    with LocalRuntime(workers=2) as rt:
+        summary = Driver(spec, rt).run()
+    after = _status_records(spec.job_dir)
+    for key, record in before.items():  # step 1 was not run again
+        assert after[key]["attempt_token"] == record["attempt_token"], key
+    assert any(k.startswith("step-02/map/") for k in after)
+    assert any(k.startswith("step-02/reduce/") for k in after)
+    assert summary["invocations"]["map"]["invocations"] == summary["tasks"]["by_step"][1]["map"]
+    assert result(str(tmp_path / "out")) == expected
+
+
+def test_a_failing_later_step_task_is_retried_and_counted_once(tmp_path, fixture_jobs_path):
+    root, expected = write_words(tmp_path)
+    marker = tmp_path / "step2-failed"
+    summary = run_job(job=JOB, inputs={"": [root]}, output=str(tmp_path / "out"), split_size=20_000,
+                      partitions=2, params={"step2_map_fail_once": str(marker)})
+    assert marker.exists()  # the fault did fire
+    assert summary["invocations"]["map"]["failed_invocations"] == 1
+    assert result(str(tmp_path / "out")) == expected
+
+
+def test_intermediates_of_every_step_are_cleaned_after_commit(tmp_path, fixture_jobs_path):
+    root, _ = write_words(tmp_path, files=1, lines=500)
+    summary = run_job(job=JOB, inputs={"": [root]}, output=str(tmp_path / "out"))
+    store = st.for_uri(summary["job_dir"])
+    left = [i.uri[len(summary["job_dir"]) + 1:] for i in store.list(summary["job_dir"])]
+    assert "jobdata.json" in left and "step-02/map.json" in left, "manifest and commits stay"
+    assert any(u.startswith("status/step-02/") for u in left), "status records stay, for audit"
+    runs = [u for u in left if u not in ("jobdata.json", "map.json", "step-02/map.json")
+            and not u.startswith("status/")]
+    assert runs == []
+
+
+def test_a_multi_step_job_with_a_step_lacking_a_reducer_is_refused_clearly(tmp_path, fixture_jobs_path):
+    (tmp_path / "in.txt").write_text("a\n")
+    with pytest.raises(TypeError, match=r"NoReducerInStepTwo: step 2 of 2 has no reducer"):
+        run_job(job="userjobs.countofcounts:NoReducerInStepTwo", inputs={"": [str(tmp_path / "in.txt")]},
+                output=str(tmp_path / "out"))
