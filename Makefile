@@ -24,7 +24,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
+	$(BIN)/python benchmarks/bench_amplab.py --size-mb 400 --repeat 3 --overhead --scaling 100,400,1600
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache build *.egg-info

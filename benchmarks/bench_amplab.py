@@ -25,11 +25,12 @@ What is measured, and how:
 - Cost projection for the Amplab "5nodes" data set (uservisits 126.8 GB, rankings
   6.38 GB): our ``_SUCCESS`` cost block at the measured size, scaled linearly by bytes.
   It is a projection from local task durations, not a measurement on AWS.
-- A PNG chart if matplotlib is importable (it is not installed for you).
+- A PNG chart (matplotlib: ``pip install -c constraints.txt -e ".[bench]"``, as
+  ``make bench`` does).
 
-Queries live in ``QUERIES``: adding one (3a, the join, is not implemented as a built-in
-job yet) takes a ``Query`` entry with its SQL, the table(s) it reads, and a reference
-function in ``REFERENCE`` (plus a result reader if its output is not ``key,value``).
+Queries live in ``QUERIES``: each has its SQL, the table(s) it reads (3a reads both, as
+named inputs) and a function of the single-process reference. Answers are compared as
+sets of rows: the first column is the key, the others numbers.
 
     .venv/bin/python benchmarks/bench_amplab.py --size-mb 400 --repeat 3 --overhead
     .venv/bin/python benchmarks/bench_amplab.py --size-mb 100 --repeat 1 --scaling 100,400,1600
@@ -79,23 +80,31 @@ COLUMNS = {
 @dataclass(frozen=True)
 class Query:
     name: str  # the built-in job, e.g. amplab-2a
-    table: str  # the table it reads (its bytes give MB/s and the cost scaling)
-    sql: str  # DuckDB's query; each table name is replaced by its read_csv(...)
+    tables: tuple[str, ...]  # the tables it reads (their bytes give MB/s and the cost scaling)
+    sql: str  # DuckDB's query over views named after the tables
     reference: str  # a function name in REFERENCE_SOURCE
     reference_arg: int
     extra_args: tuple[str, ...] = field(default=())
 
 
+SQL_3A = (
+    "SELECT sourceIP, SUM(adRevenue) AS totalRevenue, AVG(pageRank) AS avgPageRank "
+    "FROM rankings AS R, uservisits AS UV WHERE R.pageURL = UV.destURL "
+    "AND UV.visitDate BETWEEN '1980-01-01' AND '1980-04-01' "
+    "GROUP BY UV.sourceIP ORDER BY totalRevenue DESC, sourceIP LIMIT 1"
+)
+
 QUERIES = (
-    Query("amplab-1a", "rankings", "SELECT pageURL, pageRank FROM rankings WHERE pageRank > 1000", "scan", 1000),
-    Query("amplab-1b", "rankings", "SELECT pageURL, pageRank FROM rankings WHERE pageRank > 100", "scan", 100),
-    Query("amplab-1c", "rankings", "SELECT pageURL, pageRank FROM rankings WHERE pageRank > 10", "scan", 10),
-    Query("amplab-2a", "uservisits", "SELECT SUBSTR(sourceIP, 1, 8), SUM(adRevenue) FROM uservisits GROUP BY 1",
+    Query("amplab-1a", ("rankings",), "SELECT pageURL, pageRank FROM rankings WHERE pageRank > 1000", "scan", 1000),
+    Query("amplab-1b", ("rankings",), "SELECT pageURL, pageRank FROM rankings WHERE pageRank > 100", "scan", 100),
+    Query("amplab-1c", ("rankings",), "SELECT pageURL, pageRank FROM rankings WHERE pageRank > 10", "scan", 10),
+    Query("amplab-2a", ("uservisits",), "SELECT SUBSTR(sourceIP, 1, 8), SUM(adRevenue) FROM uservisits GROUP BY 1",
           "revenue", 8),
-    Query("amplab-2b", "uservisits", "SELECT SUBSTR(sourceIP, 1, 10), SUM(adRevenue) FROM uservisits GROUP BY 1",
+    Query("amplab-2b", ("uservisits",), "SELECT SUBSTR(sourceIP, 1, 10), SUM(adRevenue) FROM uservisits GROUP BY 1",
           "revenue", 10, ("--partitions", "4")),
-    Query("amplab-2c", "uservisits", "SELECT SUBSTR(sourceIP, 1, 12), SUM(adRevenue) FROM uservisits GROUP BY 1",
+    Query("amplab-2c", ("uservisits",), "SELECT SUBSTR(sourceIP, 1, 12), SUM(adRevenue) FROM uservisits GROUP BY 1",
           "revenue", 12, ("--partitions", "4")),
+    Query("amplab-3a", ("uservisits", "rankings"), SQL_3A, "join", 1, ("--partitions", "4")),
 )  # fmt: skip
 
 # The reference architecture's per-record loop, in one process. argv: function, arg, output, files...
@@ -125,6 +134,33 @@ def revenue(files, prefix, out):
     with open(out, "w") as dst:
         for key, value in sums.items():
             dst.write(f"{key},{value!r}\\n")
+
+
+def join(files, top, out):
+    ranks = {}
+    for path in files:
+        if "/rankings/" in path:
+            with open(path) as src:
+                for line in src:
+                    cols = line.split(",")
+                    ranks[cols[0]] = int(cols[1])
+    totals = {}
+    for path in files:
+        if "/uservisits/" in path:
+            with open(path) as src:
+                for line in src:
+                    cols = line.split(",")
+                    if "1980-01-01" <= cols[2] <= "1980-04-01" and cols[1] in ranks:
+                        t = totals.get(cols[0])
+                        if t is None:
+                            t = totals[cols[0]] = [0.0, 0, 0]
+                        t[0] += float(cols[3])
+                        t[1] += ranks[cols[1]]
+                        t[2] += 1
+    best = sorted(totals.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top]
+    with open(out, "w") as dst:
+        for ip, (revenue, rank_sum, n) in best:
+            dst.write(f"{ip},{revenue!r},{rank_sum / n!r}\\n")
 
 
 globals()[sys.argv[1]](sys.argv[4:], int(sys.argv[2]), sys.argv[3])
@@ -206,13 +242,17 @@ def run_measured(cmd: list[str]) -> Run:
     return Run(seconds, int(lines[-1]) / 1024, proc.stdout)
 
 
-def ours_cmd(query: Query, inputs: Path, output: Path) -> list[str]:
-    return [LAMBDAMR, "run", query.name, "--runtime", "local", "--workers", str(WORKERS), "--input",
-            str(inputs), "--output", str(output), "--quiet", "--overwrite", "--json", *query.extra_args]  # fmt: skip
+def ours_cmd(query: Query, root: Path, output: Path) -> list[str]:
+    if len(query.tables) == 1:
+        inputs = ["--input", str(root / query.tables[0])]
+    else:  # named inputs: the mapper sees which table a line comes from
+        inputs = [arg for t in query.tables for arg in ("--input", f"{t}={root / t}")]
+    return [LAMBDAMR, "run", query.name, "--runtime", "local", "--workers", str(WORKERS), *inputs,
+            "--output", str(output), "--quiet", "--overwrite", "--json", *query.extra_args]  # fmt: skip
 
 
-def duck_cmd(query: Query, files: list[Path], output: Path) -> list[str]:
-    tables = {query.table: [str(p) for p in files]}
+def duck_cmd(query: Query, files: dict[str, list[Path]], output: Path) -> list[str]:
+    tables = {t: [str(p) for p in files[t]] for t in query.tables}
     return [
         sys.executable,
         "-c",
@@ -224,25 +264,30 @@ def duck_cmd(query: Query, files: list[Path], output: Path) -> list[str]:
     ]
 
 
-def reference_cmd(query: Query, files: list[Path], output: Path) -> list[str]:
+def reference_cmd(query: Query, files: dict[str, list[Path]], output: Path) -> list[str]:
+    paths = [str(p) for t in query.tables for p in files[t]]
     return [sys.executable, "-c", REFERENCE_SOURCE, query.reference, str(query.reference_arg), str(output),
-            *map(str, files)]  # fmt: skip
+            *paths]  # fmt: skip
 
 
-def read_rows(paths: list[Path]) -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
+Row = tuple[str, ...]
+
+
+def read_rows(paths: list[Path]) -> list[Row]:
+    rows: list[Row] = []
     for path in paths:
         with open(path, newline="") as fh:
-            rows.extend((row[0], row[1]) for row in csv.reader(fh, quoting=csv.QUOTE_NONE) if row)
+            rows.extend(tuple(row) for row in csv.reader(fh, quoting=csv.QUOTE_NONE) if row)
     return rows
 
 
-def same_answer(got: list[tuple[str, str]], want: list[tuple[str, str]]) -> str | None:
-    """None if ``got`` equals ``want`` as a set of rows (floats within 1e-9 relative), else why not."""
+def same_answer(got: list[Row], want: list[Row]) -> str | None:
+    """None if ``got`` equals ``want`` as a set of rows (first column the key, the other
+    columns numbers equal within 1e-9 relative), else why not."""
     if len(got) != len(want):
         return f"{len(got):,} rows, DuckDB has {len(want):,}"
-    mine = dict(got)
-    theirs = dict(want)
+    mine = {row[0]: row[1:] for row in got}
+    theirs = {row[0]: row[1:] for row in want}
     if len(mine) != len(got) or len(theirs) != len(want):
         if sorted(got) != sorted(want):
             return "duplicate keys and the rows differ"
@@ -251,17 +296,19 @@ def same_answer(got: list[tuple[str, str]], want: list[tuple[str, str]]) -> str 
         missing = sorted(theirs.keys() - mine.keys())[:3]
         extra = sorted(mine.keys() - theirs.keys())[:3]
         return f"keys differ: missing {missing}, extra {extra}"
-    for key, text in mine.items():
-        a, b = float(text), float(theirs[key])
-        if not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9):
-            return f"{key!r}: {text} vs DuckDB's {theirs[key]}"
+    for key, values in mine.items():
+        if len(values) != len(theirs[key]):
+            return f"{key!r}: {len(values) + 1} columns, DuckDB has {len(theirs[key]) + 1}"
+        for a, b in zip(values, theirs[key], strict=True):
+            if not math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9):
+                return f"{key!r}: {','.join(values)} vs DuckDB's {','.join(theirs[key])}"
     return None
 
 
 TOOLS = ("lambdamr (local, 2 workers)", "duckdb (2 threads)", "python reference (1 process)")
 
 
-def bench_query(query: Query, data_root: Path, files: list[Path], repeat: int, work: Path,
+def bench_query(query: Query, data_root: Path, files: dict[str, list[Path]], repeat: int, work: Path,
                 tools: tuple[str, ...] = TOOLS) -> dict:  # fmt: skip
     """Run the tools alternately ``repeat`` times; check every answer against DuckDB's."""
     runs: dict[str, list[Run]] = {tool: [] for tool in tools}
@@ -273,11 +320,11 @@ def bench_query(query: Query, data_root: Path, files: list[Path], repeat: int, w
             TOOLS[2]: work / f"{query.name}-ref.csv",
         }
         cmds = {
-            TOOLS[0]: ours_cmd(query, data_root / query.table, outputs[TOOLS[0]]),
+            TOOLS[0]: ours_cmd(query, data_root, outputs[TOOLS[0]]),
             TOOLS[1]: duck_cmd(query, files, outputs[TOOLS[1]]),
             TOOLS[2]: reference_cmd(query, files, outputs[TOOLS[2]]),
         }
-        answers: dict[str, list[tuple[str, str]]] = {}
+        answers: dict[str, list[Row]] = {}
         for tool in tools:
             run = run_measured(cmds[tool])
             runs[tool].append(run)
@@ -293,7 +340,7 @@ def bench_query(query: Query, data_root: Path, files: list[Path], repeat: int, w
         shutil.rmtree(outputs[TOOLS[0]], ignore_errors=True)
         print(f"{query.name} round {i + 1}: " + ", ".join(f"{t.split()[0]} {runs[t][-1].seconds:.2f}s" for t in tools)
               + f" ({len(answers[TOOLS[1]]):,} rows, all equal)", file=sys.stderr)  # fmt: skip
-    input_bytes = sum(p.stat().st_size for p in files)
+    input_bytes = sum(p.stat().st_size for t in query.tables for p in files[t])
     base = statistics.median(r.seconds for r in runs[TOOLS[1]])
     results = []
     for tool in tools:
@@ -307,7 +354,7 @@ def bench_query(query: Query, data_root: Path, files: list[Path], repeat: int, w
         })  # fmt: skip
     assert success is not None
     return {
-        "query": query.name, "sql": query.sql, "table": query.table, "input_bytes": input_bytes,
+        "query": query.name, "sql": query.sql, "tables": list(query.tables), "input_bytes": input_bytes,
         "rows": len(answers[TOOLS[1]]), "results": results, "cost": success.get("cost", {}),
         "task_peak_memory_mb": {k: v.get("peak_memory_mb") for k, v in success.get("invocations", {}).items()},
     }  # fmt: skip
@@ -345,7 +392,7 @@ def project_cost(query_results: list[dict]) -> list[dict]:
     """Our local cost block per query, scaled linearly by bytes to the Amplab 5nodes tables."""
     out = []
     for q in query_results:
-        factor = FIVE_NODES_BYTES[q["table"]] / q["input_bytes"]
+        factor = sum(FIVE_NODES_BYTES[t] for t in q["tables"]) / q["input_bytes"]
         cost = q["cost"]
         out.append({
             "query": q["query"], "label": "projection", "scale_factor": round(factor, 1),
@@ -438,17 +485,17 @@ def main() -> int:
     }  # fmt: skip
     try:
         root = table_dir(args.data_dir, args.size_mb)
-        files = {t: ensure_table(args.data_dir, args.size_mb, t) for t in sorted({q.table for q in queries})}
+        files = {t: ensure_table(args.data_dir, args.size_mb, t) for t in sorted({t for q in queries for t in q.tables})}
         report["table_bytes"] = {t: sum(p.stat().st_size for p in fs) for t, fs in files.items()}
-        query_results = [bench_query(q, root, files[q.table], args.repeat, work) for q in queries]
+        query_results = [bench_query(q, root, files, args.repeat, work) for q in queries]
         report["queries"] = query_results
         overhead = bench_overhead(args.repeat, work) if args.overhead else None
         report["overhead"] = overhead
         scaling = []
         for size in sizes:
             uv = ensure_table(args.data_dir, size, "uservisits")
-            result = bench_query(by_name["amplab-2a"], table_dir(args.data_dir, size), uv, args.repeat, work,
-                                 tools=TOOLS[:2])  # fmt: skip
+            result = bench_query(by_name["amplab-2a"], table_dir(args.data_dir, size), {"uservisits": uv},
+                                 args.repeat, work, tools=TOOLS[:2])  # fmt: skip
             scaling.append({"size_mb": size, **result})
         report["scaling"] = scaling
     finally:

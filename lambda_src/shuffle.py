@@ -23,8 +23,29 @@ from typing import IO, Any
 from lambda_src.job import Reduce
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True)
-_encode = _encoder.encode
-_decode = json.loads
+#: The decoder's (C) scanner: json.loads around it costs several times the parse itself.
+_scan_once = json.JSONDecoder().scan_once
+
+
+def _make_encode() -> Any:
+    """``_encoder.encode``, minus the C encoder it builds again on every call for a list."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: the pure-Python encoder
+        return _encoder.encode
+    iterencode = make(None, _encoder.default, json.encoder.encode_basestring, None, ":", ",",
+                      False, False, True)  # no circular check: a JSON value has no cycles
+    encode_str = json.encoder.encode_basestring
+    join = "".join
+
+    def encode(obj: Any) -> str:
+        if type(obj) is str:
+            return encode_str(obj)
+        return join(iterencode(obj, 0))
+
+    return encode
+
+
+_encode = _make_encode()
 
 TAB = b"\t"
 #: Name suffix of a run in Arrow IPC form (the other runs are JSON lines).
@@ -46,7 +67,15 @@ def encode(obj: Any, what: str = "value") -> bytes:
 
 
 def decode(data: bytes) -> Any:
-    return _decode(data)
+    """One JSON value (a trailing newline allowed), as ``json.loads`` would read it."""
+    text = data.decode("utf-8")
+    try:
+        obj, end = _scan_once(text, 0)
+    except StopIteration as err:
+        raise ValueError(f"not a JSON value at character {err.value} of {text[:80]!r}") from None
+    if end != len(text) and text[end:].strip():
+        raise ValueError(f"extra data at character {end} of {text[:80]!r}")
+    return obj
 
 
 def partition_of(key_bytes: bytes, partitions: int) -> int:
@@ -61,7 +90,7 @@ def key_of(line: bytes) -> bytes:
 
 
 def value_of(line: bytes) -> Any:
-    return _decode(line[line.index(TAB) + 1 :])
+    return decode(line[line.index(TAB) + 1 :])
 
 
 def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -95,7 +124,7 @@ def combine_stream(
 ) -> Iterator[bytes]:
     """Apply a combiner to every key group of a sorted stream; output stays sorted."""
     for key_bytes, grp in groups(lines):
-        key = _decode(key_bytes)
+        key = decode(key_bytes)
         values = (value_of(line) for line in grp)
         for out_key, out_value in combiner(key, values):
             out_key_bytes = encode(out_key, "key")
@@ -272,7 +301,7 @@ class _Encoded:
 
     def __init__(self, encoded: bytes) -> None:
         self.encoded = encoded
-        self.value = _decode(encoded)
+        self.value = decode(encoded)
 
     def __hash__(self) -> int:
         return hash(self.encoded)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lambda_src import storage as st
 from lambda_src.reader import Segment
@@ -21,7 +21,8 @@ def is_hidden(uri: str, root: str) -> bool:
 
 def list_input(uri: str) -> list[st.ObjectInfo]:
     """Every data object at ``uri`` (an object, or a directory/prefix, all pages)."""
-    found = [info for info in st.for_uri(uri).list(uri) if not is_hidden(info.uri, uri)]
+    root = st.normalize(uri)  # listed URIs are normalized: a plain path must be too
+    found = [info for info in st.for_uri(root).list(root) if not is_hidden(info.uri, root)]
     if not found:
         raise InputNotFound(f"input {uri} matched no objects")
     return found
@@ -60,26 +61,48 @@ class MapTask:
         return f"{first} and {len(self.splits) - 1} more"
 
 
-def pack(segments: Iterable[Segment], target_bytes: int, max_files: int) -> list[MapTask]:
+def pack(
+    segments: Iterable[Segment], target_bytes: int, max_files: int, cut: bool = False
+) -> list[MapTask]:
     """Pack segments into tasks of about ``target_bytes`` and at most ``max_files`` splits.
 
     Whole large splits get a task each; small objects are batched, in listing order, until
-    a task holds ``target_bytes`` (balanced by bytes, not by count).
+    a task holds ``target_bytes`` (balanced by bytes, not by count). With ``cut``, an
+    uncompressed segment that would overfill a task is cut where the task is full and the
+    rest starts the next task, so tasks come out equal in bytes whatever the object sizes
+    (the reader aligns every range to whole lines).
     """
     tasks: list[MapTask] = []
     current: list[Segment] = []
     current_bytes = 0
+    min_piece = min(MIN_PIECE, max(1, target_bytes // 8))
     for seg in segments:
-        size = seg.end - seg.start
-        if current and (current_bytes + size > target_bytes or len(current) >= max_files):
+        while True:
+            size = seg.end - seg.start
+            room = target_bytes - current_bytes
+            splittable = cut and not seg.compression
+            if len(current) >= max_files:
+                pass  # full: start the next task
+            elif size <= room or (splittable and size - room < min_piece):
+                current.append(seg)  # fits (or overfills by less than a piece)
+                current_bytes += size
+                break
+            elif splittable and room >= min_piece:
+                current.append(replace(seg, end=seg.start + room))  # fill this task...
+                seg = replace(seg, start=seg.start + room)  # ...and carry the rest
+            elif not current:
+                current.append(seg)  # larger than a task and not cut: a task of its own
+                current_bytes += size
+                break
             tasks.append(MapTask(len(tasks), current))
             current, current_bytes = [], 0
-        current.append(seg)
-        current_bytes += size
     if current:
         tasks.append(MapTask(len(tasks), current))
     return tasks
 
+
+#: The smallest piece ``pack(cut=True)`` cuts off a segment (or an eighth of a task).
+MIN_PIECE = 256 * 1024
 
 #: Below this, splitting further costs more in per-task overhead than it saves.
 MIN_BALANCED_SPLIT = 1024 * 1024
@@ -105,6 +128,29 @@ def balanced_split_size(
     return balanced if balanced >= min(min_split, split_size) else split_size
 
 
+def _equal_shares(segments: list[Segment], count: int, max_files: int) -> list[MapTask]:
+    """About ``count`` tasks, each with an equal share of the bytes of every input.
+
+    With few tasks, whole objects of uneven sizes pack unevenly (25+25, 25+25+6+6, 6+6 MB
+    on two workers), and inputs can differ in cost per byte (a join's two tables): so each
+    named input is cut into ``count`` equal pieces, and task i gets piece i of each.
+    """
+    by_input: dict[str | None, list[Segment]] = {}
+    for seg in segments:
+        by_input.setdefault(seg.input, []).append(seg)
+    shares = []
+    for segs in by_input.values():
+        size = sum(s.end - s.start for s in segs)
+        shares.append(pack(segs, max(1, -(-size // count)), max_files, cut=True))
+    merged = [
+        [seg for share in shares if i < len(share) for seg in share[i].splits]
+        for i in range(max(len(s) for s in shares))
+    ]
+    if any(len(splits) > max_files for splits in merged):
+        return pack(segments, -(-sum(s.end - s.start for s in segments) // count), max_files, cut=True)
+    return [MapTask(i, splits) for i, splits in enumerate(merged)]
+
+
 def plan(
     inputs: dict[str, list[str]], split_size: int, max_files_per_task: int, parallelism: int = 1
 ) -> tuple[list[MapTask], dict]:
@@ -118,7 +164,11 @@ def plan(
     segments: list[Segment] = []
     for info, name in listed:
         segments.extend(split_object(info, effective, name))
-    tasks = pack(segments, effective, max_files_per_task)
+    count = -(-total // effective)
+    if parallelism > 1 and 0 < count < 8 * parallelism:
+        tasks = _equal_shares(segments, count, max_files_per_task)
+    else:
+        tasks = pack(segments, effective, max_files_per_task)
     summary = {"objects": len(listed), "bytes": total, "splits": len(segments), "tasks": len(tasks),
                "split_size": effective}
     return tasks, summary

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import gzip
+import itertools
 import random
 
 import pytest
@@ -157,6 +159,52 @@ def test_pack_batches_small_objects_by_bytes():
     tasks = planner.pack(segs, target_bytes=10**9, max_files=7)
     assert [len(t.splits) for t in tasks] == [7, 7, 7, 4]
     assert [s.uri for t in tasks for s in t.splits] == [s.uri for s in segs]
+
+
+def test_pack_with_cut_fills_tasks_to_the_byte_across_uneven_objects():
+    mb = 1 << 20
+    sizes = [25 * mb, 25 * mb, 25 * mb, 25 * mb, 6 * mb, 6 * mb, 6 * mb, 6 * mb, 4 * mb]
+    segs = [reader.Segment(f"file:///f{i}", 0, n, n) for i, n in enumerate(sizes)]
+    assert [t.bytes for t in planner.pack(segs, 64 * mb, 500)] == [50 * mb, 62 * mb, 16 * mb]
+    tasks = planner.pack(segs, 64 * mb, 500, cut=True)
+    assert [t.bytes for t in tasks] == [64 * mb, 64 * mb]
+    pieces = [(s.uri, s.start, s.end) for t in tasks for s in t.splits]
+    # every byte of every object is in exactly one piece, in order
+    for i, n in enumerate(sizes):
+        mine = sorted((a, b) for uri, a, b in pieces if uri == f"file:///f{i}")
+        assert mine[0][0] == 0 and mine[-1][1] == n
+        assert all(x[1] == y[0] for x, y in itertools.pairwise(mine))
+    gz = [reader.Segment("file:///a.gz", 0, 10 * mb, 10 * mb, "gzip"), reader.Segment("file:///b.gz", 0, 10 * mb, 10 * mb, "gzip")]
+    assert [t.bytes for t in planner.pack(gz, 15 * mb, 500, cut=True)] == [10 * mb, 10 * mb]  # never cut
+
+
+def test_plan_with_few_tasks_balances_uneven_objects_for_the_workers(tmp_path):
+    for name, lines in {"big.txt": 160_000, "mid.txt": 60_000, "small.txt": 20_000}.items():
+        (tmp_path / name).write_text("".join(f"line {i:07d} of {name}\n" for i in range(lines)))
+    tasks, summary = planner.plan({"": [str(tmp_path)]}, 4 << 20, 500, parallelism=2)  # 5.8 MB of input
+    assert summary["tasks"] == 2
+    sizes = [t.bytes for t in tasks]
+    assert abs(sizes[0] - sizes[1]) <= 1
+    # the reader turns the byte ranges into whole lines: each line exactly once
+    seen = collections.Counter()
+    for t in tasks:
+        for seg in t.splits:
+            for block in reader.iter_blocks(STORE, seg, _fail_on_bad):
+                seen.update(block.lines)
+    assert sum(seen.values()) == 240_000 and max(seen.values()) == 1
+
+
+def test_plan_with_few_tasks_gives_each_task_a_share_of_every_named_input(tmp_path):
+    for table, files, lines in (("visits", 4, 40_000), ("ranks", 2, 20_000)):
+        (tmp_path / table).mkdir()
+        for f in range(files):
+            (tmp_path / table / f"p{f}.txt").write_text("".join(f"{table} row {i:07d}\n" for i in range(lines)))
+    inputs = {"visits": [str(tmp_path / "visits")], "ranks": [str(tmp_path / "ranks")]}
+    tasks, _ = planner.plan(inputs, 4 << 20, 500, parallelism=2)  # 4.2 MB: two tasks
+    assert len(tasks) == 2
+    for name in inputs:
+        shares = [sum(s.end - s.start for s in t.splits if s.input == name) for t in tasks]
+        assert abs(shares[0] - shares[1]) <= 1, (name, shares)
 
 
 def test_list_input_skips_hidden_and_reports_missing(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import random
 import subprocess
@@ -42,6 +44,29 @@ def test_encoding_round_trips(value):
     assert line.count(b"\n") == 1 and line.count(b"\t") == 1
     assert shuffle.decode(shuffle.key_of(line)) == value
     assert shuffle.value_of(line) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["tab\tnew\nline\r", "日本語 \u2028", 2**70, 0.1 + 0.2, -0.0, float("inf"), float("-inf"), True, None,
+     (1, "a"), {"b": 1, "a": [1.5, {"c": None}]}, {1: "int key"}, [[], {}, ""]],
+)
+def test_the_fast_encoder_and_decoder_match_the_json_module(value):
+    """encode/decode skip json.dumps/json.loads overhead; the bytes and values must not change."""
+    expected = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    assert shuffle.encode(value) == expected
+    assert shuffle.decode(expected) == json.loads(expected)
+    assert shuffle.decode(expected + b"\n") == json.loads(expected)
+
+
+def test_nan_round_trips_like_the_json_module():
+    assert shuffle.encode(float("nan")) == b"NaN" and math.isnan(shuffle.decode(b"NaN"))
+
+
+@pytest.mark.parametrize("data", [b"", b"[1,", b"1 2", b"nope", b'"open'])
+def test_a_corrupt_intermediate_record_is_a_value_error_naming_the_position(data):
+    with pytest.raises(ValueError, match=r"(character|char) \d+"):
+        shuffle.decode(data)
 
 
 def test_tuples_come_back_as_lists():
