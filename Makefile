@@ -24,7 +24,6 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
 	$(BIN)/python benchmarks/bench_amplab.py --size-mb 400 --repeat 3 --overhead --scaling 100,400,1600
 
 clean:

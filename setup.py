@@ -30,8 +30,6 @@ setup(
             "duckdb>=1.1",
             "ruff>=0.6",
         ],
-        # benchmarks/bench_amplab.py draws its chart with matplotlib
-        "bench": ["matplotlib>=3.8"],
     },
     entry_points={
         "console_scripts": ["lambdamr=airflow_provider_lambdamr.cli:main"],

@@ -25,8 +25,10 @@ What is measured, and how:
 - Cost projection for the Amplab "5nodes" data set (uservisits 126.8 GB, rankings
   6.38 GB): our ``_SUCCESS`` cost block at the measured size, scaled linearly by bytes.
   It is a projection from local task durations, not a measurement on AWS.
-- A PNG chart (matplotlib: ``pip install -c constraints.txt -e ".[bench]"``, as
-  ``make bench`` does).
+- A PNG chart, drawn by ``_chart_amplab.py`` in ``benchmarks/.venv-chart`` (created with
+  matplotlib from ``constraints.txt`` on first use; ``--no-chart`` skips it). Not in the
+  project's venv: matplotlib brings numpy, and pyarrow imports numpy whenever it is
+  installed, which would slow every worker's cold start.
 
 Queries live in ``QUERIES``: each has its SQL, the table(s) it reads (3a reads both, as
 named inputs) and a function of the single-process reference. Answers are compared as
@@ -404,42 +406,21 @@ def project_cost(query_results: list[dict]) -> list[dict]:
     return out
 
 
-def chart(path: Path, query_results: list[dict], scaling: list[dict]) -> None:
-    try:
-        import matplotlib
+def ensure_chart_venv(venv: Path) -> Path:
+    """The python of a separate venv with matplotlib, created (from constraints.txt) if needed.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no chart (pip install matplotlib)")
-        return
-    ncols = 2 if scaling else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(7 * ncols, 4.5), squeeze=False)
-    ax = axes[0][0]
-    names = [q["query"] for q in query_results]
-    width = 0.8 / len(TOOLS)
-    for i, tool in enumerate(TOOLS):
-        values = [next(r["mb_per_s"] for r in q["results"] if r["tool"] == tool) for q in query_results]
-        ax.bar([x + i * width for x in range(len(names))], values, width, label=tool)
-    ax.set_xticks([x + width for x in range(len(names))], names)
-    ax.set_ylabel("MB/s (input / median wall time)")
-    ax.set_title("Amplab queries, whole commands")
-    ax.legend()
-    if scaling:
-        ax = axes[0][1]
-        sizes = [s["size_mb"] for s in scaling]
-        for tool in TOOLS[:2]:
-            ax.plot(sizes, [next(r["median_s"] for r in s["results"] if r["tool"] == tool) for s in scaling],
-                    marker="o", label=f"{tool} time (s)")  # fmt: skip
-        ax.plot(sizes, [next(r["peak_mb"] for r in s["results"] if r["tool"] == TOOLS[0]) for s in scaling],
-                marker="s", linestyle="--", label="lambdamr peak RSS (MB)")  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_xlabel("uservisits MB")
-        ax.set_title("Amplab 2a scaling")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
+    Not the project's venv: matplotlib brings numpy, and pyarrow imports numpy whenever it
+    is installed, which would add its import time to every worker's cold start.
+    """
+    python = venv / "bin" / "python"
+    check = [str(python), "-c", "import matplotlib"]
+    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return python
+    print(f"creating {venv} with matplotlib (for the chart) ...", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-c", str(HERE.parent / "constraints.txt"),
+                    "matplotlib"], check=True)  # fmt: skip
+    return python
 
 
 def print_table(title: str, query_results: list[dict]) -> None:
@@ -464,6 +445,7 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=HERE / "results" / "amplab.json")
     parser.add_argument("--overhead", action="store_true", help="also measure ms per task (200 tiny tasks)")
     parser.add_argument("--scaling", default="", help="uservisits sizes in MB for a 2a-only scaling run")
+    parser.add_argument("--no-chart", action="store_true", help="skip the PNG (its venv needs matplotlib)")
     args = parser.parse_args()
 
     if not Path(GNU_TIME).exists():
@@ -537,7 +519,10 @@ def main() -> int:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.results}")
-    chart(args.results.with_suffix(".png"), query_results, scaling)
+    if not args.no_chart:
+        png = args.results.with_suffix(".png")
+        subprocess.run([str(ensure_chart_venv(HERE / ".venv-chart")), str(HERE / "_chart_amplab.py"),
+                        str(args.results), str(png)], check=True)  # fmt: skip
     return 0
 
 
