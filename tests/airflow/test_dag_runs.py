@@ -199,10 +199,10 @@ def test_a_retried_map_task_resumes_instead_of_redoing_work(tmp_path):
                            output_uri=str(tmp_path / "out"), split_size=8, aws_conn_id=None)
     ctx = {"dag": SimpleNamespace(dag_id="d"), "run_id": "manual__1", "ti": _TI()}
     first = op.execute(ctx)
-    assert first["invocations"] == first["map_tasks"] == 8  # each 10-byte file is cut into two splits
+    assert first["invocations"] == first["map_tasks"] == 5  # 40 bytes in 8-byte tasks
     assert ctx["ti"].pushed["job_dir"] == first["job_dir"]
     retry = op.execute({**ctx, "ti": _TI()})  # the Airflow task's second try, same run
-    assert retry["invocations"] == 0 and retry["map_tasks"] == 8
+    assert retry["invocations"] == 0 and retry["map_tasks"] == 5
     assert retry["job_dir"] == first["job_dir"]
     red = LambdaReduceOperator(task_id="reduce", job_dir=first["job_dir"], aws_conn_id=None, result_asset=str(tmp_path / "out"))
     result = red.execute({**ctx, "ti": _TI(), "outlet_events": {}})
