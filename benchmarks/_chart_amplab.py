@@ -37,13 +37,22 @@ def chart(path: Path, query_results: list[dict], scaling: list[dict]) -> None:
         sizes = [s["size_mb"] for s in scaling]
         for tool in TOOLS[:2]:
             ax.plot(sizes, [next(r["median_s"] for r in s["results"] if r["tool"] == tool) for s in scaling],
-                    marker="o", label=f"{tool} time (s)")  # fmt: skip
-        ax.plot(sizes, [next(r["peak_mb"] for r in s["results"] if r["tool"] == TOOLS[0]) for s in scaling],
-                marker="s", linestyle="--", label="lambdamr peak RSS (MB)")  # fmt: skip
+                    marker="o", label=f"{tool}: time")  # fmt: skip
         ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(x) for x in sizes])
         ax.set_xlabel("uservisits MB")
+        ax.set_ylabel("median wall time (s)")
         ax.set_title("Amplab 2a scaling")
-        ax.legend()
+        mem = ax.twinx()
+        mem.plot(sizes, [s.get("driver_peak_memory_mb") or 0 for s in scaling], marker="s", linestyle="--",
+                 color="tab:green", label="lambdamr driver peak RSS")  # fmt: skip
+        mem.plot(sizes, [max((v or 0) for v in s["task_peak_memory_mb"].values()) for s in scaling], marker="^",
+                 linestyle=":", color="tab:red", label="lambdamr largest task peak RSS")  # fmt: skip
+        mem.set_ylabel("MB")
+        mem.set_ylim(bottom=0)
+        lines, labels = ax.get_legend_handles_labels()
+        more, more_labels = mem.get_legend_handles_labels()
+        ax.legend(lines + more, labels + more_labels, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")

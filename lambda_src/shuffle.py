@@ -140,10 +140,11 @@ def combine_stream(
 class MapOutputBuffer:
     """Collects a mapper's pairs, combines them, and spills sorted runs when large.
 
-    Pairs are grouped by key in memory (combined when a combiner exists) until
-    ``flush_values`` values are held; then they become sorted, encoded runs, one per
-    partition. Runs stay in memory until they pass ``spill_bytes``, then go to temporary
-    files, so a mapper's memory stays bounded whatever its output size.
+    With a combiner, pairs are grouped by key in memory and combined; without one they are
+    only collected (the sort groups them). When ``flush_values`` values are held they become
+    sorted, encoded runs, one per partition. Runs stay in memory until they pass
+    ``spill_bytes``, then go to temporary files, so a mapper's memory stays bounded whatever
+    its output size.
     """
 
     def __init__(
@@ -160,6 +161,7 @@ class MapOutputBuffer:
         self.spill_bytes = spill_bytes
         self.spill_dir = spill_dir
         self.groups: collections.defaultdict[Any, list[Any]] = collections.defaultdict(list)
+        self.pairs: list[tuple[Any, Any]] = []  # without a combiner: the pairs as they come
         self.held = 0
         self.records_in = 0
         # runs[p] is a list of runs: bytes in memory or an open temporary file
@@ -170,6 +172,14 @@ class MapOutputBuffer:
     def add(self, pairs: Iterable[tuple[Any, Any]]) -> None:
         if type(pairs) is not list:
             pairs = list(pairs)
+        if self.combiner is None:
+            self.pairs += pairs
+            count = len(pairs)
+            self.records_in += count
+            self.held += count
+            if self.held >= self.flush_values:
+                self._write_runs()
+            return
         groups = self.groups
         try:
             for key, value in pairs:
@@ -232,6 +242,14 @@ class MapOutputBuffer:
 
     def _write_runs(self) -> None:
         parts: list[list[bytes]] = [[] for _ in range(self.partitions)]
+        for pair in self.pairs:
+            try:
+                key, value = pair
+            except (TypeError, ValueError):
+                raise EncodeError(f"the mapper emitted {pair!r}, not a (key, value) pair") from None
+            kb = encode(key, "key")
+            parts[partition_of(kb, self.partitions)].append(kb + TAB + encode(value) + b"\n")
+        self.pairs = []
         for key, values in self.groups.items():
             kb = key.encoded if isinstance(key, _Encoded) else encode(key, "key")
             prefix = kb + TAB
@@ -267,7 +285,7 @@ class MapOutputBuffer:
 
         A partition that fits one in-memory run comes back as that run's bytes.
         """
-        if self.groups:
+        if self.groups or self.pairs:
             if self.combiner is not None:
                 self._combine_groups()
             self._write_runs()

@@ -27,7 +27,7 @@ from airflow_provider_lambdamr.engine.spec import JobSpec
 from airflow_provider_lambdamr.engine.tracing import JobTracer
 from lambda_src import storage as st
 from lambda_src.reader import Segment
-from lambda_src.task import EVENT_VERSION, JobConfig, load_job_class, step_name
+from lambda_src.task import EVENT_VERSION, JobConfig, load_job_class, peak_memory_mb, step_name
 
 log = logging.getLogger(__name__)
 
@@ -410,6 +410,8 @@ class Driver:
                 "total": round(time.time() - manifest.get("created_epoch", time.time()), 3),
             },
             "memory_mb": self.spec.memory_mb,
+            # this process's own peak resident memory (the tasks' peaks are under invocations)
+            "driver_peak_memory_mb": peak_memory_mb(),
             "trace_id": self.tracer.trace_id,
             "lambdamr_version": __version__,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -184,36 +184,38 @@ class Query3a(MapReduceJob):
         self._start = self.param("start", "1980-01-01")
         self._end = self.param("end", "1980-04-01")
 
-    def map_join(self, key: str | None, line: str) -> Iterator[tuple[str, list]]:
+    def map_join(self, key: str | None, line: str) -> list[tuple[str, Any]]:
+        # Returns lists, not a generator: most visits fall outside the window, and a
+        # generator per line would cost more than the test that drops them.
         if not line:
-            return
+            return []
         if key == "uservisits":
             cols = split_row(line, USERVISITS_COLUMNS)
             if self._start <= cols[2] <= self._end:
-                yield cols[1], ["v", cols[0], parse_float(cols[3], "adRevenue")]
-        elif key == "rankings":
+                return [(cols[1], [cols[0], parse_float(cols[3], "adRevenue")])]
+            return []
+        if key == "rankings":
             cols = split_row(line, RANKINGS_COLUMNS)
             try:
-                rank = int(cols[1])
+                return [(cols[0], int(cols[1]))]  # a bare rank; a visit is a list
             except ValueError:
                 raise BadRecord(f"column pageRank is not an integer: {cols[1]!r}") from None
-            yield cols[0], ["r", rank]
-        else:  # the driver checks input_names before it plans, so only a stray event gets here
-            raise ValueError(f"amplab-3a reads inputs uservisits and rankings, not {key!r}")
+        # the driver checks input_names before it plans, so only a stray event gets here
+        raise ValueError(f"amplab-3a reads inputs uservisits and rankings, not {key!r}")
 
-    def reduce_join(self, url: str, values: Iterator[list]) -> Iterator[tuple[str, list]]:
+    def reduce_join(self, url: str, values: Iterator[Any]) -> Iterator[tuple[str, list]]:
         """Every (visit, ranking) pair of the URL, once, whatever order the values come in."""
         ranks: list[int] = []
         visits: list[list] = []
         for value in values:
-            if value[0] == "r":
-                ranks.append(value[1])
-                for _, ip, revenue in visits:
-                    yield ip, [revenue, value[1], 1]
+            if type(value) is int:
+                ranks.append(value)
+                for ip, revenue in visits:
+                    yield ip, [revenue, value, 1]
             else:
                 visits.append(value)
                 for rank in ranks:
-                    yield value[1], [value[2], rank, 1]
+                    yield value[0], [value[1], rank, 1]
 
     # -- step 2: totals per sourceIP -----------------------------------------------------
     def sum_totals(self, ip: str, values: Iterator[list]) -> Iterator[tuple[str, list]]:

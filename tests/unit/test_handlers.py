@@ -123,7 +123,7 @@ def test_a_later_step_mapper_reads_pairs_and_writes_under_its_step(tmp_path):
 def test_the_final_reducer_of_an_earlier_step_writes_pairs_not_csv(tmp_path):
     job_dir = f"file://{tmp_path}/job"
     run = f"{job_dir}/map/00000/a1-x/part-00001"
-    st.for_uri(run).write_bytes(run, b'"u1"\t["r",7]\n"u1"\t["v","1.2.3.4",2.5]\n"u2"\t["v","9.9.9.9",1.0]\n')
+    st.for_uri(run).write_bytes(run, b'"u1"\t7\n"u1"\t["1.2.3.4",2.5]\n"u2"\t["9.9.9.9",1.0]\n')
     ev = _event(job_dir, job=Q3A, task={"phase": "reduce", "round": 1, "partition": 1, "group": 0, "final": True},
                 inputs=[run])
     record = reducer.lambda_handler(ev, CTX)

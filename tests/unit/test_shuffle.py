@@ -162,3 +162,10 @@ def test_unhashable_keys_in_the_middle_of_a_batch_lose_nothing():
     buf.add(iter([("c", 6)]))
     got = _drain(buf)
     assert {k: sorted(v) for k, v in got.items()} == {"a": [1, 5], (1,): [2, 4], "b": [3], "c": [6]}
+
+
+def test_a_mapper_pair_that_is_not_a_pair_is_refused_clearly():
+    buf = shuffle.MapOutputBuffer(2, None)
+    buf.add([("a", 1), ("b", 2, 3)])
+    with pytest.raises(shuffle.EncodeError, match=r"the mapper emitted \('b', 2, 3\), not a \(key, value\) pair"):
+        buf.finish()
