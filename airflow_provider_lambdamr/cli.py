@@ -234,7 +234,9 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     if args.job_dir:
         job_dir = st.normalize(args.job_dir)
         store = st.for_uri(job_dir)
-        subs = [job_dir] if args.delete_job_dir else [st.join(job_dir, s) for s in ("map", "reduce", "tasks")]
+        from airflow_provider_lambdamr.engine.driver import intermediate_dirs
+
+        subs = [job_dir] if args.delete_job_dir else intermediate_dirs(job_dir)
         report["deleted_objects"] = sum(store.delete_prefix(u) for u in subs)
     if args.functions or args.log_groups:
         import boto3

@@ -472,11 +472,7 @@ class Driver:
 
     def clean_intermediates(self) -> int:
         """Delete map and reduce runs (status records and the manifest stay, for audit)."""
-        removed = 0
-        for step in range(self.step_count):
-            for sub in ("map", "reduce", "tasks"):
-                removed += self.store.delete_prefix(st.join(self._step_dir(step), sub))
-        return removed
+        return sum(self.store.delete_prefix(d) for d in intermediate_dirs(self.job_dir, self.step_count))
 
     # -- planning ----------------------------------------------------------------------
     def _check_output(self) -> None:
@@ -563,6 +559,7 @@ class Driver:
             "spec": self.spec.to_dict(),
             "code": {"sha256": package.sha256, "version": package.version, "size": package.size},
             "plan": summary,
+            "steps": self.step_count,
             "tasks": [[s.to_dict() for s in t.splits] for t in tasks],
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "created_epoch": time.time(),
@@ -941,6 +938,23 @@ class _PartitionRounds:
             total += groups - (1 if n % self.fan_in == 1 else 0)
             n = groups
         return total + 1
+
+
+def intermediate_dirs(job_dir: str, steps: int | None = None) -> list[str]:
+    """The directories of a job's intermediate data (runs, stored event lists), every step.
+
+    ``steps`` defaults to the count in the job's manifest (1 when there is none).
+    """
+    if steps is None:
+        try:
+            steps = int(json.loads(st.for_uri(job_dir).read_bytes(st.join(job_dir, MANIFEST))).get("steps", 1))
+        except st.NotFound:
+            steps = 1
+    dirs = []
+    for step in range(steps):
+        base = job_dir if step == 0 else st.join(job_dir, step_name(step))
+        dirs.extend(st.join(base, sub) for sub in ("map", "reduce", "tasks"))
+    return dirs
 
 
 @dataclass

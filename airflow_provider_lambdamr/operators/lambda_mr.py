@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset, AssetAlias, BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_lambdamr.engine.driver import Driver, JobFailed, Progress
+from airflow_provider_lambdamr.engine.driver import Driver, JobFailed, Progress, intermediate_dirs
 from airflow_provider_lambdamr.engine.spec import JobSpec, load_spec, parse_size
 from airflow_provider_lambdamr.hooks.lambda_mr import LambdaMapReduceHook
 from lambda_src import storage as st
@@ -517,9 +517,7 @@ class LambdaMapReduceCleanupOperator(BaseOperator):
                                    verify=self.verify, config=self.botocore_config).conn
                 self.log.info("deleted log groups: %s", aws.delete_log_groups(logs, self.function_prefix))
         store = st.for_uri(job_dir)
-        subdirs = [""] if self.delete_job_dir else ["map", "reduce", "tasks"]
-        removed = 0
-        for sub in subdirs:
-            removed += store.delete_prefix(st.join(job_dir, sub) if sub else job_dir)
+        dirs = [job_dir] if self.delete_job_dir else intermediate_dirs(job_dir)
+        removed = sum(store.delete_prefix(d) for d in dirs)
         self.log.info("deleted %d objects under %s", removed, job_dir)
         return removed

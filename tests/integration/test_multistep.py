@@ -117,3 +117,26 @@ def test_a_multi_step_job_with_a_step_lacking_a_reducer_is_refused_clearly(tmp_p
     with pytest.raises(TypeError, match=r"NoReducerInStepTwo: step 2 of 2 has no reducer"):
         run_job(job="userjobs.countofcounts:NoReducerInStepTwo", inputs={"": [str(tmp_path / "in.txt")]},
                 output=str(tmp_path / "out"))
+
+
+def test_cleanup_of_a_job_stopped_in_a_later_step_removes_every_steps_runs(tmp_path, fixture_jobs_path):
+    import subprocess
+    import sys
+
+    root, _ = write_words(tmp_path, files=2, lines=1000)
+    spec = JobSpec(job=JOB, inputs={"": [root]}, output=str(tmp_path / "out"), job_id="stopped",
+                   split_size=20_000, keep_intermediates=True)
+    with LocalRuntime(workers=2) as rt:
+        driver = Driver(spec, rt)
+        driver.prepare()
+        driver.run_reduce(driver.run_map())
+        driver.run_map(1)  # stopped after step 2's map phase
+    job_dir = tmp_path / "out" / "_jobs" / "stopped"
+    assert any((job_dir / "step-02" / "map").rglob("part-*")) and any((job_dir / "map").rglob("part-*"))
+    res = subprocess.run([sys.executable, "-m", "airflow_provider_lambdamr.cli", "cleanup", "--job-dir",
+                          str(job_dir)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["deleted_objects"] > 0
+    left = [p.relative_to(job_dir).as_posix() for p in job_dir.rglob("*") if p.is_file()]
+    assert not [p for p in left if "/part-" in p or p.endswith("/run") or p.endswith("/pairs")], left
+    assert "jobdata.json" in left and any(p.startswith("status/step-02/map/") for p in left)
