@@ -2,7 +2,9 @@
 
 Reads its splits, runs the job's mapper (vectorized over pyarrow tables when the job has a
 table mapper and pyarrow is importable, else line by line) and combiner, hash-partitions the
-output into sorted runs, writes them, then commits its status record.
+output into sorted runs, writes them, then commits its status record. A map task of a later
+step of a multi-step job reads the (key, value) runs of the previous step's final reducers
+instead of input splits.
 """
 
 from __future__ import annotations
@@ -162,23 +164,35 @@ def _run_later_step(
         for uri in runs:
             store = st.for_uri(uri)
             for line in shuffle.iter_lines(store.iter_range(uri)):
+                try:
+                    tab = line.index(shuffle.TAB)
+                    key = shuffle.decode(line[:tab])
+                    value = shuffle.decode(line[tab + 1:])
+                except ValueError as err:
+                    raise task.TaskInputError(
+                        f"record {records + 1} of {uri} is not an intermediate (key, value) line: "
+                        f"{err} (line: {reader.sample(line)!r})"
+                    ) from None
                 records += 1
                 input_bytes += len(line)
-                tab = line.index(shuffle.TAB)
-                key = shuffle.decode(line[:tab])
-                value = shuffle.decode(line[tab + 1:])
                 try:
                     pairs = map_pairs(key, value)
                     add(pairs if type(pairs) is list else list(pairs))
                 except Exception as err:
-                    raise task.TaskError(
-                        f"the step {ctx.index + 1} mapper raised {type(err).__name__}: {err} on the "
-                        f"pair with key {reader.sample(line[:tab])!r} from {uri}"
-                    ) from err
+                    raise _step_error(ctx, err, f"on the pair with key {reader.sample(line[:tab])!r} from {uri}") from err
         if step.mapper_final is not None:
-            add(list(step.mapper_final()))
+            try:
+                add(list(step.mapper_final()))
+            except Exception as err:
+                raise _step_error(ctx, err, "in mapper_final") from err
     stats = {"input_records": records, "input_bytes": input_bytes, "mode": "record"}
     return _write_map_output(ctx, buffer, index, token, stats)
+
+
+def _step_error(ctx: task.StepContext, err: Exception, where: str) -> task.TaskError:
+    """A later step's mapper failed: bad data fails at once, anything else may be retried."""
+    kind = task.TaskInputError if isinstance(err, task.DETERMINISTIC_ERRORS) else task.TaskError
+    return kind(f"the step {ctx.index + 1} mapper raised {type(err).__name__}: {err} {where}")
 
 
 def _new_buffer(ctx: task.StepContext) -> shuffle.MapOutputBuffer:

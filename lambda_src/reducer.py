@@ -2,7 +2,9 @@
 
 One reduce task merges up to F sorted runs of one partition. In an intermediate round it
 writes one merged run (combined, when the job has a combiner); in the final round it runs the
-job's reducer once per key and writes the partition's ``part-NNNNN`` CSV file.
+job's reducer once per key and writes the partition's ``part-NNNNN`` CSV file, or, in a step
+of a multi-step job that is not the last, the reducer's (key, value) pairs as a run that the
+next step's mappers read.
 """
 
 from __future__ import annotations

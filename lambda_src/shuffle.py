@@ -59,6 +59,9 @@ class EncodeError(TypeError):
 def encode(obj: Any, what: str = "value") -> bytes:
     try:
         return _encode(obj).encode("utf-8")
+    except RecursionError:
+        raise EncodeError(f"a {what} of type {type(obj).__name__} cannot be encoded: it is nested too "
+                          f"deeply or contains itself") from None
     except (TypeError, ValueError) as err:
         raise EncodeError(
             f"a {what} of type {type(obj).__name__} cannot be encoded: keys and values must "
@@ -67,7 +70,7 @@ def encode(obj: Any, what: str = "value") -> bytes:
 
 
 def decode(data: bytes) -> Any:
-    """One JSON value (a trailing newline allowed), as ``json.loads`` would read it."""
+    """One JSON value, optionally followed by whitespace such as the line's newline."""
     text = data.decode("utf-8")
     try:
         obj, end = _scan_once(text, 0)
@@ -173,6 +176,12 @@ class MapOutputBuffer:
         if type(pairs) is not list:
             pairs = list(pairs)
         if self.combiner is None:
+            try:  # the shape is checked here, so a bad pair is blamed on the record that made it
+                for _key, _value in pairs:
+                    pass
+            except (TypeError, ValueError):
+                bad = next(p for p in pairs if not (isinstance(p, tuple | list) and len(p) == 2))
+                raise ValueError(f"the mapper emitted {bad!r}, not a (key, value) pair") from None
             self.pairs += pairs
             count = len(pairs)
             self.records_in += count

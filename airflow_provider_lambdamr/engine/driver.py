@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "jobdata.json"
 MAP_COMMIT = "map.json"
+#: The pinned map tasks of a later step of a multi-step job.
+STEP_PLAN = "plan.json"
 #: Written when a phase fails for good, so a sensor in another process can report why.
 FAILURE = "failed.json"
 SUCCESS = "_SUCCESS"
@@ -257,7 +259,25 @@ class Driver:
             self.run_reduce(self.run_map(step), step)
 
     def _later_step_inputs(self, step: int) -> list[tuple[list[str], int]]:
-        """The map tasks of a later step: the previous step's final runs, packed by bytes."""
+        """The map tasks of a later step: the previous step's final runs, packed by bytes.
+
+        Pinned in ``step-NN/plan.json`` the first time, like step 1's plan in the manifest:
+        a resumed driver must give each task index the same runs, even if a late duplicate
+        attempt has since rewritten a final status record.
+        """
+        uri = st.join(self._step_dir(step), STEP_PLAN)
+        try:
+            pinned = json.loads(self.store.read_bytes(uri))
+        except st.NotFound:
+            pinned = None
+        if pinned is not None:
+            return [(list(t["runs"]), int(t["bytes"])) for t in pinned["tasks"]]
+        tasks = self._pack_final_runs(step)
+        self._write_json(uri, {"job_id": self.spec.job_id, "step": step + 1,
+                               "tasks": [{"runs": runs, "bytes": size} for runs, size in tasks]})
+        return tasks
+
+    def _pack_final_runs(self, step: int) -> list[tuple[list[str], int]]:
         finals = self._final_records(step - 1)
         if len(finals) < self.step_partitions[step - 1]:
             raise JobFailed(
@@ -385,7 +405,7 @@ class Driver:
             "job_dir": self.job_dir,
             "runtime": self.runtime.name,
             "code_version": manifest["code"]["version"],
-            "partitions": self.spec.partitions,
+            "partitions": self.step_partitions[-1],  # of the last step: one part file each
             "fan_in": self.spec.fan_in,
             "files": files,
             "counters": {
@@ -560,6 +580,7 @@ class Driver:
             "code": {"sha256": package.sha256, "version": package.version, "size": package.size},
             "plan": summary,
             "steps": self.step_count,
+            "final_partitions": self.step_partitions[-1],
             "tasks": [[s.to_dict() for s in t.splits] for t in tasks],
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "created_epoch": time.time(),
@@ -994,5 +1015,5 @@ def phase_state(job_dir: str, phase: str) -> PhaseState:
     except st.NotFound:
         success = None
     complete = bool(success and success.get("job_id") == manifest["job_id"])
-    total = manifest["spec"]["partitions"]
+    total = manifest.get("final_partitions", manifest["spec"]["partitions"])
     return PhaseState(phase, total if complete else 0, total, complete, failure)

@@ -172,6 +172,7 @@ class Query3a(MapReduceJob):
     input_names = ("uservisits", "rankings")
 
     def steps(self) -> list[Step]:
+        self._top  # noqa: B018 - a bad --param top fails before the join runs, not after
         return [
             Step(mapper_init=self.join_init, mapper=self.map_join, reducer=self.reduce_join),
             Step(combiner=self.sum_totals, reducer=self.sum_totals),

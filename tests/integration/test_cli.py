@@ -54,6 +54,11 @@ def test_amplab_3a_joins_two_named_inputs_and_names_them_when_missing(tmp_path):
         sum(float(v[3]) for v in visits if v[0] == other) for other in {v[0] for v in visits}), rel=1e-12)
     assert float(avg_rank) == pytest.approx(sum(ranks[v[1]] for v in mine) / len(mine), rel=1e-12)
 
+    res = run("run", "amplab-3a", "--input", f"uservisits={data / 'uservisits'}", "--input",
+              f"rankings={data / 'rankings'}", "--output", str(tmp_path / "o3"), "--param", "top=x")
+    assert res.returncode == 2 and "parameter top must be an integer, got 'x'" in res.stderr
+    assert not (tmp_path / "o3").exists(), "refused before anything was planned or run"
+
     res = run("run", "amplab-3a", "--input", str(data / "uservisits"), "--output", str(tmp_path / "o2"))
     assert res.returncode == 1
     assert "reads the named inputs uservisits, rankings (got one unnamed input)" in res.stderr

@@ -107,7 +107,7 @@ def test_intermediates_of_every_step_are_cleaned_after_commit(tmp_path, fixture_
     left = [i.uri[len(summary["job_dir"]) + 1:] for i in store.list(summary["job_dir"])]
     assert "jobdata.json" in left and "step-02/map.json" in left, "manifest and commits stay"
     assert any(u.startswith("status/step-02/") for u in left), "status records stay, for audit"
-    runs = [u for u in left if u not in ("jobdata.json", "map.json", "step-02/map.json")
+    runs = [u for u in left if u not in ("jobdata.json", "map.json", "step-02/map.json", "step-02/plan.json")
             and not u.startswith("status/")]
     assert runs == []
 
@@ -140,3 +140,53 @@ def test_cleanup_of_a_job_stopped_in_a_later_step_removes_every_steps_runs(tmp_p
     left = [p.relative_to(job_dir).as_posix() for p in job_dir.rglob("*") if p.is_file()]
     assert not [p for p in left if "/part-" in p or p.endswith("/run") or p.endswith("/pairs")], left
     assert "jobdata.json" in left and any(p.startswith("status/step-02/map/") for p in left)
+
+
+def test_a_resumed_later_step_keeps_its_pinned_plan_even_if_a_final_record_changed(tmp_path, fixture_jobs_path):
+    """A late duplicate attempt may rewrite a final status record (other bytes, other run):
+    a resumed driver must still give each step-2 task index the runs it had."""
+    root, expected = write_words(tmp_path)
+    spec = JobSpec(job=JOB, inputs={"": [root]}, output=str(tmp_path / "out"), job_id="pinned",
+                   split_size=4_000, partitions=4, keep_intermediates=True)
+    with LocalRuntime(workers=2) as rt:
+        driver = Driver(spec, rt)
+        driver.prepare()
+        driver.run_reduce(driver.run_map())
+        driver.run_map(1)
+    status = tmp_path / "out" / "_jobs" / "pinned" / "status"
+    plan = json.loads((tmp_path / "out" / "_jobs" / "pinned" / "step-02" / "plan.json").read_text())
+    assert len(plan["tasks"]) >= 2
+    # a final record of step 1 now claims far more bytes, and one step-2 map task is undone
+    final = next(status.glob("reduce/r*/p00000-g00000.json"))
+    record = json.loads(final.read_text())
+    record["outputs"][0]["bytes"] += 10**6
+    final.write_text(json.dumps(record))
+    (status / "step-02" / "map" / "00000.json").unlink()
+    with LocalRuntime(workers=2) as rt:
+        summary = Driver(spec, rt).run()
+    assert summary["tasks"]["by_step"][1]["map"] == len(plan["tasks"])
+    assert result(str(tmp_path / "out")) == expected
+
+
+def test_bad_data_in_a_later_step_fails_at_once_naming_the_run(tmp_path, fixture_jobs_path):
+    from airflow_provider_lambdamr.engine.driver import JobFailed
+
+    root, _ = write_words(tmp_path, files=1, lines=300)
+    with pytest.raises(JobFailed) as info:
+        run_job(job=JOB, inputs={"": [root]}, output=str(tmp_path / "out"), partitions=1,
+                params={"step2_bad_word": "w0"})
+    msg = str(info.value)
+    assert "step 2 map task 0 of 1 failed (not retried: the input itself is at fault)" in msg
+    assert "the step 2 mapper raised BadRecord: word 'w0' is refused on the pair with key '\"w0\"' from file://" in msg
+
+
+def test_a_malformed_pair_is_a_bad_record_with_its_location(tmp_path, fixture_jobs_path):
+    (tmp_path / "in.txt").write_text("ok\nbad one\nok\n")
+    job = "userjobs.countofcounts:TriplesSometimes"
+    with pytest.raises(Exception, match=r"bad record in .*in\.txt at byte 3: ValueError: the mapper emitted "
+                                        r"\('bad one', 1, 2\), not a \(key, value\) pair"):
+        run_job(job=job, inputs={"": [str(tmp_path / "in.txt")]}, output=str(tmp_path / "out"))
+    summary = run_job(job=job, inputs={"": [str(tmp_path / "in.txt")]}, output=str(tmp_path / "ok"),
+                      max_bad_records=1)
+    assert summary["counters"]["bad_records"] == 1
+    assert dict(read_rows(str(tmp_path / "ok"))) == {"ok": "2"}

@@ -164,8 +164,15 @@ def test_unhashable_keys_in_the_middle_of_a_batch_lose_nothing():
     assert {k: sorted(v) for k, v in got.items()} == {"a": [1, 5], (1,): [2, 4], "b": [3], "c": [6]}
 
 
-def test_a_mapper_pair_that_is_not_a_pair_is_refused_clearly():
-    buf = shuffle.MapOutputBuffer(2, None)
-    buf.add([("a", 1), ("b", 2, 3)])
-    with pytest.raises(shuffle.EncodeError, match=r"the mapper emitted \('b', 2, 3\), not a \(key, value\) pair"):
-        buf.finish()
+def test_a_mapper_pair_that_is_not_a_pair_is_refused_where_it_is_added():
+    for combiner in (None, lambda k, vs: [(k, sum(vs))]):
+        buf = shuffle.MapOutputBuffer(2, combiner)
+        with pytest.raises(ValueError, match=r"\('b', 2, 3\), not a \(key, value\) pair|too many values"):
+            buf.add([("a", 1), ("b", 2, 3)])
+
+
+def test_a_value_that_contains_itself_is_an_encode_error():
+    value: list = [1]
+    value.append(value)
+    with pytest.raises(shuffle.EncodeError, match="nested too deeply or contains itself"):
+        shuffle.encode(value)
