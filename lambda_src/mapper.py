@@ -88,7 +88,7 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
     ctx = task.step_context(ev, job)
     where = _describe(ev)
     if ctx.index > 0:
-        return _run_later_step(ev, job, ctx, index, token, where)
+        return _run_later_step(ev, ctx, index, token)
     splits = [reader.Segment.from_dict(s) for s in ev.load_list("splits")]
     if ctx.step.reducer is None:
         return _run_map_only(ev, job, splits, index, where)
@@ -147,9 +147,7 @@ def _write_map_output(
     return {"outputs": outputs, "stats": stats}
 
 
-def _run_later_step(
-    ev: task.TaskEvent, job: MapReduceJob, ctx: task.StepContext, index: int, token: str, where: str
-) -> dict:
+def _run_later_step(ev: task.TaskEvent, ctx: task.StepContext, index: int, token: str) -> dict:
     """Steps after the first map the (key, value) pairs of the previous step's reducers."""
     runs = [ev.inside_job_dir(uri, "an input run") for uri in ev.load_list("runs")]
     step = ctx.step
@@ -177,7 +175,10 @@ def _run_later_step(
                 input_bytes += len(line)
                 try:
                     pairs = map_pairs(key, value)
-                    add(pairs if type(pairs) is list else list(pairs))
+                    if type(pairs) is not list:
+                        pairs = list(pairs)
+                    if pairs:
+                        add(pairs)
                 except Exception as err:
                     raise _step_error(ctx, err, f"on the pair with key {reader.sample(line[:tab])!r} from {uri}") from err
         if step.mapper_final is not None:
@@ -230,7 +231,10 @@ def _map_records(
                     for i in range(i, n):  # noqa: B020 - resumes after a skipped record
                         pairs = mapper(key, lines[i])
                         # Materialised before adding, so a record that fails midway adds nothing.
-                        add(pairs if type(pairs) is list else list(pairs))
+                        if type(pairs) is not list:
+                            pairs = list(pairs)
+                        if pairs:  # most lines of a filtering job emit nothing
+                            add(pairs)
                     i = n
                 except RECORD_ERRORS as err:
                     bad.add(seg.uri, block.offset(i), lines[i], f"{type(err).__name__}: {err}")

@@ -225,6 +225,16 @@ def step_name(index: int) -> str:
     return f"step-{index + 1:02d}"
 
 
+def step_dir(job_dir: str, index: int) -> str:
+    """Where a step keeps its data: the job directory itself for step 1."""
+    return job_dir if index == 0 else st.join(job_dir, step_name(index))
+
+
+def step_scoped(index: int, key: str) -> str:
+    """A status key (``map/00003``) in the namespace of step ``index`` (0-based)."""
+    return key if index == 0 else f"{step_name(index)}/{key}"
+
+
 def step_index(ev: TaskEvent) -> int:
     index = ev.task.get("step", 0)
     if not isinstance(index, int) or index < 0:
@@ -234,8 +244,7 @@ def step_index(ev: TaskEvent) -> int:
 
 def step_key(ev: TaskEvent, key: str) -> str:
     """A status key (``map/00003``) in the namespace of the event's step."""
-    index = step_index(ev)
-    return key if index == 0 else f"{step_name(index)}/{key}"
+    return step_scoped(step_index(ev), key)
 
 
 def step_context(ev: TaskEvent, job: MapReduceJob) -> StepContext:
@@ -250,7 +259,7 @@ def step_context(ev: TaskEvent, job: MapReduceJob) -> StepContext:
         index=index,
         count=len(steps),
         partitions=step.partitions or ev.job.partitions,
-        dir=ev.job_dir if index == 0 else st.join(ev.job_dir, step_name(index)),
+        dir=step_dir(ev.job_dir, index),
     )
 
 

@@ -27,7 +27,15 @@ from airflow_provider_lambdamr.engine.spec import JobSpec
 from airflow_provider_lambdamr.engine.tracing import JobTracer
 from lambda_src import storage as st
 from lambda_src.reader import Segment
-from lambda_src.task import EVENT_VERSION, JobConfig, load_job_class, peak_memory_mb, step_name
+from lambda_src.task import (
+    EVENT_VERSION,
+    JobConfig,
+    load_job_class,
+    peak_memory_mb,
+    step_dir,
+    step_name,
+    step_scoped,
+)
 
 log = logging.getLogger(__name__)
 
@@ -220,12 +228,12 @@ class Driver:
         else:
             tasks_spec = self._later_step_inputs(step)
             bytes_total = sum(b for _, b in tasks_spec)
-        done = self._read_statuses(self._step_key(step, "map"))
+        done = self._read_statuses(step_scoped(step, "map"))
         records: dict[int, dict] = {}
         todo: list[_Task] = []
         count = len(tasks_spec)
         for index, item in enumerate(tasks_spec):
-            key = self._step_key(step, f"map/{index:05d}")
+            key = step_scoped(step, f"map/{index:05d}")
             if key in done:
                 records[index] = done[key]
                 continue
@@ -250,7 +258,7 @@ class Driver:
             for i, r in enumerate(ordered)
         ]
         self._write_json(st.join(self._step_dir(step), MAP_COMMIT), {"job_id": self.spec.job_id, "tasks": outputs})
-        self._add_timing("map", step, time.time() - t0)
+        self._add_timing("map", time.time() - t0)
         return ordered
 
     def run_later_steps(self) -> None:
@@ -304,7 +312,7 @@ class Driver:
         """The committed final-round status records of a step's reduce, by partition."""
         return {
             int(r["task"]["partition"]): r
-            for r in self._read_statuses(self._step_key(step, "reduce")).values()
+            for r in self._read_statuses(step_scoped(step, "reduce")).values()
             if r.get("task", {}).get("final")
         }
 
@@ -324,9 +332,9 @@ class Driver:
             for out in rec.get("outputs", []):
                 if out.get("records", 0) > 0:
                     runs[int(out["partition"])].append(out["uri"])
-        done = self._read_statuses(self._step_key(step, "reduce"))
+        done = self._read_statuses(step_scoped(step, "reduce"))
         finals: dict[int, dict] = {}
-        prefix = self._step_key(step, "reduce")
+        prefix = step_scoped(step, "reduce")
         state = {p: _PartitionRounds(p, runs[p], fan_in, prefix) for p in range(partitions)}
         total_tasks = sum(s.expected_tasks() for s in state.values())
 
@@ -371,7 +379,7 @@ class Driver:
         missing = [p for p in range(partitions) if p not in finals]
         if missing:
             raise JobFailed(f"{phase} finished without a result for partitions {missing}", phase=phase)
-        self._add_timing("reduce", step, time.time() - t0)
+        self._add_timing("reduce", time.time() - t0)
         return [finals[p] for p in range(partitions)]
 
     def commit(self, map_records: list[dict] | None = None) -> dict:
@@ -381,7 +389,7 @@ class Driver:
             map_records = self._load_map_commit()
         later_maps = [self._load_map_commit(k) for k in range(1, self.step_count)]
         step_reduces = [] if self.map_only else [
-            self._read_statuses(self._step_key(k, "reduce")) for k in range(self.step_count)
+            self._read_statuses(step_scoped(k, "reduce")) for k in range(self.step_count)
         ]
         reduce_records = step_reduces[-1] if step_reduces else {}
         if self.map_only:
@@ -630,14 +638,11 @@ class Driver:
         """``map``/``reduce`` for a one-step job; ``step 2/3 map`` in a multi-step one."""
         return phase if self.step_count == 1 else f"step {step + 1}/{self.step_count} {phase}"
 
-    @staticmethod
-    def _step_key(step: int, key: str) -> str:
-        return key if step == 0 else f"{step_name(step)}/{key}"
-
     def _step_dir(self, step: int) -> str:
-        return self.job_dir if step == 0 else st.join(self.job_dir, step_name(step))
+        return step_dir(self.job_dir, step)
 
-    def _add_timing(self, phase: str, step: int, seconds: float) -> None:
+    def _add_timing(self, phase: str, seconds: float) -> None:
+        """Seconds spent in a phase, summed over the steps."""
         self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
 
     # -- tasks -------------------------------------------------------------------------
@@ -663,7 +668,7 @@ class Driver:
 
     def _later_map_task(self, step: int, index: int, count: int, runs: list[str], size: int) -> _Task:
         task = {"phase": "map", "step": step, "index": index, "count": count}
-        key = self._step_key(step, f"map/{index:05d}")
+        key = step_scoped(step, f"map/{index:05d}")
         event = self._inline_or_stored(self._event(task), "runs", runs, f"{step_name(step)}-map-{index:05d}")
         return _Task(
             key=key,
@@ -971,11 +976,7 @@ def intermediate_dirs(job_dir: str, steps: int | None = None) -> list[str]:
             steps = int(json.loads(st.for_uri(job_dir).read_bytes(st.join(job_dir, MANIFEST))).get("steps", 1))
         except st.NotFound:
             steps = 1
-    dirs = []
-    for step in range(steps):
-        base = job_dir if step == 0 else st.join(job_dir, step_name(step))
-        dirs.extend(st.join(base, sub) for sub in ("map", "reduce", "tasks"))
-    return dirs
+    return [st.join(step_dir(job_dir, step), sub) for step in range(steps) for sub in ("map", "reduce", "tasks")]
 
 
 @dataclass
