@@ -22,7 +22,7 @@ from airflow_provider_lambdamr.engine.driver import Driver, JobFailed
 from airflow_provider_lambdamr.engine.runtimes.aws import AwsRuntime, DeployError
 from airflow_provider_lambdamr.engine.spec import JobSpec
 from lambda_src import mapper, reducer
-from tests.helpers import read_counts
+from tests.helpers import read_counts, read_rows
 
 TRUST = {
     "Version": "2012-10-17",
@@ -220,3 +220,21 @@ def test_every_event_delivered_twice_concurrently_still_counts_once(lambda_clien
     assert read_counts(str(tmp_path / "out")) == dict(expected)
     runs = list((tmp_path / "out" / "_jobs" / spec.job_id / "map").glob("*/*"))
     assert len(runs) == 10, "two attempts' outputs exist side by side; the status record picks one"
+
+
+def test_a_multi_step_job_with_every_event_delivered_twice_counts_once(lambda_client, role_arn, tmp_path,
+                                                                      fixture_jobs_path):
+    """Duplicated deliveries race in every step; later steps read whichever attempt committed."""
+    words = collections.Counter()
+    (tmp_path / "in").mkdir()
+    for i in range(4):
+        text = "\n".join(f"w{(i * j) % 11} w{j % 3}" for j in range(25)) + "\n"
+        (tmp_path / "in" / f"{i}.txt").write_text(text)
+        words.update(text.split())
+    client = AsyncLambda(lambda_client, duplicate=True)
+    spec = JobSpec(job="userjobs.countofcounts:CountOfCounts", inputs={"": [str(tmp_path / "in")]},
+                   output=str(tmp_path / "out"), max_files_per_task=1, partitions=2, fan_in=2)
+    summary = Driver(spec, _runtime(client, role_arn)).run()
+    assert summary["steps"] == 2 and summary["runtime"] == "aws"
+    got = {int(k): int(v) for k, v in read_rows(str(tmp_path / "out"))}
+    assert got == dict(collections.Counter(words.values()))

@@ -70,3 +70,35 @@ def test_s3_requests_are_counted_into_the_cost(s3_bucket):
     # at least: 3 map GETs, 3 map run PUTs + 3 status PUTs, the reducer's output and status PUTs
     assert cost["s3_requests"] >= (3 * 0.0004 + 8 * 0.005) / 1000
     assert cost["total"] > cost["lambda_compute"]
+
+
+def test_amplab_3a_multi_step_on_s3_equals_duckdb(s3_bucket, tmp_path):
+    """Named inputs, three steps, pinned later-step plans and cleanup, all on S3."""
+    from tests.integration.test_amplab_duckdb import duckdb_3a
+
+    tables = {}
+    for table, rows in (("rankings", 2_000), ("uservisits", 30_000)):
+        kw = {"rankings_rows": 2_000} if table == "uservisits" else {}
+        local = amplab_gen.generate(str(tmp_path / table), table=table, rows=rows, files=2, seed=9, **kw)
+        amplab_gen.generate(f"s3://{s3_bucket}/{table}", table=table, rows=rows, files=2, seed=9, **kw)
+        tables[table] = [st.local_path(f["uri"]) for f in local]
+    out = f"s3://{s3_bucket}/out3a"
+    summary = run_job(
+        job="amplab-3a", inputs={t: [f"s3://{s3_bucket}/{t}"] for t in tables}, output=out,
+        job_root=f"s3://{s3_bucket}/jobs", split_size=400_000, partitions=3, fan_in=2,
+        params={"start": "1975-01-01", "end": "1995-12-31", "top": "20"},
+    )
+    expected = duckdb_3a(tables["uservisits"], tables["rankings"], "1975-01-01", "1995-12-31", 20)
+    rows = read_rows(out)
+    assert [r[0] for r in rows] == [e[0] for e in expected]
+    assert all(abs(float(r[1]) - e[1]) <= 1e-9 * abs(e[1]) for r, e in zip(rows, expected, strict=True))
+    assert summary["steps"] == 3
+    s3 = boto3.client("s3")
+    job = f"jobs/{summary['job_id']}/"
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket, Prefix=job)
+            for o in page.get("Contents", [])]
+    assert job + "step-02/plan.json" in keys and job + "step-03/plan.json" in keys
+    assert any(k.startswith(job + "status/step-03/reduce/") for k in keys)
+    left = [k for k in keys if any(k.startswith(job + d) for d in
+                                   ("map/", "reduce/", "step-02/map/", "step-02/reduce/", "step-03/map/"))]
+    assert left == [], "intermediates of some step were left behind"
