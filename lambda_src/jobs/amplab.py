@@ -47,6 +47,13 @@ def parse_float(text: str, column: str) -> float:
         raise BadRecord(f"column {column} is not a number: {text!r}") from None
 
 
+def parse_rank(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise BadRecord(f"column pageRank is not an integer: {text!r}") from None
+
+
 class RevenueByIpPrefix(MapReduceJob):
     """``SELECT SUBSTR(sourceIP, 1, N), SUM(adRevenue) FROM uservisits GROUP BY 1``."""
 
@@ -122,10 +129,7 @@ class RankingsScan(MapReduceJob):
         if not line:
             return
         cols = split_row(line, RANKINGS_COLUMNS)
-        try:
-            rank = int(cols[1])
-        except ValueError:
-            raise BadRecord(f"column pageRank is not an integer: {cols[1]!r}") from None
+        rank = parse_rank(cols[1])
         if rank > self.min_rank:
             yield cols[0], rank
 
@@ -197,10 +201,7 @@ class Query3a(MapReduceJob):
             return []
         if key == "rankings":
             cols = split_row(line, RANKINGS_COLUMNS)
-            try:
-                return [(cols[0], int(cols[1]))]  # a bare rank; a visit is a list
-            except ValueError:
-                raise BadRecord(f"column pageRank is not an integer: {cols[1]!r}") from None
+            return [(cols[0], parse_rank(cols[1]))]  # a bare rank; a visit is a list
         # the driver checks input_names before it plans, so only a stray event gets here
         raise ValueError(f"amplab-3a reads inputs uservisits and rankings, not {key!r}")
 
