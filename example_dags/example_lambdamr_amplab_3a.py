@@ -1,15 +1,10 @@
 """
 Amplab query 3a as a LambdaMR job: a join of two named inputs, then two more MapReduce steps.
 
-.. code-block:: sql
-
-    SELECT sourceIP, totalRevenue, avgPageRank FROM (
-      SELECT sourceIP, AVG(pageRank) AS avgPageRank, SUM(adRevenue) AS totalRevenue
-      FROM rankings AS R, uservisits AS UV
-      WHERE R.pageURL = UV.destURL
-        AND UV.visitDate BETWEEN DATE('1980-01-01') AND DATE('1980-04-01')
-      GROUP BY UV.sourceIP)
-    ORDER BY totalRevenue DESC LIMIT 1
+The query: the visits of 1980-01-01 to 1980-04-01 joined with the rankings of the pages
+they visited, revenue summed and page rank averaged per source IP, the top IP by revenue.
+Its SQL and its three steps are in the job's docstring (``Query3a`` in
+``lambda_src/jobs/amplab.py``, built-in job ``amplab-3a``).
 
 ``map`` fans out over both inputs (the mapper sees which input a line came from);
 ``reduce`` runs the join's reducer rounds, then the map and reduce phases of the later steps

@@ -190,7 +190,7 @@ class MapReduceJob:
     @classmethod
     def has_reducer(cls) -> bool:
         """A one-step job without a reducer is map-only: its mapper's pairs are the result."""
-        return cls._defines("reducer") or cls.is_multi_step()
+        return cls._defines("reducer")
 
     @classmethod
     def has_table_mapper(cls) -> bool:
