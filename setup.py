@@ -29,6 +29,7 @@ setup(
             "moto[server,s3,lambda,iam]>=5.1",
             "duckdb>=1.1",
             "ruff>=0.6",
+            "hypothesis>=6.100",
         ],
     },
     entry_points={
