@@ -1,7 +1,11 @@
 """The shuffle: partitioning, the intermediate encoding, sorted runs and their merge.
 
 Intermediate data is UTF-8 text, one record a line: the key's compact JSON, a tab, the
-value's compact JSON. JSON never contains a raw tab or newline (they are escaped), and a tab
+value's compact JSON. That encoding is canonical (object members sorted by name, no spaces),
+and it alone decides what "the same key" is, everywhere: in the map-side buffer and combiner,
+the partitioner, the sort and the reducer's grouping. So ``1``, ``1.0`` and ``true`` are
+three keys, ``0`` and ``-0.0`` two, and ``{"a":1,"b":2}`` one key whatever its members'
+order, although Python's equality says otherwise. JSON never contains a raw tab or newline (they are escaped), and a tab
 sorts before every byte JSON can produce, so sorting whole lines orders records by key
 bytes, and the records of one key are adjacent. Runs can therefore be merged and grouped
 as plain byte lines, without decoding anything but the keys and values a function needs.
@@ -22,7 +26,7 @@ from typing import IO, Any
 
 from lambda_src.job import Reduce
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True, sort_keys=True)
 #: The decoder's (C) scanner: json.loads around it costs several times the parse itself.
 _scan_once = json.JSONDecoder().scan_once
 
@@ -32,8 +36,9 @@ def _make_encode() -> Any:
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:  # no C accelerator: the pure-Python encoder
         return _encoder.encode
+    # No circular check (a JSON value has no cycles); object members sorted: the canonical form.
     iterencode = make(None, _encoder.default, json.encoder.encode_basestring, None, ":", ",",
-                      False, False, True)  # no circular check: a JSON value has no cycles
+                      True, False, True)
     encode_str = json.encoder.encode_basestring
     join = "".join
 
@@ -50,6 +55,10 @@ _encode = _make_encode()
 TAB = b"\t"
 #: Name suffix of a run in Arrow IPC form (the other runs are JSON lines).
 ARROW_SUFFIX = ".arrow"
+
+
+#: Key types whose Python equality agrees with equality of their canonical encodings.
+_PLAIN_KEYS = (str, int)
 
 
 class EncodeError(TypeError):
@@ -175,13 +184,15 @@ class MapOutputBuffer:
     def add(self, pairs: Iterable[tuple[Any, Any]]) -> None:
         if type(pairs) is not list:
             pairs = list(pairs)
+        # The shape is checked before anything is added: a bad pair is blamed on the record
+        # that made it, and a skipped record adds none of its pairs.
+        try:
+            for _key, _value in pairs:
+                pass
+        except (TypeError, ValueError):
+            bad = next(p for p in pairs if not (isinstance(p, tuple | list) and len(p) == 2))
+            raise ValueError(f"the mapper emitted {bad!r}, not a (key, value) pair") from None
         if self.combiner is None:
-            try:  # the shape is checked here, so a bad pair is blamed on the record that made it
-                for _key, _value in pairs:
-                    pass
-            except (TypeError, ValueError):
-                bad = next(p for p in pairs if not (isinstance(p, tuple | list) and len(p) == 2))
-                raise ValueError(f"the mapper emitted {bad!r}, not a (key, value) pair") from None
             self.pairs += pairs
             count = len(pairs)
             self.records_in += count
@@ -190,35 +201,17 @@ class MapOutputBuffer:
                 self._write_runs()
             return
         groups = self.groups
-        try:
-            for key, value in pairs:
-                groups[key].append(value)
-        except TypeError:  # an unhashable key (a list): group the rest by their encoding
-            self._add_slow(pairs)
+        for key, value in pairs:
+            # str and int keys are equal in Python exactly when their encodings are; any
+            # other key (1.0, True, -0.0, a dict or list) is held by its canonical encoding.
+            if type(key) not in _PLAIN_KEYS:
+                key = _Encoded(encode(key, "key"))
+            groups[key].append(value)
         count = len(pairs)
         self.records_in += count
         self.held += count
         if self.held >= self.flush_values:
             self._compact()
-
-    def _add_slow(self, pairs: list[tuple[Any, Any]]) -> None:
-        """Finish a batch that stopped at its first unhashable key (a list).
-
-        Every pair before that key went in; from it on, unhashable keys are grouped by
-        their encoding.
-        """
-        groups = self.groups
-        start = 0
-        for start, (key, _) in enumerate(pairs):  # noqa: B007 - the index is the result
-            try:
-                hash(key)
-            except TypeError:
-                break
-        for key, value in pairs[start:]:
-            try:
-                groups[key].append(value)
-            except TypeError:
-                groups[_Encoded(encode(key, "key"))].append(value)
 
     def _compact(self) -> None:
         """Combine in place; when still too many values are held, write runs."""
@@ -235,14 +228,20 @@ class MapOutputBuffer:
                 combined[key] = values
                 held += 1
                 continue
-            real_key = key.value if isinstance(key, _Encoded) else key
+            if isinstance(key, _Encoded):
+                real_key, key_bytes = key.value, key.encoded
+            else:
+                real_key, key_bytes = key, None
             out = []
             for out_key, out_value in self.combiner(real_key, iter(values)):
-                if out_key != real_key and encode(out_key, "key") != encode(real_key, "key"):
-                    raise ValueError(
-                        f"the combiner changed key {real_key!r} into {out_key!r}; a combiner "
-                        f"must emit the key it is given"
-                    )
+                if not (type(out_key) is type(real_key) and type(out_key) in _PLAIN_KEYS
+                        and out_key == real_key):
+                    key_bytes = key_bytes or encode(real_key, "key")
+                    if encode(out_key, "key") != key_bytes:
+                        raise ValueError(
+                            f"the combiner changed key {key_bytes.decode()} into "
+                            f"{encode(out_key, 'key').decode()}; a combiner must emit the key it is given"
+                        )
                 out.append(out_value)
             combined[key] = out
             held += len(out)
@@ -322,7 +321,7 @@ class MapOutputBuffer:
 
 
 class _Encoded:
-    """A key that is not hashable, held by its JSON encoding."""
+    """A key held by its canonical encoding (its decoded value is what a combiner sees)."""
 
     __slots__ = ("encoded", "value")
 

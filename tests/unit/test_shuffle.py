@@ -52,8 +52,8 @@ def test_encoding_round_trips(value):
      (1, "a"), {"b": 1, "a": [1.5, {"c": None}]}, {1: "int key"}, [[], {}, ""]],
 )
 def test_the_fast_encoder_and_decoder_match_the_json_module(value):
-    """encode/decode skip json.dumps/json.loads overhead; the bytes and values must not change."""
-    expected = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    """encode/decode skip json.dumps/json.loads overhead; the bytes are the canonical JSON."""
+    expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
     assert shuffle.encode(value) == expected
     assert shuffle.decode(expected) == json.loads(expected)
     assert shuffle.decode(expected + b"\n") == json.loads(expected)
@@ -176,3 +176,64 @@ def test_a_value_that_contains_itself_is_an_encode_error():
     value.append(value)
     with pytest.raises(shuffle.EncodeError, match="nested too deeply or contains itself"):
         shuffle.encode(value)
+
+
+# -- one key identity: the canonical encoding, everywhere ---------------------------------
+_DISTINCT_KEYS = [1, 1.0, True, "1", 0, -0.0, 0.0, False, None, "", [1], (1,), {"a": 1, "b": 2}, 2**64]
+
+
+def _sum_combiner(key, values):
+    yield key, sum(values)
+
+
+def _buffer_result(pairs, flush_values):
+    """The buffer's output lines (all partitions), for ``pairs`` added one per record."""
+    buf = shuffle.MapOutputBuffer(3, _sum_combiner, flush_values=flush_values)
+    for pair in pairs:
+        buf.add([pair])
+    out = []
+    for data in buf.finish():
+        if data is not None:
+            out.extend(data.splitlines(keepends=True) if isinstance(data, bytes) else data)
+    buf.close()
+    return sorted(out)
+
+
+@pytest.mark.parametrize("flush_values", [1, 2, 3, 1_000_000])
+def test_keys_equal_in_python_but_not_in_json_stay_apart_in_the_combining_buffer(flush_values):
+    """1, 1.0 and True (and 0, -0.0, False) are equal in Python; as keys they are distinct."""
+    pairs = [(k, 1) for k in _DISTINCT_KEYS] * 2 + [({"b": 2, "a": 1}, 1)]
+    lines = _buffer_result(pairs, flush_values)
+    got = {shuffle.key_of(line): shuffle.value_of(line) for line in lines}
+    assert len(got) == len(lines)  # one combined line per key
+    # (1,) and [1] encode alike, and so do the two dicts: the same key, whatever the order
+    expected_keys = {shuffle.encode(k) for k in _DISTINCT_KEYS}
+    assert set(got) == expected_keys
+    assert got[b"[1]"] == 4 and got[b'{"a":1,"b":2}'] == 3
+    assert all(v == 2 for k, v in got.items() if k not in (b"[1]", b'{"a":1,"b":2}'))
+
+
+def test_object_keys_are_encoded_with_sorted_members():
+    assert shuffle.encode({"b": 1, "a": {"d": 2, "c": 3}}) == b'{"a":{"c":3,"d":2},"b":1}'
+
+
+def test_a_combiner_that_turns_1_into_true_or_0_into_minus_0_is_refused():
+    for key, changed in ((1, True), (0.0, -0.0), (1, 1.0)):
+        def combiner(k, values, changed=changed):
+            yield changed, sum(values)
+
+        buf = shuffle.MapOutputBuffer(1, combiner)
+        buf.add([(key, 1), (key, 2)])
+        with pytest.raises(ValueError, match="combiner changed key"):
+            buf.finish()
+        buf.close()
+
+
+def test_a_record_with_a_malformed_pair_adds_none_of_its_pairs():
+    buf = shuffle.MapOutputBuffer(1, _sum_combiner)
+    with pytest.raises(ValueError, match="not a \\(key, value\\) pair"):
+        buf.add([("a", 1), ("b", 1, "extra")])
+    buf.add([("c", 1)])
+    (data,) = buf.finish()
+    assert data == b'"c"\t1\n'
+    buf.close()
