@@ -106,7 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-empty-input", action="store_true",
                      help="produce an empty result for empty input instead of failing")
     run.add_argument("--overwrite", action="store_true",
-                     help="replace a result another job left in --output")
+                     help="replace a result another job left in --output (deletes only the files "
+                          "its _SUCCESS lists, and that _SUCCESS)")
+    run.add_argument("--recompute", action="store_true",
+                     help="run a job id that already committed again from scratch (deletes its "
+                          "own state and result first)")
     run.add_argument("--keep-intermediates", action="store_true",
                      help="keep map and reduce runs after success")
     _add_aws_options(run)
@@ -140,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     clean = sub.add_parser("cleanup", help="delete a job's intermediates; prune old function versions")
     clean.add_argument("--job-dir", metavar="URI", help="the job directory (<job root>/<job id>)")
     clean.add_argument("--delete-job-dir", action="store_true",
-                       help="also delete the manifest and status records")
+                       help="also delete the manifest and status records (only what the job wrote)")
     clean.add_argument("--functions", action="store_true",
                        help="delete old aliases and versions of the functions, keeping the live one")
     clean.add_argument("--keep-alias", metavar="ALIAS", help="the alias to keep (default: the newest)")
@@ -232,12 +236,10 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
         raise ValueError("nothing to clean: give --job-dir, --functions and/or --log-groups")
     report: dict = {}
     if args.job_dir:
-        job_dir = st.normalize(args.job_dir)
-        store = st.for_uri(job_dir)
-        from airflow_provider_lambdamr.engine.driver import intermediate_dirs
+        from airflow_provider_lambdamr.engine import jobdir
 
-        subs = [job_dir] if args.delete_job_dir else intermediate_dirs(job_dir)
-        report["deleted_objects"] = sum(store.delete_prefix(u) for u in subs)
+        report.update(jobdir.cleanup(st.normalize(args.job_dir), delete_job_dir=args.delete_job_dir,
+                                     missing_ok=False).to_dict())
     if args.functions or args.log_groups:
         import boto3
 
@@ -280,6 +282,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         allow_empty_input=args.allow_empty_input,
         keep_intermediates=args.keep_intermediates,
         overwrite=args.overwrite,
+        recompute=args.recompute,
         tracing=args.trace,
         job_timeout_s=args.job_timeout_s,
         speculation=args.speculation,
@@ -295,8 +298,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             summary = Driver(spec, runtime, progress=progress, prices=prices).run()
     except JobFailed as err:
         print(f"lambdamr: job {spec.job_id} failed: {err}", file=sys.stderr)
-        print(f"lambdamr: job state is in {spec.job_dir}; rerun with --job-id {spec.job_id} "
-              f"to resume", file=sys.stderr)
+        if err.resumable:
+            print(f"lambdamr: job state is in {spec.job_dir}; rerun with --job-id {spec.job_id} "
+                  f"to resume", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))

@@ -90,6 +90,7 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
     if ctx.index > 0:
         return _run_later_step(ev, ctx, index, token)
     splits = [reader.Segment.from_dict(s) for s in ev.load_list("splits")]
+    reader.check_unchanged(splits)
     if ctx.step.reducer is None:
         return _run_map_only(ev, job, splits, index, where)
 

@@ -39,6 +39,8 @@ class Segment:
     size: int
     compression: str | None = None
     input: str | None = None
+    #: The object's version when it was planned (``ObjectInfo.version``; "" = unchecked).
+    version: str = ""
 
     def to_dict(self) -> dict:
         out = {"uri": self.uri, "start": self.start, "end": self.end, "size": self.size}
@@ -46,6 +48,8 @@ class Segment:
             out["compression"] = self.compression
         if self.input:
             out["input"] = self.input
+        if self.version:
+            out["version"] = self.version
         return out
 
     @classmethod
@@ -58,6 +62,7 @@ class Segment:
                 size=int(data["size"]),
                 compression=data.get("compression") or None,
                 input=data.get("input") or None,
+                version=str(data.get("version") or ""),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"malformed split description: {err}") from None
@@ -71,6 +76,60 @@ class Segment:
         if self.compression:
             return f"{self.uri} (whole, {self.compression})"
         return f"{self.uri} bytes {self.start}-{self.end}"
+
+
+def check_unchanged(segments: list[Segment]) -> None:
+    """Refuse to read an object that changed (or vanished) since the job was planned.
+
+    Tasks of one job must all see the same data: a task that read the new version of an
+    object beside tasks that read the old one would mix them.
+    """
+    seen: set[str] = set()
+    for seg in segments:
+        if not seg.version or seg.uri in seen:
+            continue
+        seen.add(seg.uri)
+        try:
+            now = st.for_uri(seg.uri).stat(seg.uri)
+        except st.NotFound:
+            raise InputError(f"{seg.uri} was deleted after the job was planned", uri=seg.uri) from None
+        if (now.size, now.version) != (seg.size, seg.version):
+            raise InputError(
+                f"{seg.uri} changed after the job was planned (size {seg.size}, version "
+                f"{seg.version} then; size {now.size}, version {now.version} now): a job reads "
+                f"the data it planned or none; start a new job (another job id) to read it",
+                uri=seg.uri,
+            )
+
+
+#: Leading bytes of formats that are not line-oriented text (not read yet: refused).
+MAGIC = (
+    (b"\x1f\x8b", "gzip (name the object .gz to have it decompressed)"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"\x04\x22\x4d\x18", "lz4"),
+    (b"PAR1", "Parquet"),
+    (b"ORC", "ORC"),
+    (b"Obj\x01", "Avro"),
+    (b"PK\x03\x04", "zip"),
+    (b"7z\xbc\xaf\x27\x1c", "7-Zip"),
+)
+
+
+def unsupported_format(uri: str, what: str, offset: int | None = None) -> InputError:
+    return InputError(
+        f"{uri}: unsupported format or compression ({what}); the input must be line-oriented "
+        f"UTF-8 text, plain or gzip (.gz)",
+        uri=uri, offset=offset,
+    )
+
+
+def check_text(uri: str, head: bytes) -> None:
+    """Refuse an object whose first bytes are a binary format's signature."""
+    for magic, what in MAGIC:
+        if head.startswith(magic):
+            raise unsupported_format(uri, what, 0)
 
 
 def sample(raw: bytes | str) -> str:
@@ -241,7 +300,11 @@ def iter_blocks(
         return
     base = start
     carry = b""
+    first = start == 0 and not seg.compression
     for chunk in raw_chunks(store, seg, start, end):
+        if first:
+            check_text(seg.uri, chunk)
+            first = False
         data = carry + chunk if carry else chunk
         cut = data.rfind(b"\n")
         if cut < 0:

@@ -34,6 +34,9 @@ class NotFound(StorageError):
 class ObjectInfo:
     uri: str
     size: int
+    #: What changes when the object's content may have: the ETag on S3, the modification
+    #: time in nanoseconds for a local file ("" when unknown).
+    version: str = ""
 
 
 def is_s3(uri: str) -> bool:
@@ -105,6 +108,14 @@ class Storage:
     def size(self, uri: str) -> int:
         raise NotImplementedError
 
+    def stat(self, uri: str) -> ObjectInfo:
+        """Size and version of one object; NotFound when there is none."""
+        raise NotImplementedError
+
+    def write_new(self, uri: str, data: bytes) -> bool:
+        """Create ``uri`` only if no object is there (atomically); False when one already is."""
+        raise NotImplementedError
+
     def exists(self, uri: str) -> bool:
         try:
             self.size(uri)
@@ -146,7 +157,11 @@ class Storage:
         """Delete every object below ``uri`` (as a directory); return how many."""
         found = [info.uri for info in self.list(uri)]
         self.delete(found)
+        self.remove_empty_dirs(uri)
         return len(found)
+
+    def remove_empty_dirs(self, uri: str) -> None:
+        """Remove the directories left empty below ``uri`` (object stores have none)."""
 
 
 class LocalStorage(Storage):
@@ -159,6 +174,33 @@ class LocalStorage(Storage):
         if not os.path.isfile(path):
             raise NotFound(f"not a file: {uri}")
         return st.st_size
+
+    def stat(self, uri: str) -> ObjectInfo:
+        path = local_path(uri)
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            raise NotFound(f"no such object: {uri}") from None
+        if not os.path.isfile(path):
+            raise NotFound(f"not a file: {uri}")
+        return ObjectInfo(normalize(uri), info.st_size, str(info.st_mtime_ns))
+
+    def write_new(self, uri: str, data: bytes) -> bool:
+        path = local_path(uri)
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.link(tmp, path)  # whole and exclusive: fails if the name exists
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return True
 
     def read_bytes(self, uri: str, start: int = 0, end: int | None = None) -> bytes:
         path = local_path(uri)
@@ -223,7 +265,7 @@ class LocalStorage(Storage):
     def list(self, uri: str) -> Iterator[ObjectInfo]:
         root = local_path(uri).rstrip("/") or "/"
         if os.path.isfile(root):
-            yield ObjectInfo("file://" + root, os.path.getsize(root))
+            yield self.stat("file://" + root)
             return
         if not os.path.isdir(root):
             return
@@ -235,28 +277,25 @@ class LocalStorage(Storage):
                     continue  # an atomic write in flight
                 full = os.path.join(dirpath, name)
                 try:
-                    size = os.path.getsize(full)
+                    info = os.stat(full)
                 except FileNotFoundError:
                     if os.path.islink(full):  # never drop an input silently
                         raise StorageError(f"cannot read {full}: a broken symbolic link") from None
                     continue  # removed while listing (a temporary file)
-                found.append((full, size))
-        for full, size in sorted(found):
-            yield ObjectInfo("file://" + full, size)
+                found.append((full, info.st_size, str(info.st_mtime_ns)))
+        for full, size, version in sorted(found):
+            yield ObjectInfo("file://" + full, size, version)
 
     def delete(self, uris: list[str]) -> None:
         for uri in uris:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(local_path(uri))
 
-    def delete_prefix(self, uri: str) -> int:
-        count = super().delete_prefix(uri)
-        root = local_path(uri)
-        # Remove the directories left empty, deepest first.
-        for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
+    def remove_empty_dirs(self, uri: str) -> None:
+        # Deepest first; a directory that still holds anything stays.
+        for dirpath, _, _ in sorted(os.walk(local_path(uri)), key=lambda t: -len(t[0])):
             with contextlib.suppress(OSError):
                 os.rmdir(dirpath)
-        return count
 
 
 class S3Storage(Storage):
@@ -309,6 +348,32 @@ class S3Storage(Storage):
             if self._not_found(err):
                 raise NotFound(f"no such object: {uri}") from None
             raise StorageError(f"cannot stat {uri}: {err}") from err
+
+    def stat(self, uri: str) -> ObjectInfo:
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        self._count("head")
+        try:
+            head = self.client.head_object(Bucket=bucket, Key=key)
+        except ClientError as err:
+            if self._not_found(err):
+                raise NotFound(f"no such object: {uri}") from None
+            raise StorageError(f"cannot stat {uri}: {err}") from err
+        return ObjectInfo(uri, int(head["ContentLength"]), str(head.get("ETag", "")))
+
+    def write_new(self, uri: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        self._count("put")
+        try:  # S3's conditional write: 412 when the key exists, 409 while another is in flight
+            self.client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise StorageError(f"cannot create {uri}: {err}") from err
+        return True
 
     def _get(self, uri: str, start: int, end: int | None):
         from botocore.exceptions import ClientError
@@ -386,13 +451,13 @@ class S3Storage(Storage):
             self._count("list")
             first = self.client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents") or []
             if first and first[0]["Key"] == key:
-                yield ObjectInfo(uri, int(first[0]["Size"]))
+                yield ObjectInfo(uri, int(first[0]["Size"]), str(first[0].get("ETag", "")))
             key += "/"
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=bucket, Prefix=key):
             self._count("list")
             for item in page.get("Contents", ()):
-                yield ObjectInfo(f"s3://{bucket}/{item['Key']}", int(item["Size"]))
+                yield ObjectInfo(f"s3://{bucket}/{item['Key']}", int(item["Size"]), str(item.get("ETag", "")))
 
     def delete(self, uris: list[str]) -> None:
         by_bucket: dict[str, list[str]] = {}

@@ -10,6 +10,7 @@ objects appeared under an input prefix.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import statistics
@@ -21,12 +22,20 @@ from typing import Any
 
 from airflow_provider_lambdamr import __version__
 from airflow_provider_lambdamr.engine import cost as cost_model
-from airflow_provider_lambdamr.engine import packaging, planner
+from airflow_provider_lambdamr.engine import jobdir, packaging, planner
+from airflow_provider_lambdamr.engine.jobdir import (
+    FAILURE,
+    MANIFEST,
+    MAP_COMMIT,
+    STEP_PLAN,
+    SUCCESS,
+    intermediate_dirs,
+)
 from airflow_provider_lambdamr.engine.runtimes.base import InvocationResult, Runtime
 from airflow_provider_lambdamr.engine.spec import JobSpec
 from airflow_provider_lambdamr.engine.tracing import JobTracer
 from lambda_src import storage as st
-from lambda_src.reader import Segment
+from lambda_src.reader import InputError, Segment
 from lambda_src.task import (
     EVENT_VERSION,
     JobConfig,
@@ -39,13 +48,6 @@ from lambda_src.task import (
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "jobdata.json"
-MAP_COMMIT = "map.json"
-#: The pinned map tasks of a later step of a multi-step job.
-STEP_PLAN = "plan.json"
-#: Written when a phase fails for good, so a sensor in another process can report why.
-FAILURE = "failed.json"
-SUCCESS = "_SUCCESS"
 #: Events above this size carry their lists through storage (Lambda's async limit is 256 KB).
 MAX_INLINE_EVENT = 200 * 1024
 POLL_S = 0.5
@@ -56,8 +58,10 @@ class JobFailed(Exception):
     """A job could not finish; the message names the phase, task and input."""
 
     def __init__(self, message: str, *, phase: str, task: str | None = None,
-                 input: str | None = None, error: str | None = None) -> None:
+                 input: str | None = None, error: str | None = None, resumable: bool = True) -> None:
         super().__init__(message)
+        #: False when rerunning the same job id cannot help (nothing planned, or a conflict).
+        self.resumable = resumable
         self.phase = phase
         self.task = task
         self.input = input
@@ -176,11 +180,18 @@ class Driver:
 
     # -- public phases -----------------------------------------------------------------
     def run(self) -> dict:
-        """Run the whole job (or finish it, if a previous run stopped part way)."""
+        """Run the whole job (or finish it, if a previous run stopped part way).
+
+        A job that already committed is not run again: its ``_SUCCESS`` summary is returned,
+        unless the spec asks to ``recompute`` it.
+        """
         done = self.completed_summary()
         if done is not None:
-            log.info("job %s already succeeded; output %s", self.spec.job_id, self.spec.output)
-            return done
+            if not self.spec.recompute:
+                log.info("job %s already committed at %s; not recomputed; output %s",
+                         self.spec.job_id, done.get("finished_at"), self.spec.output)
+                return done
+            self.reset()
         with self.tracer:
             self.prepare()
             map_records = self.run_map()
@@ -190,17 +201,41 @@ class Driver:
             return self.commit(map_records)
 
     def completed_summary(self) -> dict | None:
-        """The ``_SUCCESS`` manifest when this job already committed its output."""
-        uri = st.join(self.spec.output, SUCCESS)
-        try:
-            existing = json.loads(self.out_store.read_bytes(uri))
-        except st.NotFound:
+        """The ``_SUCCESS`` summary when this job id already committed this output.
+
+        A job id names one job: when the committed job differs from this spec (inputs, job,
+        code, parameters, layout) the earlier result is never returned as this one's; that
+        is refused, naming what differs, unless the spec asks to ``recompute``.
+        """
+        success = jobdir.read_success(self.spec.output)
+        if success.summary is None or success.summary["job_id"] != self.spec.job_id:
             return None
-        except ValueError as err:
-            raise JobFailed(f"{uri} is not valid JSON: {err}", phase="prepare") from None
-        if existing.get("job_id") == self.spec.job_id:
-            return existing
-        return None
+        differs = _identity_diff(success.summary.get("identity") or {}, self.identity())
+        if differs and not self.spec.recompute:
+            raise JobFailed(
+                f"job id {self.spec.job_id!r} already committed a result in {self.spec.output} for "
+                f"another job: {differs}. Use another job id, or --recompute (recompute=True) to replace "
+                f"that result",
+                phase="prepare", resumable=False,
+            )
+        return success.summary
+
+    def identity(self) -> dict:
+        """What a job id pins: the spec's identity and the code version."""
+        return {**self.spec.identity(), "code": self._package().version}
+
+    def reset(self) -> None:
+        """Delete this job's own state and committed result, to run it again from scratch."""
+        success = jobdir.read_success(self.spec.output)
+        if success.summary is not None and success.summary["job_id"] == self.spec.job_id:
+            files = jobdir.result_files(self.spec.output, success.summary)
+            log.warning("recompute: deleting job %s's result (%d files and %s) and its state in %s",
+                        self.spec.job_id, len(files), SUCCESS, self.job_dir)
+            self.out_store.delete([success.uri])  # first: the output stops claiming to be whole
+            self.out_store.delete(files)
+        if jobdir.read_manifest(self.job_dir) is not None:
+            jobdir.cleanup(self.job_dir, delete_job_dir=True)
+        self.manifest = None
 
     def prepare(self) -> dict:
         """Check the output, write or verify the manifest, build and deploy the code."""
@@ -253,6 +288,8 @@ class Driver:
             self._execute(phase, todo, finished, total=count, already=len(records), bytes_total=bytes_total,
                           bytes_already=sum(int(r.get("stats", {}).get("input_bytes", 0)) for r in records.values()))
         ordered = [records[i] for i in range(count)]
+        if step == 0:
+            self._check_bad_record_budget(ordered)
         outputs = [
             {"index": i, "outputs": r.get("outputs", []), "stats": r.get("stats", {})}
             for i, r in enumerate(ordered)
@@ -260,6 +297,26 @@ class Driver:
         self._write_json(st.join(self._step_dir(step), MAP_COMMIT), {"job_id": self.spec.job_id, "tasks": outputs})
         self._add_timing("map", time.time() - t0)
         return ordered
+
+    def _check_bad_record_budget(self, records: list[dict]) -> None:
+        """``max_bad_records`` bounds the whole job, whatever the split size or retries.
+
+        Each map task skips at most that many bad records (more fail it); here the committed
+        tasks' counts are added up, so the job fails exactly when its input holds more.
+        """
+        total = sum(int(r.get("stats", {}).get("bad_records", 0)) for r in records)
+        if total <= self.spec.max_bad_records:
+            return
+        samples = [b for r in records for b in r.get("stats", {}).get("bad_samples", [])][:3]
+        where = "; ".join(f"{b.get('uri')} at byte {b.get('offset')}: {b.get('reason')}" for b in samples)
+        failure = JobFailed(
+            f"the input holds {total} bad records, more than the {self.spec.max_bad_records} allowed "
+            f"by max_bad_records for the whole job (e.g. {where}); raise --max-bad-records and rerun "
+            f"with the same job id to resume",
+            phase="map", input=samples[0].get("uri") if samples else None,
+        )
+        self._record_failure(failure)
+        raise failure
 
     def run_later_steps(self) -> None:
         """Map and reduce every step after the first (after ``run_reduce`` of step 1)."""
@@ -407,6 +464,7 @@ class Driver:
         mstats = [r.get("stats", {}) for r in map_records]
         summary = {
             "job_id": self.spec.job_id,
+            "identity": manifest.get("identity"),
             "job": self.spec.job_ref,
             "inputs": self.spec.inputs,
             "output": self.spec.output,
@@ -504,86 +562,85 @@ class Driver:
 
     # -- planning ----------------------------------------------------------------------
     def _check_output(self) -> None:
-        success = st.join(self.spec.output, SUCCESS)
-        try:
-            existing = json.loads(self.out_store.read_bytes(success))
-        except st.NotFound:
-            existing = None
-        except ValueError:
-            existing = {"job_id": "<unreadable _SUCCESS>"}
-        if existing is not None and existing.get("job_id") != self.spec.job_id:
+        """Refuse an output that holds another result, unless told to replace it.
+
+        ``overwrite`` deletes only a previous LambdaMR result (the files its ``_SUCCESS``
+        lists, and that ``_SUCCESS``), or an empty, corrupt or foreign ``_SUCCESS`` (no other
+        file). Nothing else in the output is ever deleted, so part files that no result lists
+        (an unfinished job's, another tool's) are refused: they would mix with this result.
+        """
+        out = self.spec.output
+        success = jobdir.read_success(out)
+        replace: list[str] = []  # what overwrite deletes: a result's files, then its _SUCCESS
+        if success.summary is not None and success.summary["job_id"] != self.spec.job_id:
             if not self.spec.overwrite:
                 raise JobFailed(
-                    f"output {self.spec.output} already holds the result of job "
-                    f"{existing.get('job_id')!r}; choose another output, or pass --overwrite "
-                    f"to replace it",
-                    phase="prepare",
+                    f"output {out} already holds the result of job {success.summary['job_id']!r}; "
+                    f"choose another output, or pass --overwrite (overwrite=True in an operator) to "
+                    f"replace that result",
+                    phase="prepare", resumable=False,
                 )
-            self._clear_output()
-            return
-        if existing is None and not self.store.exists(st.join(self.job_dir, MANIFEST)):
-            parts = [
-                i.uri for i in self.out_store.list(self.spec.output)
-                if st.basename(i.uri).startswith("part-")
-            ]
-            if parts and not self.spec.overwrite:
+            replace = [success.uri, *jobdir.result_files(out, success.summary)]
+        elif success.problem is not None:
+            if not self.spec.overwrite:
                 raise JobFailed(
-                    f"output {self.spec.output} already holds {len(parts)} part files but no "
-                    f"{SUCCESS} (an unfinished job?); choose another output, or pass --overwrite",
-                    phase="prepare",
+                    f"output {out} is not empty: {success.problem}; choose another output, or pass "
+                    f"--overwrite to replace that {SUCCESS} (no other file is deleted)",
+                    phase="prepare", resumable=False,
                 )
-            if parts:
-                self._clear_output()
-
-    def _clear_output(self) -> None:
-        stale = [
-            i.uri for i in self.out_store.list(self.spec.output)
-            if st.basename(i.uri).startswith("part-") or st.basename(i.uri) == SUCCESS
-        ]
-        log.warning("overwrite: deleting %d objects of an earlier result in %s", len(stale), self.spec.output)
-        self.out_store.delete(stale)
+            replace = [success.uri]
+        # Resuming, the part files in the output may be this job's own (a map-only job's).
+        if jobdir.read_manifest(self.job_dir) is None:
+            stray = [
+                i.uri for i in self.out_store.list(out)
+                if i.uri not in replace and "/" not in i.uri[len(out) + 1:]
+                and st.basename(i.uri).startswith("part-")
+            ]
+            if stray:
+                raise JobFailed(
+                    f"output {out} already holds {len(stray)} part files that no {SUCCESS} lists "
+                    f"(e.g. {st.basename(stray[0])}: an unfinished job's, or another tool's); they "
+                    f"would mix with this job's result, and only files a job wrote are ever deleted: "
+                    f"remove them, or choose another output",
+                    phase="prepare", resumable=False,
+                )
+        if replace:
+            log.warning("overwrite: deleting %s and the %d files it lists in %s (%s)", SUCCESS,
+                        len(replace) - 1, out, success.problem or f"job {success.summary['job_id']}")
+            self.out_store.delete(replace)  # _SUCCESS first: the output stops claiming to be whole
 
     def _load_or_plan(self) -> dict:
+        """The job's manifest: the existing one (checked), or a new plan, created exclusively.
+
+        Two drivers started at once with one job id race to create the manifest; exactly one
+        wins, and the other attaches to its plan if the jobs are the same, or fails.
+        """
         uri = st.join(self.job_dir, MANIFEST)
-        package = self._package()
         try:
-            manifest = json.loads(self.store.read_bytes(uri))
-        except st.NotFound:
-            manifest = None
+            manifest = jobdir.read_manifest(self.job_dir)
+        except ValueError as err:
+            raise JobFailed(f"cannot resume job {self.spec.job_id}: {err}", phase="prepare",
+                            resumable=False) from None
         if manifest is not None:
-            if manifest.get("identity") != self.spec.identity():
-                differs = sorted(
-                    k for k in set(manifest.get("identity", {})) | set(self.spec.identity())
-                    if manifest.get("identity", {}).get(k) != self.spec.identity().get(k)
-                )
-                raise JobFailed(
-                    f"job id {self.spec.job_id!r} is already used in {self.job_dir} by a job "
-                    f"that differs in {', '.join(differs)}; use another job id",
-                    phase="prepare",
-                )
-            if manifest["code"]["sha256"] != package.sha256:
-                raise JobFailed(
-                    f"the job's code changed since job {self.spec.job_id!r} started (version "
-                    f"{manifest['code']['version']} → {package.version}); finishing it with "
-                    f"other code could mix results: use another job id",
-                    phase="prepare",
-                )
-            log.info("resuming job %s from %s", self.spec.job_id, uri)
-            return manifest
-        tasks, summary = planner.plan(
-            self.spec.inputs, self.spec.split_size, self.spec.max_files_per_task, self.runtime.capacity
-        )
+            return self._resume(manifest)
+        try:
+            tasks, summary = planner.plan(
+                self.spec.inputs, self.spec.split_size, self.spec.max_files_per_task, self.runtime.capacity
+            )
+        except InputError as err:
+            raise JobFailed(str(err), phase="prepare", input=err.uri, resumable=False) from None
         if summary["bytes"] == 0 and not self.spec.allow_empty_input:
             raise JobFailed(
                 f"the input is empty ({summary['objects']} objects, 0 bytes): "
                 f"{', '.join(u for us in self.spec.inputs.values() for u in us)}; pass "
                 f"--allow-empty-input to produce an empty result",
-                phase="prepare",
+                phase="prepare", resumable=False,
             )
+        package = self._package()
         manifest = {
             "version": 1,
             "job_id": self.spec.job_id,
-            "identity": self.spec.identity(),
+            "identity": self.identity(),
             "spec": self.spec.to_dict(),
             "code": {"sha256": package.sha256, "version": package.version, "size": package.size},
             "plan": summary,
@@ -593,12 +650,56 @@ class Driver:
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "created_epoch": time.time(),
         }
-        self._write_json(uri, manifest)
+        data = json.dumps(manifest, sort_keys=True, indent=1).encode("utf-8")
+        if not self.store.write_new(uri, data):
+            theirs = jobdir.read_manifest(self.job_dir)
+            if theirs is None:
+                raise JobFailed(f"another run of job {self.spec.job_id} is creating {uri}; try again",
+                                phase="prepare")
+            log.info("another run of job %s planned it first; attaching to its plan", self.spec.job_id)
+            return self._resume(theirs)
         log.info(
             "planned %d map tasks over %d objects (%d bytes, %d splits)",
             summary["tasks"], summary["objects"], summary["bytes"], summary["splits"],
         )
         return manifest
+
+    def _resume(self, manifest: dict) -> dict:
+        """Check that an existing manifest is this very job, on the same data, and use it."""
+        differs = _identity_diff(manifest.get("identity") or {}, self.identity())
+        if differs:
+            raise JobFailed(
+                f"job id {self.spec.job_id!r} in {self.job_dir} names another job: {differs}. "
+                f"Use another job id",
+                phase="prepare", resumable=False,
+            )
+        self._check_inputs_unchanged(manifest)
+        log.info("resuming job %s from %s", self.spec.job_id, st.join(self.job_dir, MANIFEST))
+        return manifest
+
+    def _check_inputs_unchanged(self, manifest: dict) -> None:
+        """Refuse to resume when an object the plan pinned changed or vanished."""
+        pinned = {s["uri"]: s for task in manifest["tasks"] for s in task if s.get("version")}
+        if not pinned:
+            return
+        now: dict[str, st.ObjectInfo] = {}
+        for uris in self.spec.inputs.values():
+            for uri in uris:
+                with contextlib.suppress(planner.InputNotFound):
+                    now.update((i.uri, i) for i in planner.list_input(uri))
+        for uri, seg in sorted(pinned.items()):
+            info = now.get(uri)
+            if info is None:
+                raise JobFailed(f"cannot resume job {self.spec.job_id}: its input {uri} was deleted after "
+                                f"it was planned; start a new job (another job id)",
+                                phase="prepare", input=uri, resumable=False)
+            if (info.size, info.version) != (seg["size"], seg["version"]):
+                raise JobFailed(
+                    f"cannot resume job {self.spec.job_id}: its input {uri} changed after it was planned "
+                    f"(size {seg['size']}, version {seg['version']} then; size {info.size}, version "
+                    f"{info.version} now); a job never mixes old and new data: start a new job (another job id)",
+                    phase="prepare", input=uri, resumable=False,
+                )
 
     def _package(self) -> packaging.CodePackage:
         if self.package is None:
@@ -907,6 +1008,18 @@ class Driver:
             return dict(pool.map(read, uris))
 
 
+def _identity_diff(old: dict, new: dict) -> str:
+    """What differs between two job identities, each field with its old and new value."""
+    def show(value: object) -> str:
+        text = json.dumps(value, sort_keys=True)
+        return text if len(text) <= 160 else text[:157] + "..."
+
+    return "; ".join(
+        f"{key} was {show(old.get(key))}, now {show(new.get(key))}"
+        for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)
+    )
+
+
 class _PartitionRounds:
     """The reduce rounds of one partition: groups of at most F runs until one remains."""
 
@@ -966,19 +1079,6 @@ class _PartitionRounds:
         return total + 1
 
 
-def intermediate_dirs(job_dir: str, steps: int | None = None) -> list[str]:
-    """The directories of a job's intermediate data (runs, stored event lists), every step.
-
-    ``steps`` defaults to the count in the job's manifest (1 when there is none).
-    """
-    if steps is None:
-        try:
-            steps = int(json.loads(st.for_uri(job_dir).read_bytes(st.join(job_dir, MANIFEST))).get("steps", 1))
-        except st.NotFound:
-            steps = 1
-    return [st.join(step_dir(job_dir, step), sub) for step in range(steps) for sub in ("map", "reduce", "tasks")]
-
-
 @dataclass
 class PhaseState:
     """How far a phase of a job has got, read from storage alone."""
@@ -1010,11 +1110,7 @@ def phase_state(job_dir: str, phase: str) -> PhaseState:
             if i.uri.endswith(".json") and ".failed-" not in st.basename(i.uri)
         )
         return PhaseState(phase, done, total, done >= total, failure)
-    output = manifest["spec"]["output"]
-    try:
-        success = json.loads(st.for_uri(output).read_bytes(st.join(output, SUCCESS)))
-    except st.NotFound:
-        success = None
-    complete = bool(success and success.get("job_id") == manifest["job_id"])
+    success = jobdir.read_success(manifest["spec"]["output"]).summary
+    complete = bool(success and success["job_id"] == manifest["job_id"])
     total = manifest.get("final_partitions", manifest["spec"]["partitions"])
     return PhaseState(phase, total if complete else 0, total, complete, failure)

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from lambda_src import storage as st
-from lambda_src.reader import Segment
+from lambda_src.reader import Segment, unsupported_format
 
 
 class InputNotFound(ValueError):
@@ -28,19 +28,34 @@ def list_input(uri: str) -> list[st.ObjectInfo]:
     return found
 
 
+#: Extensions of formats and codecs that are not read yet: refused when planning.
+UNSUPPORTED = {
+    ".bz2": "bzip2", ".xz": "xz", ".lzma": "lzma", ".zst": "zstd", ".zstd": "zstd", ".lz4": "lz4",
+    ".snappy": "snappy", ".parquet": "Parquet", ".orc": "ORC", ".avro": "Avro", ".zip": "zip",
+    ".7z": "7-Zip", ".br": "brotli",
+}
+
+
 def compression_of(uri: str) -> str | None:
-    return "gzip" if uri.endswith((".gz", ".gzip")) else None
+    """``gzip`` for ``.gz`` objects (any case); refuses formats that are not read yet."""
+    name = st.basename(uri).lower()
+    if name.endswith((".gz", ".gzip")):
+        return "gzip"
+    for ext, what in UNSUPPORTED.items():
+        if name.endswith(ext):
+            raise unsupported_format(uri, what)
+    return None
 
 
 def split_object(info: st.ObjectInfo, split_size: int, input_name: str | None) -> list[Segment]:
     """Byte ranges of at most ``split_size``; compressed objects are never cut."""
     compression = compression_of(info.uri)
     if compression or info.size <= split_size:
-        return [Segment(info.uri, 0, info.size, info.size, compression, input_name)]
+        return [Segment(info.uri, 0, info.size, info.size, compression, input_name, info.version)]
     count = -(-info.size // split_size)
     step = -(-info.size // count)  # even ranges: no tiny tail split
     return [
-        Segment(info.uri, start, min(start + step, info.size), info.size, None, input_name)
+        Segment(info.uri, start, min(start + step, info.size), info.size, None, input_name, info.version)
         for start in range(0, info.size, step)
     ]
 

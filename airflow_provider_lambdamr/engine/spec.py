@@ -82,6 +82,9 @@ class JobSpec:
     allow_empty_input: bool = False
     keep_intermediates: bool = False
     overwrite: bool = False
+    #: Run a job id that already committed again from scratch (its own state and result are
+    #: deleted first); without it, rerunning a committed job returns its result.
+    recompute: bool = False
     tracing: bool = False
     #: The whole run of this driver must finish within this many seconds (None: no limit).
     job_timeout_s: float | None = None

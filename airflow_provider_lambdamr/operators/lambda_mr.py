@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset, AssetAlias, BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_lambdamr.engine.driver import Driver, JobFailed, Progress, intermediate_dirs
+from airflow_provider_lambdamr.engine import jobdir
+from airflow_provider_lambdamr.engine.driver import Driver, JobFailed, Progress
 from airflow_provider_lambdamr.engine.spec import JobSpec, load_spec, parse_size
 from airflow_provider_lambdamr.hooks.lambda_mr import LambdaMapReduceHook
 from lambda_src import storage as st
@@ -454,10 +455,11 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
 
 class LambdaMapReduceCleanupOperator(BaseOperator):
     """
-    Delete a LambdaMR job's intermediates (map and reduce runs), or its whole directory.
+    Delete a LambdaMR job's intermediates (map and reduce runs), or everything the job wrote
+    in its directory.
 
-    Meant as a teardown (``trigger_rule="all_done"``): it succeeds when there is nothing to
-    delete.
+    Meant as a teardown (``trigger_rule="all_done"``): it succeeds when the job directory does
+    not exist (nothing to delete), and refuses a directory that is not a job's (no manifest).
 
     :param job_dir: The job's directory. (templated)
     :param delete_job_dir: Also delete the manifest and status records.
@@ -516,8 +518,10 @@ class LambdaMapReduceCleanupOperator(BaseOperator):
                 logs = AwsLogsHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name,
                                    verify=self.verify, config=self.botocore_config).conn
                 self.log.info("deleted log groups: %s", aws.delete_log_groups(logs, self.function_prefix))
-        store = st.for_uri(job_dir)
-        dirs = [job_dir] if self.delete_job_dir else intermediate_dirs(job_dir)
-        removed = sum(store.delete_prefix(d) for d in dirs)
-        self.log.info("deleted %d objects under %s", removed, job_dir)
-        return removed
+        try:
+            report = jobdir.cleanup(job_dir, delete_job_dir=self.delete_job_dir)
+        except jobdir.NotAJobDir as err:
+            raise AirflowException(f"refusing to clean up: {err}") from None
+        self.log.info("deleted %d objects under %s%s", report.deleted, job_dir,
+                      f"; left {len(report.kept)} that the job did not write" if report.kept else "")
+        return report.deleted

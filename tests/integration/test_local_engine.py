@@ -240,9 +240,10 @@ def test_same_job_id_with_a_different_spec_is_refused(tmp_path):
     spec = JobSpec(job="wordcount", inputs={"": [str(tmp_path / "in")]}, output=str(tmp_path / "out"), job_id="j")
     with LocalRuntime(workers=1) as rt:
         Driver(spec, rt).prepare()
-    with pytest.raises(JobFailed, match=r"already used .* differs in partitions"):
+    with pytest.raises(JobFailed, match=r"names another job: partitions was 1, now 3") as err:
         run_job(job="wordcount", inputs={"": [str(tmp_path / "in")]}, output=str(tmp_path / "out"),
                 job_id="j", partitions=3)
+    assert not err.value.resumable  # rerunning the same id cannot help
 
 
 def test_empty_input_fails_clearly_or_gives_an_empty_result(tmp_path):
@@ -303,7 +304,7 @@ def test_job_timeout_fails_clearly_and_the_job_resumes(tmp_path, fixture_jobs_pa
         run_job(job_timeout_s=1, params={"sleep_always": "5"}, **kwargs)
     failed = json.loads((tmp_path / "out" / "_jobs" / "slow-1" / "failed.json").read_text())
     assert failed["phase"] == "map"
-    with pytest.raises(JobFailed, match="differs in params"):
+    with pytest.raises(JobFailed, match=r"names another job: params was \{\"sleep_always\": \"5\"\}, now \{\}"):
         run_job(params={}, **kwargs)  # a different job under the same id is refused
 
 

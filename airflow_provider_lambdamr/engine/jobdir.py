@@ -1,0 +1,194 @@
+"""A job directory's layout, and the only code that deletes a job's state or a result.
+
+Destructive operations touch only what a job wrote:
+
+- In a job directory (``<job root>/<job id>``), only the names of the layout below, and
+  only in a directory whose manifest names that job id: a directory without one is refused.
+- In an output, only the files a committed ``_SUCCESS`` lists, and that ``_SUCCESS``.
+
+Layout of a job directory (``step-NN/`` holds step NN's data for steps after the first)::
+
+    jobdata.json            the manifest: spec, pinned plan, code version (written once)
+    failed.json             why the job last failed, for sensors in other processes
+    map.json                the map commit (step-NN/map.json for later steps)
+    step-NN/plan.json       the pinned map tasks of a later step
+    status/...              one status record per committed task attempt
+    map/ reduce/ tasks/     intermediate runs and stored event lists (also under step-NN/)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+
+from lambda_src import storage as st
+from lambda_src.task import step_dir
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "jobdata.json"
+MAP_COMMIT = "map.json"
+STEP_PLAN = "plan.json"
+FAILURE = "failed.json"
+SUCCESS = "_SUCCESS"
+INTERMEDIATE = ("map", "reduce", "tasks")
+
+_STEP_DIR = re.compile(r"^step-\d{2,}$")
+
+
+class NotAJobDir(ValueError):
+    """A directory that holds no job's manifest: nothing in it may be deleted."""
+
+
+def read_json(uri: str) -> object | None:
+    """The JSON at ``uri``, None when there is no such object; ValueError when not JSON."""
+    try:
+        data = st.for_uri(uri).read_bytes(uri)
+    except st.NotFound:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError as err:
+        raise ValueError(f"{uri} is not valid JSON ({len(data)} bytes): {err}") from None
+
+
+def read_manifest(job_dir: str) -> dict | None:
+    """The manifest of the job in ``job_dir``; None when there is none."""
+    uri = st.join(job_dir, MANIFEST)
+    manifest = read_json(uri)
+    if manifest is not None and not (isinstance(manifest, dict) and isinstance(manifest.get("job_id"), str)
+                                     and isinstance(manifest.get("spec"), dict)):
+        raise NotAJobDir(f"{uri} is not a LambdaMR job manifest")
+    return manifest
+
+
+def require_job_dir(job_dir: str) -> dict:
+    """The manifest of ``job_dir``, which must be the directory of the job it names."""
+    manifest = read_manifest(job_dir)
+    if manifest is None:
+        raise NotAJobDir(
+            f"{job_dir} is not a LambdaMR job directory: it has no {MANIFEST} (give the "
+            f"directory <job root>/<job id> of a job that was planned)"
+        )
+    if manifest["job_id"] != st.basename(job_dir):
+        raise NotAJobDir(
+            f"{job_dir} is not the directory of job {manifest['job_id']!r}, whose manifest it holds "
+            f"(a job's directory is named after its id)"
+        )
+    return manifest
+
+
+def step_count(manifest: dict | None) -> int:
+    return int((manifest or {}).get("steps", 1))
+
+
+def intermediate_dirs(job_dir: str, steps: int | None = None) -> list[str]:
+    """The directories of a job's intermediate data (runs, stored event lists), every step.
+
+    ``steps`` defaults to the count in the job's manifest (1 when there is none).
+    """
+    if steps is None:
+        steps = step_count(read_manifest(job_dir))
+    return [st.join(step_dir(job_dir, k), sub) for k in range(steps) for sub in INTERMEDIATE]
+
+
+def written_by_job(rel: str) -> bool:
+    """Whether a path relative to a job directory is one the job's layout writes."""
+    parts = rel.split("/")
+    if _STEP_DIR.match(parts[0]) and len(parts) > 1:
+        parts = parts[1:]
+        return (parts[0] in INTERMEDIATE and len(parts) > 1) or parts == [STEP_PLAN] or parts == [MAP_COMMIT]
+    if parts[0] in (*INTERMEDIATE, "status"):
+        return len(parts) > 1
+    return parts in ([MANIFEST], [FAILURE], [MAP_COMMIT])
+
+
+@dataclass
+class CleanupReport:
+    deleted: int
+    #: Objects in the job directory that the job did not write, left in place.
+    kept: list[str]
+
+    def to_dict(self) -> dict:
+        return {"deleted_objects": self.deleted, "kept_objects": len(self.kept), "kept": self.kept[:20]}
+
+
+def cleanup(job_dir: str, *, delete_job_dir: bool = False, missing_ok: bool = True) -> CleanupReport:
+    """Delete a job's intermediates, or (``delete_job_dir``) everything the job wrote there.
+
+    Refuses (``NotAJobDir``) a directory that is not a job's; a directory that does not
+    exist at all has nothing to delete (unless ``missing_ok`` is False).
+    """
+    job_dir = st.normalize(job_dir).rstrip("/")
+    store = st.for_uri(job_dir)
+    try:
+        manifest = require_job_dir(job_dir)
+    except NotAJobDir:
+        if missing_ok and not any(True for _ in store.list(job_dir)):
+            return CleanupReport(0, [])
+        raise
+    prefix = job_dir + "/"
+    doomed: list[str] = []
+    kept: list[str] = []
+    if delete_job_dir:
+        for info in store.list(job_dir):
+            rel = info.uri[len(prefix):] if info.uri.startswith(prefix) else ""
+            (doomed if rel and written_by_job(rel) else kept).append(info.uri)
+        # The manifest goes last: until then a failed cleanup can be run again.
+        manifest_uri = st.join(job_dir, MANIFEST)
+        doomed.sort(key=lambda u: u == manifest_uri)
+    else:
+        for d in intermediate_dirs(job_dir, step_count(manifest)):
+            doomed.extend(info.uri for info in store.list(d))
+    store.delete(doomed)
+    store.remove_empty_dirs(job_dir)
+    if kept:
+        log.warning("cleanup of %s left %d objects the job did not write (e.g. %s)",
+                    job_dir, len(kept), kept[0])
+    return CleanupReport(len(doomed), kept)
+
+
+# -- the output's _SUCCESS ---------------------------------------------------------------
+@dataclass
+class Success:
+    """What an output's ``_SUCCESS`` says: a LambdaMR result, or why it is not one."""
+
+    uri: str
+    summary: dict | None = None
+    #: Set when a ``_SUCCESS`` exists that LambdaMR did not write or cannot read.
+    problem: str | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.summary is not None or self.problem is not None
+
+
+def read_success(output: str) -> Success:
+    uri = st.join(output, SUCCESS)
+    try:
+        data = st.for_uri(uri).read_bytes(uri)
+    except st.NotFound:
+        return Success(uri)
+    if not data.strip():
+        return Success(uri, problem=f"{uri} is empty (as Spark and Hadoop write it): not a LambdaMR result")
+    try:
+        summary = json.loads(data)
+    except ValueError as err:
+        return Success(uri, problem=f"{uri} is not valid JSON ({err}): not a LambdaMR result")
+    if not (isinstance(summary, dict) and isinstance(summary.get("job_id"), str)
+            and isinstance(summary.get("files"), list)
+            and all(isinstance(f, str) for f in summary["files"])):
+        return Success(uri, problem=f"{uri} holds JSON that is not a LambdaMR result manifest")
+    return Success(uri, summary=summary)
+
+
+def result_files(output: str, summary: dict) -> list[str]:
+    """The URIs of the part files a committed result lists (names checked to stay inside)."""
+    files = []
+    for name in summary["files"]:
+        if "/" in name:
+            raise ValueError(f"{st.join(output, SUCCESS)} lists {name!r}, which is not a file name")
+        files.append(st.join(output, name))
+    return files
