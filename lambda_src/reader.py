@@ -5,6 +5,12 @@ first byte lies in that range: the reader skips a partial first line (unless the
 ``start`` is a newline) and reads past ``end`` only to finish its last line. Adjacent splits
 therefore cover each line exactly once, including files without a trailing newline and empty
 files. Compressed (``.gz``) objects are never cut: one split holds the whole object.
+
+Line length limit: a line's length is its bytes without the terminating ``\n`` (the ``\r`` of
+a ``\r\n`` ending counts). A line of up to ``max_line_bytes`` is read; a longer one is refused
+with :class:`InputError`, wherever it lies: inside a split, across a split boundary (where it
+would also make a split read that far past its end) or at the end of an object without a
+trailing newline. Whether a file is read or refused therefore never depends on the split size.
 """
 
 from __future__ import annotations
@@ -140,7 +146,12 @@ def sample(raw: bytes | str) -> str:
 def next_line_start(
     store: st.Storage, uri: str, pos: int, size: int, max_line_bytes: int
 ) -> int:
-    """The offset of the first line that starts at or after ``pos``."""
+    """The offset of the first line that starts at or after ``pos``.
+
+    Scans from ``pos - 1`` to the next newline: those bytes are the tail of the line crossing
+    ``pos``, so more than ``max_line_bytes`` of them means that line is too long. A tail within
+    the limit does not prove the whole line is: the split owning it refuses it in iter_blocks.
+    """
     if pos <= 0:
         return 0
     if pos >= size:
@@ -158,14 +169,34 @@ def next_line_start(
         cursor += len(chunk)
         scanned += len(chunk)
         if idx >= 0 or scanned > max_line_bytes:
-            raise InputError(
-                f"{uri}: the line crossing byte {pos} is longer than the split overlap of "
-                f"{max_line_bytes} bytes (raise --max-line-bytes, or check that the input "
-                f"is line-oriented text)",
-                uri=uri,
-                offset=pos,
-            )
+            raise _too_long(uri, f"the line crossing byte {pos}", pos, max_line_bytes)
     return size
+
+
+def _too_long(uri: str, what: str, offset: int, max_line_bytes: int) -> InputError:
+    return InputError(
+        f"{uri}: {what} is longer than {max_line_bytes} bytes (raise --max-line-bytes, or "
+        f"check that the input is line-oriented text)",
+        uri=uri,
+        offset=offset,
+    )
+
+
+def _first_long_line(data: bytes, max_line_bytes: int) -> int:
+    """The offset of the first line of ``data`` (whole lines, each ending in a newline)
+    longer than ``max_line_bytes``, or -1.
+
+    Each step looks for a newline in the window of ``max_line_bytes + 1`` bytes after a line
+    start: if there is none, the line starting there is too long; otherwise every line
+    starting before the last newline in the window ends inside it.
+    """
+    pos = 0
+    while len(data) - pos > max_line_bytes + 1:
+        nl = data.rfind(b"\n", pos, pos + max_line_bytes + 1)
+        if nl < 0:
+            return pos
+        pos = nl + 1
+    return -1
 
 
 def aligned_range(store: st.Storage, seg: Segment, max_line_bytes: int) -> tuple[int, int]:
@@ -291,7 +322,8 @@ def iter_blocks(
 ) -> Iterator[Block]:
     """Yield the segment's lines in blocks, line endings (``\n`` or ``\r\n``) removed.
 
-    Offsets are into the object (into the decompressed stream for gzip).
+    Offsets are into the object (into the decompressed stream for gzip). A line longer than
+    ``max_line_bytes`` (see the module docstring) raises :class:`InputError`.
     ``on_bad_bytes(offset, raw_line, error)`` is called for a line that is not valid UTF-8;
     it raises to fail the task, or returns to skip the line.
     """
@@ -311,14 +343,13 @@ def iter_blocks(
             carry = data
         else:
             carry = data[cut + 1 :]
-            yield from _blocks(data[: cut + 1], base, on_bad_bytes)
+            whole = data[: cut + 1]
+            long_at = _first_long_line(whole, max_line_bytes)
+            if long_at >= 0:
+                raise _too_long(seg.uri, f"the line at byte {base + long_at}", base + long_at, max_line_bytes)
+            yield from _blocks(whole, base, on_bad_bytes)
             base += cut + 1
-        if len(carry) > max_line_bytes:
-            raise InputError(
-                f"{seg.uri}: the line at byte {base} is longer than {max_line_bytes} bytes "
-                f"(raise --max-line-bytes, or check that the input is line-oriented text)",
-                uri=seg.uri,
-                offset=base,
-            )
+        if len(carry) > max_line_bytes:  # an unfinished line: refused before it is all in memory
+            raise _too_long(seg.uri, f"the line at byte {base}", base, max_line_bytes)
     if carry:
         yield from _blocks(carry, base, on_bad_bytes)

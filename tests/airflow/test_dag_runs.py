@@ -15,7 +15,7 @@ import pytest
 
 from lambda_src import storage as st
 from tests.helpers import mapped_job, read_counts, read_rows
-from tests.integration.test_amplab_duckdb import duckdb_2a
+from tests.integration.test_amplab_duckdb import assert_equal_to_duckdb
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
 
@@ -50,11 +50,8 @@ def test_amplab_2a_example_dag_runs_locally_and_equals_duckdb(airflow_db, tmp_pa
     out = str(tmp_path / "result")
     dr = _dag("example_lambdamr_amplab_2a").test(run_conf={"input": str(tmp_path / "uv"), "output": out})
     assert _state(dr) == "success"
-    expected = duckdb_2a([st.local_path(f["uri"]) for f in files])
-    got = {r[0]: float(r[1]) for r in read_rows(out)}
-    assert got.keys() == expected.keys()
-    assert all(abs(got[k] - expected[k][0]) <= 1e-9 * max(1, abs(expected[k][0])) for k in got)
     success = json.loads((tmp_path / "result" / "_SUCCESS").read_text())
+    assert_equal_to_duckdb(out, [st.local_path(f["uri"]) for f in files], success)
     assert success["job_id"].startswith("example_lambdamr_amplab_2a__manual__")
     job_dir = tmp_path / "result" / "_jobs" / success["job_id"]
     assert not (job_dir / "map").exists(), "cleanup removes the intermediates"
@@ -68,7 +65,7 @@ def test_amplab_2a_example_dag_runs_locally_and_equals_duckdb(airflow_db, tmp_pa
             .filter(AssetModel.uri == st.normalize(out)).all()
         )
         assert len(events) == 1
-        assert events[0].extra["output_records"] == len(expected)
+        assert events[0].extra["output_records"] == len(read_rows(out))
 
 
 def test_amplab_3a_example_dag_joins_named_inputs_in_three_steps(airflow_db, tmp_path):
@@ -130,7 +127,8 @@ def moto_connection(moto_server, monkeypatch):
     monkeypatch.setattr(st, "_s3", None)
 
 
-def test_amplab_2a_example_dag_on_s3_through_the_connection(airflow_db, moto_connection, moto_server, tmp_path):
+def test_amplab_2a_example_dag_on_s3_through_the_connection(airflow_db, moto_connection, moto_server, tmp_path,
+                                                            monkeypatch):
     from airflow_provider_lambdamr.engine import amplab_gen
 
     local = amplab_gen.generate(str(tmp_path / "uv"), table="uservisits", rows=5000, files=2, seed=2)
@@ -142,27 +140,43 @@ def test_amplab_2a_example_dag_on_s3_through_the_connection(airflow_db, moto_con
     assert _state(dr) == "success"
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=moto_connection, Prefix="result/")["Contents"]]
     assert "result/_SUCCESS" in keys and "result/part-00000" in keys
-    expected = duckdb_2a([st.local_path(f["uri"]) for f in local])
-    rows = []
-    for key in sorted(k for k in keys if k.startswith("result/part-")):
-        body = s3.get_object(Bucket=moto_connection, Key=key)["Body"].read().decode()
-        rows.extend(line.split(",") for line in body.splitlines())
-    assert {r[0] for r in rows} == set(expected)
+    success = json.loads(s3.get_object(Bucket=moto_connection, Key="result/_SUCCESS")["Body"].read())
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)  # for this test's own reads of the result
+    monkeypatch.setattr(st, "_s3", None)
+    assert_equal_to_duckdb(out, [st.local_path(f["uri"]) for f in local], success)
 
 
-def test_deferrable_sensor_waits_in_a_trigger_until_the_job_commits(airflow_db, tmp_path):
-    """The sensor defers; the trigger runs (in-process under dag.test) while the reduce
-    phase finishes elsewhere, and the sensor resumes on its event."""
+def test_deferrable_sensor_waits_in_a_trigger_until_the_job_commits(airflow_db, tmp_path, monkeypatch):
+    """The sensor defers; the trigger runs (in-process under dag.test) and sees the reduce
+    phase unfinished; only then does the reduce phase finish elsewhere, and the sensor
+    resumes on the trigger's event."""
     from airflow.sdk import DAG
 
     from airflow_provider_lambdamr.engine.driver import Driver
     from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
     from airflow_provider_lambdamr.sensors.lambda_mr import LambdaMapReduceSensor
+    from airflow_provider_lambdamr.triggers.lambda_mr import LambdaMapReducePhaseTrigger
 
     spec = mapped_job(tmp_path, "x y\ny\n", "deferred")
+    checks: list[dict | None] = []  # what each of the trigger's polls saw
+    resumed: list[dict | None] = []  # the events the sensor resumed with
+    trigger_polled = threading.Event()
 
-    def finish_later():
-        time.sleep(1.5)
+    def check(self, real=LambdaMapReducePhaseTrigger._check):
+        event = real(self)
+        checks.append(event)
+        trigger_polled.set()
+        return event
+
+    def execute_complete(self, context, event=None, real=LambdaMapReduceSensor.execute_complete):
+        resumed.append(event)
+        return real(self, context, event)
+
+    monkeypatch.setattr(LambdaMapReducePhaseTrigger, "_check", check)
+    monkeypatch.setattr(LambdaMapReduceSensor, "execute_complete", execute_complete)
+
+    def finish_after_the_trigger_polled():
+        trigger_polled.wait(20)  # without a trigger, finish anyway: the asserts below fail
         with LocalRuntime(workers=1) as rt2:
             Driver(spec, rt2).run()
 
@@ -171,13 +185,15 @@ def test_deferrable_sensor_waits_in_a_trigger_until_the_job_commits(airflow_db, 
         LambdaMapReduceSensor(task_id="wait", job_dir=spec.job_dir, phase="reduce", deferrable=True,
                               poke_interval=0.2, timeout=60, aws_conn_id=None)
     _register(dag)
-    worker = threading.Thread(target=finish_later)
+    worker = threading.Thread(target=finish_after_the_trigger_polled)
     worker.start()
     try:
         dr = dag.test()
     finally:
         worker.join()
     assert _state(dr) == "success"
+    assert checks and checks[0] is None, "the sensor did not defer to a trigger that saw the job unfinished"
+    assert checks[-1]["status"] == "success" and resumed == [checks[-1]]
     assert read_counts(str(tmp_path / "out")) == {"x": 1, "y": 2}
 
 

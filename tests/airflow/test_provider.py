@@ -73,12 +73,27 @@ def _operators():
     ]
 
 
+#: The fields each operator promises to template, as documented for DAG authors.
+TEMPLATED = [
+    ("function_prefix", "inputs", "job", "job_id", "job_params", "job_root", "output_uri", "region_name",
+     "role_arn", "runtime"),
+    ("function_prefix", "job_dir", "region_name", "role_arn", "runtime"),
+    ("function_prefix", "job_dir", "region_name"),
+    ("job_dir",),
+]
+
+
 @pytest.mark.parametrize("index", range(4))
 def test_template_fields_are_attributes_and_render(index):
     op = _operators()[index]
     assert list(op.template_fields) == sorted(op.template_fields)
     assert [f for f in op.template_fields if not hasattr(op, f)] == []
+    for name in TEMPLATED[index]:
+        setattr(op, name, {"k": f"{name}-{{{{ ds }}}}"} if name == "job_params" else f"{name}-{{{{ ds }}}}")
     op.render_template_fields({"ds": "2024-01-01", "run_id": "r", "params": {}})
+    rendered = {name: getattr(op, name) for name in TEMPLATED[index]}
+    assert rendered == {name: {"k": f"{name}-2024-01-01"} if name == "job_params" else f"{name}-2024-01-01"
+                        for name in TEMPLATED[index]}
 
 
 def test_map_operator_renders_its_templates():

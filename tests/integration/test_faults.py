@@ -36,16 +36,45 @@ def test_a_corrupt_gzip_fails_at_once_naming_the_object(tmp_path):
     assert msg.endswith("(input: " + st.normalize(str(tmp_path / "in" / "bad.txt.gz")) + " (whole, gzip))")
 
 
-def test_a_line_longer_than_the_split_overlap_is_refused_clearly(tmp_path):
+def test_a_line_longer_than_max_line_bytes_is_refused_clearly_whatever_the_splits(tmp_path):
     (tmp_path / "long.txt").write_text("a\n" + "x" * 5000 + "\nb\n")
-    with pytest.raises(JobFailed, match=r"long\.txt: the line crossing byte \d+ is longer than the split "
-                                        r"overlap of 1024 bytes \(raise --max-line-bytes"):
+    with pytest.raises(JobFailed, match=r"long\.txt: the line crossing byte \d+ is longer than 1024 bytes "
+                                        r"\(raise --max-line-bytes"):
         run_job(job="wordcount", inputs={"": [str(tmp_path / "long.txt")]}, output=str(tmp_path / "out"),
                 split_size=1000, max_line_bytes=1024)
+    with pytest.raises(JobFailed, match=r"long\.txt: the line at byte 2 is longer than 1024 bytes"):
+        run_job(job="wordcount", inputs={"": [str(tmp_path / "long.txt")]}, output=str(tmp_path / "one"),
+                max_line_bytes=1024)  # one split: no boundary crosses the line
     summary = run_job(job="wordcount", inputs={"": [str(tmp_path / "long.txt")]}, output=str(tmp_path / "ok"),
                       split_size=1000, max_line_bytes=8192)
     assert read_counts(str(tmp_path / "ok")) == {"a": 1, "b": 1, "x" * 5000: 1}
     assert summary["counters"]["input_records"] == 3
+
+
+def test_failed_attempts_count_as_invocations_not_as_tasks(tmp_path, fixture_jobs_path):
+    """A map and a reduce attempt fail once and are retried: _SUCCESS counts each task once,
+    the cost counts every invocation (the failed ones too), and progress ignores the failures."""
+    from airflow_provider_lambdamr.engine.driver import phase_state
+
+    for i in range(3):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / f"{i}.txt").write_text(f"w{i} all\n")
+    summary = run_job(job="userjobs.faulty:FaultyCount", inputs={"": [str(tmp_path / "in")]},
+                      output=str(tmp_path / "out"), max_files_per_task=1, partitions=1, speculation=False,
+                      keep_intermediates=True,
+                      params={"fail_once": str(tmp_path / "m1"), "reduce_fail_once": str(tmp_path / "m2")})
+    assert (tmp_path / "m1").exists() and (tmp_path / "m2").exists()  # both faults fired
+    status = tmp_path / "out" / "_jobs" / summary["job_id"] / "status"
+    assert len(list(status.rglob("*.failed-*.json"))) == 2  # and left their failure records
+    assert read_counts(str(tmp_path / "out")) == {"w0": 1, "w1": 1, "w2": 1, "all": 3}
+    # three files of one task each, one partition in one reduce round; two failed invocations
+    assert summary["invocations"]["map"]["failed_invocations"] == 1
+    assert summary["invocations"]["reduce"]["failed_invocations"] == 1
+    assert (summary["tasks"]["map"], summary["tasks"]["reduce"]) == (3, 1)
+    assert summary["cost"]["invocations"] == 3 + 1 + 2
+    assert json.loads((tmp_path / "out" / "_SUCCESS").read_text())["tasks"] == summary["tasks"]
+    state = phase_state(summary["job_dir"], "map")
+    assert (state.done, state.total) == (3, 3)
 
 
 @pytest.mark.slow

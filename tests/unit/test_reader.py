@@ -6,8 +6,11 @@ import collections
 import gzip
 import itertools
 import random
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st_
 
 from airflow_provider_lambdamr.engine import planner
 from lambda_src import reader
@@ -123,11 +126,120 @@ def test_truncated_gzip_is_an_error(tmp_path):
 def test_line_longer_than_max_line_bytes(tmp_path):
     path = tmp_path / "long.txt"
     path.write_bytes(b"ok\n" + b"y" * 300 + b"\nok\n")
-    with pytest.raises(reader.InputError, match=r"long\.txt: the line crossing byte 10 is longer than the split overlap of 100 bytes"):
+    with pytest.raises(reader.InputError, match=r"long\.txt: the line crossing byte 10 is longer than 100 bytes "
+                                                r"\(raise --max-line-bytes"):
         read_all(str(path), 10, max_line=100)
-    # A split only reads past its end to finish a line, so the limit is the overlap: a long
-    # line wholly inside one split is read whole.
-    assert read_all(str(path), 10**6, max_line=100) == ["ok", "y" * 300, "ok"]
+    # The limit is the line's, not the split overlap's: inside one split it is refused too.
+    with pytest.raises(reader.InputError, match=r"long\.txt: the line at byte 3 is longer than 100 bytes"):
+        read_all(str(path), 10**6, max_line=100)
+    assert read_all(str(path), 10, max_line=300) == ["ok", "y" * 300, "ok"]
+
+
+class BytesStore(st.Storage):
+    """One object in memory, streamed in chunks of ``chunk`` bytes (to put chunk edges anywhere)."""
+
+    def __init__(self, data: bytes, chunk: int):
+        self.data = data
+        self.chunk = chunk
+
+    def size(self, uri: str) -> int:
+        return len(self.data)
+
+    def read_bytes(self, uri: str, start: int = 0, end: int | None = None) -> bytes:
+        return self.data[start:end]
+
+    def iter_range(self, uri, start=0, end=None, chunk_size=st.READ_CHUNK):
+        stop = len(self.data) if end is None else end
+        for at in range(start, stop, self.chunk):
+            yield self.data[at : min(at + self.chunk, stop)]
+
+
+def read_cut(data: bytes, cuts: list[int], max_line: int, chunk: int = 1 << 20) -> list[str]:
+    """Every line of ``data`` read as the splits between ``cuts`` (offsets inside it)."""
+    store = BytesStore(data, chunk)
+    edges = [0, *cuts, len(data)]
+    lines: list[str] = []
+    for start, end in itertools.pairwise(edges):
+        seg = reader.Segment("mem://f", start, end, len(data))
+        for block in reader.iter_blocks(store, seg, _fail_on_bad, max_line):
+            lines.extend(block.lines)
+    return lines
+
+
+LIMIT = 100
+
+
+@pytest.mark.parametrize("length", [LIMIT - 1, LIMIT, LIMIT + 1, LIMIT + 6])
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+def test_a_line_at_the_limit_is_read_and_one_above_refused_wherever_a_split_cuts_it(length, ending):
+    """A line's length is its bytes without the \\n (a \\r counts): up to the limit it is read,
+    above it refused, whether a split boundary falls before it, at any byte inside it, after it,
+    or nowhere near it."""
+    body = b"y" * (length - len(ending) + 1)  # the line's bytes without its \n: `length` of them
+    data = b"ok\n" + body + ending + b"ok\n"
+    line_start, line_end = 3, 3 + length + 1
+    expected = ["ok", "y" * len(body), "ok"]
+    for cut in [None, *range(line_start, line_end + 1)]:
+        cuts = [] if cut is None else [cut]
+        if length <= LIMIT:
+            assert read_cut(data, cuts, LIMIT) == expected, cut
+        else:
+            with pytest.raises(reader.InputError, match=rf"longer than {LIMIT} bytes"):
+                read_cut(data, cuts, LIMIT)
+
+
+@pytest.mark.parametrize("trailing", [b"\n", b""])
+def test_a_line_at_the_limit_split_across_read_chunks_is_read_and_one_above_refused(trailing):
+    """Chunk edges exactly at the limit: the unfinished line held between chunks is the line."""
+    for length in (LIMIT - 1, LIMIT, LIMIT + 1):
+        data = b"y" * length + trailing
+        for chunk in (1, 10, LIMIT, LIMIT + 1):
+            if length <= LIMIT:
+                assert read_cut(data, [], LIMIT, chunk=chunk) == ["y" * length], (length, chunk)
+            else:
+                with pytest.raises(reader.InputError, match=rf"the line at byte 0 is longer than {LIMIT} bytes"):
+                    read_cut(data, [], LIMIT, chunk=chunk)
+
+
+def test_the_boundary_scan_accepts_a_line_at_the_limit_across_scan_steps(monkeypatch):
+    """The scan for the next line start reads SCAN_STEP bytes at a time: a step ending exactly
+    at the limit must go on to find the newline just after it."""
+    data = b"y" * LIMIT + b"\nok\n"
+    for step in (1, 10, LIMIT, LIMIT + 1):
+        monkeypatch.setattr(reader, "SCAN_STEP", step)
+        assert read_cut(data, [1], LIMIT) == ["y" * LIMIT, "ok"], step
+        with pytest.raises(reader.InputError, match=rf"the line crossing byte 1 is longer than {LIMIT - 1} bytes"):
+            read_cut(data, [1], LIMIT - 1)
+
+
+_line = st_.builds(
+    lambda n, crlf: (b"y" * n + b"\r") if crlf and n else b"y" * n,
+    st_.integers(0, 24),
+    st_.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st_.lists(_line, max_size=12),
+    trailing=st_.booleans(),
+    limit=st_.integers(1, 20),
+    cut_fractions=st_.lists(st_.floats(0, 1), max_size=4),
+    chunk=st_.integers(1, 40),
+    scan_step=st_.integers(1, 40),
+)
+def test_read_or_refused_never_depends_on_the_splits(lines, trailing, limit, cut_fractions, chunk, scan_step):
+    """For any split edges, read chunk size and scan step: every line exactly once when no
+    line is longer than the limit, and an InputError when one is."""
+    data = b"\n".join(lines) + (b"\n" if trailing and lines else b"")
+    cuts = sorted({int(f * len(data)) for f in cut_fractions} - {0, len(data)})
+    too_long = any(len(line) > limit for line in lines)
+    with mock.patch.object(reader, "SCAN_STEP", scan_step):
+        if too_long:
+            with pytest.raises(reader.InputError):
+                read_cut(data, cuts, limit, chunk=chunk)
+        else:
+            assert read_cut(data, cuts, limit, chunk=chunk) == expected_lines(data)
 
 
 def test_invalid_utf8_is_reported_with_its_offset(tmp_path):

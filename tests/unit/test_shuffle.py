@@ -84,10 +84,16 @@ def test_sorting_lines_groups_each_key_together():
     lines = [_line(rng.choice(keys), rng.randint(0, 9)) for _ in range(500)]
     lines.sort()
     seen = []
+    grouped = []
     for key_bytes, grp in shuffle.groups(lines):
         assert key_bytes not in seen, "a key appeared in two groups"
         seen.append(key_bytes)
-        assert all(shuffle.key_of(line) == key_bytes for line in grp)
+        members = list(grp)
+        assert members, f"an empty group for key {key_bytes!r}"
+        assert all(shuffle.key_of(line) == key_bytes for line in members)
+        grouped.extend(members)
+    assert grouped == lines, "every line lands in its key's group, once and in order"
+    assert sorted(seen) == sorted({shuffle.key_of(line) for line in lines})
 
 
 def test_merge_of_sorted_runs_is_sorted():
