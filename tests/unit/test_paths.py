@@ -18,6 +18,7 @@ from hypothesis import strategies as hs
 from airflow_provider_lambdamr.engine import planner
 from airflow_provider_lambdamr.engine.spec import JobSpec
 from lambda_src import storage as st
+from lambda_src import task
 
 SPECIAL = ["a%41.txt", "aA.txt", "h#sh.txt", "q?.txt", "sp ace.txt", "ü.txt", unicodedata.normalize("NFD", "ü.txt"),
            "%2e%2e", "a%2Fb", "~", "x=1;y@z", "+plus+", "\t\n", "\udcff-not-utf8"]
@@ -130,6 +131,25 @@ def test_ambiguous_or_foreign_uris_are_refused(uri, error):
 ])
 def test_relative_to_compares_whole_segments(uri, base, rel):
     assert st.relative_to(uri, base) == rel
+
+
+@pytest.mark.parametrize(("uri", "inside"), [
+    ("file:///j/o%23x/job/map/x%20y", "map/x y"),
+    ("/j/o#x/job/status/a", "status/a"),
+    ("file:///j/o%23x/job/%2e%2e/etc", None),  # decoded once: "..", which leaves the job directory
+    ("file:///j/o%23x/job/map/../../x", None),
+    ("file:///j/o%23x/job2/x", None),
+    ("file:///j/o%23x/job", None),
+    ("s3://b/j/x", None),
+    ("gs://b/j/x", None),
+])
+def test_a_payload_uri_must_lie_below_the_job_directory(uri, inside):
+    ev = task.TaskEvent(job_id="job", job_dir=st.normalize("/j/o#x/job"), job=None, task={}, attempt=1)
+    if inside is None:
+        with pytest.raises(task.EventError, match="must lie under the job directory"):
+            ev.inside_job_dir(uri, "x")
+    else:
+        assert ev.inside_job_dir(uri, "x") == st.join(ev.job_dir, inside)
 
 
 def test_is_root():
