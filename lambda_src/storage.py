@@ -62,7 +62,7 @@ def is_s3(uri: str) -> bool:
 # process's working directory once) and is never decoded; a ``file:`` URI is an RFC 8089
 # URI, decoded once, and must name an absolute path on no host other than ``localhost``.
 _PATH_SAFE = "/!$&'()*+,;=:@~"  # kept as is, with the unreserved characters (RFC 3986 pchar)
-_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def from_path(path: str) -> str:
@@ -107,7 +107,7 @@ def normalize(uri: str) -> str:
         return uri
     if uri.startswith("file:"):
         return from_path(_file_uri_path(uri))
-    if "://" in uri and _SCHEME_RE.match(uri):
+    if _SCHEME_RE.match(uri):
         raise ValueError(f"unsupported storage scheme in {uri!r} (use s3:// or file://)")
     return from_path(os.path.expanduser(uri))
 
@@ -117,7 +117,12 @@ def local_path(uri: str) -> str:
     uri = normalize(uri)
     if is_s3(uri):
         raise ValueError(f"not a local URI: {uri!r}")
-    return os.fsdecode(unquote_to_bytes(uri[len("file://") :]))
+    return _decoded(uri)
+
+
+def _decoded(canonical: str) -> str:
+    """The path of a canonical local URI (``normalize`` made it)."""
+    return os.fsdecode(unquote_to_bytes(canonical[len("file://") :]))
 
 
 def resolved(uri: str) -> str:
@@ -176,7 +181,7 @@ def relative_to(uri: str, base: str) -> str | None:
             return None
         key, base_key = key.rstrip("/"), base_key.rstrip("/")
     else:
-        key, base_key = local_path(uri).lstrip("/"), local_path(base).lstrip("/")
+        key, base_key = _decoded(uri).lstrip("/"), _decoded(base).lstrip("/")
     if not base_key:
         return key
     if key == base_key:
