@@ -9,17 +9,21 @@ retried or duplicated task can never leave a half-written output behind.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import posixpath
+import re
 import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
 
 READ_CHUNK = 8 * 1024 * 1024
+
+log = logging.getLogger(__name__)
 
 
 class StorageError(Exception):
@@ -37,29 +41,78 @@ class ObjectInfo:
     #: What changes when the object's content may have: the ETag on S3, the modification
     #: time in nanoseconds for a local file ("" when unknown).
     version: str = ""
+    #: What the object is, whatever name reached it: ``(st_dev, st_ino)`` of a local file
+    #: (two links to one file share it); ``None`` on S3, where a key is the object.
+    identity: tuple[int, int] | None = field(default=None, compare=False)
 
 
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+# Local URIs
+# ----------
+# This module alone converts between local paths and URIs. The canonical form of a local
+# location is ``file://`` + its absolute path, percent-encoded: every byte of the path
+# (``os.fsencode``, so names that are not UTF-8 survive) except the unreserved characters
+# and RFC 3986's ``pchar`` delimiters is written as ``%XX``. So ``%``, ``#``, ``?``,
+# spaces, control and non-ASCII characters are always encoded and a canonical URI is
+# unambiguous: ``/d/a%41.txt`` is ``file:///d/a%2541.txt``, never ``/d/aA.txt``. That
+# canonical URI is what messages, manifests and ``_SUCCESS`` show; ``local_path`` decodes
+# it exactly once.
+#
+# Input forms: a plain path is a path (``~`` expanded, made absolute against this
+# process's working directory once) and is never decoded; a ``file:`` URI is an RFC 8089
+# URI, decoded once, and must name an absolute path on no host other than ``localhost``.
+_PATH_SAFE = "/!$&'()*+,;=:@~"  # kept as is, with the unreserved characters (RFC 3986 pchar)
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def from_path(path: str) -> str:
+    """The canonical URI of a local path (relative paths against the working directory)."""
+    if not isinstance(path, str) or not path:
+        raise ValueError("empty local path")
+    if "\x00" in path:
+        raise ValueError(f"local path {path!r} contains a NUL character")
+    path = os.path.abspath(path)
+    path = "/" + path.lstrip("/")  # POSIX may keep a leading "//"; Linux reads it as "/"
+    return "file://" + quote_from_bytes(os.fsencode(path), safe=_PATH_SAFE)
+
+
+def _file_uri_path(uri: str) -> str:
+    """The path an RFC 8089 ``file:`` URI names, decoded once."""
+    parts = urlsplit(uri)
+    if parts.netloc not in ("", "localhost"):
+        raise ValueError(f"file URI must not name a host: {uri!r}")
+    if parts.query or parts.fragment or uri.endswith(("?", "#")):
+        raise ValueError(
+            f"file URI {uri!r} has a query or fragment: write '?' as %3F and '#' as %23, "
+            f"or give the plain path"
+        )
+    if not parts.path.startswith("/"):
+        raise ValueError(
+            f"file URI {uri!r} must name an absolute path (file:///abs/path); "
+            f"give a relative path without 'file:'"
+        )
+    return os.fsdecode(unquote_to_bytes(parts.path))
+
+
 def normalize(uri: str) -> str:
-    """Return a canonical URI: ``s3://bucket/key`` or ``file:///absolute/path``."""
-    if not uri:
+    """Return a canonical URI: ``s3://bucket/key`` or ``file:///absolute/path``.
+
+    Idempotent: a canonical URI normalizes to itself. S3 keys are kept as given (an S3
+    key is the plain string after ``s3://bucket/``).
+    """
+    if not isinstance(uri, str) or not uri:
         raise ValueError("empty storage URI")
     if is_s3(uri):
         split_s3(uri)  # validates the bucket
         return uri
-    if uri.startswith("file://"):
-        parts = urlsplit(uri)
-        if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"file URI must not name a host: {uri!r}")
-        path = unquote(parts.path)
-    elif "://" in uri:
+    if uri.startswith("file:"):
+        return from_path(_file_uri_path(uri))
+    if _SCHEME_RE.match(uri):
         raise ValueError(f"unsupported storage scheme in {uri!r} (use s3:// or file://)")
-    else:
-        path = uri
-    return "file://" + os.path.abspath(os.path.expanduser(path))
+    return from_path(os.path.expanduser(uri))
 
 
 def local_path(uri: str) -> str:
@@ -67,7 +120,26 @@ def local_path(uri: str) -> str:
     uri = normalize(uri)
     if is_s3(uri):
         raise ValueError(f"not a local URI: {uri!r}")
-    return uri[len("file://") :]
+    return _decoded(uri)
+
+
+def _decoded(canonical: str) -> str:
+    """The path of a canonical local URI (``normalize`` made it)."""
+    return os.fsdecode(unquote_to_bytes(canonical[len("file://") :]))
+
+
+def resolved(uri: str) -> str:
+    """The canonical URI with symbolic links resolved (local), or the URI itself (S3)."""
+    uri = normalize(uri)
+    return uri if is_s3(uri) else from_path(os.path.realpath(local_path(uri)))
+
+
+def is_root(uri: str) -> bool:
+    """Whether ``uri`` is the file system root or a bucket root."""
+    uri = normalize(uri)
+    if is_s3(uri):
+        return not split_s3(uri)[1].strip("/")
+    return local_path(uri) == "/"
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -79,13 +151,13 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 def join(base: str, *parts: str) -> str:
-    """Join relative key parts onto a base URI, refusing parts that would escape it.
+    """Join relative names onto a base URI, refusing parts that would escape it.
 
-    A part may contain ``/`` separators, but no empty, ``.`` or ``..`` segment, no leading
+    A part is a name, not a URI fragment: on a local base it is encoded like any path.
+    It may contain ``/`` separators, but no empty, ``.`` or ``..`` segment, no leading
     ``/`` and no backslash, so a job id or task key read from a payload can never point
     outside the root it is joined to.
     """
-    out = base.rstrip("/")
     for part in parts:
         if not isinstance(part, str) or not part:
             raise ValueError(f"empty path component joined to {base!r}")
@@ -94,12 +166,37 @@ def join(base: str, *parts: str) -> str:
         for segment in part.split("/"):
             if segment in ("", ".", ".."):
                 raise ValueError(f"path component {part!r} would escape {base!r}")
-        out = f"{out}/{part}"
-    return out
+    if is_s3(base):
+        return "/".join([base.rstrip("/"), *parts])
+    return from_path(os.path.join(local_path(base), *parts))
+
+
+def relative_to(uri: str, base: str) -> str | None:
+    """The ``/``-separated names of ``uri`` below ``base``: ``""`` when they are the same
+    location, ``None`` when ``uri`` is not ``base`` nor below it. Compared segment by
+    segment on canonical forms, so ``/data/in2`` is not below ``/data/in``."""
+    uri, base = normalize(uri), normalize(base)
+    if is_s3(uri) != is_s3(base):
+        return None
+    if is_s3(uri):
+        (bucket, key), (base_bucket, base_key) = split_s3(uri), split_s3(base)
+        if bucket != base_bucket:
+            return None
+        key, base_key = key.rstrip("/"), base_key.rstrip("/")
+    else:
+        key, base_key = _decoded(uri).lstrip("/"), _decoded(base).lstrip("/")
+    if not base_key:
+        return key
+    if key == base_key:
+        return ""
+    return key[len(base_key) + 1 :] if key.startswith(base_key + "/") else None
 
 
 def basename(uri: str) -> str:
-    return posixpath.basename(uri.rstrip("/"))
+    """The last name of ``uri`` (decoded: a name, not a URI fragment)."""
+    if is_s3(uri):
+        return posixpath.basename(split_s3(uri)[1].rstrip("/"))
+    return os.path.basename(local_path(uri))
 
 
 class Storage:
@@ -146,10 +243,14 @@ class Storage:
         raise NotImplementedError
         yield  # pragma: no cover
 
-    def list(self, uri: str) -> Iterator[ObjectInfo]:
-        """Every object at ``uri`` or below it (as a directory), in key order, all pages."""
-        raise NotImplementedError
+    def list(self, uri: str, follow_links: bool = False) -> Iterator[ObjectInfo]:
+        """Every object at ``uri`` or below it (as a directory), in key order, all pages.
 
+        ``follow_links``: a local store also lists the files below symbolic links to
+        directories (for reading input; deleting never follows a link). Object stores
+        have no links and ignore it.
+        """
+        raise NotImplementedError
     def delete(self, uris: list[str]) -> None:
         raise NotImplementedError
 
@@ -162,6 +263,10 @@ class Storage:
 
     def remove_empty_dirs(self, uri: str) -> None:
         """Remove the directories left empty below ``uri`` (object stores have none)."""
+
+
+def _local_info(path: str, info: os.stat_result) -> ObjectInfo:
+    return ObjectInfo(from_path(path), info.st_size, str(info.st_mtime_ns), (info.st_dev, info.st_ino))
 
 
 class LocalStorage(Storage):
@@ -183,7 +288,7 @@ class LocalStorage(Storage):
             raise NotFound(f"no such object: {uri}") from None
         if not os.path.isfile(path):
             raise NotFound(f"not a file: {uri}")
-        return ObjectInfo(normalize(uri), info.st_size, str(info.st_mtime_ns))
+        return _local_info(path, info)
 
     def write_new(self, uri: str, data: bytes) -> bool:
         path = local_path(uri)
@@ -262,29 +367,62 @@ class LocalStorage(Storage):
                 os.unlink(tmp)
             raise
 
-    def list(self, uri: str) -> Iterator[ObjectInfo]:
-        root = local_path(uri).rstrip("/") or "/"
+    def list(self, uri: str, follow_links: bool = False) -> Iterator[ObjectInfo]:
+        """Files at or below ``uri``, in path order.
+
+        Symbolic links to files are listed (their target's size and identity). With
+        ``follow_links``, so are links to directories; a link back to a directory being
+        walked (a cycle) is not entered again, with a warning: everything behind it is
+        already listed under the directory's own name. A second link to one file or
+        directory lists its files again under the second name, with the same ``identity``
+        (the planner reads an object once). An unreadable directory is an error, never
+        silently skipped.
+        """
+        root = local_path(uri)
         if os.path.isfile(root):
-            yield self.stat("file://" + root)
+            yield self.stat(from_path(root))
             return
         if not os.path.isdir(root):
             return
-        found: list[tuple[str, int]] = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
+
+        def unreadable(err: OSError) -> None:
+            if isinstance(err, FileNotFoundError):
+                return  # removed while listing
+            raise StorageError(f"cannot list {from_path(err.filename)}: {err.strerror}") from err
+
+        top = os.stat(root)
+        walking = {root: frozenset([(top.st_dev, top.st_ino)])}  # each directory's ancestors
+        found: list[tuple[str, os.stat_result]] = []
+        for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=follow_links):
+            above = walking.pop(dirpath)
+            kept = []
+            for name in sorted(dirnames):
+                full = os.path.join(dirpath, name)
+                if not follow_links and os.path.islink(full):
+                    continue  # os.walk does not enter it either
+                try:
+                    info = os.stat(full)
+                except FileNotFoundError:
+                    continue  # removed while listing
+                if (info.st_dev, info.st_ino) in above:
+                    log.warning("not following %s: a symbolic link cycle (it leads back to a "
+                                "directory whose files are listed already)", from_path(full))
+                    continue
+                walking[full] = above | {(info.st_dev, info.st_ino)}
+                kept.append(name)
+            dirnames[:] = kept
             for name in filenames:
                 if name.startswith(".tmp-"):
                     continue  # an atomic write in flight
                 full = os.path.join(dirpath, name)
                 try:
-                    info = os.stat(full)
+                    found.append((full, os.stat(full)))
                 except FileNotFoundError:
                     if os.path.islink(full):  # never drop an input silently
-                        raise StorageError(f"cannot read {full}: a broken symbolic link") from None
+                        raise StorageError(f"cannot read {from_path(full)}: a broken symbolic link") from None
                     continue  # removed while listing (a temporary file)
-                found.append((full, info.st_size, str(info.st_mtime_ns)))
-        for full, size, version in sorted(found):
-            yield ObjectInfo("file://" + full, size, version)
+        for full, info in sorted(found, key=lambda item: item[0]):
+            yield _local_info(full, info)
 
     def delete(self, uris: list[str]) -> None:
         for uri in uris:
@@ -440,7 +578,7 @@ class S3Storage(Storage):
             for _ in range(1 if size <= part else -(-size // part) + 2):
                 self._count("put")
 
-    def list(self, uri: str) -> Iterator[ObjectInfo]:
+    def list(self, uri: str, follow_links: bool = False) -> Iterator[ObjectInfo]:
         bucket, key = split_s3(uri)
         if key and not key.endswith("/"):
             # The object itself, when it exists, then everything below it as a directory;

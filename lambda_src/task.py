@@ -182,13 +182,13 @@ class TaskEvent:
 
     def inside_job_dir(self, uri: object, what: str) -> str:
         """``uri``, checked to lie under the job directory (intermediate data lives there)."""
-        prefix = self.job_dir.rstrip("/") + "/"
-        if not isinstance(uri, str) or not uri.startswith(prefix):
-            raise EventError(f"{what} must lie under the job directory, got {uri!r}")
-        try:  # no "..", empty or absolute segments after the prefix
-            return st.join(self.job_dir, uri[len(prefix):])
+        try:  # no "..", empty or absolute segments below the job directory
+            rel = st.relative_to(uri, self.job_dir) if isinstance(uri, str) else None
+            if rel:
+                return st.join(self.job_dir, rel)
         except ValueError:
-            raise EventError(f"{what} must lie under the job directory, got {uri!r}") from None
+            pass
+        raise EventError(f"{what} must lie under the job directory, got {uri!r}")
 
     def load_list(self, name: str) -> list:
         """An inline list field, or the JSON list stored at ``<name>_uri`` (large events)."""

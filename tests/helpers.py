@@ -36,7 +36,7 @@ def read_rows(output: str) -> list[list[str]]:
     store = st.for_uri(output)
     rows: list[list[str]] = []
     for info in store.list(output):
-        if st.basename(info.uri).startswith("part-") and info.uri.rsplit("/", 1)[0] == output:
+        if st.basename(info.uri).startswith("part-") and st.relative_to(info.uri, output) == st.basename(info.uri):
             rows.extend(csv.reader(io.StringIO(store.read_bytes(info.uri).decode("utf-8"))))
     return rows
 

@@ -593,7 +593,7 @@ class Driver:
         if jobdir.read_manifest(self.job_dir) is None:
             stray = [
                 i.uri for i in self.out_store.list(out)
-                if i.uri not in replace and "/" not in i.uri[len(out) + 1:]
+                if i.uri not in replace and "/" not in (st.relative_to(i.uri, out) or "/")
                 and st.basename(i.uri).startswith("part-")
             ]
             if stray:
@@ -991,7 +991,7 @@ class Driver:
     def _read_statuses(self, phase: str) -> dict[str, dict]:
         """Committed status records of a phase, by status key (``map/00007``)."""
         prefix = st.join(self.job_dir, "status", phase)
-        base = st.join(self.job_dir, "status") + "/"
+        base = st.join(self.job_dir, "status")
         uris = [
             i.uri for i in self.store.list(prefix)
             if i.uri.endswith(".json") and ".failed-" not in st.basename(i.uri)
@@ -1000,7 +1000,7 @@ class Driver:
             return {}
 
         def read(uri: str) -> tuple[str, dict]:
-            return uri[len(base): -len(".json")], json.loads(self.store.read_bytes(uri))
+            return st.relative_to(uri, base)[: -len(".json")], json.loads(self.store.read_bytes(uri))
 
         if len(uris) < 8:
             return dict(map(read, uris))

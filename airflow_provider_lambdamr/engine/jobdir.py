@@ -129,12 +129,11 @@ def cleanup(job_dir: str, *, delete_job_dir: bool = False, missing_ok: bool = Tr
         if missing_ok and not any(True for _ in store.list(job_dir)):
             return CleanupReport(0, [])
         raise
-    prefix = job_dir + "/"
     doomed: list[str] = []
     kept: list[str] = []
     if delete_job_dir:
         for info in store.list(job_dir):
-            rel = info.uri[len(prefix):] if info.uri.startswith(prefix) else ""
+            rel = st.relative_to(info.uri, job_dir)
             (doomed if rel and written_by_job(rel) else kept).append(info.uri)
         # The manifest goes last: until then a failed cleanup can be run again.
         manifest_uri = st.join(job_dir, MANIFEST)

@@ -2,30 +2,73 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from lambda_src import storage as st
 from lambda_src.reader import Segment, unsupported_format
 
+log = logging.getLogger(__name__)
+
 
 class InputNotFound(ValueError):
     """An input URI matched no object."""
 
 
+class InputOverlap(ValueError):
+    """Two input URIs of one named input reach the same object."""
+
+
 def is_hidden(uri: str, root: str) -> bool:
     """Hadoop's convention: names starting with ``_`` or ``.`` below the root are not data."""
-    rel = uri[len(root.rstrip("/")) :].lstrip("/")
+    rel = st.relative_to(uri, root) or ""
     return any(part.startswith(("_", ".")) for part in rel.split("/") if part)
 
 
 def list_input(uri: str) -> list[st.ObjectInfo]:
-    """Every data object at ``uri`` (an object, or a directory/prefix, all pages)."""
-    root = st.normalize(uri)  # listed URIs are normalized: a plain path must be too
-    found = [info for info in st.for_uri(root).list(root) if not is_hidden(info.uri, root)]
+    """Every data object at ``uri`` (an object, or a directory/prefix, all pages).
+
+    Local symbolic links to files and directories are followed (see ``LocalStorage.list``).
+    """
+    root = st.normalize(uri)
+    found = [info for info in st.for_uri(root).list(root, follow_links=True) if not is_hidden(info.uri, root)]
     if not found:
         raise InputNotFound(f"input {uri} matched no objects")
     return found
+
+
+def list_inputs(name: str, uris: list[str]) -> list[st.ObjectInfo]:
+    """The objects of one named input, each read once.
+
+    An object reached through two links below one input URI is listed once, under its
+    first name in path order. One reached through two different input URIs (a link in
+    one input to a file or directory of another) is refused, naming both: the input list
+    overlaps.
+    """
+    listed: list[st.ObjectInfo] = []
+    first: dict[tuple[int, int], tuple[str, str]] = {}  # identity -> (input URI, object URI)
+    for uri in uris:
+        again = 0
+        for info in list_input(uri):
+            if info.identity is None:
+                listed.append(info)
+                continue
+            if info.identity in first:
+                seen_input, seen_uri = first[info.identity]
+                if seen_input != uri:
+                    raise InputOverlap(
+                        f"input {name or '<default>'!r}: {info.uri} (in {uri}) is the same file as "
+                        f"{seen_uri} (in {seen_input}); list each input once"
+                    )
+                again += 1
+                continue
+            first[info.identity] = (uri, info.uri)
+            listed.append(info)
+        if again:
+            log.warning("input %s: %d objects reached through more than one link are read once, "
+                        "under their first name in path order", uri, again)
+    return listed
 
 
 #: Extensions of formats and codecs that are not read yet: refused when planning.
@@ -172,8 +215,7 @@ def plan(
     """The map tasks of a job and a summary of its input."""
     listed: list[tuple[st.ObjectInfo, str | None]] = []
     for name, uris in inputs.items():
-        for uri in uris:
-            listed.extend((info, name or None) for info in list_input(uri))
+        listed.extend((info, name or None) for info in list_inputs(name, uris))
     total = sum(info.size for info, _ in listed)
     effective = balanced_split_size(total, split_size, parallelism)
     segments: list[Segment] = []

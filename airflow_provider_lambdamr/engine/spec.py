@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import secrets
 import time
@@ -51,6 +52,61 @@ def resolve_job_ref(job: str) -> str:
         f"unknown job {job!r}: use a built-in job ({', '.join(sorted(BUILTIN_JOBS))}) "
         f"or 'package.module:ClassName'"
     )
+
+
+def _location(uri: str, what: str) -> str:
+    """The canonical URI of an output or job root; the file system root is refused.
+
+    A bucket root is a place of its own (``s3://results``), but ``/`` would put part files,
+    ``_SUCCESS`` and job state among the system's top-level directories.
+    """
+    uri = st.normalize(uri)
+    if st.is_root(uri) and not st.is_s3(uri):
+        raise ValueError(f"the {what} must not be the file system root ({uri}): name a directory")
+    return uri.rstrip("/") if st.is_s3(uri) else uri
+
+
+def _inside(uri: str, base: str) -> bool:
+    """Whether ``uri`` is ``base`` or below it, as named or through symbolic links."""
+    return (st.relative_to(uri, base) is not None
+            or st.relative_to(st.resolved(uri), st.resolved(base)) is not None)
+
+
+def _refuse_overlaps(inputs: dict[str, list[str]], output: str, job_root: str, job_dir: str) -> None:
+    """Refuse a job that would read its own results or state, or one object twice.
+
+    Two named inputs may name the same data (a self-join reads it once per name); within
+    one named input, a location listed twice or inside another is refused.
+    """
+    for uri in (u for uris in inputs.values() for u in uris):
+        if _inside(uri, output):
+            raise ValueError(f"input {uri} lies inside the output {output}")
+        if _inside(output, uri):
+            raise ValueError(f"the output {output} lies inside the input {uri}: a rerun would read its own results")
+        if _inside(job_root, uri):
+            raise ValueError(f"the job root {job_root} lies inside the input {uri}: a rerun would read its own state")
+        if _inside(uri, job_dir):
+            raise ValueError(f"input {uri} lies inside the job directory {job_dir}")
+    for name, uris in inputs.items():
+        label = f"input {name!r}" if name else "the input"
+        for key in (_segments, lambda u: _segments(st.resolved(u))):
+            # Sorted by segments, a location sorts right before the first one below it.
+            ordered = sorted(uris, key=key)
+            for a, b in itertools.pairwise(ordered):
+                if _inside(a, b) and _inside(b, a):
+                    same = "twice" if a == b else f"and {b}, the same location"
+                    raise ValueError(f"{label} lists {a} {same}: its objects would be read twice")
+                if _inside(b, a):
+                    raise ValueError(f"{label} lists {b} and {a}, which holds it: its objects would be read twice")
+
+
+def _segments(uri: str) -> tuple[str, ...]:
+    """``uri`` as (kind, names...), for ordering locations so each precedes what it holds."""
+    uri = st.normalize(uri)
+    if st.is_s3(uri):
+        bucket, key = st.split_s3(uri)
+        return ("s3", bucket, *[p for p in key.split("/") if p])
+    return ("file", *[p for p in st.local_path(uri).split("/") if p])
 
 
 def new_job_id(name: str) -> str:
@@ -103,10 +159,8 @@ class JobSpec:
         self.inputs = {
             name: [st.normalize(u) for u in uris] for name, uris in self.inputs.items()
         }
-        self.output = st.normalize(self.output).rstrip("/")
-        self.job_root = st.normalize(self.job_root).rstrip("/") if self.job_root else st.join(
-            self.output, "_jobs"
-        )
+        self.output = _location(self.output, "output")
+        self.job_root = _location(self.job_root, "job root") if self.job_root else st.join(self.output, "_jobs")
         self.job_id = validate_job_id(self.job_id or new_job_id(self.job))
         self.params = validate_params(dict(self.params))
         for name, low, high in (
@@ -125,9 +179,7 @@ class JobSpec:
             raise ValueError(f"max_bad_records must be >= 0, got {self.max_bad_records}")
         self.split_size = parse_size(self.split_size, "split size")
         self.max_line_bytes = parse_size(self.max_line_bytes, "max line bytes")
-        for uri in [u for uris in self.inputs.values() for u in uris]:
-            if uri.rstrip("/") == self.output or uri.startswith(self.output + "/"):
-                raise ValueError(f"input {uri} lies inside the output {self.output}")
+        _refuse_overlaps(self.inputs, self.output, self.job_root, self.job_dir)
 
     @property
     def job_dir(self) -> str:

@@ -59,10 +59,10 @@ def test_two_step_job_is_exact_whatever_the_partitions_and_rounds(
 
 
 def _status_records(job_dir: str) -> dict[str, dict]:
-    base = st.join(job_dir, "status") + "/"
+    base = st.join(job_dir, "status")
     store = st.for_uri(job_dir)
     return {
-        i.uri[len(base):]: json.loads(store.read_bytes(i.uri))
+        st.relative_to(i.uri, base): json.loads(store.read_bytes(i.uri))
         for i in store.list(st.join(job_dir, "status"))
         if i.uri.endswith(".json") and ".failed-" not in i.uri
     }

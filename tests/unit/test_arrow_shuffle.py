@@ -7,6 +7,7 @@ import pytest
 
 from lambda_src import arrow_shuffle as ash
 from lambda_src import output, shuffle
+from lambda_src import storage as st
 
 KEYS = ["plain", 'quo"te', "back\\slash", "tab\tnl\n", "\x01ctl", "é日本", "", "x" * 50, "del\x7f"]
 
@@ -29,7 +30,7 @@ def test_rows_go_to_the_record_mode_partition(keys, partitions):
 
 def test_runs_round_trip_and_convert_to_sorted_lines(tmp_path):
     table = pa.table({"key": ["b", "a", "c"], "value": [2.5, 1.0, None]})
-    uri = f"file://{tmp_path}/run.arrow"
+    uri = st.normalize(str(tmp_path / "run.arrow"))
     assert ash.write_run(uri, table)[0] == 3
     back = ash.read_run(uri)
     assert back.equals(table)
@@ -40,7 +41,7 @@ def test_a_corrupt_run_is_a_clear_error(tmp_path):
     path = tmp_path / "bad.arrow"
     path.write_bytes(b"not arrow at all")
     with pytest.raises(ValueError, match=r"bad\.arrow is not a valid Arrow run"):
-        ash.read_run(f"file://{path}")
+        ash.read_run(st.normalize(str(path)))
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ def _event(job_dir: str, **overrides) -> dict:
 
 def test_mapper_writes_partitioned_sorted_runs_then_its_status(tmp_path):
     (tmp_path / "in.txt").write_text("b a\nc a b\n")
-    job_dir = f"file://{tmp_path}/job"
+    job_dir = st.normalize(str(tmp_path / "job"))
     uri = st.normalize(str(tmp_path / "in.txt"))
     record = mapper.lambda_handler(_event(job_dir, splits=[{"uri": uri, "start": 0, "end": 10, "size": 10}]), CTX)
     assert record["state"] == "succeeded" and record["request_id"] == "req-1"
@@ -47,13 +47,13 @@ def test_mapper_writes_partitioned_sorted_runs_then_its_status(tmp_path):
 
 
 def test_reducer_final_round_writes_csv(tmp_path):
-    job_dir = f"file://{tmp_path}/job"
+    job_dir = st.normalize(str(tmp_path / "job"))
     runs = []
     for i, body in enumerate([b'"a"\t1\n"b"\t2\n', b'"a"\t5\n"c"\t1\n']):
         uri = f"{job_dir}/map/0000{i}/x/part-00000"
         st.for_uri(uri).write_bytes(uri, body)
         runs.append(uri)
-    out = f"file://{tmp_path}/out"
+    out = st.normalize(str(tmp_path / "out"))
     ev = _event(job_dir, task={"phase": "reduce", "round": 1, "partition": 0, "group": 0, "final": True},
                 inputs=runs, output=out)
     record = reducer.lambda_handler(ev, CTX)
@@ -77,7 +77,7 @@ def test_reducer_final_round_writes_csv(tmp_path):
     ],
 )
 def test_bad_events_are_refused_with_a_clear_error(tmp_path, change, message):
-    ev = _event(f"file://{tmp_path}/job", splits=[])
+    ev = _event(st.normalize(str(tmp_path / "job")), splits=[])
     if "splits_uri" in change:
         del ev["splits"]
         change = {"splits_uri": change["splits_uri"].replace("JOB", ev["job_dir"])}
@@ -88,8 +88,8 @@ def test_bad_events_are_refused_with_a_clear_error(tmp_path, change, message):
 
 
 def test_a_failed_attempt_records_its_error_without_committing(tmp_path):
-    job_dir = f"file://{tmp_path}/job"
-    ev = _event(job_dir, splits=[{"uri": f"file://{tmp_path}/gone.txt", "start": 0, "end": 5, "size": 5}])
+    job_dir = st.normalize(str(tmp_path / "job"))
+    ev = _event(job_dir, splits=[{"uri": st.normalize(str(tmp_path / "gone.txt")), "start": 0, "end": 5, "size": 5}])
     with pytest.raises(task.TaskInputError, match=r"map task 3 of 9 failed: NotFound: no such object"):
         mapper.lambda_handler(ev, CTX)
     status_dir = tmp_path / "job" / "status" / "map"
@@ -104,7 +104,7 @@ Q3A = {"ref": "lambda_src.jobs.amplab:Query3a", "params": {}, "partitions": 2}
 
 
 def test_a_later_step_mapper_reads_pairs_and_writes_under_its_step(tmp_path):
-    job_dir = f"file://{tmp_path}/job"
+    job_dir = st.normalize(str(tmp_path / "job"))
     uri = f"{job_dir}/reduce/r001/p00000-g00000/a1-x/pairs"  # what step 1's final reducer wrote
     st.for_uri(uri).write_bytes(uri, b'"1.2.3.4"\t[2.5,10,1]\n"5.6.7.8"\t[1.0,3,1]\n"1.2.3.4"\t[0.5,20,1]\n')
     ev = _event(job_dir, job=Q3A, task={"phase": "map", "step": 1, "index": 0, "count": 1}, runs=[uri])
@@ -121,7 +121,7 @@ def test_a_later_step_mapper_reads_pairs_and_writes_under_its_step(tmp_path):
 
 
 def test_the_final_reducer_of_an_earlier_step_writes_pairs_not_csv(tmp_path):
-    job_dir = f"file://{tmp_path}/job"
+    job_dir = st.normalize(str(tmp_path / "job"))
     run = f"{job_dir}/map/00000/a1-x/part-00001"
     st.for_uri(run).write_bytes(run, b'"u1"\t7\n"u1"\t["1.2.3.4",2.5]\n"u2"\t["9.9.9.9",1.0]\n')
     ev = _event(job_dir, job=Q3A, task={"phase": "reduce", "round": 1, "partition": 1, "group": 0, "final": True},
@@ -145,7 +145,7 @@ def test_the_final_reducer_of_an_earlier_step_writes_pairs_not_csv(tmp_path):
     ],
 )
 def test_bad_step_events_are_refused(tmp_path, job, step, extra, message):
-    job_dir = f"file://{tmp_path}/job"
+    job_dir = st.normalize(str(tmp_path / "job"))
     extra = {k: [u.replace("JOB", job_dir) for u in v] for k, v in extra.items()}
     ev = _event(job_dir, task={"phase": "map", "step": step, "index": 0}, **extra)
     if job:
