@@ -56,6 +56,10 @@ class EncodeError(TypeError):
     """A key or value that is not a JSON value."""
 
 
+class CombinerKeyError(ValueError):
+    """A combiner emitted a key other than the one it was given (a bug in the job)."""
+
+
 def encode(obj: Any, what: str = "value") -> bytes:
     try:
         return _encode(obj).encode("utf-8")
@@ -132,7 +136,7 @@ def combine_stream(
         for out_key, out_value in combiner(key, values):
             out_key_bytes = encode(out_key, "key")
             if out_key_bytes != key_bytes:
-                raise ValueError(
+                raise CombinerKeyError(
                     f"the combiner changed key {key_bytes.decode()} into "
                     f"{out_key_bytes.decode()} ({where}); a combiner must emit the key it is "
                     f"given, because it may run in any round"
@@ -239,7 +243,7 @@ class MapOutputBuffer:
             out = []
             for out_key, out_value in self.combiner(real_key, iter(values)):
                 if out_key != real_key and encode(out_key, "key") != encode(real_key, "key"):
-                    raise ValueError(
+                    raise CombinerKeyError(
                         f"the combiner changed key {real_key!r} into {out_key!r}; a combiner "
                         f"must emit the key it is given"
                     )
