@@ -20,6 +20,8 @@ import pytest
 
 from tests.conftest import FIXTURES
 from tests.helpers import read_counts
+from tests.integration.test_aws_runtime import AsyncLambda, lambda_client, role_arn  # noqa: F401 - fixtures
+from tests.integration.test_aws_runtime import _runtime as _aws_runtime
 
 JOB = "userjobs.lifetimes:SlowCount"
 #: How long anything here may take before the test gives up (a bound, not a measurement).
@@ -66,13 +68,17 @@ def _worker_pids(marks: Path) -> set[int]:
 
 
 def _is_worker(pid: int) -> bool:
-    """Whether ``pid`` is still a live local-runtime worker (a zombie has finished running)."""
+    """Whether ``pid`` is still a local-runtime worker that has not finished exiting.
+
+    A zombie has exited (its files are closed); a process whose command line is empty is
+    exiting, so it still counts, as a worker; another command line is a reused pid.
+    """
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError):
         return False
-    return state != "Z" and b"_bootstrap.py" in cmdline
+    return state not in ("Z", "X") and (not cmdline or b"_bootstrap.py" in cmdline)
 
 
 def _kill_leftovers(pids: set[int]) -> None:
@@ -225,3 +231,52 @@ def test_a_missing_job_class_names_the_module_and_the_attribute(tmp_path):
     assert "job module 'userjobs.lifetimes' (" in res.stderr, res.stderr
     assert ("has no attribute 'NoSuchJob'; its MapReduceJob classes: KeyChangingCombiner, SlowCount"
             in res.stderr), res.stderr
+
+
+def test_on_the_aws_runtime_a_job_bug_is_blamed_on_the_job_and_a_lost_invocation_hints_at_memory(
+        lambda_client, role_arn, tmp_path, fixture_jobs_path):  # noqa: F811 - the imported fixtures
+    from airflow_provider_lambdamr.engine.driver import Driver, JobFailed
+    from airflow_provider_lambdamr.engine.spec import JobSpec
+
+    _write_input(tmp_path, fast=1, slow=0)
+    spec = JobSpec(job="userjobs.lifetimes:KeyChangingCombiner", inputs={"": [str(tmp_path / "in")]},
+                   output=str(tmp_path / "out"))
+    with pytest.raises(JobFailed, match=r"map task 0 of 1 failed \(not retried: a bug in the job's code, "
+                                        r"which a retry cannot fix\): CombinerKeyError: the combiner changed"):
+        Driver(spec, _aws_runtime(AsyncLambda(lambda_client), role_arn)).run()
+    # Lambda kills a function out of memory: no status record, which the AWS runtime cannot
+    # tell from a timeout or a lost event, so the hint names both limits.
+    spec = JobSpec(job="wordcount", inputs={"": [str(tmp_path / "in")]}, output=str(tmp_path / "out2"),
+                   max_attempts=2, memory_mb=512)
+    with pytest.raises(JobFailed, match=r"failed after 2 attempts: Sandbox\.Timedout: .*ran out of memory.*; "
+                                        r"raise --timeout-s, or lower --split-size; or, if it ran out of "
+                                        r"memory, raise --memory-mb \(now 512\)"):
+        Driver(spec, _aws_runtime(AsyncLambda(lambda_client, crash={"map:0:1", "map:0:2"}), role_arn)).run()
+
+
+@pytest.mark.parametrize("error,peak_mb,hint", [
+    ({"errorType": "Runtime.OutOfMemory", "errorMessage": "RequestId: r Error: Runtime exited with error: "
+      "signal: killed (Max Memory Used: 260 MB of 256 MB)"}, 260, "raise --memory-mb (now 256)"),
+    ({"errorType": "Runtime.ExitError", "errorMessage": "RequestId: r Error: Runtime exited with error: "
+      "signal: killed"}, 250, "raise --memory-mb (now 256)"),
+    ({"errorType": "Runtime.ExitError", "errorMessage": "RequestId: r Error: Runtime exited with error: "
+      "signal: killed"}, 40, None),
+    ({"errorType": "TaskError", "errorMessage": "map task 0 of 1 failed: MemoryError: "}, 0,
+     "raise --memory-mb (now 256)"),
+])
+def test_an_out_of_memory_failure_names_memory_mb_whichever_way_it_is_reported(tmp_path, error, peak_mb, hint):
+    from airflow_provider_lambdamr.engine.driver import Driver, _Task
+    from airflow_provider_lambdamr.engine.runtimes.base import InvocationResult
+    from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
+    from airflow_provider_lambdamr.engine.spec import JobSpec
+
+    spec = JobSpec(job="wordcount", inputs={"": [str(tmp_path)]}, output=str(tmp_path / "out"), memory_mb=256)
+    task = _Task(key="map/00000", function="mapper", event={}, describe="map task 0 of 1",
+                 input_desc="in.txt", attempts=3)
+    res = InvocationResult("r", False, error=error, max_memory_mb=peak_mb)
+    with LocalRuntime(workers=1) as rt:  # not deployed: no worker starts
+        failure = Driver(spec, rt)._failed("map", task, res.error_text(), True, res)
+    if hint is None:
+        assert "--memory-mb" not in str(failure)
+    else:
+        assert hint in str(failure)
