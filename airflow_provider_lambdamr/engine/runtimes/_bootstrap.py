@@ -137,7 +137,7 @@ def _peak_rss_mb() -> float:
 
 
 def main() -> None:
-    parent_pid = int(os.environ[PARENT_PID_ENV])
+    parent_pid = int(os.environ.get(PARENT_PID_ENV) or os.getppid())  # unset when run by hand
     die_with_parent(parent_pid)
     watchdog = Watchdog(parent_pid)
     watchdog.start()

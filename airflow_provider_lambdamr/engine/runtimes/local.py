@@ -4,6 +4,8 @@ Each worker is a fresh interpreter that imports the handlers from the job's extr
 (its init phase, timed as Lambda's cold start) and then serves invocations one at a time,
 warm. The pool enforces the function timeout and memory limit by killing the worker, and
 reports those failures with Lambda's wording; a worker that dies for any reason is replaced.
+Workers also guard themselves (see _bootstrap): they die with this process, and end an
+invocation at its deadline even when this process is gone or stuck.
 """
 
 from __future__ import annotations
