@@ -135,6 +135,40 @@ def test_a_signal_to_the_driver_leaves_no_worker_running_and_a_rerun_resumes(tmp
     assert read_counts(str(tmp_path / "out")) == dict(expected)
 
 
+def test_workers_started_from_another_thread_die_with_a_sigkilled_host_process(tmp_path):
+    """A process that runs the driver off its main thread (no parent-death signal then)."""
+    _write_input(tmp_path, fast=0, slow=2)
+    marks = tmp_path / "marks"
+    spec = {"job": JOB, "inputs": {"": [str(tmp_path / "in")]}, "output": str(tmp_path / "out"),
+            "job_id": "thread-1", "split_size": 16, "params": {"marks": str(marks), "sleep_s": "120"}}
+    script = (
+        "import json, sys, threading\n"
+        "from airflow_provider_lambdamr.engine.driver import Driver\n"
+        "from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime\n"
+        "from airflow_provider_lambdamr.engine.spec import JobSpec\n"
+        "def run():\n"
+        "    with LocalRuntime(workers=2) as rt:\n"
+        "        Driver(JobSpec(**json.loads(sys.argv[1])), rt).run()\n"
+        "threading.Thread(target=run).start()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(spec)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    pids: set[int] = set()
+    try:
+        _wait_for("both workers to be inside slow tasks", lambda: len(_worker_pids(marks)) == 2, proc)
+        pids = _worker_pids(marks)
+        proc.kill()
+        proc.wait()
+        _wait_for("the workers to be gone", lambda: not any(_is_worker(p) for p in pids))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _kill_leftovers(pids)
+    assert not list((tmp_path / "out" / "_jobs" / "thread-1" / "status").rglob("*.json"))
+    assert not list(marks.glob("after-*"))
+
+
 def test_a_worker_ends_its_invocation_at_the_deadline_when_the_driver_cannot(tmp_path):
     _write_input(tmp_path, fast=0, slow=1)
     marks = tmp_path / "marks"
