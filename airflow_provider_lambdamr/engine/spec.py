@@ -82,6 +82,9 @@ class JobSpec:
     allow_empty_input: bool = False
     keep_intermediates: bool = False
     overwrite: bool = False
+    #: When this job id already committed: delete the job's own state and result and run it
+    #: again (False: return the committed summary without recomputing).
+    recompute: bool = False
     tracing: bool = False
     #: The whole run of this driver must finish within this many seconds (None: no limit).
     job_timeout_s: float | None = None
