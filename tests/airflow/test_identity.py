@@ -114,16 +114,29 @@ def test_run_ids_that_sanitizing_would_merge_get_distinct_job_ids(a, b):
     assert _valid(_job_id(*a)) and _valid(_job_id(*b))
 
 
-# Small alphabets make near-collisions (same sanitized form, "__" at other places) likely.
+def test_a_run_id_made_to_look_like_a_hashed_id_does_not_take_it():
+    hashed = _job_id("d", "r:")
+    assert _job_id("d", hashed.removeprefix("d__")) != hashed
+
+
 _dag_ids = hs.text(alphabet="ab_.-é", min_size=1, max_size=8) | hs.text(alphabet="ab_", min_size=150, max_size=260)
-_run_ids = (hs.text(alphabet="ab_:+-.=é\n ", min_size=0, max_size=10)
-            | hs.text(min_size=0, max_size=20)
+_run_ids = (hs.text(alphabet="ab_:+-.=é\n ", max_size=10) | hs.text(max_size=20)
             | hs.text(alphabet="ab:", min_size=150, max_size=260))
 
 
-@settings(max_examples=1500, deadline=None)
-@given(hs.lists(hs.tuples(_dag_ids, _run_ids), min_size=2, max_size=8, unique=True))
-def test_default_job_ids_are_valid_deterministic_and_injective(pairs):
+@hs.composite
+def _confusable_pairs(draw) -> list[tuple[str, str]]:
+    """Pairs whose ``dag_id__run_id`` reads the same, split at every ``__``, and the same
+    pairs with ':' for '-' (sanitizing maps both to '-')."""
+    text = draw(hs.text(alphabet="a_", min_size=1, max_size=5)) + "__" + draw(hs.text(alphabet="a_-:", max_size=6))
+    pairs = [(text[:i], text[i + 2:]) for i in range(len(text) - 1) if text[i:i + 2] == "__"]
+    return pairs + [(d.replace("-", ":"), r.replace("-", ":")) for d, r in pairs]
+
+
+@settings(max_examples=600, deadline=None)
+@given(hs.lists(hs.tuples(_dag_ids, _run_ids), max_size=8), _confusable_pairs())
+def test_default_job_ids_are_valid_deterministic_and_injective(random_pairs, confusable):
+    pairs = list(dict.fromkeys(random_pairs + confusable))
     ids = [_job_id(*p) for p in pairs]
     assert all(_valid(i) for i in ids), ids
     assert ids == [_job_id(*p) for p in pairs]
