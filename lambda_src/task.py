@@ -86,7 +86,7 @@ def error_message(err: BaseException) -> str:
 
 
 def validate_job_id(job_id: object) -> str:
-    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id) or ".." in job_id:
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id) or ".." in job_id:
         raise EventError(
             f"invalid job id {job_id!r}: use 1-200 letters, digits and . _ = + - "
             f"(starting with a letter or digit)"

@@ -194,12 +194,10 @@ class Driver:
         unless the spec asks to ``recompute`` it.
         """
         done = self.completed_summary()
-        if done is not None:
-            if not self.spec.recompute:
-                log.info("job %s already committed at %s; not recomputed; output %s",
-                         self.spec.job_id, done.get("finished_at"), self.spec.output)
-                return done
-            self.reset()
+        if done is not None and not self.spec.recompute:
+            log.info("job %s already committed at %s; not recomputed; output %s",
+                     self.spec.job_id, done.get("finished_at"), self.spec.output)
+            return done
         with self.tracer:
             self.prepare()
             map_records = self.run_map()
@@ -246,8 +244,13 @@ class Driver:
         self.manifest = None
 
     def prepare(self) -> dict:
-        """Check the output, write or verify the manifest, build and deploy the code."""
+        """Check the output, write or verify the manifest, build and deploy the code.
+
+        With ``recompute``, a job id that already committed starts again from scratch.
+        """
         t0 = time.time()
+        if self.spec.recompute and self.completed_summary() is not None:
+            self.reset()
         self._check_output()
         self._deploy()  # workers start (cold) while the inputs are listed
         self.manifest = self._load_or_plan()
