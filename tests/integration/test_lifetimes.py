@@ -252,7 +252,7 @@ def test_a_combiner_that_changes_its_key_fails_at_once_blaming_the_job(tmp_path)
     )
     assert res.returncode == 1, res.stderr
     assert ("map task 0 of 1 failed (not retried: a bug in the job's code, which a retry cannot fix): "
-            "CombinerKeyError: the combiner changed key 'fast0' into 'fast0!'") in res.stderr, res.stderr
+            "CombinerKeyError: the combiner changed key \"fast0\" into \"fast0!\"") in res.stderr, res.stderr
     status = tmp_path / "out" / "_jobs" / job_id / "status" / "map"
     assert len(list(status.glob("00000.failed-*.json"))) == 1
 

@@ -161,7 +161,7 @@ def test_bad_step_events_are_refused(tmp_path, job, step, extra, message):
 
 @pytest.mark.parametrize("job,raised,message", [
     ("EmitsASet", "EncodeError", "a value of type set cannot be encoded"),
-    ("ChangesItsKey", "CombinerKeyError", "the combiner changed key 'a' into 'a!'"),
+    ("ChangesItsKey", "CombinerKeyError", 'the combiner changed key "a" into "a!"'),
     ("Exits", "SystemExit", "the job called sys.exit(3)"),
     ("Interrupts", "KeyboardInterrupt", "KeyboardInterrupt raised by the job"),
 ])
