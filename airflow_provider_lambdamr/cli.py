@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from airflow_provider_lambdamr import __version__
 from airflow_provider_lambdamr.engine.spec import BUILTIN_JOBS, JobSpec, parse_size
@@ -254,6 +257,42 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+class Interrupted(BaseException):
+    """A signal asked ``lambdamr run`` to stop.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way
+    swallows it, and the runtime's context manager still stops the workers.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+#: Signals that stop ``lambdamr run`` in order: workers killed, the job left resumable.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Turn SIGINT, SIGTERM and SIGHUP into ``Interrupted`` (only the main thread can)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        for sig in STOP_SIGNALS:  # a second signal must not interrupt the shutdown
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from airflow_provider_lambdamr.engine.driver import Driver, JobFailed
 
@@ -291,7 +330,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     progress = None if args.quiet else _print_progress
     started = time.time()
     try:
-        with runtime:
+        with _stop_on_signals(), runtime:
             from airflow_provider_lambdamr.engine.cost import PriceTable
 
             prices = PriceTable.from_file(args.prices) if args.prices else None
@@ -302,6 +341,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"lambdamr: job state is in {spec.job_dir}; rerun with --job-id {spec.job_id} "
                   f"to resume", file=sys.stderr)
         return 1
+    except Interrupted as sig:
+        stopped = ("its workers were stopped" if runtime.name == "local"
+                   else "invocations already sent to Lambda run to completion")
+        print(f"lambdamr: job {spec.job_id} interrupted by {sig}; {stopped}", file=sys.stderr)
+        print(f"lambdamr: job state is in {spec.job_dir}; rerun with --job-id {spec.job_id} "
+              f"to resume", file=sys.stderr)
+        return 128 + sig.signum
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
         return 0

@@ -192,9 +192,10 @@ def _run_later_step(ev: task.TaskEvent, ctx: task.StepContext, index: int, token
 
 
 def _step_error(ctx: task.StepContext, err: Exception, where: str) -> task.TaskError:
-    """A later step's mapper failed: bad data fails at once, anything else may be retried."""
-    kind = task.TaskInputError if isinstance(err, task.DETERMINISTIC_ERRORS) else task.TaskError
-    return kind(f"the step {ctx.index + 1} mapper raised {type(err).__name__}: {err} {where}")
+    """A later step's mapper failed: bad data and job bugs fail at once, the rest may be retried."""
+    return task.failure_class(err)(
+        f"the step {ctx.index + 1} mapper raised {type(err).__name__}: {err} {where}"
+    )
 
 
 def _new_buffer(ctx: task.StepContext) -> shuffle.MapOutputBuffer:
@@ -240,8 +241,8 @@ def _map_records(
                 except RECORD_ERRORS as err:
                     bad.add(seg.uri, block.offset(i), lines[i], f"{type(err).__name__}: {err}")
                     i += 1
-                except Exception as err:
-                    raise task.TaskError(
+                except Exception as err:  # a job bug no retry can fix fails at once
+                    raise task.failure_class(err)(
                         f"the mapper raised {type(err).__name__}: {err} on the line at byte "
                         f"{block.offset(i)} of {seg.uri} (line: {reader.sample(lines[i])!r})"
                     ) from err

@@ -65,6 +65,10 @@ class EncodeError(TypeError):
     """A key or value that is not a JSON value."""
 
 
+class CombinerKeyError(ValueError):
+    """A combiner emitted a key other than the one it was given (a bug in the job)."""
+
+
 def encode(obj: Any, what: str = "value") -> bytes:
     try:
         return _encode(obj).encode("utf-8")
@@ -141,7 +145,7 @@ def combine_stream(
         for out_key, out_value in combiner(key, values):
             out_key_bytes = encode(out_key, "key")
             if out_key_bytes != key_bytes:
-                raise ValueError(
+                raise CombinerKeyError(
                     f"the combiner changed key {key_bytes.decode()} into "
                     f"{out_key_bytes.decode()} ({where}); a combiner must emit the key it is "
                     f"given, because it may run in any round"
@@ -238,7 +242,7 @@ class MapOutputBuffer:
                         and out_key == real_key):
                     key_bytes = key_bytes or encode(real_key, "key")
                     if encode(out_key, "key") != key_bytes:
-                        raise ValueError(
+                        raise CombinerKeyError(
                             f"the combiner changed key {key_bytes.decode()} into "
                             f"{encode(out_key, 'key').decode()}; a combiner must emit the key it is given"
                         )

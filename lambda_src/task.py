@@ -27,7 +27,7 @@ from typing import Any
 from lambda_src import storage as st
 from lambda_src.job import BadRecord, MapReduceJob, Step
 from lambda_src.reader import InputError
-from lambda_src.shuffle import EncodeError
+from lambda_src.shuffle import CombinerKeyError, EncodeError
 
 log = logging.getLogger("lambdamr")
 
@@ -49,12 +49,44 @@ class TaskInputError(TaskError):
     """A task failed because of its input or event: retrying cannot help."""
 
 
-#: Failures that a retry cannot fix: the input or the event itself is wrong.
-DETERMINISTIC_ERRORS = (EventError, TaskInputError, InputError, BadRecord, st.NotFound, EncodeError)
+class TaskJobError(TaskError):
+    """A task failed because of a bug in the job's code that a retry cannot fix."""
+
+
+class JobCodeError(ValueError):
+    """The job's code cannot be loaded as a job: a missing module or class."""
+
+
+#: Failures of the input or the event: a retry reads the same input again.
+INPUT_ERRORS = (EventError, TaskInputError, InputError, BadRecord, st.NotFound)
+#: Failures of the job's code that a retry cannot fix. A job that calls sys.exit() or raises
+#: KeyboardInterrupt (no signal reaches a worker: it has its own session) does so on purpose
+#: or by a bug, and would do it again on every attempt: fail at once, blaming the job.
+JOB_ERRORS = (TaskJobError, JobCodeError, EncodeError, CombinerKeyError, SystemExit, KeyboardInterrupt)
+#: Failures that a retry cannot fix.
+DETERMINISTIC_ERRORS = INPUT_ERRORS + JOB_ERRORS
+
+
+def failure_class(err: BaseException) -> type[TaskError]:
+    """How a task that raised ``err`` fails: the job's fault, the input's, or maybe transient."""
+    if isinstance(err, JOB_ERRORS):
+        return TaskJobError
+    if isinstance(err, INPUT_ERRORS):
+        return TaskInputError
+    return TaskError
+
+
+def error_message(err: BaseException) -> str:
+    """``err``'s message, saying what a SystemExit or a bare KeyboardInterrupt was."""
+    if isinstance(err, SystemExit):
+        return f"the job called sys.exit({err.code!r})"
+    if isinstance(err, KeyboardInterrupt) and not str(err):
+        return "KeyboardInterrupt raised by the job"
+    return str(err)
 
 
 def validate_job_id(job_id: object) -> str:
-    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id) or ".." in job_id:
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id) or ".." in job_id:
         raise EventError(
             f"invalid job id {job_id!r}: use 1-200 letters, digits and . _ = + - "
             f"(starting with a letter or digit)"
@@ -91,12 +123,20 @@ def load_job_class(ref: str) -> type[MapReduceJob]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise EventError(
+        raise JobCodeError(
             f"cannot import job module {module_name!r}: {err} (is it in the deployed zip?)"
         ) from err
-    cls = getattr(module, class_name, None)
+    if not hasattr(module, class_name):
+        jobs = sorted(name for name, value in vars(module).items()
+                      if isinstance(value, type) and issubclass(value, MapReduceJob)
+                      and value is not MapReduceJob)
+        raise JobCodeError(
+            f"job module {module_name!r} ({getattr(module, '__file__', None) or 'no file'}) has no "
+            f"attribute {class_name!r}; its MapReduceJob classes: {', '.join(jobs) or 'none'}"
+        )
+    cls = getattr(module, class_name)
     if not (isinstance(cls, type) and issubclass(cls, MapReduceJob)):
-        raise EventError(f"{ref} is not a MapReduceJob subclass")
+        raise JobCodeError(f"{ref} is not a MapReduceJob subclass")
     _job_classes[ref] = cls
     return cls
 
@@ -354,9 +394,10 @@ def run(
     try:
         with traced(describe(ev), job_id=ev.job_id, task=status_key(ev)):
             result = body(ev, token)
-    except Exception as err:
+    except BaseException as err:  # SystemExit and KeyboardInterrupt from the job too
         where = describe(ev)
-        message = f"{where} failed: {type(err).__name__}: {err}"
+        message = f"{where} failed: {type(err).__name__}: {error_message(err)}"
+        kind = failure_class(err)
         record = {
             "job_id": ev.job_id,
             "task": ev.task,
@@ -366,8 +407,10 @@ def run(
             "request_id": request_id,
             "error": {
                 "type": type(err).__name__,
-                "message": str(err),
+                "message": error_message(err),
                 "traceback": traceback.format_exc(limit=30),
+                # How the invocation fails, so a runtime reading this record reports the same.
+                "failure": kind.__name__,
             },
             "where": where,
             "duration_ms": round((time.time() - started) * 1000, 1),
@@ -376,8 +419,7 @@ def run(
             write_json(st.join(ev.job_dir, "status", f"{key}.failed-{token}.json"), record)
         except Exception:  # the failure itself is what matters; keep reporting it
             log.exception("could not write the failure record of %s", where)
-        deterministic = isinstance(err, DETERMINISTIC_ERRORS)
-        raise (TaskInputError if deterministic else TaskError)(message) from err
+        raise kind(message) from err
     duration_ms = round((time.time() - started) * 1000, 1)
     stats = result.setdefault("stats", {})
     stats["duration_ms"] = duration_ms

@@ -51,7 +51,15 @@ log = logging.getLogger(__name__)
 #: Events above this size carry their lists through storage (Lambda's async limit is 256 KB).
 MAX_INLINE_EVENT = 200 * 1024
 POLL_S = 0.5
-NON_RETRYABLE = ("TaskInputError", "Runtime.ImportModuleError", "Runtime.Cancelled")
+#: Invocation errors a retry cannot fix, and how the driver says why it gave up.
+NON_RETRYABLE = {
+    "TaskInputError": "failed (not retried: the input itself is at fault)",
+    "TaskJobError": "failed (not retried: a bug in the job's code, which a retry cannot fix)",
+    "Runtime.ImportModuleError": "failed (not retried: the job's code cannot be imported)",
+    "Runtime.Cancelled": "was cancelled",
+}
+#: A worker killed with at least this share of its memory in use most likely ran out of it.
+NEAR_MEMORY_LIMIT = 0.9
 
 
 class JobFailed(Exception):
@@ -186,12 +194,10 @@ class Driver:
         unless the spec asks to ``recompute`` it.
         """
         done = self.completed_summary()
-        if done is not None:
-            if not self.spec.recompute:
-                log.info("job %s already committed at %s; not recomputed; output %s",
-                         self.spec.job_id, done.get("finished_at"), self.spec.output)
-                return done
-            self.reset()
+        if done is not None and not self.spec.recompute:
+            log.info("job %s already committed at %s; not recomputed; output %s",
+                     self.spec.job_id, done.get("finished_at"), self.spec.output)
+            return done
         with self.tracer:
             self.prepare()
             map_records = self.run_map()
@@ -238,8 +244,13 @@ class Driver:
         self.manifest = None
 
     def prepare(self) -> dict:
-        """Check the output, write or verify the manifest, build and deploy the code."""
+        """Check the output, write or verify the manifest, build and deploy the code.
+
+        With ``recompute``, a job id that already committed starts again from scratch.
+        """
         t0 = time.time()
+        if self.spec.recompute and self.completed_summary() is not None:
+            self.reset()
         self._check_output()
         self._deploy()  # workers start (cold) while the inputs are listed
         self.manifest = self._load_or_plan()
@@ -942,7 +953,7 @@ class Driver:
 
     @staticmethod
     def _strip_prefix(error: str, describe: str) -> str:
-        for prefix in ("TaskInputError: ", "TaskError: "):
+        for prefix in ("TaskInputError: ", "TaskJobError: ", "TaskError: "):
             if error.startswith(prefix):
                 error = error[len(prefix):]
         if error.startswith(describe + " failed: "):
@@ -950,17 +961,25 @@ class Driver:
         return error
 
     def _failed(self, phase: str, task: _Task, error: str, retryable: bool, res: InvocationResult) -> JobFailed:
-        if (res.error or {}).get("errorType") == "Runtime.Cancelled":
-            what = "was cancelled"
-        elif retryable:
+        error_type = (res.error or {}).get("errorType", "")
+        if retryable:
             what = f"failed after {task.attempts} attempt{'s' if task.attempts > 1 else ''}"
         else:
-            what = "failed (not retried: the input itself is at fault)"
+            what = NON_RETRYABLE[error_type]
+        # Out of memory: the local runtime's kill, Lambda's "Runtime.OutOfMemory", a kill by
+        # a signal with memory near the limit (the kernel's OOM killer), a MemoryError raised
+        # in the handler, or a runtime that cannot tell (the AWS runtime's missing status).
+        killed = "Runtime exited with error: signal: kill" in error
+        oom = (error_type == "Runtime.OutOfMemory" or "MemoryError" in error or "out of memory" in error
+               or (killed and res.max_memory_mb >= NEAR_MEMORY_LIMIT * self.spec.memory_mb))
         hint = ""
-        if (res.error or {}).get("errorType") == "Runtime.OutOfMemory":
-            hint = "; raise --memory-mb, or --partitions so each reducer holds less"
-        elif (res.error or {}).get("errorType") == "Sandbox.Timedout":
+        if error_type == "Sandbox.Timedout":
             hint = "; raise --timeout-s, or lower --split-size"
+            if oom:
+                hint += f"; or, if it ran out of memory, raise --memory-mb (now {self.spec.memory_mb})"
+        elif oom:
+            hint = (f"; raise --memory-mb (now {self.spec.memory_mb}), or --partitions so each "
+                    f"reducer holds less")
         message = f"{task.describe} {what}: {error}{hint} (input: {task.input_desc})"
         return JobFailed(message, phase=phase, task=task.describe, input=task.input_desc, error=error)
 

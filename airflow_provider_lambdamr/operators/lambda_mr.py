@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -20,18 +23,77 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import TaskInstanceKey
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
+# Characters of a job id (lambda_src.task.JOB_ID_RE) except "=", which marks a hashed id.
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+_READABLE_MAX = 160
 
 
 def default_job_id(context: Context) -> str:
-    """A job id from the DAG run: stable across task retries, distinct across runs."""
-    raw = f"{context['dag'].dag_id}__{context['run_id']}"
-    job_id = _UNSAFE.sub("-", raw).strip("-.") or "job"
-    if len(job_id) > 180:
-        import hashlib
+    """
+    A job id from the DAG run: stable across task retries, distinct for distinct runs.
 
-        job_id = job_id[:160] + "-" + hashlib.sha256(raw.encode()).hexdigest()[:16]
-    return job_id
+    ``<dag_id>__<run_id>`` as it is when that is a valid job id without ``=`` and splits back
+    into one (dag_id, run_id) pair (the dag id has no ``__`` and does not end in ``_``).
+    Otherwise a readable, sanitized prefix of it, ``=`` and a hash of the pair: ``=`` occurs
+    only in hashed ids, so no two distinct pairs share an id (up to a 64-bit hash collision).
+    """
+    dag_id, run_id = context["dag"].dag_id, context["run_id"]
+    plain = f"{dag_id}__{run_id}"
+    if (
+        _PLAIN.fullmatch(plain) and run_id and len(plain) <= 200 and ".." not in plain
+        and "__" not in dag_id and not dag_id.endswith("_")
+    ):
+        return plain
+    digest = hashlib.sha256(json.dumps([dag_id, run_id]).encode()).hexdigest()[:16]
+    readable = re.sub(r"\.{2,}", ".", _UNSAFE.sub("-", plain)).lstrip("._+-")[:_READABLE_MAX] or "job"
+    return f"{readable}={digest}"
+
+
+def encode_job_params(params: Mapping[str, Any] | None) -> dict[str, str]:
+    """
+    ``job_params`` as the engine's ``{name: str}``: strings as they are; ``int``, ``float``,
+    ``bool``, ``None``, lists and dicts (of those) JSON-encoded with sorted keys, so the same
+    value always gives the same parameter (parameters are part of the job's identity). Any
+    other type is refused, naming the parameter.
+    """
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise ValueError(f"job_params must be a mapping of names to values, got {type(params).__name__}")
+    out = {}
+    for name, value in params.items():
+        if not isinstance(name, str):
+            raise ValueError(f"job_params name {name!r} is a {type(name).__name__}, not a string")
+        if isinstance(value, str):
+            out[name] = value
+            continue
+        _check_json_value(value, f"job_params[{name!r}]")
+        out[name] = json.dumps(value, sort_keys=True, allow_nan=False)
+    return out
+
+
+def _check_json_value(value: object, where: str) -> None:
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} is {value!r}, which JSON cannot represent")
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json_value(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where} has the key {key!r}, a {type(key).__name__}: JSON keys are strings")
+            _check_json_value(item, f"{where}[{key!r}]")
+        return
+    raise ValueError(
+        f"{where} is a {type(value).__name__} ({value!r}): pass a string, or a number, bool, None, "
+        f"list or dict to have it JSON-encoded"
+    )
 
 
 def normalize_inputs(inputs: str | Sequence[str] | dict[str, str | Sequence[str]]) -> dict[str, list[str]]:
@@ -133,9 +195,11 @@ class _LambdaMapReduceBase(BaseOperator):
         tracing: bool = False,
         concurrency: int = 100,
         code_uri: str | None = None,
+        recompute: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.recompute = recompute
         self.runtime = runtime
         self.workers = workers
         self.role_arn = role_arn
@@ -171,20 +235,29 @@ class _LambdaMapReduceBase(BaseOperator):
             },
         )
 
+    def _keeps_committed(self, spec: JobSpec, done: dict) -> bool:
+        """Whether the job's committed result stands (``recompute`` is off); says which in the log."""
+        finished = done.get("finished_at", "an unrecorded time")
+        if spec.recompute:
+            self.log.info("job %s already committed at %s; recomputing", spec.job_id, finished)
+            return False
+        self.log.info("job %s already committed at %s; not recomputed (pass recompute=True to recompute)",
+                      spec.job_id, finished)
+        return True
+
     def _progress(self, p: Progress) -> None:
         size = f", {p.bytes_done / 1e6:.1f}/{p.bytes_total / 1e6:.1f} MB" if p.bytes_total else ""
         self.log.info("%s: %d/%d tasks%s, %.1fs elapsed", p.phase, p.done, p.total, size, p.elapsed_s)
 
     def _run(self, spec: JobSpec, phase: Any, context: Context) -> Any:
-        """Run ``phase(driver)`` with a runtime that on_kill can stop, inside the job's trace."""
+        """Run ``phase(driver)`` with a runtime that on_kill can stop; the phase enters the trace."""
         runtime = self.hook.get_runtime(spec)
         self._runtime = runtime
         try:
             with runtime:
                 driver = self.hook.get_driver(spec, runtime, progress=self._progress)
                 try:
-                    with driver.tracer:
-                        return phase(driver)
+                    return phase(driver)
                 finally:
                     self._push_links(context, driver)
         except JobFailed as err:
@@ -228,8 +301,17 @@ class LambdaMapOperator(_LambdaMapReduceBase):
     :param output_uri: Where the ``part-NNNNN`` files and ``_SUCCESS`` go. (templated)
     :param job_root: Where job state and intermediates go (default: ``<output_uri>/_jobs``).
         (templated)
-    :param job_id: Job id (default: derived from the DAG run). (templated)
-    :param job_params: Job parameters, ``{name: str}``. (templated)
+    :param job_id: Job id (default: ``<dag_id>__<run_id>``, made a valid job id: when the run id
+        has characters a job id cannot hold, e.g. the ``:`` of ``manual__2024-01-01T00:00:00+00:00``,
+        they become ``-`` and ``=`` and a hash of the (dag id, run id) pair follow, so distinct runs
+        never share a job id). (templated)
+    :param job_params: Job parameters, ``{name: value}`` with string names. A string value is
+        passed as it is; an ``int``, ``float``, ``bool``, ``None``, list or dict (of those) is
+        JSON-encoded with sorted keys (``True`` → ``"true"``, ``None`` → ``"null"``,
+        ``{"a": 1}`` → ``'{"a": 1}'``), also when templates render to native objects
+        (``render_template_as_native_obj=True``). Other types (dates, sets, objects) are
+        refused: format them in the template. Parameters are part of the job's identity.
+        (templated)
     :param partitions: Reduce partitions, i.e. result files.
     :param fan_in: Runs merged per reduce task per round.
     :param split_size: Bytes per map split, e.g. ``"64MB"``.
@@ -240,6 +322,9 @@ class LambdaMapOperator(_LambdaMapReduceBase):
     :param vectorized: Use the job's pyarrow mapper when available.
     :param allow_empty_input: Give an empty result for empty input instead of failing.
     :param overwrite: Replace a result another job left in ``output_uri``.
+    :param recompute: When this job id already committed (the task was cleared, or the run
+        repeated), delete the job's state and result and run it again. By default the committed
+        result stands: the task logs so and maps nothing.
     :param runtime: ``local`` or ``aws``. (templated)
     :param workers: Local worker processes (default: CPU count).
     :param aws_conn_id: Airflow AWS connection for ``s3://`` storage and Lambda.
@@ -278,7 +363,7 @@ class LambdaMapOperator(_LambdaMapReduceBase):
         output_uri: str,
         job_root: str | None = None,
         job_id: str | None = None,
-        job_params: dict[str, str] | None = None,
+        job_params: Mapping[str, Any] | None = None,
         partitions: int = 1,
         fan_in: int = 16,
         split_size: str | int = "64MB",
@@ -318,7 +403,7 @@ class LambdaMapOperator(_LambdaMapReduceBase):
                 output=self.output_uri,
                 job_root=self.job_root or "",
                 job_id=self.job_id or default_job_id(context),
-                params={str(k): str(v) for k, v in (self.job_params or {}).items()},
+                params=encode_job_params(self.job_params),
                 partitions=self.partitions,
                 fan_in=self.fan_in,
                 split_size=parse_size(self.split_size, "split_size"),
@@ -329,6 +414,7 @@ class LambdaMapOperator(_LambdaMapReduceBase):
                 vectorized=self.vectorized,
                 allow_empty_input=self.allow_empty_input,
                 overwrite=self.overwrite,
+                recompute=self.recompute,
                 tracing=self.tracing,
                 keep_intermediates=True,  # the reduce operator reads them, cleanup removes them
             )
@@ -343,12 +429,12 @@ class LambdaMapOperator(_LambdaMapReduceBase):
 
         def phase(driver: Driver) -> dict:
             done = driver.completed_summary()
-            if done is not None:
-                self.log.info("job %s already succeeded; nothing to map", spec.job_id)
+            if done is not None and self._keeps_committed(spec, done):
                 return {"job_id": spec.job_id, "job_dir": spec.job_dir, "output": spec.output,
                         "already_succeeded": True}
-            manifest = driver.prepare()
-            records = driver.run_map()
+            with driver.tracer:
+                manifest = driver.prepare()
+                records = driver.run_map()
             stats = [r.get("stats", {}) for r in records]
             summary = {
                 "job_id": spec.job_id,
@@ -375,17 +461,26 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
 
     Merges up to ``fan_in`` runs per partition per round until one output per partition
     remains, writes ``part-NNNNN`` files and ``_SUCCESS``, and emits the result as an
-    Asset. A retried task resumes at the round it reached.
+    Asset event. A retried task resumes at the round it reached. When the job already
+    committed, the task succeeds without running anything and emits no Asset event, unless
+    ``recompute`` is set.
 
     :param job_dir: The job's directory, e.g. ``map_task.output["job_dir"]``. (templated)
     :param keep_intermediates: Keep map and reduce runs after success.
+    :param recompute: When the job already committed (the task was cleared, or the run
+        repeated), run the whole job again, map phase included (its intermediates may be gone),
+        and emit a new Asset event. By default the committed result stands: the task logs so,
+        runs nothing and emits no event. A retry after the commit recomputes too.
     :param runtime: ``local`` or ``aws``. (templated)
     :param workers: Local worker processes (default: CPU count).
     :param aws_conn_id: Airflow AWS connection for ``s3://`` storage and Lambda.
     :param region_name: AWS region. (templated)
     :param verify: TLS verification for AWS calls.
     :param botocore_config: botocore client configuration, as a dict.
-    :param result_asset: URI of the Asset to emit (default: an alias resolved to the output).
+    :param result_asset: URI of the Asset to emit (default: the output's URI). Either way the
+        event goes through the task's AssetAlias outlet (``lambdamr-result-<task_id>``), which
+        lets a run that computed nothing emit nothing: a concrete Asset in ``outlets`` gets an
+        event on every successful run.
     """
 
     template_fields: Sequence[str] = ("function_prefix", "job_dir", "region_name", "role_arn", "runtime")
@@ -405,10 +500,8 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
         **kwargs: Any,
     ) -> None:
         self.alias = AssetAlias(f"lambdamr-result-{kwargs.get('task_id', 'reduce')}")
-        if result_asset:
-            kwargs.setdefault("outlets", [Asset(result_asset)])
-        else:
-            kwargs.setdefault("outlets", [self.alias])
+        self._result_asset = Asset(result_asset) if result_asset else None  # validated at parse time
+        kwargs.setdefault("outlets", [self.alias])
         super().__init__(**kwargs)
         self.job_dir = job_dir
         self.keep_intermediates = keep_intermediates
@@ -416,19 +509,23 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
 
     def execute(self, context: Context) -> dict:
         try:
-            spec = load_spec(self.job_dir, keep_intermediates=self.keep_intermediates)
+            spec = load_spec(self.job_dir, keep_intermediates=self.keep_intermediates, recompute=self.recompute)
         except ValueError as err:
             raise AirflowException(f"LambdaMR reduce task {self.task_id}: {err}") from None
 
-        def phase(driver: Driver) -> dict:
+        def phase(driver: Driver) -> tuple[dict, bool]:
+            """The job's summary, and whether this task computed it."""
             done = driver.completed_summary()
-            if done is None:
+            if done is not None:
+                if self._keeps_committed(spec, done):
+                    return done, False
+                return driver.run(), True  # recompute the whole job (traced by run): its runs may be gone
+            with driver.tracer:
                 driver.run_reduce()
                 driver.run_later_steps()  # a multi-step job's later steps run here too
-                done = driver.commit()
-            return done
+                return driver.commit(), True
 
-        summary = self._run(spec, phase, context)
+        summary, computed = self._run(spec, phase, context)
         c = summary["counters"]
         result = {
             "job_id": summary["job_id"],
@@ -447,9 +544,10 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
             key=LambdaMapReduceResultLink.key,
             value={"output": summary["output"], "region": self.region_name},
         )
-        if not self.result_asset:
-            context["outlet_events"][self.alias].add(Asset(summary["output"]), extra=result)
-        self.log.info("LambdaMR job %s succeeded: %s", summary["job_id"], result)
+        if computed:
+            asset = self._result_asset or Asset(summary["output"])
+            context["outlet_events"][self.alias].add(asset, extra=result)
+            self.log.info("LambdaMR job %s succeeded: %s", summary["job_id"], result)
         return result
 
 

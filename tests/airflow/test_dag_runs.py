@@ -221,7 +221,9 @@ def test_a_retried_map_task_resumes_instead_of_redoing_work(tmp_path):
     assert retry["invocations"] == 0 and retry["map_tasks"] == 5
     assert retry["job_dir"] == first["job_dir"]
     red = LambdaReduceOperator(task_id="reduce", job_dir=first["job_dir"], aws_conn_id=None, result_asset=str(tmp_path / "out"))
-    result = red.execute({**ctx, "ti": _TI(), "outlet_events": {}})
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    result = red.execute({**ctx, "ti": _TI(), "outlet_events": OutletEventAccessors()})
     assert result["output_records"] == 5 and result["input_records"] == 4
     assert read_counts(str(tmp_path / "out")) == {"w0": 1, "w1": 1, "w2": 1, "w3": 1, "common": 4}
 

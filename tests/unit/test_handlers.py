@@ -68,6 +68,10 @@ def test_reducer_final_round_writes_csv(tmp_path):
         ({"version": 99}, "event version 99"),
         ({"job_id": "../../etc"}, "invalid job id"),
         ({"job": {"ref": "os:system", "partitions": 1}}, "not a MapReduceJob subclass"),
+        ({"job": {"ref": "lambda_src.jobs.wordcount:WordCounter", "partitions": 1}},
+         "job module 'lambda_src.jobs.wordcount' ("),
+        ({"job": {"ref": "lambda_src.jobs.wordcount:WordCounter", "partitions": 1}},
+         "has no attribute 'WordCounter'; its MapReduceJob classes: WordCount"),
         ({"job": {"ref": "__import__('os')", "partitions": 1}}, "invalid job reference"),
         ({"job": {"ref": "lambda_src.jobs.wordcount:WordCount", "partitions": 0}}, "partitions must be"),
         ({"job": {"ref": "lambda_src.jobs.wordcount:WordCount", "partitions": 1, "params": {"a b": "x"}}},
@@ -153,3 +157,45 @@ def test_bad_step_events_are_refused(tmp_path, job, step, extra, message):
     with pytest.raises((task.EventError, task.TaskError)) as info:
         mapper.lambda_handler(ev, CTX)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("job,raised,message", [
+    ("EmitsASet", "EncodeError", "a value of type set cannot be encoded"),
+    ("ChangesItsKey", "CombinerKeyError", 'the combiner changed key "a" into "a!"'),
+    ("Exits", "SystemExit", "the job called sys.exit(3)"),
+    ("Interrupts", "KeyboardInterrupt", "KeyboardInterrupt raised by the job"),
+])
+def test_a_job_bug_no_retry_can_fix_fails_as_the_jobs_fault(tmp_path, monkeypatch, job, raised, message):
+    (tmp_path / "buggy.py").write_text(
+        "import sys\n"
+        "from lambda_src.job import MapReduceJob\n"
+        "class Job(MapReduceJob):\n"
+        "    def reducer(self, key, values):\n"
+        "        yield key, len(list(values))\n"
+        "class EmitsASet(Job):\n"
+        "    def mapper(self, key, line):\n"
+        "        yield line, {1}\n"
+        "class ChangesItsKey(Job):\n"
+        "    def mapper(self, key, line):\n"
+        "        yield line, 1\n"
+        "    def combiner(self, key, values):\n"
+        "        yield key + '!', sum(values)\n"
+        "class Exits(Job):\n"
+        "    def mapper(self, key, line):\n"
+        "        sys.exit(3)\n"
+        "class Interrupts(Job):\n"
+        "    def mapper(self, key, line):\n"
+        "        raise KeyboardInterrupt\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "in.txt").write_text("a\na\n")
+    job_dir = f"file://{tmp_path}/job"
+    uri = st.normalize(str(tmp_path / "in.txt"))
+    ev = _event(job_dir, job={"ref": f"buggy:{job}", "partitions": 1, "vectorized": False},
+                splits=[{"uri": uri, "start": 0, "end": 4, "size": 4}])
+    with pytest.raises(task.TaskJobError) as info:
+        mapper.lambda_handler(ev, CTX)
+    assert f"{raised}: {message}" in str(info.value)
+    (failed,) = (tmp_path / "job" / "status" / "map").glob("00003.failed-a1-*.json")
+    error = json.loads(failed.read_text())["error"]
+    assert error["type"] == raised and message in error["message"] and error["failure"] == "TaskJobError"

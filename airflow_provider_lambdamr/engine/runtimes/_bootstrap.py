@@ -4,16 +4,93 @@ Run as a script (``python -I _bootstrap.py FD CODE_DIR HANDLER...``) so that it 
 nothing from the driver's environment but the standard library and the packages a Lambda
 Python runtime also has: the handlers come from the extracted zip, first on ``sys.path``.
 Messages are length-prefixed JSON bytes over a socket; nothing is pickled.
+
+A worker never outlives its driver, and never runs an invocation past its deadline, even
+when the driver is gone or stuck: see ``Watchdog``.
 """
 
+import ctypes
 import importlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
+
+#: The environment variable naming the driver's pid (the worker's expected parent).
+PARENT_PID_ENV = "LAMBDAMR_PARENT_PID"
+#: Set (to "1") when the driver spawned the worker from its main thread: see ``die_with_parent``.
+PDEATHSIG_ENV = "LAMBDAMR_PDEATHSIG"
+#: Exit status of a worker that ended its own invocation at the deadline.
+TIMEOUT_EXIT = 124
+#: Exit status of a worker whose driver is gone.
+ORPHAN_EXIT = 125
+#: How often the watchdog checks that the driver is still the worker's parent.
+PARENT_POLL_S = 0.2
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Exit at once if the driver ``parent_pid`` is gone; on Linux, be SIGKILLed when it goes.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the worker exits, so the driver
+    asks for it only when it spawns from its main thread; the watchdog's parent check covers
+    the other cases and systems without prctl.
+    """
+    if os.environ.get(PDEATHSIG_ENV) == "1" and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        except (OSError, AttributeError) as err:
+            print(f"lambdamr worker: no parent-death signal ({err}); relying on the watchdog",
+                  file=sys.stderr)
+    # The driver may have died before prctl: then the worker was already reparented.
+    if os.getppid() != parent_pid:
+        os._exit(ORPHAN_EXIT)
+
+
+class Watchdog(threading.Thread):
+    """Ends the worker when its driver is gone, or when an invocation passes its deadline.
+
+    The main thread reads the socket only between invocations, so only a thread notices
+    these during one. Both end the process with ``os._exit``: nothing (no status record, no
+    buffered output) is written after the driver died or after the deadline.
+    """
+
+    def __init__(self, parent_pid: int) -> None:
+        super().__init__(name="lambdamr-watchdog", daemon=True)
+        self.parent_pid = parent_pid
+        self._deadline: float | None = None
+        self._changed = threading.Event()
+
+    def start_invocation(self, deadline_s: float) -> None:
+        self._deadline = deadline_s
+        self._changed.set()
+
+    def end_invocation(self) -> None:
+        self._deadline = None
+        self._changed.set()
+
+    def run(self) -> None:
+        while True:
+            deadline = self._deadline
+            wait_s = PARENT_POLL_S
+            if deadline is not None:
+                wait_s = min(wait_s, max(0.0, deadline - time.time()))
+            if self._changed.wait(wait_s):
+                self._changed.clear()
+                continue
+            if os.getppid() != self.parent_pid:
+                os._exit(ORPHAN_EXIT)
+            if deadline is not None and deadline == self._deadline and time.time() >= deadline:
+                print(f"lambdamr worker: invocation passed its deadline; exiting with status "
+                      f"{TIMEOUT_EXIT}", file=sys.stderr, flush=True)
+                os._exit(TIMEOUT_EXIT)
 
 
 class LambdaContext:
@@ -36,9 +113,14 @@ class LambdaContext:
 
 
 def _error(err: BaseException, error_type: str | None = None) -> dict:
+    message = str(err)
+    if isinstance(err, SystemExit):
+        message = f"the handler called sys.exit({err.code!r})"
+    elif isinstance(err, KeyboardInterrupt):
+        message = message or "KeyboardInterrupt raised by the handler"
     return {
         "errorType": error_type or type(err).__name__,
-        "errorMessage": str(err),
+        "errorMessage": message,
         "stackTrace": traceback.format_exception(type(err), err, err.__traceback__)[-20:],
     }
 
@@ -55,6 +137,10 @@ def _peak_rss_mb() -> float:
 
 
 def main() -> None:
+    parent_pid = int(os.environ.get(PARENT_PID_ENV) or os.getppid())  # unset when run by hand
+    die_with_parent(parent_pid)
+    watchdog = Watchdog(parent_pid)
+    watchdog.start()
     fd = int(sys.argv[1])
     code_dir = sys.argv[2]
     handler_names = sys.argv[3:]
@@ -103,11 +189,14 @@ def main() -> None:
             reply.update(ok=False, error=init_error)
         else:
             handler = handlers[request["handler"]]
+            watchdog.start_invocation(request["deadline_ms"] / 1000)
             try:
                 payload = handler(request["event"], LambdaContext(request))
                 reply.update(ok=True, payload=payload)
-            except Exception as err:
+            except BaseException as err:  # SystemExit too: report it, as Lambda's runtime does
                 reply.update(ok=False, error=_error(err))
+            finally:
+                watchdog.end_invocation()
         reply["duration_ms"] = (time.time() - t0) * 1000
         reply["max_memory_mb"] = _peak_rss_mb()
         try:

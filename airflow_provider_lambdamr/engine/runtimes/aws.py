@@ -347,10 +347,9 @@ class AwsRuntime(Runtime):
             if failed:
                 record = json.loads(store.read_bytes(failed[0]))
                 err = record.get("error", {})
-                deterministic = err.get("type") in {e.__name__ for e in task.DETERMINISTIC_ERRORS}
                 results.append(InvocationResult(
                     request_id=rid, ok=False,
-                    error={"errorType": "TaskInputError" if deterministic else "TaskError",
+                    error={"errorType": err.get("failure", "TaskError"),
                            "errorMessage": record.get("where", "task") + " failed: "
                            + f"{err.get('type')}: {err.get('message')}"},
                     duration_ms=float(record.get("duration_ms", 0.0)),

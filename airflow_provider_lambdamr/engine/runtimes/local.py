@@ -4,6 +4,8 @@ Each worker is a fresh interpreter that imports the handlers from the job's extr
 (its init phase, timed as Lambda's cold start) and then serves invocations one at a time,
 warm. The pool enforces the function timeout and memory limit by killing the worker, and
 reports those failures with Lambda's wording; a worker that dies for any reason is replaced.
+Workers also guard themselves (see _bootstrap): they die with this process, and end an
+invocation at its deadline even when this process is gone or stuck.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,12 +29,16 @@ from pathlib import Path
 
 from airflow_provider_lambdamr.engine import packaging
 from airflow_provider_lambdamr.engine.packaging import CodePackage
+from airflow_provider_lambdamr.engine.runtimes import _bootstrap
 from airflow_provider_lambdamr.engine.runtimes.base import HANDLERS, InvocationResult, Runtime
 
 log = logging.getLogger(__name__)
 
-BOOTSTRAP = str(Path(__file__).with_name("_bootstrap.py"))
+BOOTSTRAP = str(Path(_bootstrap.__file__))
 MEMORY_POLL_S = 0.05
+#: How long a worker that closed its connection gets to exit by itself (its exit status
+#: says why it ended) before it is killed.
+EXIT_GRACE_S = 2.0
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -135,6 +142,9 @@ class LocalRuntime(Runtime):
             "AWS_EXECUTION_ENV": "lambdamr-local",
             "LAMBDA_TASK_ROOT": str(self.code_dir),
             "PYTHONDONTWRITEBYTECODE": "1",
+            # The worker dies with this process (see _bootstrap.die_with_parent).
+            _bootstrap.PARENT_PID_ENV: str(os.getpid()),
+            _bootstrap.PDEATHSIG_ENV: "1" if threading.current_thread() is threading.main_thread() else "0",
         }
         proc = subprocess.Popen(
             [sys.executable, "-I", BOOTSTRAP, str(child.fileno()), str(self.code_dir),
@@ -302,6 +312,8 @@ class LocalRuntime(Runtime):
                     f"{code}); run {sys.executable} -I {BOOTSTRAP} by hand to see why"
                 )
         if worker in self._pool:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.proc.wait(timeout=EXIT_GRACE_S)
             self._replace(worker)
 
     def _replace(self, worker: _Worker) -> None:
@@ -318,7 +330,7 @@ class LocalRuntime(Runtime):
     def _failure(self, worker: _Worker, pending: _Pending) -> InvocationResult:
         rid = pending.request_id
         elapsed_ms = (time.time() - worker.started) * 1000
-        if worker.killed_for == "timeout":
+        if worker.killed_for == "timeout" or worker.proc.returncode == _bootstrap.TIMEOUT_EXIT:
             error = {
                 "errorType": "Sandbox.Timedout",
                 "errorMessage": f"RequestId: {rid} Error: Task timed out after {self.timeout_s:.2f} seconds",
