@@ -304,7 +304,7 @@ def test_an_out_of_memory_failure_names_memory_mb_whichever_way_it_is_reported(t
     from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
     from airflow_provider_lambdamr.engine.spec import JobSpec
 
-    spec = JobSpec(job="wordcount", inputs={"": [str(tmp_path)]}, output=str(tmp_path / "out"), memory_mb=256)
+    spec = JobSpec(job="wordcount", inputs={"": [str(tmp_path / "in")]}, output=str(tmp_path / "out"), memory_mb=256)
     task = _Task(key="map/00000", function="mapper", event={}, describe="map task 0 of 1",
                  input_desc="in.txt", attempts=3)
     res = InvocationResult("r", False, error=error, max_memory_mb=peak_mb)
