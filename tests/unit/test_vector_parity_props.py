@@ -1,0 +1,144 @@
+"""Property: random rows, valid and hostile, give the same result vectorized and in record mode.
+
+Each example writes a few files of random uservisits / rankings rows and runs amplab-2a and
+amplab-1a through the real engine both ways (one warm local runtime for all examples). See
+``tests/vector_parity.py`` for what "the same" means and why sums are kept exact.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from airflow_provider_lambdamr.engine.driver import Driver, JobFailed
+from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
+from airflow_provider_lambdamr.engine.spec import JobSpec
+from lambda_src import reader
+from lambda_src import storage as lst
+from tests.vector_parity import BOM, NUMBER_TOKENS, TEXT_TOKENS, ranking, read_parts, sorted_rows, uservisit
+
+# Text without "." or "e": the numbers it forms are integers, whose sums are exact.
+TEXT = st.text(alphabet="ab1 -,\r\t\ufeffé日", max_size=6)
+NUMBER = st.one_of(st.sampled_from(NUMBER_TOKENS), st.integers(-4000, 4000).map(lambda n: str(n / 4)), TEXT)
+FIELD = st.one_of(st.sampled_from(TEXT_TOKENS), TEXT, st.sampled_from(("u/1", "u/2", "1980-02-01")))
+IPS = st.sampled_from(("10.0.0.1", "10.0.0.2", "10.1.0.1", "NULL", "", "ü.0.0.1", BOM + "10.0.0.1"))
+
+
+def exact_sum(token: str) -> bool:
+    """Summing this value with others gives the same float in any order."""
+    try:
+        value = float(token)
+    except ValueError:
+        return True  # a bad record: never summed
+    return math.isinf(value) or math.isnan(value) or (abs(value) < 2**40 and (value * 4).is_integer())
+
+
+@st.composite
+def visits(draw) -> list[str]:
+    rows = []
+    for i in range(draw(st.integers(1, 12))):
+        revenue = draw(NUMBER)
+        # a value whose sum depends on the order gets a key of its own
+        ip = draw(IPS) if exact_sum(revenue) else f"u{i:03d}.0.0.1"
+        rows.append(uservisit(ip, revenue, url=draw(FIELD), word=draw(FIELD), duration=draw(FIELD)))
+    return rows
+
+
+@st.composite
+def rankings(draw) -> list[str]:
+    return [ranking(draw(FIELD), draw(NUMBER), draw(FIELD)) for _ in range(draw(st.integers(1, 12)))]
+
+
+@st.composite
+def layouts(draw, rows) -> dict:
+    """Rows spread over one to three files, with random line endings, BOMs and compression."""
+    files = []
+    for _ in range(draw(st.integers(1, 3))):
+        lines = draw(rows)
+        if draw(st.booleans()):
+            lines = [line + "\r" if draw(st.booleans()) else line for line in lines]
+        data = "\n".join(lines) + draw(st.sampled_from(("\n", "", "\r\n", "\n\n")))
+        if draw(st.booleans()):
+            data = BOM + data
+        files.append((data.encode(), draw(st.booleans())))
+    return {"files": files, "split_size": draw(st.sampled_from((1 << 20, 64, 150))),
+            "max_bad_records": draw(st.sampled_from((0, 2, 1000)))}
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    with LocalRuntime(workers=1) as rt:  # tasks in order: the first bad record is the same one
+        yield rt
+
+
+def run(rt, job: str, folder, out, layout, vectorized: bool):
+    spec = JobSpec(job=job, inputs={"": [str(folder)]}, output=str(out), overwrite=True, job_id="prop",
+                   vectorized=vectorized, split_size=layout["split_size"], partitions=2,
+                   max_files_per_task=1, max_bad_records=layout["max_bad_records"])
+    try:
+        summary = Driver(spec, rt).run()
+    except JobFailed as err:
+        return "error", str(err).replace(str(out), "OUT")
+    counters = summary["counters"]
+    parts = read_parts(str(out))
+    return (counters["input_records"], counters["bad_records"], sorted(parts),
+            [sorted_rows(data) if name.startswith("part-0") else data for name, data in sorted(parts.items())])
+
+
+def check(rt, tmp_path_factory, job: str, layout: dict) -> None:
+    root = tmp_path_factory.mktemp("prop")
+    folder = root / "in"
+    folder.mkdir()
+    for i, (data, compress) in enumerate(layout["files"]):
+        if compress:
+            (folder / f"f{i}.csv.gz").write_bytes(gzip.compress(data, mtime=0))
+        else:
+            (folder / f"f{i}.csv").write_bytes(data)
+    results = [run(rt, job, folder, root / f"out-{v}", layout, v) for v in (True, False)]
+    assert results[0] == results[1]
+
+
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(layout=layouts(visits()))
+def test_2a_vectorized_equals_record_mode(runtime, tmp_path_factory, layout):
+    check(runtime, tmp_path_factory, "amplab-2a", layout)
+
+
+@SETTINGS
+@given(layout=layouts(rankings()))
+def test_1a_vectorized_equals_record_mode(runtime, tmp_path_factory, layout):
+    check(runtime, tmp_path_factory, "amplab-1a", layout)
+
+
+# -- the record path's reading of a BOM, which the vectorized path follows -----------------
+
+def _lines(path, start=0, end=None) -> list[tuple[int, str]]:
+    uri = lst.normalize(str(path))
+    store = lst.for_uri(uri)
+    size = store.size(uri)
+    seg = reader.Segment(uri, start, size if end is None else end, size,
+                         "gzip" if str(path).endswith(".gz") else None)
+    out = []
+    for block in reader.iter_blocks(store, seg, lambda *a: None):
+        out.extend((block.offset(i), line) for i, line in enumerate(block.lines))
+    return out
+
+
+def test_a_bom_is_dropped_at_byte_0_of_an_object_only(tmp_path):
+    data = (BOM + "a,1\n" + BOM + "b,2\n").encode()
+    (tmp_path / "f.csv").write_bytes(data)
+    (tmp_path / "f.csv.gz").write_bytes(gzip.compress(data))
+    expected = [(3, "a,1"), (7, BOM + "b,2")]  # offsets of the lines' first bytes in the object
+    assert _lines(tmp_path / "f.csv") == expected
+    assert _lines(tmp_path / "f.csv.gz") == expected
+    assert _lines(tmp_path / "f.csv", start=7) == expected[1:]  # a split starting at a BOM keeps it
+    (tmp_path / "bom-only.csv").write_bytes(BOM.encode())
+    assert _lines(tmp_path / "bom-only.csv") == []
