@@ -32,6 +32,11 @@ NUMBER_TOKENS = (
     "1234567890123456", "12345678901234567890", "99999999999999999999999", "0x10", "1d5",
     " 7.25", "7.25 ", " 7", "7 ", "\t3", "٣", "1,5", "TRUE", "1.#IND",
 )
+#: Spellings of a number the vectorized path reads itself (it must then read them as float() does).
+ARROW_NUMBER_TOKENS = (
+    "-0.0", "-0", "0", "0012", "-5", "1001", "1e-05", "0.00001", "1E5", "+1.5", ".5", "5.", "1e400", "-1e400",
+    "1e308", "1.7976931348623157e308", "5e-324", "1e16", "1e15", "1234567890123456", "inf", "-inf", "Infinity",
+)
 #: Values for a text column that a reader may take for a null or change.
 TEXT_TOKENS = ("", "NULL", "null", "N/A", "#N/A", "NaN", "nan", " padded ", "ünïcødé", "日本語", "a\tb", '"q"')
 
@@ -98,6 +103,18 @@ def hostile_rankings() -> list[str]:
     return lines
 
 
+def arrow_visits() -> list[str]:
+    lines = [uservisit(f"a{i:03d}.1.2.3", tok) for i, tok in enumerate(ARROW_NUMBER_TOKENS)]
+    lines += [uservisit(tok, "2.5", url=tok or "u/0", word=tok) for tok in TEXT_TOKENS]
+    return [*lines, uservisit("r05.0.0.1", "1.5") + "\r", uservisit("ü.0.0.1", "1.5", url="ünï/cødé")]
+
+
+def arrow_rankings() -> list[str]:
+    lines = [ranking(f"a/{i:03d}", tok) for i, tok in enumerate(ARROW_NUMBER_TOKENS)]
+    lines += [ranking(tok, "2000") for tok in TEXT_TOKENS]
+    return [*lines, ranking("r/5", "2000", avg="3\r"), ranking("ünï/cødé", "2000")]
+
+
 #: Invalid UTF-8 in a column the vectorized mappers do not read.
 INVALID_UTF8_VISIT = uservisit("x01.0.0.1", "1.5", agent="\udcff").encode("utf-8", "surrogateescape")
 INVALID_UTF8_RANKING = ranking("x/1", "2000", avg="\udcff").encode("utf-8", "surrogateescape")
@@ -132,32 +149,38 @@ BOM_SPLIT = 256
 SPLIT_SIZES = (64 * 1024 * 1024, BOM_SPLIT, 97)
 
 
-def write_corpus(root: Path, *, seed: int = 1, bad: bool = True) -> dict[str, Path]:
+def write_corpus(root: Path, kind: str, *, seed: int = 1) -> dict[str, Path]:
     """Directories ``uservisits`` and ``rankings`` of small files, one hostile line in each.
 
-    Run with one file per map task, so a file that makes the Arrow reader give up (and its
-    task re-read in record mode) leaves the other tasks vectorized. Every other file starts
-    with a BOM, every third lacks its final newline. With ``bad=False`` only lines the record
-    path accepts are written.
+    ``kind`` is ``bad`` (every hostile line), ``clean`` (the lines the record path accepts)
+    or ``arrow`` (lines the vectorized path reads without falling back: BOMs at byte 0,
+    ``\r\n``, float spellings, null markers as text, non-ASCII). Run with one file per map
+    task, so a file that makes the Arrow reader give up (and its task re-read in record
+    mode) leaves the other tasks vectorized. Every other file starts with a BOM, every third
+    lacks its final newline.
     """
     rng = random.Random(seed)
     tables = {
-        "uservisits": (hostile_visits(), _ordinary_visits, _record_ok_visit, INVALID_UTF8_VISIT,
-                       uservisit("b01.0.0.1", "4.5"), lambda k: uservisit("10.0.0.1", "1.5", word="w" * k)),
-        "rankings": (hostile_rankings(), _ordinary_rankings, _record_ok_ranking, INVALID_UTF8_RANKING,
-                     ranking("b/1", "4000"), lambda k: ranking("u/" + "w" * k, "2000")),
+        "uservisits": (_ordinary_visits, _record_ok_visit, INVALID_UTF8_VISIT, uservisit("b01.0.0.1", "4.5"),
+                       lambda k: uservisit("10.0.0.1", "1.5", word="w" * k)),
+        "rankings": (_ordinary_rankings, _record_ok_ranking, INVALID_UTF8_RANKING, ranking("b/1", "4000"),
+                     lambda k: ranking("u/" + "w" * k, "2000")),
     }
     dirs = {}
-    for name, (lines, ordinary, record_ok, invalid, bom_line, filler) in tables.items():
+    for name, (ordinary, record_ok, invalid, bom_line, filler) in tables.items():
         folder = dirs[name] = root / name
-        if not bad:
+        lines = hostile_visits() if name == "uservisits" else hostile_rankings()
+        if kind == "arrow":
+            lines = arrow_visits() if name == "uservisits" else arrow_rankings()
+        if kind != "bad":
             lines = [line for line in lines if record_ok(line)]
         for i, line in enumerate(lines):
             _write(folder / f"h{i:03d}.csv", [*ordinary(rng, 2), line, *ordinary(rng, 1)],
                    bom=i % 2 == 0, newline=i % 3 != 0)
         _write(folder / "ordinary.csv", ordinary(rng, 60))
-        _bom_at_split(folder / "bom.csv", filler, bom_line, BOM_SPLIT)
-        if bad:
+        if kind != "arrow":
+            _bom_at_split(folder / "bom.csv", filler, bom_line, BOM_SPLIT)
+        if kind == "bad":
             _write(folder / "utf8.csv", [*ordinary(rng, 5), invalid])
     return dirs
 
