@@ -10,6 +10,7 @@ instead of input splits.
 from __future__ import annotations
 
 import codecs
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -313,7 +314,6 @@ class _RecordLines:
     only and drops one ``\r`` before it), skips a UTF-8 BOM at the start of any stream (the
     record path only at byte 0 of an object: a later split that starts with one keeps it)
     and checks UTF-8 only in the columns it converts (the record path decodes whole lines).
-    ``finish()`` counts the lines as the record path does (Arrow skips the empty ones).
     """
 
     def __init__(self, raw: Any, where: str, at_object_start: bool) -> None:
@@ -324,17 +324,12 @@ class _RecordLines:
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
         self._utf8_pending = False  # the decoder holds the start of a multi-byte character
         self._at_object_start = at_object_start
-        self._size = 0
-        self._newlines = 0
-        self._partial = False  # bytes after the last \n
         self.closed = False
 
-    def finish(self) -> int:
-        """Check the end of the stream; the number of lines the record path reads in it."""
-        while self.read(1 << 20):  # the reader may stop before it sees the end
+    def finish(self) -> None:
+        """Check the end of the stream, which the CSV reader may not have asked for."""
+        while self.read(1 << 20):
             pass
-        only_bom = self._at_object_start and self._size == len(reader.BOM) and self._head == reader.BOM
-        return self._newlines + (self._partial and not only_bom)
 
     def read(self, size: int = -1) -> bytes:
         chunk = self._raw.read(size if size >= 0 else None)
@@ -342,10 +337,6 @@ class _RecordLines:
             self._head += chunk[: len(reader.BOM) - len(self._head)]
             if self._head == reader.BOM and not self._at_object_start:
                 raise _ArrowFallback(f"{self._where}: the split starts with a UTF-8 BOM")
-        self._size += len(chunk)
-        newlines = chunk.count(b"\n")
-        self._newlines += newlines
-        self._partial = not chunk.endswith(b"\n") if newlines else self._partial or bool(chunk)
         if self._lone_cr(chunk):
             raise _ArrowFallback(f"{self._where}: a \\r that does not end a line")
         self._cr = chunk.endswith(b"\r")
@@ -395,13 +386,17 @@ def _map_tables(
         double_quote=False,
         escape_char=False,
         newlines_in_values=False,
-        ignore_empty_lines=True,
+        # Arrow reads an empty line as a row of empty fields, which a number column refuses
+        # (and as_table below catches): the task falls back, and the record path decides.
+        ignore_empty_lines=False,
     )
     types = {name: pa.type_for_alias(job.table_types.get(name, "string")) for name in include}
     # Arrow reads "0x10" as the integer 16; the record mapper's int() refuses it. Integer
     # columns are read as text and converted here, where only digits (and a "-") are accepted.
     integers = [name for name, t in types.items() if pa.types.is_integer(t)]
     floats = [name for name, t in types.items() if pa.types.is_floating(t)]
+    texts = [name for name, t in types.items() if t in (pa.string(), pa.large_string(), pa.binary())]
+    only_text = len(texts) == len(types)
     convert_options = pacsv.ConvertOptions(
         include_columns=include,
         column_types={name: pa.string() if name in integers else t for name, t in types.items()},
@@ -426,6 +421,10 @@ def _map_tables(
             # Arrow also reads "nan(...)", which float() refuses: any NaN goes to the record path.
             if pc.any(pc.is_nan(table.column(name))).as_py():
                 raise _ArrowFallback(f"{where}: column {name} holds a NaN")
+        if only_text:  # nothing refuses an empty line's row: find it (or a line of empty fields)
+            blank = functools.reduce(pc.and_, [pc.equal(table.column(name), "") for name in texts])
+            if pc.any(blank).as_py():
+                raise _ArrowFallback(f"{where}: an empty line")
         return table
 
     records = 0
@@ -445,12 +444,13 @@ def _map_tables(
                 convert_options=convert_options,
             ) as batches:
                 for batch in batches:
+                    records += batch.num_rows
                     sink(job.map_table(as_table(batch, where)))
-                records += lines.finish()
+                lines.finish()
         except pa.ArrowException as err:
             raise _ArrowFallback(f"{where}: {err}") from None
         except StopIteration:  # an empty stream
-            records += lines.finish()
+            lines.finish()
     return {"input_records": records, "input_bytes": input_bytes, "bad_records": 0}
 
 

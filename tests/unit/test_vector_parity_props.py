@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import math
+import re
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,8 +19,9 @@ from hypothesis import strategies as st
 from airflow_provider_lambdamr.engine.driver import Driver, JobFailed
 from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
 from airflow_provider_lambdamr.engine.spec import JobSpec
-from lambda_src import reader
+from lambda_src import mapper, reader
 from lambda_src import storage as lst
+from lambda_src.job import MapReduceJob
 from tests.vector_parity import BOM, NUMBER_TOKENS, TEXT_TOKENS, ranking, read_parts, sorted_rows, uservisit
 
 # Text without "." or "e": the numbers it forms are integers, whose sums are exact.
@@ -142,3 +145,74 @@ def test_a_bom_is_dropped_at_byte_0_of_an_object_only(tmp_path):
     assert _lines(tmp_path / "f.csv", start=7) == expected[1:]  # a split starting at a BOM keeps it
     (tmp_path / "bom-only.csv").write_bytes(BOM.encode())
     assert _lines(tmp_path / "bom-only.csv") == []
+
+
+# -- the vectorized reader's own checks, at the edges the engine tests rarely reach ---------
+
+class _Bytes:
+    """A stream that hands out at most ``step`` bytes per read."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.step, self.pos = data, step, 0
+
+    def read(self, size=None) -> bytes:
+        n = self.step if size is None else min(size, self.step)
+        out = self.data[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def _drain(data: bytes, step: int, at_object_start: bool = True) -> None:
+    lines = mapper._RecordLines(_Bytes(data, step), "f bytes 0-9", at_object_start)
+    while lines.read(1 << 20):
+        pass
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 64])
+@pytest.mark.parametrize("data,at_start,why", [
+    (b"a,1\r\nb,2\r\n", True, None),
+    ("é,日\n".encode() * 3, True, None),
+    (BOM.encode() + b"a,1\n", True, None),
+    (b"a,1\rb,2\n", True, "a \\r that does not end a line"),
+    (b"a,1\r\r\n", True, "a \\r that does not end a line"),
+    (b"a,1\r", True, "a \\r that does not end a line"),
+    (BOM.encode() + b"a,1\n", False, "the split starts with a UTF-8 BOM"),
+    (b"a,\xff\n", True, "invalid UTF-8"),
+    ("a,é".encode()[:-1], True, "invalid UTF-8"),  # truncated at the end of the stream
+])
+def test_the_arrow_stream_stops_where_arrow_would_read_other_lines(data, at_start, step, why):
+    if why is None:
+        _drain(data, step, at_start)
+    else:
+        with pytest.raises(mapper._ArrowFallback, match=re.escape(why)):
+            _drain(data, step, at_start)
+
+
+class _TextJob(MapReduceJob):
+    table_columns = ("a", "b")
+
+    def mapper(self, key, line):
+        return [tuple(line.split(","))] if line else []
+
+    def map_table(self, table):
+        return list(zip(table.column("a").to_pylist(), table.column("b").to_pylist(), strict=True))
+
+
+@pytest.mark.parametrize("text,fallback", [("a,b\nc,d\n", False), ("a,b\n\nc,d\n", True), ("a,b\n\r\nc,d", True)])
+def test_an_empty_line_of_a_text_only_job_falls_back(tmp_path, text, fallback):
+    """Arrow reads an empty line as a row of empty strings; the record mapper sees ""."""
+    path = tmp_path / "in.csv"
+    path.write_text(text, newline="")
+    uri = lst.normalize(str(path))
+    seg = reader.Segment(uri, 0, path.stat().st_size, path.stat().st_size)
+    rows: list = []
+    cfg = SimpleNamespace(max_line_bytes=1 << 20)
+    if fallback:
+        with pytest.raises(mapper._ArrowFallback, match="an empty line"):
+            mapper._map_tables(_TextJob(), [seg], rows.extend, cfg)
+    else:
+        mapper._map_tables(_TextJob(), [seg], rows.extend, cfg)
+        assert rows == [("a", "b"), ("c", "d")]
