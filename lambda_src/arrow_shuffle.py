@@ -103,6 +103,11 @@ def as_lines(table: pa.Table) -> Iterator[bytes]:
     return iter(lines)
 
 
+#: Arrow's text of a float that is also Python's repr (less a ".0"): fixed notation for a decimal
+#: exponent from -4 to 15, where Python does not use an exponent, and nan, inf, -inf.
+_SAME_AS_REPR = r"^(-?([1-9][0-9]{0,15}(\.[0-9]+)?|0(\.0{0,3}[1-9][0-9]*)?)|nan|inf|-inf)$"
+
+
 def _column_text(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
     """A column as CSV text, or None when it needs Python's formatting (nested values)."""
     t = col.type
@@ -112,9 +117,13 @@ def _column_text(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
         return pc.fill_null(col, "")
     if pa.types.is_floating(t):
         text = pc.cast(col, pa.string())
-        # Python writes integral floats as "3.0"; Arrow as "3".
-        plain = pc.match_substring_regex(text, r"^-?[0-9]+$")
-        return pc.fill_null(pc.if_else(plain, pc.binary_join_element_wise(text, ".0", ""), text), "")
+        # Both write the shortest round-trip digits, but Python (repr) and Arrow switch to
+        # exponent notation at different magnitudes ("1e-05" and "0.00001", "1000000000000000.0"
+        # and "1e+15"), and Python writes integral floats as "3.0", Arrow as "3".
+        if not pc.all(pc.match_substring_regex(text, _SAME_AS_REPR)).as_py():
+            return None
+        integral = pc.match_substring_regex(text, r"^-?[0-9]+$")
+        return pc.fill_null(pc.if_else(integral, pc.binary_join_element_wise(text, ".0", ""), text), "")
     if pa.types.is_integer(t) or pa.types.is_boolean(t):
         return pc.fill_null(pc.cast(col, pa.string()), "")
     return None

@@ -24,6 +24,8 @@ from lambda_src import storage as st
 SCAN_STEP = 64 * 1024
 DEFAULT_MAX_LINE_BYTES = 1024 * 1024
 SAMPLE_CHARS = 120
+#: A UTF-8 byte order mark: dropped at byte 0 of an object, data anywhere else.
+BOM = b"\xef\xbb\xbf"
 
 
 class InputError(Exception):
@@ -323,7 +325,8 @@ def iter_blocks(
     """Yield the segment's lines in blocks, line endings (``\n`` or ``\r\n``) removed.
 
     Offsets are into the object (into the decompressed stream for gzip). A line longer than
-    ``max_line_bytes`` (see the module docstring) raises :class:`InputError`.
+    ``max_line_bytes`` (see the module docstring) raises :class:`InputError`. A UTF-8 BOM at
+    byte 0 of the object is not part of its first line; one anywhere else is data.
     ``on_bad_bytes(offset, raw_line, error)`` is called for a line that is not valid UTF-8;
     it raises to fail the task, or returns to skip the line.
     """
@@ -333,11 +336,20 @@ def iter_blocks(
     base = start
     carry = b""
     first = start == 0 and not seg.compression
+    at_bom = start == 0  # the object's first bytes, which may be a BOM, are still to come
     for chunk in raw_chunks(store, seg, start, end):
         if first:
             check_text(seg.uri, chunk)
             first = False
         data = carry + chunk if carry else chunk
+        if at_bom:
+            if len(data) < len(BOM) and BOM.startswith(data):
+                carry = data
+                continue
+            at_bom = False
+            if data.startswith(BOM):
+                data = data[len(BOM):]
+                base += len(BOM)
         cut = data.rfind(b"\n")
         if cut < 0:
             carry = data
