@@ -315,12 +315,15 @@ class _RecordLines:
     Arrow's CSV reader ends a row at a lone ``\r`` (the record path splits lines at ``\n``
     only and drops one ``\r`` before it), skips a UTF-8 BOM at the start of any stream (the
     record path only at byte 0 of an object: a later split that starts with one keeps it)
-    and checks UTF-8 only in the columns it converts (the record path decodes whole lines).
+    and checks UTF-8 only in the columns it converts (the record path decodes whole lines),
+    and reads lines of any length (the record path refuses one longer than max_line_bytes).
     """
 
-    def __init__(self, raw: Any, where: str, at_object_start: bool) -> None:
+    def __init__(self, raw: Any, where: str, at_object_start: bool, max_line_bytes: int) -> None:
         self._raw = raw
         self._where = where
+        self._max_line = max_line_bytes
+        self._line = 0  # bytes of the line not yet ended by a newline
         self._head = b""  # the first bytes, while they may still be a BOM
         self._cr = False  # the last byte read was \r
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
@@ -342,6 +345,7 @@ class _RecordLines:
         if self._lone_cr(chunk):
             raise _ArrowFallback(f"{self._where}: a \\r that does not end a line")
         self._cr = chunk.endswith(b"\r")
+        self._check_line_lengths(chunk)
         if self._utf8_pending or not chunk.isascii():
             try:
                 self._utf8.decode(chunk, final=not chunk)
@@ -349,6 +353,19 @@ class _RecordLines:
                 raise _ArrowFallback(f"{self._where}: invalid UTF-8 ({err.reason})") from None
             self._utf8_pending = bool(self._utf8.getstate()[0])
         return chunk
+
+    def _check_line_lengths(self, chunk: bytes) -> None:
+        first = chunk.find(b"\n")
+        if first < 0:
+            self._line += len(chunk)
+            too_long = self._line > self._max_line
+        else:
+            last = chunk.rfind(b"\n")
+            too_long = (self._line + first > self._max_line
+                        or reader.first_long_line(chunk[first + 1: last + 1], self._max_line) >= 0)
+            self._line = len(chunk) - last - 1
+        if too_long:  # the record path names the line and its offset
+            raise _ArrowFallback(f"{self._where}: a line longer than {self._max_line} bytes")
 
     def _lone_cr(self, chunk: bytes) -> bool:
         """A \\r not followed by \\n in the stream so far (the end of the stream included)."""
@@ -438,7 +455,7 @@ def _map_tables(
         input_bytes += end - start
         where = seg.describe()
         try:
-            lines = _RecordLines(_arrow_stream(seg, start, end), where, start == 0)
+            lines = _RecordLines(_arrow_stream(seg, start, end), where, start == 0, cfg.max_line_bytes)
             if st.is_s3(seg.uri) or seg.compression:  # checked as Arrow reads: one download
                 source = pa.PythonFile(lines, "r")
             else:  # checked first: Arrow reads a mapped file faster than through Python

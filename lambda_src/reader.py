@@ -184,7 +184,7 @@ def _too_long(uri: str, what: str, offset: int, max_line_bytes: int) -> InputErr
     )
 
 
-def _first_long_line(data: bytes, max_line_bytes: int) -> int:
+def first_long_line(data: bytes, max_line_bytes: int) -> int:
     """The offset of the first line of ``data`` (whole lines, each ending in a newline)
     longer than ``max_line_bytes``, or -1.
 
@@ -356,7 +356,7 @@ def iter_blocks(
         else:
             carry = data[cut + 1 :]
             whole = data[: cut + 1]
-            long_at = _first_long_line(whole, max_line_bytes)
+            long_at = first_long_line(whole, max_line_bytes)
             if long_at >= 0:
                 raise _too_long(seg.uri, f"the line at byte {base + long_at}", base + long_at, max_line_bytes)
             yield from _blocks(whole, base, on_bad_bytes)

@@ -334,3 +334,17 @@ def test_an_uppercase_gz_extension_is_gzip(tmp_path):
     path.write_bytes(gzip.compress(b"a b a\n"))
     _wc(tmp_path, "gz", inp=str(path))
     assert read_counts(str(tmp_path / "out")) == {"a": 2, "b": 1}
+
+
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_a_long_line_inside_a_split_is_refused_on_both_paths(tmp_path, vectorized):
+    """Old: the vectorized path read a line longer than max_line_bytes that the record path refused."""
+    long_line = "1.2.3.4,http://x/" + "y" * 300 + ",1980-01-01,0.5,M,USA,USA-EN,w,1\n"
+    path = _words(tmp_path / "uv.txt", _GOOD * 3 + long_line + _GOOD * 3)
+    offset = len(_GOOD) * 3
+    with pytest.raises(JobFailed, match=rf"the line at byte {offset} is longer than 200 bytes"):
+        run_job(job="amplab-2a", inputs={"": [path]}, output=str(tmp_path / "out"), max_line_bytes=200,
+                vectorized=vectorized)
+    summary = run_job(job="amplab-2a", inputs={"": [path]}, output=str(tmp_path / "out2"), max_line_bytes=400,
+                      vectorized=vectorized)
+    assert summary["tasks"]["map_modes"] == {"vectorized" if vectorized else "record": 1}
