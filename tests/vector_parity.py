@@ -38,7 +38,7 @@ ARROW_NUMBER_TOKENS = (
     "1e308", "1.7976931348623157e308", "5e-324", "1e16", "1e15", "1234567890123456", "inf", "-inf", "Infinity",
 )
 #: Values for a text column that a reader may take for a null or change.
-TEXT_TOKENS = ("", "NULL", "null", "N/A", "#N/A", "NaN", "nan", " padded ", "ünïcødé", "日本語", "a\tb", '"q"')
+TEXT_TOKENS = ("", "NULL", "null", "N/A", "#N/A", "NaN", "nan", " padded ", "ünïcødé", "日本語", "😀 emoji", "a\tb", '"q"')
 
 
 def uservisit(ip: str, revenue: str, *, url: str = "u/p", date: str = "1980-02-01",

@@ -24,10 +24,11 @@ from lambda_src import storage as lst
 from lambda_src.job import MapReduceJob
 from tests.vector_parity import BOM, NUMBER_TOKENS, TEXT_TOKENS, ranking, read_parts, sorted_rows, uservisit
 
-# Text without "." or "e": the numbers it forms are integers, whose sums are exact.
-TEXT = st.text(alphabet="ab1 -,\r\t\ufeffé日", max_size=6)
+# Text without "." or "e": the numbers it forms are integers, whose sums are exact. Without
+# "," too, so that most rows keep their columns ("x,y" adds one now and then).
+TEXT = st.text(alphabet="ab1 -\r\t\ufeffé日😀", max_size=6)
 NUMBER = st.one_of(st.sampled_from(NUMBER_TOKENS), st.integers(-4000, 4000).map(lambda n: str(n / 4)), TEXT)
-FIELD = st.one_of(st.sampled_from(TEXT_TOKENS), TEXT, st.sampled_from(("u/1", "u/2", "1980-02-01")))
+FIELD = st.one_of(st.sampled_from((*TEXT_TOKENS, "x,y")), TEXT, st.sampled_from(("u/1", "u/2", "1980-02-01")))
 IPS = st.sampled_from(("10.0.0.1", "10.0.0.2", "10.1.0.1", "NULL", "", "ü.0.0.1", BOM + "10.0.0.1"))
 
 
@@ -105,7 +106,7 @@ def check(rt, tmp_path_factory, job: str, layout: dict) -> None:
     assert results[0] == results[1]
 
 
-SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
