@@ -110,7 +110,8 @@ class MapReduceJob:
     table_delimiter: str = ","
     #: Columns ``map_table`` needs (default: all), so the reader can skip the others.
     table_include: tuple[str, ...] | None = None
-    #: pyarrow type names (``"float64"``, ``"string"``, ``"int64"``) by column name.
+    #: pyarrow type names (``"float64"``, ``"string"``, ``"int64"``) by column name; a column
+    #: without one is read as ``"string"``.
     table_types: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, params: Mapping[str, str] | None = None) -> None:
