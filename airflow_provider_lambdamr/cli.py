@@ -334,7 +334,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             from airflow_provider_lambdamr.engine.cost import PriceTable
 
             prices = PriceTable.from_file(args.prices) if args.prices else None
-            summary = Driver(spec, runtime, progress=progress, prices=prices).run()
+            driver = Driver(spec, runtime, progress=progress, prices=prices)
+            summary = driver.run()
     except JobFailed as err:
         print(f"lambdamr: job {spec.job_id} failed: {err}", file=sys.stderr)
         if err.resumable:
@@ -350,6 +351,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 128 + sig.signum
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
+        return 0
+    if driver.reused:
+        print(f"job {summary['job_id']} already committed at {summary.get('finished_at')}; not recomputed "
+              f"(pass --recompute to run it again); output: {summary['output']}")
         return 0
     c = summary["counters"]
     print(

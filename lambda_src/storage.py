@@ -213,6 +213,10 @@ class Storage:
         """Create ``uri`` only if no object is there (atomically); False when one already is."""
         raise NotImplementedError
 
+    def is_dir(self, uri: str) -> bool:
+        """Whether ``uri`` names a directory (a prefix with objects below it, on S3)."""
+        return any(True for _ in self.list(uri.rstrip("/") + "/"))
+
     def exists(self, uri: str) -> bool:
         try:
             self.size(uri)
@@ -424,10 +428,17 @@ class LocalStorage(Storage):
         for full, info in sorted(found, key=lambda item: item[0]):
             yield _local_info(full, info)
 
+    def is_dir(self, uri: str) -> bool:
+        return os.path.isdir(local_path(uri))
+
     def delete(self, uris: list[str]) -> None:
         for uri in uris:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(local_path(uri))
+            except FileNotFoundError:
+                pass
+            except (IsADirectoryError, PermissionError) as err:
+                raise StorageError(f"cannot delete {uri}: {err.strerror}") from None
 
     def remove_empty_dirs(self, uri: str) -> None:
         # Deepest first; a directory that still holds anything stays.

@@ -167,6 +167,8 @@ class Driver:
         self.tracer = JobTracer(spec.tracing, spec.job_id)
         self._deadline = time.time() + spec.job_timeout_s if spec.job_timeout_s else None
         self.speculative_attempts = 0
+        #: True when ``run()`` returned a result this job id had already committed.
+        self.reused = False
         self._trace_header: str | None = None
         job_class = load_job_class(spec.job_ref)
         if job_class.input_names is not None and set(spec.inputs) != set(job_class.input_names):
@@ -197,6 +199,7 @@ class Driver:
         if done is not None and not self.spec.recompute:
             log.info("job %s already committed at %s; not recomputed; output %s",
                      self.spec.job_id, done.get("finished_at"), self.spec.output)
+            self.reused = True
             return done
         with self.tracer:
             self.prepare()
@@ -217,6 +220,10 @@ class Driver:
         if success.summary is None or success.summary["job_id"] != self.spec.job_id:
             return None
         differs = _identity_diff(success.summary.get("identity") or {}, self.identity())
+        if not differs and not self.spec.recompute:
+            manifest = jobdir.read_manifest(self.job_dir)
+            if manifest is not None:
+                self._check_inputs_unchanged(manifest, committed=True)
         if differs and not self.spec.recompute:
             raise JobFailed(
                 f"job id {self.spec.job_id!r} already committed a result in {self.spec.output} for "
@@ -527,7 +534,14 @@ class Driver:
         bad_samples = [b for s in mstats for b in s.get("bad_samples", [])][:20]
         if bad_samples:
             summary["bad_record_samples"] = bad_samples
+        if not jobdir.may_commit(self.spec.output, self.spec.job_id):
+            raise JobFailed(
+                f"job {self.spec.job_id} no longer holds its output {self.spec.output} "
+                f"({st.join(self.spec.output, jobdir.CLAIM)} is gone or names another job): not committed",
+                phase="commit", resumable=False,
+            )
         self._write_json(st.join(self.spec.output, SUCCESS), summary)
+        jobdir.release_claim(self.spec.output, self.spec.job_id)
         if not self.spec.keep_intermediates:
             self.clean_intermediates()
         return summary
@@ -593,7 +607,7 @@ class Driver:
                 )
             replace = [success.uri, *jobdir.result_files(out, success.summary)]
         elif success.problem is not None:
-            if not self.spec.overwrite:
+            if not self.spec.overwrite or not success.replaceable:
                 raise JobFailed(
                     f"output {out} is not empty: {success.problem}; choose another output, or pass "
                     f"--overwrite to replace that {SUCCESS} (no other file is deleted)",
@@ -615,6 +629,15 @@ class Driver:
                     f"remove them, or choose another output",
                     phase="prepare", resumable=False,
                 )
+        holder = jobdir.claim_output(out, self.spec.job_id)
+        if holder is not None:
+            raise JobFailed(
+                f"output {out} is being written by job {holder!r} ({st.join(out, jobdir.CLAIM)} "
+                f"names it, and it has not committed): two jobs never write one output. Resume that "
+                f"job (--job-id {holder}), or run `lambdamr cleanup --delete-job-dir` on its job "
+                f"directory to give the output up",
+                phase="prepare", resumable=False,
+            )
         if replace:
             log.warning("overwrite: deleting %s and the %d files it lists in %s (%s)", SUCCESS,
                         len(replace) - 1, out, success.problem or f"job {success.summary['job_id']}")
@@ -688,8 +711,15 @@ class Driver:
         log.info("resuming job %s from %s", self.spec.job_id, st.join(self.job_dir, MANIFEST))
         return manifest
 
-    def _check_inputs_unchanged(self, manifest: dict) -> None:
-        """Refuse to resume when an object the plan pinned changed or vanished."""
+    def _check_inputs_unchanged(self, manifest: dict, committed: bool = False) -> None:
+        """Refuse to resume (or to return a committed result) when a pinned object changed.
+
+        Objects that appeared under an input since the job was planned are not its input:
+        the plan pins which objects a job reads.
+        """
+        what = "return the result of" if committed else "resume"
+        fix = ("--recompute (recompute=True) to run it again on the new data, or start a new job"
+               if committed else "start a new job (another job id)")
         pinned = {s["uri"]: s for task in manifest["tasks"] for s in task if s.get("version")}
         if not pinned:
             return
@@ -701,14 +731,14 @@ class Driver:
         for uri, seg in sorted(pinned.items()):
             info = now.get(uri)
             if info is None:
-                raise JobFailed(f"cannot resume job {self.spec.job_id}: its input {uri} was deleted after "
-                                f"it was planned; start a new job (another job id)",
+                raise JobFailed(f"cannot {what} job {self.spec.job_id}: its input {uri} was deleted after "
+                                f"it was planned; {fix}",
                                 phase="prepare", input=uri, resumable=False)
             if (info.size, info.version) != (seg["size"], seg["version"]):
                 raise JobFailed(
-                    f"cannot resume job {self.spec.job_id}: its input {uri} changed after it was planned "
+                    f"cannot {what} job {self.spec.job_id}: its input {uri} changed after it was planned "
                     f"(size {seg['size']}, version {seg['version']} then; size {info.size}, version "
-                    f"{info.version} now); a job never mixes old and new data: start a new job (another job id)",
+                    f"{info.version} now); a job never mixes old and new data: {fix}",
                     phase="prepare", input=uri, resumable=False,
                 )
 

@@ -33,6 +33,12 @@ MAP_COMMIT = "map.json"
 STEP_PLAN = "plan.json"
 FAILURE = "failed.json"
 SUCCESS = "_SUCCESS"
+#: Held in the output, created exclusively, from planning to commit: one job writes there.
+CLAIM = "_LAMBDAMR_JOB"
+#: The names a job writes into its output: part-NNNNN (reducers), part-m-NNNNN (map-only).
+PART_FILE = re.compile(r"^part-(m-)?\d{5}$")
+#: What every manifest the engine writes holds.
+MANIFEST_FIELDS = ("version", "job_id", "identity", "spec", "code", "plan", "tasks")
 INTERMEDIATE = ("map", "reduce", "tasks")
 
 _STEP_DIR = re.compile(r"^step-\d{2,}$")
@@ -58,8 +64,10 @@ def read_manifest(job_dir: str) -> dict | None:
     """The manifest of the job in ``job_dir``; None when there is none."""
     uri = st.join(job_dir, MANIFEST)
     manifest = read_json(uri)
-    if manifest is not None and not (isinstance(manifest, dict) and isinstance(manifest.get("job_id"), str)
-                                     and isinstance(manifest.get("spec"), dict)):
+    if manifest is not None and not (
+        isinstance(manifest, dict) and all(k in manifest for k in MANIFEST_FIELDS)
+        and isinstance(manifest["job_id"], str) and isinstance(manifest["spec"], dict)
+    ):
         raise NotAJobDir(f"{uri} is not a LambdaMR job manifest")
     return manifest
 
@@ -72,10 +80,14 @@ def require_job_dir(job_dir: str) -> dict:
             f"{job_dir} is not a LambdaMR job directory: it has no {MANIFEST} (give the "
             f"directory <job root>/<job id> of a job that was planned)"
         )
-    if manifest["job_id"] != st.basename(job_dir):
+    job_root = manifest["spec"].get("job_root")
+    if not isinstance(job_root, str) or not job_root:
+        raise NotAJobDir(f"{st.join(job_dir, MANIFEST)} is not a LambdaMR job manifest (no job root)")
+    recorded = st.join(job_root, manifest["job_id"])
+    if manifest["job_id"] != st.basename(job_dir) or st.resolved(recorded) != st.resolved(job_dir):
         raise NotAJobDir(
             f"{job_dir} is not the directory of job {manifest['job_id']!r}, whose manifest it holds "
-            f"(a job's directory is named after its id)"
+            f"(that job's directory is {recorded}; a link or a copy is not it)"
         )
     return manifest
 
@@ -143,6 +155,8 @@ def cleanup(job_dir: str, *, delete_job_dir: bool = False, missing_ok: bool = Tr
             doomed.extend(info.uri for info in store.list(d))
     store.delete(doomed)
     store.remove_empty_dirs(job_dir)
+    if delete_job_dir:
+        release_claim(manifest["spec"]["output"], manifest["job_id"])
     if kept:
         log.warning("cleanup of %s left %d objects the job did not write (e.g. %s)",
                     job_dir, len(kept), kept[0])
@@ -158,6 +172,8 @@ class Success:
     summary: dict | None = None
     #: Set when a ``_SUCCESS`` exists that LambdaMR did not write or cannot read.
     problem: str | None = None
+    #: False when even ``overwrite`` must not replace it (it is not a file).
+    replaceable: bool = True
 
     @property
     def exists(self) -> bool:
@@ -166,9 +182,13 @@ class Success:
 
 def read_success(output: str) -> Success:
     uri = st.join(output, SUCCESS)
+    store = st.for_uri(uri)
     try:
-        data = st.for_uri(uri).read_bytes(uri)
+        data = store.read_bytes(uri)
     except st.NotFound:
+        if store.is_dir(uri):
+            return Success(uri, problem=f"{uri} is a directory, not a LambdaMR result: remove it",
+                           replaceable=False)
         return Success(uri)
     if not data.strip():
         return Success(uri, problem=f"{uri} is empty (as Spark and Hadoop write it): not a LambdaMR result")
@@ -178,16 +198,59 @@ def read_success(output: str) -> Success:
         return Success(uri, problem=f"{uri} is not valid JSON ({err}): not a LambdaMR result")
     if not (isinstance(summary, dict) and isinstance(summary.get("job_id"), str)
             and isinstance(summary.get("files"), list)
-            and all(isinstance(f, str) for f in summary["files"])):
-        return Success(uri, problem=f"{uri} holds JSON that is not a LambdaMR result manifest")
+            and all(isinstance(f, str) and PART_FILE.match(f) for f in summary["files"])):
+        return Success(uri, problem=f"{uri} holds JSON that is not a LambdaMR result manifest "
+                                    f"(a job, and the part-NNNNN files it wrote)")
     return Success(uri, summary=summary)
 
 
 def result_files(output: str, summary: dict) -> list[str]:
-    """The URIs of the part files a committed result lists (names checked to stay inside)."""
-    files = []
-    for name in summary["files"]:
-        if "/" in name:
-            raise ValueError(f"{st.join(output, SUCCESS)} lists {name!r}, which is not a file name")
-        files.append(st.join(output, name))
-    return files
+    """The URIs of the part files a committed result lists (``read_success`` checked the names)."""
+    return [st.join(output, name) for name in summary["files"]]
+
+
+# -- the output's claim --------------------------------------------------------------------
+def claim_output(output: str, job_id: str) -> str | None:
+    """Claim ``output`` for ``job_id``; the id of the job that holds it instead, or None.
+
+    A claim whose job committed (its ``_SUCCESS`` names it) is released: it is taken over.
+    """
+    uri = st.join(output, CLAIM)
+    store = st.for_uri(uri)
+    for _ in range(3):
+        if store.write_new(uri, json.dumps({"job_id": job_id}).encode("utf-8")):
+            return None
+        holder = _claim_holder(uri)
+        if holder == job_id:
+            return None
+        if holder is not None:
+            success = read_success(output).summary
+            if success is None or success["job_id"] != holder:
+                return holder
+        store.delete([uri])  # a committed job's (or an unreadable) claim: take it over
+    raise ValueError(f"cannot claim {output}: {uri} keeps changing (another job is starting there)")
+
+
+def may_commit(output: str, job_id: str) -> bool:
+    """Whether ``job_id`` holds ``output`` (or a run of that same job already committed it)."""
+    holder = _claim_holder(st.join(output, CLAIM))
+    if holder == job_id:
+        return True
+    success = read_success(output).summary
+    return holder is None and success is not None and success["job_id"] == job_id
+
+
+def release_claim(output: str, job_id: str) -> None:
+    uri = st.join(output, CLAIM)
+    if _claim_holder(uri) == job_id:
+        st.for_uri(uri).delete([uri])
+
+
+def _claim_holder(uri: str) -> str | None:
+    try:
+        data = json.loads(st.for_uri(uri).read_bytes(uri))
+    except st.NotFound:
+        return None
+    except ValueError:
+        return ""
+    return data.get("job_id") if isinstance(data, dict) and isinstance(data.get("job_id"), str) else ""

@@ -97,10 +97,12 @@ def test_a_success_listing_a_path_outside_the_output_is_not_followed(tmp_path):
     out = tmp_path / "out"
     victim = _words(tmp_path / "victim.txt", "precious\n")
     out.mkdir()
-    (out / "_SUCCESS").write_text(json.dumps({"job_id": "evil", "files": ["../victim.txt"]}))
-    with pytest.raises(ValueError, match="not a file name"):
-        _wc(tmp_path, "mine", overwrite=True)
+    (out / "_SUCCESS").write_text(json.dumps({"job_id": "evil", "files": ["../victim.txt", "part-00000"]}))
+    (out / "part-00000").write_text("evil's\n")
+    with pytest.raises(JobFailed, match="already holds 1 part files that no _SUCCESS lists"):
+        _wc(tmp_path, "mine", overwrite=True)  # foreign: the part file it lists is not deleted
     assert Path(victim).read_text() == "precious\n"
+    assert (out / "part-00000").read_text() == "evil's\n"
 
 
 def test_the_cli_says_why_the_output_is_taken_and_gives_no_resume_hint(tmp_path):
@@ -130,7 +132,9 @@ def test_cleanup_refuses_a_directory_that_is_not_a_job_directory(tmp_path):
     with pytest.raises(jobdir.NotAJobDir):
         jobdir.cleanup(str(victim))
     # a manifest naming another job id does not make a directory that job's
-    (victim / "jobdata.json").write_text(json.dumps({"job_id": "elsewhere", "spec": {}}))
+    _wc(tmp_path, "elsewhere")
+    real = json.loads((tmp_path / "out" / "_jobs" / "elsewhere" / "jobdata.json").read_text())
+    (victim / "jobdata.json").write_text(json.dumps(real))
     with pytest.raises(jobdir.NotAJobDir, match="is not the directory of job 'elsewhere'"):
         jobdir.cleanup(str(victim), delete_job_dir=True)
     assert (victim / "other.txt").exists()
@@ -161,19 +165,25 @@ def test_cleanup_of_a_job_dir_that_does_not_exist_has_nothing_to_do(tmp_path):
 # -- one job id, one job ----------------------------------------------------------------------
 def test_rerunning_a_committed_id_with_other_inputs_is_refused_naming_what_differs(tmp_path):
     """Old: exit 0 with the old result presented as the new one."""
-    _wc(tmp_path, "daily")
+    inp = _words(tmp_path / "in" / "a.txt", "a b a\nc a\n")
+    _wc(tmp_path, "daily", inp=inp)
     other = _words(tmp_path / "in2" / "b.txt", "z z\n")
     with pytest.raises(JobFailed, match=r"job id 'daily' already committed a result .* for another job: "
                                         r"inputs was .*in.*, now .*in2") as err:
         _wc(tmp_path, "daily", inp=other)
     assert not err.value.resumable
     with pytest.raises(JobFailed, match=r"params was \{\}, now \{\"x\": \"1\"\}"):
-        _wc(tmp_path, "daily", params={"x": "1"})
+        _wc(tmp_path, "daily", inp=inp, params={"x": "1"})
     assert read_counts(str(tmp_path / "out")) == {"a": 3, "b": 1, "c": 1}
     # identical: the committed result, not recomputed
     before = (tmp_path / "out" / "_SUCCESS").stat().st_mtime_ns
-    assert _wc(tmp_path, "daily")["job_id"] == "daily"
+    assert _wc(tmp_path, "daily", inp=inp)["job_id"] == "daily"
     assert (tmp_path / "out" / "_SUCCESS").stat().st_mtime_ns == before
+    # the input changed since: the committed result is not this input's
+    Path(inp).write_text("a b a\nc a a\n")
+    with pytest.raises(JobFailed, match=r"cannot return the result of job daily: its input .*a.txt changed "
+                                        r"after it was planned .*--recompute"):
+        _wc(tmp_path, "daily", inp=inp)
     # recompute: the job's own state and result are replaced
     summary = _wc(tmp_path, "daily", inp=other, recompute=True)
     assert read_counts(str(tmp_path / "out")) == {"z": 2}
@@ -348,3 +358,16 @@ def test_a_long_line_inside_a_split_is_refused_on_both_paths(tmp_path, vectorize
     summary = run_job(job="amplab-2a", inputs={"": [path]}, output=str(tmp_path / "out2"), max_line_bytes=400,
                       vectorized=vectorized)
     assert summary["tasks"]["map_modes"] == {"vectorized" if vectorized else "record": 1}
+
+
+def test_the_cli_says_when_a_committed_job_was_not_recomputed(tmp_path):
+    inp = _words(tmp_path / "in" / "a.txt", "a b\n")
+    cmd = [*LAMBDAMR, "run", "wordcount", "--input", inp, "--output", str(tmp_path / "out"), "--job-id", "once",
+           "--workers", "1", "--quiet"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and "job once succeeded" in first.stdout, first.stderr
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "job once already committed at " in again.stdout and "not recomputed (pass --recompute" in again.stdout
+    recomputed = subprocess.run([*cmd, "--recompute"], capture_output=True, text=True, timeout=120)
+    assert recomputed.returncode == 0 and "job once succeeded" in recomputed.stdout, recomputed.stderr
