@@ -160,13 +160,12 @@ def _run_later_step(ev: task.TaskEvent, ctx: task.StepContext, index: int, token
     with task.traced("read+map", mode="pairs"):
         if step.mapper_init is not None:
             step.mapper_init()
+        codec = shuffle.CODEC
         for uri in runs:
             store = st.for_uri(uri)
-            for line in shuffle.iter_lines(store.iter_range(uri)):
+            for line in codec.iter_lines(store.iter_range(uri)):
                 try:
-                    tab = line.index(shuffle.TAB)
-                    key = shuffle.decode(line[:tab])
-                    value = shuffle.decode(line[tab + 1:])
+                    key, value = codec.decode_pair(line)
                 except ValueError as err:
                     raise task.TaskInputError(
                         f"record {records + 1} of {uri} is not an intermediate (key, value) line: "
@@ -181,7 +180,7 @@ def _run_later_step(ev: task.TaskEvent, ctx: task.StepContext, index: int, token
                     if pairs:
                         add(pairs)
                 except Exception as err:
-                    raise _step_error(ctx, err, f"on the pair with key {reader.sample(line[:tab])!r} from {uri}") from err
+                    raise _step_error(ctx, err, f"on the pair with key {reader.sample(codec.key_of(line))!r} from {uri}") from err
         if step.mapper_final is not None:
             try:
                 add(list(step.mapper_final()))
