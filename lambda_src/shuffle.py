@@ -86,7 +86,6 @@ class ShuffleCodec:
     in :attr:`ARROW_SUFFIX`.
     """
 
-    TAB = b"\t"
     #: Name suffix of a run in Arrow IPC form (the other runs are JSON lines).
     ARROW_SUFFIX = ".arrow"
 
