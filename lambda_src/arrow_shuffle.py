@@ -9,7 +9,6 @@ when pyarrow is importable.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -18,7 +17,8 @@ import pyarrow.compute as pc
 from lambda_src import shuffle
 from lambda_src import storage as st
 
-SUFFIX = shuffle.ARROW_SUFFIX
+CODEC = shuffle.CODEC
+SUFFIX = CODEC.ARROW_SUFFIX
 
 
 def check_table(table: object, where: str) -> pa.Table:
@@ -28,12 +28,12 @@ def check_table(table: object, where: str) -> pa.Table:
 
 
 def partition_table(table: pa.Table, partitions: int) -> list[pa.Table | None]:
-    """Split a table by the record-mode partitioner; None for an empty partition."""
+    """Split a table by the codec's partitioner (the record path's); None for an empty partition."""
     if table.num_rows == 0:
         return [None] * partitions
     if partitions == 1:
         return [table]
-    pids = pa.array(_partition_ids(table.column("key"), partitions), pa.int32())
+    pids = pa.array(CODEC.partition_keys(table.column("key"), partitions), pa.int32())
     if partitions <= 8:
         return [_nonempty(table.filter(pc.equal(pids, p))) for p in range(partitions)]
     order = pc.sort_indices(pids)
@@ -52,19 +52,6 @@ def partition_table(table: pa.Table, partitions: int) -> list[pa.Table | None]:
 
 def _nonempty(table: pa.Table) -> pa.Table | None:
     return table if table.num_rows else None
-
-
-def _partition_ids(keys: pa.ChunkedArray, partitions: int) -> list[int]:
-    """``shuffle.partition_of`` of each key's JSON encoding."""
-    crc = zlib.crc32
-    if pa.types.is_string(keys.type) and keys.null_count == 0 and not pc.any(
-        pc.match_substring_regex(keys, r'["\\\x00-\x1f\x7f]')
-    ).as_py():
-        # Strings JSON encodes as themselves in quotes: build those bytes in Arrow.
-        quoted = pc.cast(pc.binary_join_element_wise('"', keys, '"', ""), pa.binary())
-        return [crc(b) % partitions for b in quoted.to_pylist()]
-    enc = shuffle.encode
-    return [crc(enc(k, "key")) % partitions for k in keys.to_pylist()]
 
 
 def to_bytes(table: pa.Table) -> bytes:
@@ -94,9 +81,9 @@ def concat(tables: list[pa.Table]) -> pa.Table:
 
 def as_lines(table: pa.Table) -> Iterator[bytes]:
     """The record-mode encoding of an Arrow run: sorted ``key\\tvalue`` lines."""
-    enc = shuffle.encode
+    encode_key, encode_value, line = CODEC.encode_key, CODEC.encode_value, CODEC.line
     lines = [
-        enc(k, "key") + b"\t" + enc(v) + b"\n"
+        line(encode_key(k), encode_value(v))
         for k, v in zip(table.column("key").to_pylist(), table.column("value").to_pylist(), strict=True)
     ]
     lines.sort()

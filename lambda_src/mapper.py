@@ -9,13 +9,11 @@ instead of input splits.
 
 from __future__ import annotations
 
-import codecs
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from lambda_src import output, reader, shuffle, task
+from lambda_src import formats, output, reader, shuffle, task
 from lambda_src import storage as st
 from lambda_src.job import MapReduceJob, Step
 
@@ -107,7 +105,7 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
             with task.traced("read+map", mode="vectorized"):
                 stats = _map_tables(job, splits, buffer.add, cfg)
             mode = "vectorized"
-        except _ArrowFallback as why:
+        except formats.VectorFallback as why:
             log.info("%s: vectorized read stopped (%s); re-reading in record mode", where, why)
             if buffer is not None:
                 buffer.close()
@@ -162,13 +160,12 @@ def _run_later_step(ev: task.TaskEvent, ctx: task.StepContext, index: int, token
     with task.traced("read+map", mode="pairs"):
         if step.mapper_init is not None:
             step.mapper_init()
+        codec = shuffle.CODEC
         for uri in runs:
             store = st.for_uri(uri)
-            for line in shuffle.iter_lines(store.iter_range(uri)):
+            for line in codec.iter_lines(store.iter_range(uri)):
                 try:
-                    tab = line.index(shuffle.TAB)
-                    key = shuffle.decode(line[:tab])
-                    value = shuffle.decode(line[tab + 1:])
+                    key, value = codec.decode_pair(line)
                 except ValueError as err:
                     raise task.TaskInputError(
                         f"record {records + 1} of {uri} is not an intermediate (key, value) line: "
@@ -183,7 +180,7 @@ def _run_later_step(ev: task.TaskEvent, ctx: task.StepContext, index: int, token
                     if pairs:
                         add(pairs)
                 except Exception as err:
-                    raise _step_error(ctx, err, f"on the pair with key {reader.sample(line[:tab])!r} from {uri}") from err
+                    raise _step_error(ctx, err, f"on the pair with key {reader.sample(codec.key_of(line))!r} from {uri}") from err
         if step.mapper_final is not None:
             try:
                 add(list(step.mapper_final()))
@@ -224,10 +221,10 @@ def _map_records(
             bad.add(seg.uri, offset, raw, f"invalid UTF-8 ({err.reason} at byte {offset + err.start})")
 
         store = st.for_uri(seg.uri)
-        for block in reader.iter_blocks(store, seg, on_bad_bytes, cfg.max_line_bytes):
-            lines = block.lines
+        for block in formats.of(seg).read_blocks(store, seg, on_bad_bytes, cfg.max_line_bytes):
+            lines = block.records
             records += len(lines)
-            input_bytes += len(block.raw)
+            input_bytes += block.size
             i = 0
             n = len(lines)
             while i < n:
@@ -253,10 +250,6 @@ def _map_records(
     return {"input_records": records, "input_bytes": input_bytes}
 
 
-class _ArrowFallback(Exception):
-    """The vectorized reader could not parse the input; the record path reports why."""
-
-
 def _arrow_available() -> bool:
     try:
         import pyarrow.csv  # noqa: F401
@@ -265,216 +258,26 @@ def _arrow_available() -> bool:
     return True
 
 
-def _arrow_stream(seg: reader.Segment, start: int, end: int):
-    """The bytes ``[start, end)`` of the segment's object (decompressed), as a readable file."""
-    import pyarrow as pa
-
-    if st.is_s3(seg.uri):
-        store = st.for_uri(seg.uri)
-        if seg.compression:
-            return pa.CompressedInputStream(pa.PythonFile(store.open_read(seg.uri), "r"), "gzip")
-        return _S3Range(store, seg.uri, start, end)
-    path = st.local_path(seg.uri)
-    source = pa.memory_map(path)
-    if seg.compression:
-        return pa.CompressedInputStream(source, "gzip")
-    return source.get_stream(start, end - start)
-
-
-class _S3Range:
-    """A minimal read-only file over a byte range of an S3 object."""
-
-    def __init__(self, store: st.Storage, uri: str, start: int, end: int) -> None:
-        self._chunks = store.iter_range(uri, start, end, chunk_size=4 * 1024 * 1024)
-        self._buf = b""
-        self.closed = False
-
-    def read(self, size: int | None = -1) -> bytes:
-        while size is None or size < 0 or len(self._buf) < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._buf += chunk
-        if size is None or size < 0:
-            out, self._buf = self._buf, b""
-        else:
-            out, self._buf = self._buf[:size], self._buf[size:]
-        return out
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class _RecordLines:
-    r"""The bytes Arrow parses, stopped (``_ArrowFallback``) where Arrow would not see the
-    lines the record path sees.
-
-    Arrow's CSV reader ends a row at a lone ``\r`` (the record path splits lines at ``\n``
-    only and drops one ``\r`` before it), skips a UTF-8 BOM at the start of any stream (the
-    record path only at byte 0 of an object: a later split that starts with one keeps it)
-    and checks UTF-8 only in the columns it converts (the record path decodes whole lines),
-    and reads lines of any length (the record path refuses one longer than max_line_bytes).
-    """
-
-    def __init__(self, raw: Any, where: str, at_object_start: bool, max_line_bytes: int) -> None:
-        self._raw = raw
-        self._where = where
-        self._max_line = max_line_bytes
-        self._line = 0  # bytes of the line not yet ended by a newline
-        self._head = b""  # the first bytes, while they may still be a BOM
-        self._cr = False  # the last byte read was \r
-        self._utf8 = codecs.getincrementaldecoder("utf-8")()
-        self._utf8_pending = False  # the decoder holds the start of a multi-byte character
-        self._at_object_start = at_object_start
-        self.closed = False
-
-    def finish(self) -> None:
-        """Check the end of the stream, which the CSV reader may not have asked for."""
-        while self.read(1 << 20):
-            pass
-
-    def read(self, size: int = -1) -> bytes:
-        chunk = self._raw.read(size if size >= 0 else None)
-        if len(self._head) < len(reader.BOM):
-            self._head += chunk[: len(reader.BOM) - len(self._head)]
-            if self._head == reader.BOM and not self._at_object_start:
-                raise _ArrowFallback(f"{self._where}: the split starts with a UTF-8 BOM")
-        if self._lone_cr(chunk):
-            raise _ArrowFallback(f"{self._where}: a \\r that does not end a line")
-        self._cr = chunk.endswith(b"\r")
-        self._check_line_lengths(chunk)
-        if self._utf8_pending or not chunk.isascii():
-            try:
-                self._utf8.decode(chunk, final=not chunk)
-            except UnicodeDecodeError as err:
-                raise _ArrowFallback(f"{self._where}: invalid UTF-8 ({err.reason})") from None
-            self._utf8_pending = bool(self._utf8.getstate()[0])
-        return chunk
-
-    def _check_line_lengths(self, chunk: bytes) -> None:
-        first = chunk.find(b"\n")
-        if first < 0:
-            self._line += len(chunk)
-            too_long = self._line > self._max_line
-        else:
-            last = chunk.rfind(b"\n")
-            too_long = (self._line + first > self._max_line
-                        or reader.first_long_line(chunk[first + 1: last + 1], self._max_line) >= 0)
-            self._line = len(chunk) - last - 1
-        if too_long:  # the record path names the line and its offset
-            raise _ArrowFallback(f"{self._where}: a line longer than {self._max_line} bytes")
-
-    def _lone_cr(self, chunk: bytes) -> bool:
-        """A \\r not followed by \\n in the stream so far (the end of the stream included)."""
-        if self._cr and not chunk.startswith(b"\n"):
-            return True
-        if b"\r" not in chunk:
-            return False
-        return chunk.count(b"\r") != chunk.count(b"\r\n") + chunk.endswith(b"\r")
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self._raw.close()
-        self.closed = True
-
-
 def _map_tables(
     job: MapReduceJob,
     splits: list[reader.Segment],
     sink: Callable[[Any], None],
     cfg: task.JobConfig,
 ) -> dict:
-    """Feed ``map_table`` with the splits' rows, batch by batch; its results go to ``sink``."""
+    """Feed ``map_table`` with the splits' rows, table by table; its results go to ``sink``."""
     import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pacsv
-
-    columns = list(job.table_columns or ())
-    include = list(job.table_include or columns)
-    read_options = pacsv.ReadOptions(
-        column_names=columns, block_size=16 * 1024 * 1024, use_threads=False
-    )
-    parse_options = pacsv.ParseOptions(
-        delimiter=job.table_delimiter,
-        quote_char=False,
-        double_quote=False,
-        escape_char=False,
-        newlines_in_values=False,
-        # Arrow reads an empty line as a row of empty fields, which a number column refuses
-        # (and as_table below catches): the task falls back, and the record path decides.
-        ignore_empty_lines=False,
-    )
-    types = {name: pa.type_for_alias(job.table_types.get(name, "string")) for name in include}
-    # Arrow reads "0x10" as the integer 16; the record mapper's int() refuses it. Integer
-    # columns are read as text and converted here, where only digits (and a "-") are accepted.
-    integers = [name for name, t in types.items() if pa.types.is_integer(t)]
-    floats = [name for name, t in types.items() if pa.types.is_floating(t)]
-    texts = [name for name, t in types.items() if t in (pa.string(), pa.large_string(), pa.binary())]
-    only_text = len(texts) == len(types)
-    convert_options = pacsv.ConvertOptions(
-        include_columns=include,
-        column_types={name: pa.string() if name in integers else t for name, t in types.items()},
-        # No value is a null: the record mapper refuses "", "NULL", "N/A", ... in a number
-        # column (the task falls back to it) and keeps them as text in a string column.
-        null_values=[],
-        strings_can_be_null=False,
-        quoted_strings_can_be_null=False,
-        check_utf8=False,  # _RecordLines checks every byte, not only the converted columns
-    )
-
-    def as_table(batch: Any, where: str) -> Any:
-        table = pa.Table.from_batches([batch])
-        for name in integers:
-            text = table.column(name)
-            if not pc.all(pc.ascii_is_decimal(text)).as_py():
-                unsigned = pc.if_else(pc.starts_with(text, "-"), pc.utf8_slice_codeunits(text, 1), text)
-                if not pc.all(pc.ascii_is_decimal(unsigned)).as_py():
-                    raise _ArrowFallback(f"{where}: column {name} holds a value other than an integer")
-            table = table.set_column(table.schema.get_field_index(name), name, pc.cast(text, types[name]))
-        for name in floats:
-            # Arrow also reads "nan(...)", which float() refuses: any NaN goes to the record path.
-            if pc.any(pc.is_nan(table.column(name))).as_py():
-                raise _ArrowFallback(f"{where}: column {name} holds a NaN")
-        if only_text:  # nothing refuses an empty line's row: find it (or a line of empty fields)
-            blank = functools.reduce(pc.and_, [pc.equal(table.column(name), "") for name in texts])
-            if pc.any(blank).as_py():
-                raise _ArrowFallback(f"{where}: an empty line")
-        return table
 
     records = 0
     input_bytes = 0
     for seg in splits:
-        start, end = reader.aligned_range(st.for_uri(seg.uri), seg, cfg.max_line_bytes)
-        if end <= start:
-            continue
-        input_bytes += end - start
-        where = seg.describe()
+        size, tables = formats.of(seg).read_tables(seg, job, cfg.max_line_bytes)
+        input_bytes += size
         try:
-            lines = _RecordLines(_arrow_stream(seg, start, end), where, start == 0, cfg.max_line_bytes)
-            if st.is_s3(seg.uri) or seg.compression:  # checked as Arrow reads: one download
-                source = pa.PythonFile(lines, "r")
-            else:  # checked first: Arrow reads a mapped file faster than through Python
-                lines.finish()
-                source = _arrow_stream(seg, start, end)
-            with pacsv.open_csv(
-                source,
-                read_options=read_options,
-                parse_options=parse_options,
-                convert_options=convert_options,
-            ) as batches:
-                for batch in batches:
-                    records += batch.num_rows
-                    sink(job.map_table(as_table(batch, where)))
-                lines.finish()
+            for table in tables:
+                records += table.num_rows
+                sink(job.map_table(table))
         except pa.ArrowException as err:
-            raise _ArrowFallback(f"{where}: {err}") from None
-        except StopIteration:  # an empty stream
-            lines.finish()
+            raise formats.VectorFallback(f"{seg.describe()}: {err}") from None
     return {"input_records": records, "input_bytes": input_bytes, "bad_records": 0}
 
 
@@ -540,7 +343,7 @@ def _run_map_only(
     if cfg.vectorized and job.has_table_mapper() and _arrow_available():
         try:
             return _run_map_only_tables(job, splits, cfg, uri)
-        except _ArrowFallback as why:
+        except formats.VectorFallback as why:
             log.info("%s: vectorized read stopped (%s); re-reading in record mode", where, why)
     bad = BadRecords(ev.job.max_bad_records, where)
     with output.CsvWriter(uri) as writer:

@@ -54,7 +54,7 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
     job = task.load_job_class(ev.job.ref)(ev.job.params)
     ctx = task.step_context(ev, job)
     input_bytes = sum(st.for_uri(uri).size(uri) for uri in inputs)
-    arrow_runs = [uri for uri in inputs if uri.endswith(shuffle.ARROW_SUFFIX)]
+    arrow_runs = [uri for uri in inputs if shuffle.CODEC.is_arrow_run(uri)]
     # Reading, merging, reducing and writing stream together: one subsegment.
     with task.traced("read+reduce+write", inputs=len(inputs)):
         if arrow_runs and job.has_table_shuffle() and len(arrow_runs) == len(inputs):
@@ -75,12 +75,12 @@ def _run_lines(ev, ctx: task.StepContext, inputs, token, rnd, part, group, final
     chunk = max(64 * 1024, min(READ_CHUNK, MERGE_BUFFER // max(1, len(inputs))))
     runs = []
     for uri in inputs:
-        if uri.endswith(shuffle.ARROW_SUFFIX):  # a mix of run kinds: read the Arrow ones as lines
+        if shuffle.CODEC.is_arrow_run(uri):  # a mix of run kinds: read the Arrow ones as lines
             from lambda_src import arrow_shuffle as ash
 
             runs.append(ash.as_lines(ash.read_run(uri)))
         else:
-            runs.append(shuffle.iter_lines(st.for_uri(uri).iter_range(uri, chunk_size=chunk)))
+            runs.append(shuffle.CODEC.iter_lines(st.for_uri(uri).iter_range(uri, chunk_size=chunk)))
     counter = _Counter(shuffle.merge(runs))
     step = ctx.step
     run_dir = st.join(ctx.dir, "reduce", f"r{rnd:03d}", f"p{part:05d}-g{group:05d}", token)
@@ -133,17 +133,18 @@ def _run_tables(ev, job, inputs, token, rnd, part, group, final) -> dict:
 
 def _key_groups(counter: _Counter):
     """(key, lazy values) for each key of a merged stream, counting the keys."""
+    decode, value_of = shuffle.CODEC.decode, shuffle.CODEC.value_of
     for key_bytes, lines in shuffle.groups(counter):
         counter.keys += 1
-        yield shuffle.decode(key_bytes), (shuffle.value_of(line) for line in lines)
+        yield decode(key_bytes), (value_of(line) for line in lines)
 
 
 def _encoded_pairs(groups, reducer: Reduce):
     """The reducer's pairs, encoded as intermediate lines (what the next step reads)."""
-    encode = shuffle.encode
+    codec = shuffle.CODEC
     for key, values in groups:
         for out_key, out_value in reducer(key, values):
-            yield encode(out_key, "key") + shuffle.TAB + encode(out_value) + b"\n"
+            yield codec.line(codec.encode_key(out_key), codec.encode_value(out_value))
 
 
 def _final_output(ev: task.TaskEvent) -> str:

@@ -9,7 +9,8 @@ order, although Python's equality says otherwise. JSON never contains a raw tab 
 sorts before every byte JSON can produce, so sorting whole lines orders records by key
 bytes, and the records of one key are adjacent. Runs can therefore be merged and grouped
 as plain byte lines, without decoding anything but the keys and values a function needs.
-Nothing is ever pickled.
+Nothing is ever pickled. :data:`CODEC` (a :class:`ShuffleCodec`) owns the encoding, the
+partitioner and the run names, for the record shuffle here and the Arrow one alike.
 """
 
 from __future__ import annotations
@@ -52,10 +53,6 @@ def _make_encode() -> Any:
 
 _encode = _make_encode()
 
-TAB = b"\t"
-#: Name suffix of a run in Arrow IPC form (the other runs are JSON lines).
-ARROW_SUFFIX = ".arrow"
-
 
 #: Key types whose Python equality agrees with equality of their canonical encodings.
 _PLAIN_KEYS = (str, int)
@@ -69,58 +66,107 @@ class CombinerKeyError(ValueError):
     """A combiner emitted a key other than the one it was given (a bug in the job)."""
 
 
-def encode(obj: Any, what: str = "value") -> bytes:
-    try:
-        return _encode(obj).encode("utf-8")
-    except RecursionError:
-        raise EncodeError(f"a {what} of type {type(obj).__name__} cannot be encoded: it is nested too "
-                          f"deeply or contains itself") from None
-    except (TypeError, ValueError) as err:
-        raise EncodeError(
-            f"a {what} of type {type(obj).__name__} cannot be encoded: keys and values must "
-            f"be JSON values (str, int, float, bool, None, list, dict): {err}"
-        ) from None
+def _encode_error(obj: Any, what: str, err: Exception) -> EncodeError:
+    if isinstance(err, RecursionError):
+        return EncodeError(f"a {what} of type {type(obj).__name__} cannot be encoded: it is nested too "
+                           f"deeply or contains itself")
+    return EncodeError(
+        f"a {what} of type {type(obj).__name__} cannot be encoded: keys and values must "
+        f"be JSON values (str, int, float, bool, None, list, dict): {err}"
+    )
 
 
-def decode(data: bytes) -> Any:
-    """One JSON value, optionally followed by whitespace such as the line's newline."""
-    text = data.decode("utf-8")
-    try:
-        obj, end = _scan_once(text, 0)
-    except StopIteration as err:
-        raise ValueError(f"not a JSON value at character {err.value} of {text[:80]!r}") from None
-    if end != len(text) and text[end:].strip():
-        raise ValueError(f"extra data at character {end} of {text[:80]!r}")
-    return obj
+class ShuffleCodec:
+    """The intermediate encoding, the partitioner and the names of runs, for both shuffles.
 
+    A record is a line: the key's canonical JSON, a tab, the value's, a newline. A key's
+    partition is the CRC-32 of its encoding modulo the partition count, in the record path
+    (:meth:`partition_of`) and for a whole Arrow column of keys (:meth:`partition_keys`)
+    alike. A run of lines has no suffix; an Arrow IPC run of a ``key``/``value`` table ends
+    in :attr:`ARROW_SUFFIX`.
+    """
 
-def partition_of(key_bytes: bytes, partitions: int) -> int:
-    """The partition of an encoded key: stable across processes, machines and runs."""
-    if partitions == 1:
-        return 0
-    return zlib.crc32(key_bytes) % partitions
+    #: Name suffix of a run in Arrow IPC form (the other runs are JSON lines).
+    ARROW_SUFFIX = ".arrow"
 
+    def encode_key(self, key: Any) -> bytes:
+        try:
+            return _encode(key).encode("utf-8")
+        except (RecursionError, TypeError, ValueError) as err:
+            raise _encode_error(key, "key", err) from None
 
-def key_of(line: bytes) -> bytes:
-    return line[: line.index(TAB)]
+    def encode_value(self, value: Any) -> bytes:
+        try:
+            return _encode(value).encode("utf-8")
+        except (RecursionError, TypeError, ValueError) as err:
+            raise _encode_error(value, "value", err) from None
 
+    def line(self, key_bytes: bytes, value_bytes: bytes) -> bytes:
+        return key_bytes + b"\t" + value_bytes + b"\n"
 
-def value_of(line: bytes) -> Any:
-    return decode(line[line.index(TAB) + 1 :])
+    def decode(self, data: bytes) -> Any:
+        """One JSON value, optionally followed by whitespace such as the line's newline."""
+        text = data.decode("utf-8")
+        try:
+            obj, end = _scan_once(text, 0)
+        except StopIteration as err:
+            raise ValueError(f"not a JSON value at character {err.value} of {text[:80]!r}") from None
+        if end != len(text) and text[end:].strip():
+            raise ValueError(f"extra data at character {end} of {text[:80]!r}")
+        return obj
 
+    def key_of(self, line: bytes) -> bytes:
+        return line[: line.index(b"\t")]
 
-def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Lines (with their ``\\n``) from a stream of byte chunks."""
-    carry = b""
-    for chunk in chunks:
+    def value_of(self, line: bytes) -> Any:
+        return self.decode(line[line.index(b"\t") + 1 :])
+
+    def decode_pair(self, line: bytes) -> tuple[Any, Any]:
+        """``(key, value)`` of a line; ``ValueError`` when it is not one."""
+        tab = line.index(b"\t")
+        return self.decode(line[:tab]), self.decode(line[tab + 1 :])
+
+    def partition_of(self, key_bytes: bytes, partitions: int) -> int:
+        """The partition of an encoded key: stable across processes, machines and runs."""
+        if partitions == 1:
+            return 0
+        return zlib.crc32(key_bytes) % partitions
+
+    def partition_keys(self, keys: Any, partitions: int) -> list[int]:
+        """:meth:`partition_of` of each key of an Arrow array (needs pyarrow)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        crc = zlib.crc32
+        if partitions == 1:
+            return [0] * len(keys)
+        if pa.types.is_string(keys.type) and keys.null_count == 0 and not pc.any(
+            pc.match_substring_regex(keys, r'["\\\x00-\x1f\x7f]')
+        ).as_py():
+            # Strings JSON encodes as themselves in quotes: build those bytes in Arrow.
+            quoted = pc.cast(pc.binary_join_element_wise('"', keys, '"', ""), pa.binary())
+            return [crc(b) % partitions for b in quoted.to_pylist()]
+        encode_key = self.encode_key
+        return [crc(encode_key(k)) % partitions for k in keys.to_pylist()]
+
+    def iter_lines(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """Lines (with their ``\\n``) from a stream of byte chunks."""
+        carry = b""
+        for chunk in chunks:
+            if carry:
+                chunk = carry + chunk
+            lines = chunk.split(b"\n")
+            carry = lines.pop()
+            for line in lines:
+                yield line + b"\n"
         if carry:
-            chunk = carry + chunk
-        lines = chunk.split(b"\n")
-        carry = lines.pop()
-        for line in lines:
-            yield line + b"\n"
-    if carry:
-        yield carry + b"\n"
+            yield carry + b"\n"
+
+    def is_arrow_run(self, uri: str) -> bool:
+        return uri.endswith(self.ARROW_SUFFIX)
+
+
+CODEC = ShuffleCodec()
 
 
 def merge(runs: list[Iterable[bytes]]) -> Iterator[bytes]:
@@ -132,25 +178,26 @@ def merge(runs: list[Iterable[bytes]]) -> Iterator[bytes]:
 
 def groups(lines: Iterable[bytes]) -> Iterator[tuple[bytes, Iterator[bytes]]]:
     """(encoded key, its lines) for each key of a sorted stream, lazily."""
-    yield from itertools.groupby(lines, key_of)
+    yield from itertools.groupby(lines, CODEC.key_of)
 
 
 def combine_stream(
     lines: Iterable[bytes], combiner: Reduce, where: str
 ) -> Iterator[bytes]:
     """Apply a combiner to every key group of a sorted stream; output stays sorted."""
+    decode, value_of, encode_key, encode_value = CODEC.decode, CODEC.value_of, CODEC.encode_key, CODEC.encode_value
     for key_bytes, grp in groups(lines):
         key = decode(key_bytes)
         values = (value_of(line) for line in grp)
         for out_key, out_value in combiner(key, values):
-            out_key_bytes = encode(out_key, "key")
+            out_key_bytes = encode_key(out_key)
             if out_key_bytes != key_bytes:
                 raise CombinerKeyError(
                     f"the combiner changed key {key_bytes.decode()} into "
                     f"{out_key_bytes.decode()} ({where}); a combiner must emit the key it is "
                     f"given, because it may run in any round"
                 )
-            yield key_bytes + TAB + encode(out_value) + b"\n"
+            yield CODEC.line(key_bytes, encode_value(out_value))
 
 
 class MapOutputBuffer:
@@ -209,7 +256,7 @@ class MapOutputBuffer:
             # str and int keys are equal in Python exactly when their encodings are; any
             # other key (1.0, True, -0.0, a dict or list) is held by its canonical encoding.
             if type(key) not in _PLAIN_KEYS:
-                key = _Encoded(encode(key, "key"))
+                key = _Encoded(CODEC.encode_key(key))
             groups[key].append(value)
         count = len(pairs)
         self.records_in += count
@@ -240,11 +287,11 @@ class MapOutputBuffer:
             for out_key, out_value in self.combiner(real_key, iter(values)):
                 if not (type(out_key) is type(real_key) and type(out_key) in _PLAIN_KEYS
                         and out_key == real_key):
-                    key_bytes = key_bytes or encode(real_key, "key")
-                    if encode(out_key, "key") != key_bytes:
+                    key_bytes = key_bytes or CODEC.encode_key(real_key)
+                    if CODEC.encode_key(out_key) != key_bytes:
                         raise CombinerKeyError(
                             f"the combiner changed key {key_bytes.decode()} into "
-                            f"{encode(out_key, 'key').decode()}; a combiner must emit the key it is given"
+                            f"{CODEC.encode_key(out_key).decode()}; a combiner must emit the key it is given"
                         )
                 out.append(out_value)
             combined[key] = out
@@ -254,20 +301,21 @@ class MapOutputBuffer:
 
     def _write_runs(self) -> None:
         parts: list[list[bytes]] = [[] for _ in range(self.partitions)]
+        encode_key, encode_value, partition_of = CODEC.encode_key, CODEC.encode_value, CODEC.partition_of
         for pair in self.pairs:
             try:
                 key, value = pair
             except (TypeError, ValueError):
                 raise EncodeError(f"the mapper emitted {pair!r}, not a (key, value) pair") from None
-            kb = encode(key, "key")
-            parts[partition_of(kb, self.partitions)].append(kb + TAB + encode(value) + b"\n")
+            kb = encode_key(key)
+            parts[partition_of(kb, self.partitions)].append(kb + b"\t" + encode_value(value) + b"\n")
         self.pairs = []
         for key, values in self.groups.items():
-            kb = key.encoded if isinstance(key, _Encoded) else encode(key, "key")
-            prefix = kb + TAB
+            kb = key.encoded if isinstance(key, _Encoded) else encode_key(key)
+            prefix = kb + b"\t"
             target = parts[partition_of(kb, self.partitions)]
             for value in values:
-                target.append(prefix + encode(value) + b"\n")
+                target.append(prefix + encode_value(value) + b"\n")
         self.groups = collections.defaultdict(list)
         self.held = 0
         for p, lines in enumerate(parts):
@@ -331,7 +379,7 @@ class _Encoded:
 
     def __init__(self, encoded: bytes) -> None:
         self.encoded = encoded
-        self.value = decode(encoded)
+        self.value = CODEC.decode(encoded)
 
     def __hash__(self) -> int:
         return hash(self.encoded)
@@ -344,7 +392,7 @@ def _run_lines(run: bytes | IO[bytes]) -> Iterator[bytes]:
     if isinstance(run, bytes):
         return iter(run.splitlines(keepends=True))
     run.seek(0)
-    return iter_lines(iter(lambda: run.read(1024 * 1024), b""))
+    return CODEC.iter_lines(iter(lambda: run.read(1024 * 1024), b""))
 
 
 def spill_dir() -> str | None:

@@ -6,8 +6,9 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from lambda_src import formats
 from lambda_src import storage as st
-from lambda_src.reader import Segment, unsupported_format
+from lambda_src.reader import Segment
 
 log = logging.getLogger(__name__)
 
@@ -71,38 +72,6 @@ def list_inputs(name: str, uris: list[str]) -> list[st.ObjectInfo]:
     return listed
 
 
-#: Extensions of formats and codecs that are not read yet: refused when planning.
-UNSUPPORTED = {
-    ".bz2": "bzip2", ".xz": "xz", ".lzma": "lzma", ".zst": "zstd", ".zstd": "zstd", ".lz4": "lz4",
-    ".snappy": "snappy", ".parquet": "Parquet", ".orc": "ORC", ".avro": "Avro", ".zip": "zip",
-    ".7z": "7-Zip", ".br": "brotli",
-}
-
-
-def compression_of(uri: str) -> str | None:
-    """``gzip`` for ``.gz`` objects (any case); refuses formats that are not read yet."""
-    name = st.basename(uri).lower()
-    if name.endswith((".gz", ".gzip")):
-        return "gzip"
-    for ext, what in UNSUPPORTED.items():
-        if name.endswith(ext):
-            raise unsupported_format(uri, what)
-    return None
-
-
-def split_object(info: st.ObjectInfo, split_size: int, input_name: str | None) -> list[Segment]:
-    """Byte ranges of at most ``split_size``; compressed objects are never cut."""
-    compression = compression_of(info.uri)
-    if compression or info.size <= split_size:
-        return [Segment(info.uri, 0, info.size, info.size, compression, input_name, info.version)]
-    count = -(-info.size // split_size)
-    step = -(-info.size // count)  # even ranges: no tiny tail split
-    return [
-        Segment(info.uri, start, min(start + step, info.size), info.size, None, input_name, info.version)
-        for start in range(0, info.size, step)
-    ]
-
-
 @dataclass
 class MapTask:
     index: int
@@ -125,10 +94,11 @@ def pack(
     """Pack segments into tasks of about ``target_bytes`` and at most ``max_files`` splits.
 
     Whole large splits get a task each; small objects are batched, in listing order, until
-    a task holds ``target_bytes`` (balanced by bytes, not by count). With ``cut``, an
-    uncompressed segment that would overfill a task is cut where the task is full and the
-    rest starts the next task, so tasks come out equal in bytes whatever the object sizes
-    (the reader aligns every range to whole lines).
+    a task holds ``target_bytes`` (balanced by bytes, not by count). With ``cut``, a
+    segment its format can cut (``InputFormat.can_cut``: an uncompressed text range) that
+    would overfill a task is cut where the task is full and the rest starts the next task, so
+    tasks come out equal in bytes whatever the object sizes (the reader aligns every range to
+    whole records).
     """
     tasks: list[MapTask] = []
     current: list[Segment] = []
@@ -138,7 +108,7 @@ def pack(
         while True:
             size = seg.end - seg.start
             room = target_bytes - current_bytes
-            splittable = cut and not seg.compression
+            splittable = cut and formats.get(seg.format).can_cut(seg)
             if len(current) >= max_files:
                 pass  # full: start the next task
             elif size <= room or (splittable and size - room < min_piece):
@@ -220,7 +190,7 @@ def plan(
     effective = balanced_split_size(total, split_size, parallelism)
     segments: list[Segment] = []
     for info, name in listed:
-        segments.extend(split_object(info, effective, name))
+        segments.extend(formats.for_object(info.uri).split(info, effective, name))
     count = -(-total // effective)
     if parallelism > 1 and 0 < count < 8 * parallelism:
         tasks = _equal_shares(segments, count, max_files_per_task)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st_
 
 from airflow_provider_lambdamr.engine import planner
-from lambda_src import reader
+from lambda_src import formats, reader
 from lambda_src import storage as st
 
 STORE = st.LocalStorage()
@@ -26,9 +26,9 @@ def _fail_on_bad(offset, raw, err):
 def read_all(uri: str, split_size: int, max_line: int = 1 << 20) -> list[str]:
     info = st.ObjectInfo(st.normalize(uri), STORE.size(uri))
     lines: list[str] = []
-    for seg in planner.split_object(info, split_size, None):
-        for block in reader.iter_blocks(STORE, seg, _fail_on_bad, max_line):
-            lines.extend(block.lines)
+    for seg in formats.for_object(info.uri).split(info, split_size, None):
+        for block in formats.iter_blocks(STORE, seg, _fail_on_bad, max_line):
+            lines.extend(block.records)
     return lines
 
 
@@ -86,7 +86,7 @@ def test_exact_multiple_of_split_size(tmp_path):
 
 def test_splits_are_even_and_cover_the_object():
     info = st.ObjectInfo("file:///x", 1000)
-    segs = planner.split_object(info, 300, None)
+    segs = formats.for_object(info.uri).split(info, 300, None)
     assert [(s.start, s.end) for s in segs] == [(0, 250), (250, 500), (500, 750), (750, 1000)]
 
 
@@ -95,7 +95,7 @@ def test_gzip_is_read_whole_and_never_split(tmp_path):
     path = tmp_path / "f.txt.gz"
     path.write_bytes(gzip.compress(data))
     info = st.ObjectInfo(st.normalize(str(path)), path.stat().st_size)
-    segs = planner.split_object(info, 10, None)
+    segs = formats.for_object(info.uri).split(info, 10, None)
     assert len(segs) == 1 and segs[0].compression == "gzip"
     assert read_all(str(path), 10) == expected_lines(data)
 
@@ -161,8 +161,8 @@ def read_cut(data: bytes, cuts: list[int], max_line: int, chunk: int = 1 << 20) 
     lines: list[str] = []
     for start, end in itertools.pairwise(edges):
         seg = reader.Segment("mem://f", start, end, len(data))
-        for block in reader.iter_blocks(store, seg, _fail_on_bad, max_line):
-            lines.extend(block.lines)
+        for block in formats.iter_blocks(store, seg, _fail_on_bad, max_line):
+            lines.extend(block.records)
     return lines
 
 
@@ -206,7 +206,7 @@ def test_the_boundary_scan_accepts_a_line_at_the_limit_across_scan_steps(monkeyp
     at the limit must go on to find the newline just after it."""
     data = b"y" * LIMIT + b"\nok\n"
     for step in (1, 10, LIMIT, LIMIT + 1):
-        monkeypatch.setattr(reader, "SCAN_STEP", step)
+        monkeypatch.setattr(formats, "SCAN_STEP", step)
         assert read_cut(data, [1], LIMIT) == ["y" * LIMIT, "ok"], step
         with pytest.raises(reader.InputError, match=rf"the line crossing byte 1 is longer than {LIMIT - 1} bytes"):
             read_cut(data, [1], LIMIT - 1)
@@ -234,7 +234,7 @@ def test_read_or_refused_never_depends_on_the_splits(lines, trailing, limit, cut
     data = b"\n".join(lines) + (b"\n" if trailing and lines else b"")
     cuts = sorted({int(f * len(data)) for f in cut_fractions} - {0, len(data)})
     too_long = any(len(line) > limit for line in lines)
-    with mock.patch.object(reader, "SCAN_STEP", scan_step):
+    with mock.patch.object(formats, "SCAN_STEP", scan_step):
         if too_long:
             with pytest.raises(reader.InputError):
                 read_cut(data, cuts, limit, chunk=chunk)
@@ -248,9 +248,9 @@ def test_invalid_utf8_is_reported_with_its_offset(tmp_path):
     seen = []
     seg = reader.Segment(st.normalize(str(path)), 0, path.stat().st_size, path.stat().st_size)
     lines = []
-    for block in reader.iter_blocks(STORE, seg, lambda off, raw, err: seen.append((off, raw))):
-        lines.extend(block.lines)
-        for i, line in enumerate(block.lines):
+    for block in formats.iter_blocks(STORE, seg, lambda off, raw, err: seen.append((off, raw))):
+        lines.extend(block.records)
+        for i, line in enumerate(block.records):
             assert STORE.read_bytes(seg.uri, block.offset(i), block.offset(i) + len(line.encode())) == line.encode()
     assert lines == ["good", "fine"]
     assert seen == [(5, b"ba\xffd")]
@@ -260,7 +260,7 @@ def test_block_offsets_are_exact_with_crlf(tmp_path):
     path = tmp_path / "crlf.txt"
     path.write_bytes(b"ab\r\ncde\r\nf\r\n")
     seg = reader.Segment(st.normalize(str(path)), 0, 12, 12)
-    (block,) = list(reader.iter_blocks(STORE, seg, _fail_on_bad))
+    (block,) = list(formats.iter_blocks(STORE, seg, _fail_on_bad))
     assert [block.offset(i) for i in range(3)] == [0, 4, 9]
 
 
@@ -301,8 +301,8 @@ def test_plan_with_few_tasks_balances_uneven_objects_for_the_workers(tmp_path):
     seen = collections.Counter()
     for t in tasks:
         for seg in t.splits:
-            for block in reader.iter_blocks(STORE, seg, _fail_on_bad):
-                seen.update(block.lines)
+            for block in formats.iter_blocks(STORE, seg, _fail_on_bad):
+                seen.update(block.records)
     assert sum(seen.values()) == 240_000 and max(seen.values()) == 1
 
 

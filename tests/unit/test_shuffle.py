@@ -15,15 +15,15 @@ from lambda_src import shuffle
 
 
 def _line(key, value) -> bytes:
-    return shuffle.encode(key, "key") + b"\t" + shuffle.encode(value) + b"\n"
+    return shuffle.CODEC.encode_key(key) + b"\t" + shuffle.CODEC.encode_value(value) + b"\n"
 
 
 def test_partition_is_stable_across_processes_and_hash_seeds():
     keys = ["a", "hello", "é", "123.45.6", "x" * 100]
-    here = [shuffle.partition_of(shuffle.encode(k), 7) for k in keys]
+    here = [shuffle.CODEC.partition_of(shuffle.CODEC.encode_key(k), 7) for k in keys]
     code = (
         "from lambda_src import shuffle;"
-        f"print([shuffle.partition_of(shuffle.encode(k), 7) for k in {keys!r}])"
+        f"print([shuffle.CODEC.partition_of(shuffle.CODEC.encode_key(k), 7) for k in {keys!r}])"
     )
     for seed in ("1", "2", "random"):
         out = subprocess.run(
@@ -31,7 +31,7 @@ def test_partition_is_stable_across_processes_and_hash_seeds():
             env={**os.environ, "PYTHONHASHSEED": seed},
         ).stdout
         assert out.strip() == str(here)
-    assert len(set(shuffle.partition_of(shuffle.encode(str(i)), 7) for i in range(1000))) == 7
+    assert len(set(shuffle.CODEC.partition_of(shuffle.CODEC.encode_key(str(i)), 7) for i in range(1000))) == 7
 
 
 @pytest.mark.parametrize(
@@ -42,8 +42,8 @@ def test_partition_is_stable_across_processes_and_hash_seeds():
 def test_encoding_round_trips(value):
     line = _line(value, value)
     assert line.count(b"\n") == 1 and line.count(b"\t") == 1
-    assert shuffle.decode(shuffle.key_of(line)) == value
-    assert shuffle.value_of(line) == value
+    assert shuffle.CODEC.decode(shuffle.CODEC.key_of(line)) == value
+    assert shuffle.CODEC.value_of(line) == value
 
 
 @pytest.mark.parametrize(
@@ -54,28 +54,28 @@ def test_encoding_round_trips(value):
 def test_the_fast_encoder_and_decoder_match_the_json_module(value):
     """encode/decode skip json.dumps/json.loads overhead; the bytes are the canonical JSON."""
     expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
-    assert shuffle.encode(value) == expected
-    assert shuffle.decode(expected) == json.loads(expected)
-    assert shuffle.decode(expected + b"\n") == json.loads(expected)
+    assert shuffle.CODEC.encode_value(value) == expected
+    assert shuffle.CODEC.decode(expected) == json.loads(expected)
+    assert shuffle.CODEC.decode(expected + b"\n") == json.loads(expected)
 
 
 def test_nan_round_trips_like_the_json_module():
-    assert shuffle.encode(float("nan")) == b"NaN" and math.isnan(shuffle.decode(b"NaN"))
+    assert shuffle.CODEC.encode_value(float("nan")) == b"NaN" and math.isnan(shuffle.CODEC.decode(b"NaN"))
 
 
 @pytest.mark.parametrize("data", [b"", b"[1,", b"1 2", b"nope", b'"open'])
 def test_a_corrupt_intermediate_record_is_a_value_error_naming_the_position(data):
     with pytest.raises(ValueError, match=r"(character|char) \d+"):
-        shuffle.decode(data)
+        shuffle.CODEC.decode(data)
 
 
 def test_tuples_come_back_as_lists():
-    assert shuffle.value_of(_line("k", (1, "a"))) == [1, "a"]
+    assert shuffle.CODEC.value_of(_line("k", (1, "a"))) == [1, "a"]
 
 
 def test_unencodable_values_are_refused_clearly():
     with pytest.raises(shuffle.EncodeError, match="a value of type set cannot be encoded"):
-        shuffle.encode({1, 2})
+        shuffle.CODEC.encode_value({1, 2})
 
 
 def test_sorting_lines_groups_each_key_together():
@@ -90,10 +90,10 @@ def test_sorting_lines_groups_each_key_together():
         seen.append(key_bytes)
         members = list(grp)
         assert members, f"an empty group for key {key_bytes!r}"
-        assert all(shuffle.key_of(line) == key_bytes for line in members)
+        assert all(shuffle.CODEC.key_of(line) == key_bytes for line in members)
         grouped.extend(members)
     assert grouped == lines, "every line lands in its key's group, once and in order"
-    assert sorted(seen) == sorted({shuffle.key_of(line) for line in lines})
+    assert sorted(seen) == sorted({shuffle.CODEC.key_of(line) for line in lines})
 
 
 def test_merge_of_sorted_runs_is_sorted():
@@ -118,10 +118,10 @@ def _drain(buffer):
         lines = data.splitlines(keepends=True) if isinstance(data, bytes) else list(data)
         assert lines == sorted(lines)
         for line in lines:
-            assert shuffle.partition_of(shuffle.key_of(line), buffer.partitions) == p
-            key = shuffle.decode(shuffle.key_of(line))
+            assert shuffle.CODEC.partition_of(shuffle.CODEC.key_of(line), buffer.partitions) == p
+            key = shuffle.CODEC.decode(shuffle.CODEC.key_of(line))
             key = tuple(key) if isinstance(key, list) else key
-            out.setdefault(key, []).append(shuffle.value_of(line))
+            out.setdefault(key, []).append(shuffle.CODEC.value_of(line))
     buffer.close()
     return out
 
@@ -181,7 +181,7 @@ def test_a_value_that_contains_itself_is_an_encode_error():
     value: list = [1]
     value.append(value)
     with pytest.raises(shuffle.EncodeError, match="nested too deeply or contains itself"):
-        shuffle.encode(value)
+        shuffle.CODEC.encode_value(value)
 
 
 # -- one key identity: the canonical encoding, everywhere ---------------------------------
@@ -210,17 +210,17 @@ def test_keys_equal_in_python_but_not_in_json_stay_apart_in_the_combining_buffer
     """1, 1.0 and True (and 0, -0.0, False) are equal in Python; as keys they are distinct."""
     pairs = [(k, 1) for k in _DISTINCT_KEYS] * 2 + [({"b": 2, "a": 1}, 1)]
     lines = _buffer_result(pairs, flush_values)
-    got = {shuffle.key_of(line): shuffle.value_of(line) for line in lines}
+    got = {shuffle.CODEC.key_of(line): shuffle.CODEC.value_of(line) for line in lines}
     assert len(got) == len(lines)  # one combined line per key
     # (1,) and [1] encode alike, and so do the two dicts: the same key, whatever the order
-    expected_keys = {shuffle.encode(k) for k in _DISTINCT_KEYS}
+    expected_keys = {shuffle.CODEC.encode_key(k) for k in _DISTINCT_KEYS}
     assert set(got) == expected_keys
     assert got[b"[1]"] == 4 and got[b'{"a":1,"b":2}'] == 3
     assert all(v == 2 for k, v in got.items() if k not in (b"[1]", b'{"a":1,"b":2}'))
 
 
 def test_object_keys_are_encoded_with_sorted_members():
-    assert shuffle.encode({"b": 1, "a": {"d": 2, "c": 3}}) == b'{"a":{"c":3,"d":2},"b":1}'
+    assert shuffle.CODEC.encode_value({"b": 1, "a": {"d": 2, "c": 3}}) == b'{"a":{"c":3,"d":2},"b":1}'
 
 
 def test_a_combiner_that_turns_1_into_true_or_0_into_minus_0_is_refused():

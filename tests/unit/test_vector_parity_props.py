@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from airflow_provider_lambdamr.engine.driver import Driver, JobFailed
 from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
 from airflow_provider_lambdamr.engine.spec import JobSpec
-from lambda_src import mapper, reader
+from lambda_src import formats, mapper, reader
 from lambda_src import storage as lst
 from lambda_src.job import MapReduceJob
 from tests.vector_parity import BOM, NUMBER_TOKENS, TEXT_TOKENS, ranking, read_parts, sorted_rows, uservisit
@@ -131,8 +131,8 @@ def _lines(path, start=0, end=None) -> list[tuple[int, str]]:
     seg = reader.Segment(uri, start, size if end is None else end, size,
                          "gzip" if str(path).endswith(".gz") else None)
     out = []
-    for block in reader.iter_blocks(store, seg, lambda *a: None):
-        out.extend((block.offset(i), line) for i, line in enumerate(block.lines))
+    for block in formats.iter_blocks(store, seg, lambda *a: None):
+        out.extend((block.offset(i), line) for i, line in enumerate(block.records))
     return out
 
 
@@ -167,7 +167,7 @@ class _Bytes:
 
 
 def _drain(data: bytes, step: int, at_object_start: bool = True) -> None:
-    lines = mapper._RecordLines(_Bytes(data, step), "f bytes 0-9", at_object_start)
+    lines = formats._RecordLines(_Bytes(data, step), "f bytes 0-9", at_object_start)
     while lines.read(1 << 20):
         pass
 
@@ -188,7 +188,7 @@ def test_the_arrow_stream_stops_where_arrow_would_read_other_lines(data, at_star
     if why is None:
         _drain(data, step, at_start)
     else:
-        with pytest.raises(mapper._ArrowFallback, match=re.escape(why)):
+        with pytest.raises(formats.VectorFallback, match=re.escape(why)):
             _drain(data, step, at_start)
 
 
@@ -212,7 +212,7 @@ def test_an_empty_line_of_a_text_only_job_falls_back(tmp_path, text, fallback):
     rows: list = []
     cfg = SimpleNamespace(max_line_bytes=1 << 20)
     if fallback:
-        with pytest.raises(mapper._ArrowFallback, match="an empty line"):
+        with pytest.raises(formats.VectorFallback, match="an empty line"):
             mapper._map_tables(_TextJob(), [seg], rows.extend, cfg)
     else:
         mapper._map_tables(_TextJob(), [seg], rows.extend, cfg)

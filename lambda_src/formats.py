@@ -1,0 +1,645 @@
+"""Input formats: how the planner cuts an object into splits, and how a map task reads one.
+
+An :class:`InputFormat` answers the planner's questions (which objects it reads, how an
+object is cut into :class:`~lambda_src.reader.Segment` splits, whether a split may be cut
+further at any byte) and the mapper's (the records of a split for the record path, in
+blocks; its rows as Arrow tables for the vectorized path). A registry picks the format of
+each input object: by name, or else by the object's name. Each Segment carries the name of
+the format that planned it, and the map task reads it with that format.
+
+:class:`TextFormat` (the default) reads line-oriented UTF-8 text, plain or gzip: its
+records are ``str`` lines. A format whose records are dicts or tuples, or whose splits are
+row groups rather than byte ranges, fits the same interface.
+
+Text splits: a split is a byte range ``[start, end)`` of an object. The split owns every line
+whose first byte lies in that range: the reader skips a partial first line (unless the byte
+before ``start`` is a newline) and reads past ``end`` only to finish its last line. Adjacent
+splits therefore cover each line exactly once, including files without a trailing newline and
+empty files. Compressed (``.gz``) objects are never cut: one split holds the whole object.
+
+Line length limit: a line's length is its bytes without the terminating ``\n`` (the ``\r`` of
+a ``\r\n`` ending counts). A line of up to ``max_line_bytes`` is read; a longer one is refused
+with :class:`InputError`, wherever it lies: inside a split, across a split boundary (where it
+would also make a split read that far past its end) or at the end of an object without a
+trailing newline. Whether a file is read or refused therefore never depends on the split size.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from lambda_src import storage as st
+from lambda_src.reader import InputError, Segment
+
+SCAN_STEP = 64 * 1024
+DEFAULT_MAX_LINE_BYTES = 1024 * 1024
+#: A UTF-8 byte order mark: dropped at byte 0 of an object, data anywhere else.
+BOM = b"\xef\xbb\xbf"
+
+BadBytes = Callable[[int, bytes, UnicodeDecodeError], None]
+
+
+class VectorFallback(Exception):
+    """The vectorized reader cannot give the rows the record path would; the record path reads
+    the split instead (and reports any bad record)."""
+
+
+class RecordBlock(Protocol):
+    """Consecutive records of one split, as the record path's mapper receives them."""
+
+    records: list[Any]
+
+    @property
+    def size(self) -> int:
+        """The input bytes the records were read from."""
+
+    def offset(self, index: int) -> int:
+        """Where ``records[index]`` starts in its object (for error messages)."""
+
+
+class InputFormat:
+    """One way of reading input objects; :func:`register` an instance to make it available."""
+
+    #: The name a Segment carries and an input names its format by.
+    name: ClassVar[str]
+    #: Object names ending so (lower case) are read with this format unless one is named.
+    extensions: ClassVar[tuple[str, ...]] = ()
+
+    def split(self, info: st.ObjectInfo, split_size: int, input_name: str | None) -> list[Segment]:
+        """The splits of one object, each about ``split_size`` bytes when the format can cut."""
+        raise NotImplementedError
+
+    def can_cut(self, seg: Segment) -> bool:
+        """Whether the planner may cut the segment at any byte (its reader then aligns each
+        piece to whole records); otherwise segments are kept as :meth:`split` made them."""
+        return False
+
+    def check(self, seg: Segment) -> None:
+        """Refuse (``ValueError``) a segment this format cannot have planned."""
+
+    def read_blocks(
+        self, store: st.Storage, seg: Segment, on_bad_bytes: BadBytes, max_line_bytes: int
+    ) -> Iterator[RecordBlock]:
+        """The segment's records for the record path, in blocks."""
+        raise NotImplementedError
+
+    def read_tables(self, seg: Segment, job: Any, max_line_bytes: int) -> tuple[int, Iterator[Any]]:
+        """``(input bytes, pyarrow Tables)`` of the segment for ``job.map_table``.
+
+        Raises :class:`VectorFallback` (also while iterating) where the tables would differ
+        from the record path's records; a format without a vectorized reader always does.
+        """
+        raise VectorFallback(f"{seg.describe()}: the {self.name} format has no vectorized reader")
+
+
+REGISTRY: dict[str, InputFormat] = {}
+DEFAULT = "text"
+
+
+def register(fmt: InputFormat) -> InputFormat:
+    REGISTRY[fmt.name] = fmt
+    return fmt
+
+
+def get(name: str) -> InputFormat:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown input format {name!r} (known: {', '.join(sorted(REGISTRY))})") from None
+
+
+def of(seg: Segment) -> InputFormat:
+    """The format that planned ``seg``, which checks that it could have."""
+    fmt = get(seg.format)
+    fmt.check(seg)
+    return fmt
+
+
+#: Extensions of formats and codecs that are not read yet: refused when planning.
+UNSUPPORTED = {
+    ".bz2": "bzip2", ".xz": "xz", ".lzma": "lzma", ".zst": "zstd", ".zstd": "zstd", ".lz4": "lz4",
+    ".snappy": "snappy", ".parquet": "Parquet", ".orc": "ORC", ".avro": "Avro", ".zip": "zip",
+    ".7z": "7-Zip", ".br": "brotli",
+}
+
+
+def for_object(uri: str, name: str | None = None) -> InputFormat:
+    """The format of an input object: the one named, else the first registered format that
+    claims its extension, else text; an extension of a format not read yet is refused."""
+    if name:
+        return get(name)
+    lower = st.basename(uri).lower()
+    for fmt in REGISTRY.values():
+        if fmt.extensions and lower.endswith(fmt.extensions):
+            return fmt
+    for ext, what in UNSUPPORTED.items():
+        if lower.endswith(ext):
+            raise unsupported_format(uri, what)
+    return REGISTRY[DEFAULT]
+
+
+#: Leading bytes of formats that are not line-oriented text (not read yet: refused).
+MAGIC = (
+    (b"\x1f\x8b", "gzip (name the object .gz to have it decompressed)"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"\x04\x22\x4d\x18", "lz4"),
+    (b"PAR1", "Parquet"),
+    (b"ORC", "ORC"),
+    (b"Obj\x01", "Avro"),
+    (b"PK\x03\x04", "zip"),
+    (b"7z\xbc\xaf\x27\x1c", "7-Zip"),
+)
+
+
+def unsupported_format(uri: str, what: str, offset: int | None = None) -> InputError:
+    return InputError(
+        f"{uri}: unsupported format or compression ({what}); the input must be line-oriented "
+        f"UTF-8 text, plain or gzip (.gz)",
+        uri=uri, offset=offset,
+    )
+
+
+def check_text(uri: str, head: bytes) -> None:
+    """Refuse an object whose first bytes are a binary format's signature."""
+    for magic, what in MAGIC:
+        if head.startswith(magic):
+            raise unsupported_format(uri, what, 0)
+
+
+
+def compression_of(uri: str) -> str | None:
+    """``gzip`` for ``.gz`` objects (any case), else None."""
+    return "gzip" if st.basename(uri).lower().endswith((".gz", ".gzip")) else None
+
+
+def next_line_start(
+    store: st.Storage, uri: str, pos: int, size: int, max_line_bytes: int
+) -> int:
+    """The offset of the first line that starts at or after ``pos``.
+
+    Scans from ``pos - 1`` to the next newline: those bytes are the tail of the line crossing
+    ``pos``, so more than ``max_line_bytes`` of them means that line is too long. A tail within
+    the limit does not prove the whole line is: the split owning it refuses it in iter_blocks.
+    """
+    if pos <= 0:
+        return 0
+    if pos >= size:
+        return size
+    scanned = 0
+    cursor = pos - 1  # include the byte before pos: a newline there means pos starts a line
+    while cursor < size:
+        step = min(SCAN_STEP, size - cursor)
+        chunk = store.read_bytes(uri, cursor, cursor + step)
+        if not chunk:
+            return size
+        idx = chunk.find(b"\n")
+        if idx >= 0 and scanned + idx <= max_line_bytes:
+            return cursor + idx + 1
+        cursor += len(chunk)
+        scanned += len(chunk)
+        if idx >= 0 or scanned > max_line_bytes:
+            raise _too_long(uri, f"the line crossing byte {pos}", pos, max_line_bytes)
+    return size
+
+
+def _too_long(uri: str, what: str, offset: int, max_line_bytes: int) -> InputError:
+    return InputError(
+        f"{uri}: {what} is longer than {max_line_bytes} bytes (raise --max-line-bytes, or "
+        f"check that the input is line-oriented text)",
+        uri=uri,
+        offset=offset,
+    )
+
+
+def _first_long_line(data: bytes, max_line_bytes: int) -> int:
+    """The offset of the first line of ``data`` (whole lines, each ending in a newline)
+    longer than ``max_line_bytes``, or -1.
+
+    Each step looks for a newline in the window of ``max_line_bytes + 1`` bytes after a line
+    start: if there is none, the line starting there is too long; otherwise every line
+    starting before the last newline in the window ends inside it.
+    """
+    pos = 0
+    while len(data) - pos > max_line_bytes + 1:
+        nl = data.rfind(b"\n", pos, pos + max_line_bytes + 1)
+        if nl < 0:
+            return pos
+        pos = nl + 1
+    return -1
+
+
+def aligned_range(store: st.Storage, seg: Segment, max_line_bytes: int) -> tuple[int, int]:
+    """The byte range ``[s, e)`` of the whole lines the segment owns."""
+    if seg.compression:
+        return 0, seg.size
+    start = next_line_start(store, seg.uri, seg.start, seg.size, max_line_bytes)
+    end = (
+        seg.size
+        if seg.end >= seg.size
+        else next_line_start(store, seg.uri, seg.end, seg.size, max_line_bytes)
+    )
+    return start, max(start, end)
+
+
+def _gunzip(chunks: Iterator[bytes], uri: str) -> Iterator[bytes]:
+    """Stream-decompress gzip, including concatenated members."""
+    decomp = zlib.decompressobj(wbits=31)
+    consumed = 0
+    in_member = False
+    for chunk in chunks:
+        data = chunk
+        while data:
+            in_member = True
+            try:
+                out = decomp.decompress(data)
+            except zlib.error as err:
+                raise InputError(
+                    f"{uri}: corrupt gzip data near compressed byte {consumed}: {err}",
+                    uri=uri,
+                    offset=consumed,
+                ) from None
+            if out:
+                yield out
+            if decomp.eof:
+                rest = decomp.unused_data
+                consumed += len(data) - len(rest)
+                data = rest
+                decomp = zlib.decompressobj(wbits=31)
+                in_member = False
+            else:
+                consumed += len(data)
+                data = b""
+    if in_member:
+        raise InputError(
+            f"{uri}: corrupt gzip data: the stream ends before its end marker "
+            f"(truncated after {consumed} compressed bytes)",
+            uri=uri,
+            offset=consumed,
+        )
+
+
+def raw_chunks(store: st.Storage, seg: Segment, start: int, end: int) -> Iterator[bytes]:
+    if seg.compression == "gzip":
+        return _gunzip(store.iter_range(seg.uri, 0, None), seg.uri)
+    return store.iter_range(seg.uri, start, end)
+
+
+BadBytes = Callable[[int, bytes, UnicodeDecodeError], None]
+
+
+@dataclass
+class Block:
+    """Consecutive lines: ``records[i]`` is the i-th ``\n``-separated piece of ``raw``."""
+
+    base: int
+    raw: bytes
+    records: list[str]
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
+    def offset(self, index: int) -> int:
+        """The byte offset of ``lines[index]``; computed only when an error needs it."""
+        pos = 0
+        for _ in range(index):
+            pos = self.raw.index(b"\n", pos) + 1
+        return self.base + pos
+
+
+def _strip_cr(lines: list[str]) -> list[str]:
+    return [line.removesuffix("\r") for line in lines]
+
+
+def _blocks(data: bytes, base: int, on_bad_bytes: BadBytes) -> Iterator[Block]:
+    """Decode whole lines; lines with invalid UTF-8 go to ``on_bad_bytes`` and are left out."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        lines = text.split("\n")
+        if data.endswith(b"\n"):
+            lines.pop()
+        if "\r" in text:
+            lines = _strip_cr(lines)
+        if lines:
+            yield Block(base, data, lines)
+        return
+    # Slow path, only for a block holding invalid UTF-8: cut it around the bad lines.
+    run_start = 0
+    good: list[str] = []
+    pos = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        stop = len(data) if nl < 0 else nl
+        piece = data[pos:stop]
+        try:
+            good.append(piece.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            if good:
+                yield Block(base + run_start, data[run_start:pos], _strip_cr(good))
+                good = []
+            on_bad_bytes(base + pos, piece, err)
+            run_start = stop + 1
+        pos = stop + 1
+    if good:
+        yield Block(base + run_start, data[run_start:], _strip_cr(good))
+
+
+def iter_blocks(
+    store: st.Storage,
+    seg: Segment,
+    on_bad_bytes: BadBytes,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[Block]:
+    """Yield the segment's lines in blocks, line endings (``\n`` or ``\r\n``) removed.
+
+    Offsets are into the object (into the decompressed stream for gzip). A line longer than
+    ``max_line_bytes`` (see the module docstring) raises :class:`InputError`. A UTF-8 BOM at
+    byte 0 of the object is not part of its first line; one anywhere else is data.
+    ``on_bad_bytes(offset, raw_line, error)`` is called for a line that is not valid UTF-8;
+    it raises to fail the task, or returns to skip the line.
+    """
+    start, end = aligned_range(store, seg, max_line_bytes)
+    if start >= end and not seg.compression:
+        return
+    base = start
+    carry = b""
+    first = start == 0 and not seg.compression
+    at_bom = start == 0  # the object's first bytes, which may be a BOM, are still to come
+    for chunk in raw_chunks(store, seg, start, end):
+        if first:
+            check_text(seg.uri, chunk)
+            first = False
+        data = carry + chunk if carry else chunk
+        if at_bom:
+            if len(data) < len(BOM) and BOM.startswith(data):
+                carry = data
+                continue
+            at_bom = False
+            if data.startswith(BOM):
+                data = data[len(BOM):]
+                base += len(BOM)
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            carry = data
+        else:
+            carry = data[cut + 1 :]
+            whole = data[: cut + 1]
+            long_at = _first_long_line(whole, max_line_bytes)
+            if long_at >= 0:
+                raise _too_long(seg.uri, f"the line at byte {base + long_at}", base + long_at, max_line_bytes)
+            yield from _blocks(whole, base, on_bad_bytes)
+            base += cut + 1
+        if len(carry) > max_line_bytes:  # an unfinished line: refused before it is all in memory
+            raise _too_long(seg.uri, f"the line at byte {base}", base, max_line_bytes)
+    if carry:
+        yield from _blocks(carry, base, on_bad_bytes)
+
+
+class TextFormat(InputFormat):
+    """Line-oriented UTF-8 text, plain or gzip; the record path's records are its lines."""
+
+    name = "text"
+
+    def split(self, info: st.ObjectInfo, split_size: int, input_name: str | None) -> list[Segment]:
+        """Byte ranges of at most ``split_size``; compressed objects are never cut."""
+        compression = compression_of(info.uri)
+        if compression or info.size <= split_size:
+            return [Segment(info.uri, 0, info.size, info.size, compression, input_name, info.version, self.name)]
+        count = -(-info.size // split_size)
+        step = -(-info.size // count)  # even ranges: no tiny tail split
+        return [
+            Segment(info.uri, start, min(start + step, info.size), info.size, None, input_name, info.version,
+                    self.name)
+            for start in range(0, info.size, step)
+        ]
+
+    def can_cut(self, seg: Segment) -> bool:
+        return not seg.compression
+
+    def check(self, seg: Segment) -> None:
+        if seg.compression not in (None, "gzip"):
+            raise ValueError(f"unsupported compression {seg.compression!r} for {seg.uri}")
+
+    def read_blocks(
+        self, store: st.Storage, seg: Segment, on_bad_bytes: BadBytes, max_line_bytes: int
+    ) -> Iterator[Block]:
+        return iter_blocks(store, seg, on_bad_bytes, max_line_bytes)
+
+    def read_tables(self, seg: Segment, job: Any, max_line_bytes: int) -> tuple[int, Iterator[Any]]:
+        """The rows of the job's ``table_columns``, split at ``table_delimiter``, converted to
+        ``table_types``; anything the record mapper would see otherwise falls back."""
+        start, end = aligned_range(st.for_uri(seg.uri), seg, max_line_bytes)
+        if end <= start:
+            return 0, iter(())
+        return end - start, _csv_tables(seg, start, end, job, max_line_bytes)
+
+
+register(TextFormat())
+
+
+def _csv_tables(seg: Segment, start: int, end: int, job: Any, max_line_bytes: int) -> Iterator[Any]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    columns = list(job.table_columns or ())
+    include = list(job.table_include or columns)
+    read_options = pacsv.ReadOptions(
+        column_names=columns, block_size=16 * 1024 * 1024, use_threads=False
+    )
+    parse_options = pacsv.ParseOptions(
+        delimiter=job.table_delimiter,
+        quote_char=False,
+        double_quote=False,
+        escape_char=False,
+        newlines_in_values=False,
+        # Arrow reads an empty line as a row of empty fields, which a number column refuses
+        # (and as_table below catches): the task falls back, and the record path decides.
+        ignore_empty_lines=False,
+    )
+    types = {name: pa.type_for_alias(job.table_types.get(name, "string")) for name in include}
+    # Arrow reads "0x10" as the integer 16; the record mapper's int() refuses it. Integer
+    # columns are read as text and converted here, where only digits (and a "-") are accepted.
+    integers = [name for name, t in types.items() if pa.types.is_integer(t)]
+    floats = [name for name, t in types.items() if pa.types.is_floating(t)]
+    texts = [name for name, t in types.items() if t in (pa.string(), pa.large_string(), pa.binary())]
+    only_text = len(texts) == len(types)
+    convert_options = pacsv.ConvertOptions(
+        include_columns=include,
+        column_types={name: pa.string() if name in integers else t for name, t in types.items()},
+        # No value is a null: the record mapper refuses "", "NULL", "N/A", ... in a number
+        # column (the task falls back to it) and keeps them as text in a string column.
+        null_values=[],
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+        check_utf8=False,  # _RecordLines checks every byte, not only the converted columns
+    )
+    where = seg.describe()
+
+    def as_table(batch: Any) -> Any:
+        table = pa.Table.from_batches([batch])
+        for name in integers:
+            text = table.column(name)
+            if not pc.all(pc.ascii_is_decimal(text)).as_py():
+                unsigned = pc.if_else(pc.starts_with(text, "-"), pc.utf8_slice_codeunits(text, 1), text)
+                if not pc.all(pc.ascii_is_decimal(unsigned)).as_py():
+                    raise VectorFallback(f"{where}: column {name} holds a value other than an integer")
+            table = table.set_column(table.schema.get_field_index(name), name, pc.cast(text, types[name]))
+        for name in floats:
+            # Arrow also reads "nan(...)", which float() refuses: any NaN goes to the record path.
+            if pc.any(pc.is_nan(table.column(name))).as_py():
+                raise VectorFallback(f"{where}: column {name} holds a NaN")
+        if only_text:  # nothing refuses an empty line's row: find it (or a line of empty fields)
+            blank = functools.reduce(pc.and_, [pc.equal(table.column(name), "") for name in texts])
+            if pc.any(blank).as_py():
+                raise VectorFallback(f"{where}: an empty line")
+        return table
+
+    try:
+        lines = _RecordLines(_arrow_stream(seg, start, end), where, start == 0, max_line_bytes)
+        if st.is_s3(seg.uri) or seg.compression:  # checked as Arrow reads: one download
+            source = pa.PythonFile(lines, "r")
+        else:  # checked first: Arrow reads a mapped file faster than through Python
+            lines.finish()
+            source = _arrow_stream(seg, start, end)
+        with pacsv.open_csv(
+            source,
+            read_options=read_options,
+            parse_options=parse_options,
+            convert_options=convert_options,
+        ) as batches:
+            for batch in batches:
+                yield as_table(batch)
+            lines.finish()
+    except pa.ArrowException as err:
+        raise VectorFallback(f"{where}: {err}") from None
+    except StopIteration:  # an empty stream
+        lines.finish()
+
+
+def _arrow_stream(seg: Segment, start: int, end: int):
+    """The bytes ``[start, end)`` of the segment's object (decompressed), as a readable file."""
+    import pyarrow as pa
+
+    if st.is_s3(seg.uri):
+        store = st.for_uri(seg.uri)
+        if seg.compression:
+            return pa.CompressedInputStream(pa.PythonFile(store.open_read(seg.uri), "r"), "gzip")
+        return _S3Range(store, seg.uri, start, end)
+    path = st.local_path(seg.uri)
+    source = pa.memory_map(path)
+    if seg.compression:
+        return pa.CompressedInputStream(source, "gzip")
+    return source.get_stream(start, end - start)
+
+
+class _S3Range:
+    """A minimal read-only file over a byte range of an S3 object."""
+
+    def __init__(self, store: st.Storage, uri: str, start: int, end: int) -> None:
+        self._chunks = store.iter_range(uri, start, end, chunk_size=4 * 1024 * 1024)
+        self._buf = b""
+        self.closed = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        while size is None or size < 0 or len(self._buf) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buf += chunk
+        if size is None or size < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:size], self._buf[size:]
+        return out
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _RecordLines:
+    r"""The bytes Arrow parses, stopped (``VectorFallback``) where Arrow would not see the
+    lines the record path sees.
+
+    Arrow's CSV reader ends a row at a lone ``\r`` (the record path splits lines at ``\n``
+    only and drops one ``\r`` before it), skips a UTF-8 BOM at the start of any stream (the
+    record path only at byte 0 of an object: a later split that starts with one keeps it)
+    and checks UTF-8 only in the columns it converts (the record path decodes whole lines),
+    and reads lines of any length (the record path refuses one longer than max_line_bytes).
+    """
+
+    def __init__(self, raw: Any, where: str, at_object_start: bool, max_line_bytes: int) -> None:
+        self._raw = raw
+        self._where = where
+        self._max_line = max_line_bytes
+        self._line = 0  # bytes of the line not yet ended by a newline
+        self._head = b""  # the first bytes, while they may still be a BOM
+        self._cr = False  # the last byte read was \r
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._utf8_pending = False  # the decoder holds the start of a multi-byte character
+        self._at_object_start = at_object_start
+        self.closed = False
+
+    def finish(self) -> None:
+        """Check the end of the stream, which the CSV reader may not have asked for."""
+        while self.read(1 << 20):
+            pass
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._raw.read(size if size >= 0 else None)
+        if len(self._head) < len(BOM):
+            self._head += chunk[: len(BOM) - len(self._head)]
+            if self._head == BOM and not self._at_object_start:
+                raise VectorFallback(f"{self._where}: the split starts with a UTF-8 BOM")
+        if self._lone_cr(chunk):
+            raise VectorFallback(f"{self._where}: a \\r that does not end a line")
+        self._cr = chunk.endswith(b"\r")
+        self._check_line_lengths(chunk)
+        if self._utf8_pending or not chunk.isascii():
+            try:
+                self._utf8.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                raise VectorFallback(f"{self._where}: invalid UTF-8 ({err.reason})") from None
+            self._utf8_pending = bool(self._utf8.getstate()[0])
+        return chunk
+
+    def _check_line_lengths(self, chunk: bytes) -> None:
+        first = chunk.find(b"\n")
+        if first < 0:
+            self._line += len(chunk)
+            too_long = self._line > self._max_line
+        else:
+            last = chunk.rfind(b"\n")
+            too_long = (self._line + first > self._max_line
+                        or _first_long_line(chunk[first + 1: last + 1], self._max_line) >= 0)
+            self._line = len(chunk) - last - 1
+        if too_long:  # the record path names the line and its offset
+            raise VectorFallback(f"{self._where}: a line longer than {self._max_line} bytes")
+
+    def _lone_cr(self, chunk: bytes) -> bool:
+        """A \\r not followed by \\n in the stream so far (the end of the stream included)."""
+        if self._cr and not chunk.startswith(b"\n"):
+            return True
+        if b"\r" not in chunk:
+            return False
+        return chunk.count(b"\r") != chunk.count(b"\r\n") + chunk.endswith(b"\r")
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._raw.close()
+        self.closed = True
