@@ -166,8 +166,8 @@ class _Bytes:
         pass
 
 
-def _drain(data: bytes, step: int, at_object_start: bool = True) -> None:
-    lines = formats._RecordLines(_Bytes(data, step), "f bytes 0-9", at_object_start)
+def _drain(data: bytes, step: int, at_object_start: bool = True, max_line_bytes: int = 1 << 20) -> None:
+    lines = formats._RecordLines(_Bytes(data, step), "f bytes 0-9", at_object_start, max_line_bytes)
     while lines.read(1 << 20):
         pass
 
@@ -217,3 +217,16 @@ def test_an_empty_line_of_a_text_only_job_falls_back(tmp_path, text, fallback):
     else:
         mapper._map_tables(_TextJob(), [seg], rows.extend, cfg)
         assert rows == [("a", "b"), ("c", "d")]
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 64])
+@pytest.mark.parametrize(("data", "too_long"), [
+    (b"abcd\nabcde\n", False), (b"abcd\nabcdef\n", True), (b"abcdef", True), (b"abcde", False),
+    (b"ab\r\nabc\r\n", False), (b"abcdefgh\nab\n", True),
+])
+def test_the_arrow_stream_stops_at_a_line_longer_than_the_limit_wherever_reads_cut_it(data, too_long, step):
+    if too_long:
+        with pytest.raises(formats.VectorFallback, match="a line longer than 5 bytes"):
+            _drain(data, step, max_line_bytes=5)
+    else:
+        _drain(data, step, max_line_bytes=5)
