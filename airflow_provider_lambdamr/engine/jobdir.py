@@ -6,7 +6,8 @@ Destructive operations touch only what a job wrote:
   only in a directory whose manifest names that job id: a directory without one is refused.
 - In an output, only the files a committed ``_SUCCESS`` lists, and that ``_SUCCESS``.
 
-Layout of a job directory (``step-NN/`` holds step NN's data for steps after the first)::
+Layout of a job directory (``step-NN/`` holds step NN's data for steps after the first;
+every name is spelled in ``lambda_src.contract``)::
 
     jobdata.json            the manifest: spec, pinned plan, code version (written once)
     failed.json             why the job last failed, for sensors in other processes
@@ -20,22 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 
+from lambda_src import contract
 from lambda_src import storage as st
-from lambda_src.task import step_dir
+from lambda_src.contract import MANIFEST, SUCCESS, written_by_job  # noqa: F401 - jobdir's interface
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "jobdata.json"
-MAP_COMMIT = "map.json"
-STEP_PLAN = "plan.json"
-FAILURE = "failed.json"
-SUCCESS = "_SUCCESS"
-INTERMEDIATE = ("map", "reduce", "tasks")
-
-_STEP_DIR = re.compile(r"^step-\d{2,}$")
 
 
 class NotAJobDir(ValueError):
@@ -56,7 +48,7 @@ def read_json(uri: str) -> object | None:
 
 def read_manifest(job_dir: str) -> dict | None:
     """The manifest of the job in ``job_dir``; None when there is none."""
-    uri = st.join(job_dir, MANIFEST)
+    uri = contract.manifest_uri(job_dir)
     manifest = read_json(uri)
     if manifest is not None and not (isinstance(manifest, dict) and isinstance(manifest.get("job_id"), str)
                                      and isinstance(manifest.get("spec"), dict)):
@@ -91,18 +83,7 @@ def intermediate_dirs(job_dir: str, steps: int | None = None) -> list[str]:
     """
     if steps is None:
         steps = step_count(read_manifest(job_dir))
-    return [st.join(step_dir(job_dir, k), sub) for k in range(steps) for sub in INTERMEDIATE]
-
-
-def written_by_job(rel: str) -> bool:
-    """Whether a path relative to a job directory is one the job's layout writes."""
-    parts = rel.split("/")
-    if _STEP_DIR.match(parts[0]) and len(parts) > 1:
-        parts = parts[1:]
-        return (parts[0] in INTERMEDIATE and len(parts) > 1) or parts == [STEP_PLAN] or parts == [MAP_COMMIT]
-    if parts[0] in (*INTERMEDIATE, "status"):
-        return len(parts) > 1
-    return parts in ([MANIFEST], [FAILURE], [MAP_COMMIT])
+    return contract.intermediate_dirs(job_dir, steps)
 
 
 @dataclass
@@ -136,7 +117,7 @@ def cleanup(job_dir: str, *, delete_job_dir: bool = False, missing_ok: bool = Tr
             rel = st.relative_to(info.uri, job_dir)
             (doomed if rel and written_by_job(rel) else kept).append(info.uri)
         # The manifest goes last: until then a failed cleanup can be run again.
-        manifest_uri = st.join(job_dir, MANIFEST)
+        manifest_uri = contract.manifest_uri(job_dir)
         doomed.sort(key=lambda u: u == manifest_uri)
     else:
         for d in intermediate_dirs(job_dir, step_count(manifest)):
@@ -165,7 +146,7 @@ class Success:
 
 
 def read_success(output: str) -> Success:
-    uri = st.join(output, SUCCESS)
+    uri = contract.success_uri(output)
     try:
         data = st.for_uri(uri).read_bytes(uri)
     except st.NotFound:
@@ -188,6 +169,6 @@ def result_files(output: str, summary: dict) -> list[str]:
     files = []
     for name in summary["files"]:
         if "/" in name:
-            raise ValueError(f"{st.join(output, SUCCESS)} lists {name!r}, which is not a file name")
+            raise ValueError(f"{contract.success_uri(output)} lists {name!r}, which is not a file name")
         files.append(st.join(output, name))
     return files
