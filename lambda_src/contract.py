@@ -538,6 +538,8 @@ class Failure:
         """What happened to a task that failed this way without retries: ``failed (not retried: ...)``."""
         if self.kind == "cancelled":
             return "was cancelled"
+        if self.retryable:
+            return "failed"
         if self.type == IMPORT_ERROR:
             return "failed (not retried: the job's code cannot be imported)"
         return f"failed (not retried: {_WHY[self.kind]})"
