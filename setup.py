@@ -30,6 +30,7 @@ setup(
             "duckdb>=1.1",
             "ruff>=0.6",
             "hypothesis>=6.100",
+            "jsonschema>=4.20",
         ],
     },
     entry_points={

@@ -18,7 +18,6 @@ from lambda_src import shuffle
 from lambda_src import storage as st
 
 CODEC = shuffle.CODEC
-SUFFIX = CODEC.ARROW_SUFFIX
 
 
 def check_table(table: object, where: str) -> pa.Table:

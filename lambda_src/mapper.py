@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from lambda_src import formats, output, reader, shuffle, task
+from lambda_src import contract, formats, output, reader, shuffle, task
 from lambda_src import storage as st
 from lambda_src.job import MapReduceJob, Step
 
@@ -31,25 +31,7 @@ BAD_SAMPLES = 5
 
 
 def lambda_handler(event: dict, context: Any) -> dict:
-    return task.run(event, context, "map", status_key, _describe, _run)
-
-
-def status_key(ev: task.TaskEvent) -> str:
-    return task.step_key(ev, f"map/{_index(ev):05d}")
-
-
-def _index(ev: task.TaskEvent) -> int:
-    index = ev.task.get("index")
-    if not isinstance(index, int) or index < 0:
-        raise task.EventError(f"map task index must be a non-negative integer, got {index!r}")
-    return index
-
-
-def _describe(ev: task.TaskEvent) -> str:
-    count = ev.task.get("count")
-    where = f"map task {_index(ev)}" + (f" of {count}" if count else "")
-    step = task.step_index(ev)
-    return f"step {step + 1} {where}" if step else where
+    return task.run(event, context, contract.MapTask, _run)
 
 
 class BadRecords:
@@ -82,17 +64,16 @@ class BadRecords:
 
 
 def _run(ev: task.TaskEvent, token: str) -> dict:
-    index = _index(ev)
     cfg = ev.job
     job = task.load_job_class(cfg.ref)(cfg.params)
     ctx = task.step_context(ev, job)
-    where = _describe(ev)
+    where = ev.spec.describe()
     if ctx.index > 0:
-        return _run_later_step(ev, ctx, index, token)
-    splits = [reader.Segment.from_dict(s) for s in ev.load_list("splits")]
+        return _run_later_step(ev, ctx, token)
+    splits = [reader.Segment.from_dict(s) for s in ev.load_list()]
     reader.check_unchanged(splits)
     if ctx.step.reducer is None:
-        return _run_map_only(ev, job, splits, index, where)
+        return _run_map_only(ev, job, splits, where)
 
     buffer = None
     mode = "record"
@@ -100,7 +81,7 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
     if cfg.vectorized and job.has_table_mapper() and _arrow_available():
         try:
             if job.has_table_shuffle():
-                return _run_table_shuffle(ev, job, splits, cfg, index, token)
+                return _run_table_shuffle(ev, job, splits, cfg, token)
             buffer = _new_buffer(ctx)
             with task.traced("read+map", mode="vectorized"):
                 stats = _map_tables(job, splits, buffer.add, cfg)
@@ -119,12 +100,10 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
         if bad.samples:
             stats["bad_samples"] = bad.samples
     stats["mode"] = mode
-    return _write_map_output(ctx, buffer, index, token, stats)
+    return _write_map_output(ev.spec, buffer, token, stats)
 
 
-def _write_map_output(
-    ctx: task.StepContext, buffer: shuffle.MapOutputBuffer, index: int, token: str, stats: dict
-) -> dict:
+def _write_map_output(spec: contract.MapTask, buffer: shuffle.MapOutputBuffer, token: str, stats: dict) -> dict:
     """Write the buffer's sorted runs, one per non-empty partition."""
     outputs = []
     records_out = 0
@@ -133,7 +112,7 @@ def _write_map_output(
             for p, data in enumerate(buffer.finish()):
                 if data is None:
                     continue
-                uri = st.join(ctx.dir, "map", f"{index:05d}", token, f"part-{p:05d}")
+                uri = spec.run_uri(token, p)
                 records, size = output.write_lines(uri, data)
                 records_out += records
                 outputs.append({"partition": p, "uri": uri, "records": records, "bytes": size})
@@ -148,9 +127,9 @@ def _write_map_output(
     return {"outputs": outputs, "stats": stats}
 
 
-def _run_later_step(ev: task.TaskEvent, ctx: task.StepContext, index: int, token: str) -> dict:
+def _run_later_step(ev: task.TaskEvent, ctx: task.StepContext, token: str) -> dict:
     """Steps after the first map the (key, value) pairs of the previous step's reducers."""
-    runs = [ev.inside_job_dir(uri, "an input run") for uri in ev.load_list("runs")]
+    runs = [ev.inside_job_dir(uri, "an input run") for uri in ev.load_list()]
     step = ctx.step
     buffer = _new_buffer(ctx)
     add = buffer.add
@@ -187,7 +166,7 @@ def _run_later_step(ev: task.TaskEvent, ctx: task.StepContext, index: int, token
             except Exception as err:
                 raise _step_error(ctx, err, "in mapper_final") from err
     stats = {"input_records": records, "input_bytes": input_bytes, "mode": "record"}
-    return _write_map_output(ctx, buffer, index, token, stats)
+    return _write_map_output(ev.spec, buffer, token, stats)
 
 
 def _step_error(ctx: task.StepContext, err: Exception, where: str) -> task.TaskError:
@@ -290,7 +269,6 @@ def _run_table_shuffle(
     job: MapReduceJob,
     splits: list[reader.Segment],
     cfg: task.JobConfig,
-    index: int,
     token: str,
 ) -> dict:
     """Map and combine in Arrow, then write one Arrow run per non-empty partition."""
@@ -316,7 +294,7 @@ def _run_table_shuffle(
         for p, part in enumerate(ash.partition_table(combined, cfg.partitions)):
             if part is None:
                 continue
-            uri = st.join(ev.job_dir, "map", f"{index:05d}", token, f"part-{p:05d}{ash.SUFFIX}")
+            uri = ev.spec.run_uri(token, p, arrow=True)
             records, size = ash.write_run(uri, part)
             outputs.append({"partition": p, "uri": uri, "records": records, "bytes": size})
     stats.update(
@@ -331,14 +309,12 @@ def _run_map_only(
     ev: task.TaskEvent,
     job: MapReduceJob,
     splits: list[reader.Segment],
-    index: int,
     where: str,
 ) -> dict:
     """A job without a reducer: the mapper's pairs, in input order, are the result."""
-    out_uri = ev.body.get("output")
-    if not isinstance(out_uri, str) or not out_uri:
+    if ev.spec.output is None:
         raise task.EventError("a map-only task needs the event field 'output'")
-    uri = st.join(out_uri, f"part-m-{index:05d}")
+    uri = ev.spec.map_only_part_uri(ev.spec.output)
     cfg = ev.job
     if cfg.vectorized and job.has_table_mapper() and _arrow_available():
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lambda_src import output, shuffle, task
+from lambda_src import contract, output, shuffle, task
 from lambda_src import storage as st
 from lambda_src.job import Reduce
 
@@ -21,51 +21,27 @@ MERGE_BUFFER = 64 * 1024 * 1024
 
 
 def lambda_handler(event: dict, context: Any) -> dict:
-    return task.run(event, context, "reduce", status_key, _describe, _run)
-
-
-def _coords(ev: task.TaskEvent) -> tuple[int, int, int, bool]:
-    t = ev.task
-    try:
-        rnd, part, group = int(t["round"]), int(t["partition"]), int(t["group"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise task.EventError(f"reduce task needs integer round/partition/group: {err}") from None
-    if rnd < 1 or part < 0 or group < 0:
-        raise task.EventError(f"reduce task coordinates out of range: {t!r}")
-    return rnd, part, group, bool(t.get("final"))
-
-
-def status_key(ev: task.TaskEvent) -> str:
-    rnd, part, group, _ = _coords(ev)
-    return task.step_key(ev, f"reduce/r{rnd:03d}/p{part:05d}-g{group:05d}")
-
-
-def _describe(ev: task.TaskEvent) -> str:
-    rnd, part, group, final = _coords(ev)
-    kind = "final reduce" if final else "reduce"
-    where = f"{kind} task (round {rnd}, partition {part}, group {group})"
-    step = task.step_index(ev)
-    return f"step {step + 1} {where}" if step else where
+    return task.run(event, context, contract.ReduceTask, _run)
 
 
 def _run(ev: task.TaskEvent, token: str) -> dict:
-    rnd, part, group, final = _coords(ev)
-    inputs = [ev.inside_job_dir(uri, "a reduce input") for uri in ev.load_list("inputs")]
+    spec = ev.spec
+    inputs = [ev.inside_job_dir(uri, "a reduce input") for uri in ev.load_list()]
     job = task.load_job_class(ev.job.ref)(ev.job.params)
     ctx = task.step_context(ev, job)
     input_bytes = sum(st.for_uri(uri).size(uri) for uri in inputs)
-    arrow_runs = [uri for uri in inputs if shuffle.CODEC.is_arrow_run(uri)]
+    arrow_runs = [uri for uri in inputs if contract.is_arrow_run(uri)]
     # Reading, merging, reducing and writing stream together: one subsegment.
     with task.traced("read+reduce+write", inputs=len(inputs)):
         if arrow_runs and job.has_table_shuffle() and len(arrow_runs) == len(inputs):
-            result = _run_tables(ev, job, inputs, token, rnd, part, group, final)
+            result = _run_tables(spec, job, inputs, token)
         else:
-            result = _run_lines(ev, ctx, inputs, token, rnd, part, group, final)
+            result = _run_lines(spec, ctx, inputs, token)
     result["stats"].update(inputs=len(inputs), input_bytes=input_bytes)
     return result
 
 
-def _run_lines(ev, ctx: task.StepContext, inputs, token, rnd, part, group, final) -> dict:
+def _run_lines(spec: contract.ReduceTask, ctx: task.StepContext, inputs, token) -> dict:
     """The record path: a streamed k-way merge of sorted runs.
 
     The final round of the last step writes the CSV part file; the final round of an
@@ -75,7 +51,7 @@ def _run_lines(ev, ctx: task.StepContext, inputs, token, rnd, part, group, final
     chunk = max(64 * 1024, min(READ_CHUNK, MERGE_BUFFER // max(1, len(inputs))))
     runs = []
     for uri in inputs:
-        if shuffle.CODEC.is_arrow_run(uri):  # a mix of run kinds: read the Arrow ones as lines
+        if contract.is_arrow_run(uri):  # a mix of run kinds: read the Arrow ones as lines
             from lambda_src import arrow_shuffle as ash
 
             runs.append(ash.as_lines(ash.read_run(uri)))
@@ -83,21 +59,21 @@ def _run_lines(ev, ctx: task.StepContext, inputs, token, rnd, part, group, final
             runs.append(shuffle.CODEC.iter_lines(st.for_uri(uri).iter_range(uri, chunk_size=chunk)))
     counter = _Counter(shuffle.merge(runs))
     step = ctx.step
-    run_dir = st.join(ctx.dir, "reduce", f"r{rnd:03d}", f"p{part:05d}-g{group:05d}", token)
-    if final and ctx.last:
-        uri = st.join(_final_output(ev), f"part-{part:05d}")
+    part = spec.partition
+    if spec.final and ctx.last:
+        uri = spec.part_uri(_final_output(spec))
         with output.CsvWriter(uri) as writer:
             for key, values in _key_groups(counter):
                 writer.add(step.reducer(key, values))
         records, size = writer.records, writer.bytes
-    elif final:
-        uri = st.join(run_dir, "pairs")
+    elif spec.final:
+        uri = spec.run_uri(token, "pairs")
         records, size = output.write_lines(uri, _encoded_pairs(_key_groups(counter), step.reducer))
     else:
-        uri = st.join(run_dir, "run")
+        uri = spec.run_uri(token, "run")
         lines = counter
         if step.combiner is not None:
-            lines = shuffle.combine_stream(counter, step.combiner, f"reduce round {rnd}, partition {part}")
+            lines = shuffle.combine_stream(counter, step.combiner, f"reduce round {spec.round}, partition {part}")
         records, size = output.write_lines(uri, lines)
     return {
         "outputs": [{"partition": part, "uri": uri, "records": records, "bytes": size}],
@@ -106,26 +82,25 @@ def _run_lines(ev, ctx: task.StepContext, inputs, token, rnd, part, group, final
     }
 
 
-def _run_tables(ev, job, inputs, token, rnd, part, group, final) -> dict:
+def _run_tables(spec: contract.ReduceTask, job, inputs, token) -> dict:
     """The Arrow path: concatenate the runs, combine (or reduce) them as one table."""
     from lambda_src import arrow_shuffle as ash
 
     tables = [ash.read_run(uri) for uri in inputs]
     table = ash.concat(tables)
     input_records = table.num_rows
-    if final:
+    if spec.final:
         result = job.reduce_table(table)
-        uri = st.join(_final_output(ev), f"part-{part:05d}")
+        uri = spec.part_uri(_final_output(spec))
         data = ash.table_to_csv(result)
         st.for_uri(uri).write_bytes(uri, data)
         records, size = result.num_rows, len(data)
     else:
         combined = ash.check_table(job.combine_table(table), "combine_table")
-        uri = st.join(ev.job_dir, "reduce", f"r{rnd:03d}", f"p{part:05d}-g{group:05d}", token,
-                      f"run{ash.SUFFIX}")
+        uri = spec.run_uri(token, "run", arrow=True)
         records, size = ash.write_run(uri, combined)
     return {
-        "outputs": [{"partition": part, "uri": uri, "records": records, "bytes": size}],
+        "outputs": [{"partition": spec.partition, "uri": uri, "records": records, "bytes": size}],
         "stats": {"input_records": input_records, "output_records": records, "output_bytes": size,
                   "mode": "vectorized"},
     }
@@ -147,11 +122,10 @@ def _encoded_pairs(groups, reducer: Reduce):
             yield codec.line(codec.encode_key(out_key), codec.encode_value(out_value))
 
 
-def _final_output(ev: task.TaskEvent) -> str:
-    out_uri = ev.body.get("output")
-    if not isinstance(out_uri, str) or not out_uri:
+def _final_output(spec: contract.ReduceTask) -> str:
+    if spec.output is None:
         raise task.EventError("a final reduce task needs the event field 'output'")
-    return out_uri
+    return spec.output
 
 
 class _Counter:

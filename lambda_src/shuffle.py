@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
+from lambda_src import contract
 from lambda_src.job import Reduce
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True, sort_keys=True)
@@ -86,8 +87,8 @@ class ShuffleCodec:
     in :attr:`ARROW_SUFFIX`.
     """
 
-    #: Name suffix of a run in Arrow IPC form (the other runs are JSON lines).
-    ARROW_SUFFIX = ".arrow"
+    #: Name suffix of a run in Arrow IPC form (the other runs are JSON lines): the contract's.
+    ARROW_SUFFIX = contract.ARROW_SUFFIX
 
     def encode_key(self, key: Any) -> bytes:
         try:
@@ -161,9 +162,6 @@ class ShuffleCodec:
                 yield line + b"\n"
         if carry:
             yield carry + b"\n"
-
-    def is_arrow_run(self, uri: str) -> bool:
-        return uri.endswith(self.ARROW_SUFFIX)
 
 
 CODEC = ShuffleCodec()

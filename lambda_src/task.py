@@ -21,24 +21,27 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from lambda_src import contract
 from lambda_src import storage as st
+from lambda_src.contract import (  # noqa: F401 - part of this module's interface too
+    EVENT_VERSION,
+    JOB_ID_RE,
+    EventError,
+    JobConfig,
+    TaskSpec,
+    validate_job_id,
+    validate_params,
+)
 from lambda_src.job import BadRecord, MapReduceJob, Step
 from lambda_src.reader import InputError
 from lambda_src.shuffle import CombinerKeyError, EncodeError
 
 log = logging.getLogger("lambdamr")
 
-EVENT_VERSION = 1
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
 JOB_REF_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
-PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
-
-
-class EventError(ValueError):
-    """An event that is not a valid task description."""
 
 
 class TaskError(Exception):
@@ -67,6 +70,10 @@ JOB_ERRORS = (TaskJobError, JobCodeError, EncodeError, CombinerKeyError, SystemE
 DETERMINISTIC_ERRORS = INPUT_ERRORS + JOB_ERRORS
 
 
+#: The failure kind (the contract's) of each way a task fails.
+_KINDS = {TaskJobError: "job", TaskInputError: "input", TaskError: "task"}
+
+
 def failure_class(err: BaseException) -> type[TaskError]:
     """How a task that raised ``err`` fails: the job's fault, the input's, or maybe transient."""
     if isinstance(err, JOB_ERRORS):
@@ -83,30 +90,6 @@ def error_message(err: BaseException) -> str:
     if isinstance(err, KeyboardInterrupt) and not str(err):
         return "KeyboardInterrupt raised by the job"
     return str(err)
-
-
-def validate_job_id(job_id: object) -> str:
-    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id) or ".." in job_id:
-        raise EventError(
-            f"invalid job id {job_id!r}: use 1-200 letters, digits and . _ = + - "
-            f"(starting with a letter or digit)"
-        )
-    return job_id
-
-
-def validate_params(params: object) -> dict[str, str]:
-    if params is None:
-        return {}
-    if not isinstance(params, dict):
-        raise EventError(f"job params must be a mapping of names to strings, got {params!r}")
-    out = {}
-    for name, value in params.items():
-        if not isinstance(name, str) or not PARAM_NAME_RE.match(name):
-            raise EventError(f"invalid job parameter name {name!r}")
-        if not isinstance(value, str):
-            raise EventError(f"job parameter {name!r} must be a string, got {type(value).__name__}")
-        out[name] = value
-    return out
 
 
 _job_classes: dict[str, type[MapReduceJob]] = {}
@@ -142,83 +125,21 @@ def load_job_class(ref: str) -> type[MapReduceJob]:
 
 
 @dataclass
-class JobConfig:
-    ref: str
-    params: dict[str, str]
-    partitions: int
-    max_bad_records: int = 0
-    vectorized: bool = True
-    max_line_bytes: int = 1024 * 1024
-
-    @classmethod
-    def from_event(cls, data: object) -> JobConfig:
-        if not isinstance(data, dict):
-            raise EventError("event field 'job' must be an object")
-        try:
-            cfg = cls(
-                ref=str(data["ref"]),
-                params=validate_params(data.get("params")),
-                partitions=int(data["partitions"]),
-                max_bad_records=int(data.get("max_bad_records", 0)),
-                vectorized=bool(data.get("vectorized", True)),
-                max_line_bytes=int(data.get("max_line_bytes", 1024 * 1024)),
-            )
-        except KeyError as err:
-            raise EventError(f"event field 'job' lacks {err}") from None
-        except (TypeError, ValueError) as err:
-            raise EventError(f"event field 'job' is malformed: {err}") from None
-        if not 1 <= cfg.partitions <= 100_000:
-            raise EventError(f"partitions must be between 1 and 100000, got {cfg.partitions}")
-        if cfg.max_bad_records < 0:
-            raise EventError(f"max_bad_records must be >= 0, got {cfg.max_bad_records}")
-        return cfg
-
-    def to_event(self) -> dict:
-        return {
-            "ref": self.ref,
-            "params": self.params,
-            "partitions": self.partitions,
-            "max_bad_records": self.max_bad_records,
-            "vectorized": self.vectorized,
-            "max_line_bytes": self.max_line_bytes,
-        }
-
-
-@dataclass
 class TaskEvent:
+    """A parsed event: its task spec (the contract's), and the handler's view of it."""
+
     job_id: str
     job_dir: str
     job: JobConfig
     task: dict[str, Any]
     attempt: int
-    body: dict[str, Any] = field(default_factory=dict)
+    spec: TaskSpec | None = None
 
     @classmethod
-    def parse(cls, event: object, phase: str) -> TaskEvent:
-        if not isinstance(event, dict):
-            raise EventError(f"event must be a JSON object, got {type(event).__name__}")
-        if event.get("version") != EVENT_VERSION:
-            raise EventError(
-                f"event version {event.get('version')!r} is not {EVENT_VERSION}: the deployed "
-                f"handler and the driver are from different releases"
-            )
-        job_dir = event.get("job_dir")
-        if not isinstance(job_dir, str) or not job_dir:
-            raise EventError("event field 'job_dir' must be a storage URI")
-        task = event.get("task")
-        if not isinstance(task, dict) or task.get("phase") != phase:
-            raise EventError(f"event field 'task' must describe a {phase} task")
-        attempt = task.get("attempt", 1)
-        if not isinstance(attempt, int) or attempt < 1:
-            raise EventError(f"task attempt must be a positive integer, got {attempt!r}")
-        return cls(
-            job_id=validate_job_id(event.get("job_id")),
-            job_dir=job_dir,
-            job=JobConfig.from_event(event.get("job")),
-            task=task,
-            attempt=attempt,
-            body=event,
-        )
+    def parse(cls, event: object, spec_class: type[TaskSpec]) -> TaskEvent:
+        spec = spec_class.from_event(event)  # type: ignore[attr-defined]
+        return cls(job_id=spec.job_id, job_dir=spec.job_dir, job=spec.job, task=spec.task_dict(),
+                   attempt=spec.attempt, spec=spec)
 
     def inside_job_dir(self, uri: object, what: str) -> str:
         """``uri``, checked to lie under the job directory (intermediate data lives there)."""
@@ -230,17 +151,18 @@ class TaskEvent:
             pass
         raise EventError(f"{what} must lie under the job directory, got {uri!r}")
 
-    def load_list(self, name: str) -> list:
-        """An inline list field, or the JSON list stored at ``<name>_uri`` (large events)."""
-        if name in self.body:
-            value = self.body[name]
-        elif f"{name}_uri" in self.body:
-            uri = self.inside_job_dir(self.body[f"{name}_uri"], f"event field '{name}_uri'")
+    def load_list(self) -> list:
+        """The task's list (splits, runs or inputs): inline, or stored under the job directory."""
+        spec = self.spec
+        if spec.items is not None:
+            value = spec.items
+        elif spec.items_uri is not None:
+            uri = self.inside_job_dir(spec.items_uri, f"event field '{spec.list_name}_uri'")
             value = json.loads(st.for_uri(uri).read_bytes(uri))
         else:
-            raise EventError(f"event has neither '{name}' nor '{name}_uri'")
+            raise EventError(f"event has neither '{spec.list_name}' nor '{spec.list_name}_uri'")
         if not isinstance(value, list):
-            raise EventError(f"event field {name!r} must be a list")
+            raise EventError(f"event field {spec.list_name!r} must be a list")
         return value
 
 
@@ -260,37 +182,10 @@ class StepContext:
 
 
 
-def step_name(index: int) -> str:
-    """The directory (and status-key prefix) of a later step: ``step-02`` for index 1."""
-    return f"step-{index + 1:02d}"
-
-
-def step_dir(job_dir: str, index: int) -> str:
-    """Where a step keeps its data: the job directory itself for step 1."""
-    return job_dir if index == 0 else st.join(job_dir, step_name(index))
-
-
-def step_scoped(index: int, key: str) -> str:
-    """A status key (``map/00003``) in the namespace of step ``index`` (0-based)."""
-    return key if index == 0 else f"{step_name(index)}/{key}"
-
-
-def step_index(ev: TaskEvent) -> int:
-    index = ev.task.get("step", 0)
-    if not isinstance(index, int) or index < 0:
-        raise EventError(f"task step must be a non-negative integer, got {index!r}")
-    return index
-
-
-def step_key(ev: TaskEvent, key: str) -> str:
-    """A status key (``map/00003``) in the namespace of the event's step."""
-    return step_scoped(step_index(ev), key)
-
-
 def step_context(ev: TaskEvent, job: MapReduceJob) -> StepContext:
     """The task's step of ``job``; an event naming a step the job lacks is an EventError."""
     steps = job.checked_steps()
-    index = step_index(ev)
+    index = ev.spec.step
     if index >= len(steps):
         raise EventError(f"the event names step {index + 1}, but {ev.job.ref} has {len(steps)} step(s)")
     step = steps[index]
@@ -299,7 +194,7 @@ def step_context(ev: TaskEvent, job: MapReduceJob) -> StepContext:
         index=index,
         count=len(steps),
         partitions=step.partitions or ev.job.partitions,
-        dir=step_dir(ev.job_dir, index),
+        dir=ev.spec.step_dir,
     )
 
 
@@ -325,7 +220,7 @@ def peak_memory_mb() -> float:
 
 
 def attempt_token(attempt: int) -> str:
-    return f"a{attempt}-{uuid.uuid4().hex[:10]}"
+    return contract.attempt_token(attempt, uuid.uuid4().hex[:10])
 
 
 def write_json(uri: str, record: dict) -> None:
@@ -369,14 +264,7 @@ def traced(name: str, **annotations: object) -> Iterator[None]:
         yield
 
 
-def run(
-    event: object,
-    context: Any,
-    phase: str,
-    status_key: Callable[[TaskEvent], str],
-    describe: Callable[[TaskEvent], str],
-    body: Body,
-) -> dict:
+def run(event: object, context: Any, spec_class: type[TaskSpec], body: Body) -> dict:
     """Run one task: parse the event, run the body, commit the status record.
 
     On failure a record of the failed attempt is written beside the status key, and the
@@ -386,40 +274,32 @@ def run(
     started = time.time()
     reset_peak_memory()
     requests_before = st.s3_requests()
-    ev = TaskEvent.parse(event, phase)
+    ev = TaskEvent.parse(event, spec_class)
+    spec = ev.spec
     token = attempt_token(ev.attempt)
-    key = status_key(ev)
-    status_uri = st.join(ev.job_dir, "status", f"{key}.json")
+    status_uri = spec.status_uri()
+    where = spec.describe()
     request_id = getattr(context, "aws_request_id", None)
     try:
-        with traced(describe(ev), job_id=ev.job_id, task=status_key(ev)):
+        with traced(where, job_id=ev.job_id, task=spec.status_key()):
             result = body(ev, token)
     except BaseException as err:  # SystemExit and KeyboardInterrupt from the job too
-        where = describe(ev)
-        message = f"{where} failed: {type(err).__name__}: {error_message(err)}"
         kind = failure_class(err)
-        record = {
-            "job_id": ev.job_id,
-            "task": ev.task,
-            "state": "failed",
-            "attempt": ev.attempt,
-            "attempt_token": token,
-            "request_id": request_id,
-            "error": {
-                "type": type(err).__name__,
-                "message": error_message(err),
-                "traceback": traceback.format_exc(limit=30),
-                # How the invocation fails, so a runtime reading this record reports the same.
-                "failure": kind.__name__,
-            },
-            "where": where,
-            "duration_ms": round((time.time() - started) * 1000, 1),
-        }
+        failure = contract.Failure(
+            kind=_KINDS[kind], type=type(err).__name__, message=error_message(err),
+            # How the invocation fails, so a runtime reading this record reports the same.
+            failure=kind.__name__, traceback=traceback.format_exc(limit=30),
+        )
+        record = contract.StatusRecord(
+            job_id=ev.job_id, task=ev.task, state="failed", attempt=ev.attempt, attempt_token=token,
+            request_id=request_id, error=failure, where=where,
+            duration_ms=round((time.time() - started) * 1000, 1),
+        )
         try:
-            write_json(st.join(ev.job_dir, "status", f"{key}.failed-{token}.json"), record)
+            write_json(spec.failed_attempt_uri(token), record.to_dict())
         except Exception:  # the failure itself is what matters; keep reporting it
             log.exception("could not write the failure record of %s", where)
-        raise kind(message) from err
+        raise kind(f"{where} failed: {failure.text}") from err
     duration_ms = round((time.time() - started) * 1000, 1)
     stats = result.setdefault("stats", {})
     stats["duration_ms"] = duration_ms
@@ -428,18 +308,13 @@ def run(
     # The status record's own PUT, written next, is counted here too.
     stats["s3_requests"] = {k: after[k] - requests_before[k] + (k == "put" and st.is_s3(status_uri))
                             for k in after}
-    record = {
-        "job_id": ev.job_id,
-        "task": ev.task,
-        "state": "succeeded",
-        "attempt": ev.attempt,
-        "attempt_token": token,
-        "request_id": request_id,
-        **result,
-    }
+    record = contract.StatusRecord(
+        job_id=ev.job_id, task=ev.task, state="succeeded", attempt=ev.attempt, attempt_token=token,
+        request_id=request_id, result=result,
+    ).to_dict()
     write_json(status_uri, record)
     log.info(
-        "%s done in %.0f ms (%s)", describe(ev), duration_ms,
+        "%s done in %.0f ms (%s)", where, duration_ms,
         ", ".join(f"{k}={v}" for k, v in sorted(stats.items()) if isinstance(v, int | float)),
     )
     return record

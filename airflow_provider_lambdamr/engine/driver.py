@@ -18,46 +18,24 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from airflow_provider_lambdamr import __version__
 from airflow_provider_lambdamr.engine import cost as cost_model
 from airflow_provider_lambdamr.engine import jobdir, packaging, planner
-from airflow_provider_lambdamr.engine.jobdir import (
-    FAILURE,
-    MANIFEST,
-    MAP_COMMIT,
-    STEP_PLAN,
-    SUCCESS,
-    intermediate_dirs,
-)
 from airflow_provider_lambdamr.engine.runtimes.base import InvocationResult, Runtime
 from airflow_provider_lambdamr.engine.spec import JobSpec
 from airflow_provider_lambdamr.engine.tracing import JobTracer
+from lambda_src import contract
 from lambda_src import storage as st
+from lambda_src.contract import MAP, REDUCE, SUCCESS, JobConfig, MapTask, ReduceTask, TaskSpec
 from lambda_src.reader import InputError, Segment
-from lambda_src.task import (
-    EVENT_VERSION,
-    JobConfig,
-    load_job_class,
-    peak_memory_mb,
-    step_dir,
-    step_name,
-    step_scoped,
-)
+from lambda_src.task import load_job_class, peak_memory_mb
 
 log = logging.getLogger(__name__)
 
 #: Events above this size carry their lists through storage (Lambda's async limit is 256 KB).
 MAX_INLINE_EVENT = 200 * 1024
 POLL_S = 0.5
-#: Invocation errors a retry cannot fix, and how the driver says why it gave up.
-NON_RETRYABLE = {
-    "TaskInputError": "failed (not retried: the input itself is at fault)",
-    "TaskJobError": "failed (not retried: a bug in the job's code, which a retry cannot fix)",
-    "Runtime.ImportModuleError": "failed (not retried: the job's code cannot be imported)",
-    "Runtime.Cancelled": "was cancelled",
-}
 #: A worker killed with at least this share of its memory in use most likely ran out of it.
 NEAR_MEMORY_LIMIT = 0.9
 
@@ -94,8 +72,7 @@ ProgressFn = Callable[[Progress], None]
 @dataclass
 class _Task:
     key: str
-    function: str
-    event: dict
+    spec: TaskSpec
     describe: str
     input_desc: str
     bytes: int = 0
@@ -281,12 +258,12 @@ class Driver:
         else:
             tasks_spec = self._later_step_inputs(step)
             bytes_total = sum(b for _, b in tasks_spec)
-        done = self._read_statuses(step_scoped(step, "map"))
+        done = self._read_statuses(contract.status_prefix(step, MAP))
         records: dict[int, dict] = {}
         todo: list[_Task] = []
         count = len(tasks_spec)
         for index, item in enumerate(tasks_spec):
-            key = step_scoped(step, f"map/{index:05d}")
+            key = contract.map_status_key(step, index)
             if key in done:
                 records[index] = done[key]
                 continue
@@ -312,7 +289,7 @@ class Driver:
             {"index": i, "outputs": r.get("outputs", []), "stats": r.get("stats", {})}
             for i, r in enumerate(ordered)
         ]
-        self._write_json(st.join(self._step_dir(step), MAP_COMMIT), {"job_id": self.spec.job_id, "tasks": outputs})
+        self._write_json(contract.map_commit_uri(self.job_dir, step), {"job_id": self.spec.job_id, "tasks": outputs})
         self._add_timing("map", time.time() - t0)
         return ordered
 
@@ -348,7 +325,7 @@ class Driver:
         a resumed driver must give each task index the same runs, even if a late duplicate
         attempt has since rewritten a final status record.
         """
-        uri = st.join(self._step_dir(step), STEP_PLAN)
+        uri = contract.step_plan_uri(self.job_dir, step)
         try:
             pinned = json.loads(self.store.read_bytes(uri))
         except st.NotFound:
@@ -387,7 +364,7 @@ class Driver:
         """The committed final-round status records of a step's reduce, by partition."""
         return {
             int(r["task"]["partition"]): r
-            for r in self._read_statuses(step_scoped(step, "reduce")).values()
+            for r in self._read_statuses(contract.status_prefix(step, REDUCE)).values()
             if r.get("task", {}).get("final")
         }
 
@@ -407,10 +384,9 @@ class Driver:
             for out in rec.get("outputs", []):
                 if out.get("records", 0) > 0:
                     runs[int(out["partition"])].append(out["uri"])
-        done = self._read_statuses(step_scoped(step, "reduce"))
+        done = self._read_statuses(contract.status_prefix(step, REDUCE))
         finals: dict[int, dict] = {}
-        prefix = step_scoped(step, "reduce")
-        state = {p: _PartitionRounds(p, runs[p], fan_in, prefix) for p in range(partitions)}
+        state = {p: _PartitionRounds(p, runs[p], fan_in, step) for p in range(partitions)}
         total_tasks = sum(s.expected_tasks() for s in state.values())
 
         def tasks_for(p: int) -> list[_Task]:
@@ -464,7 +440,7 @@ class Driver:
             map_records = self._load_map_commit()
         later_maps = [self._load_map_commit(k) for k in range(1, self.step_count)]
         step_reduces = [] if self.map_only else [
-            self._read_statuses(step_scoped(k, "reduce")) for k in range(self.step_count)
+            self._read_statuses(contract.status_prefix(k, REDUCE)) for k in range(self.step_count)
         ]
         reduce_records = step_reduces[-1] if step_reduces else {}
         if self.map_only:
@@ -537,10 +513,10 @@ class Driver:
         if not jobdir.may_commit(self.spec.output, self.spec.job_id):
             raise JobFailed(
                 f"job {self.spec.job_id} no longer holds its output {self.spec.output} "
-                f"({st.join(self.spec.output, jobdir.CLAIM)} is gone or names another job): not committed",
+                f"({contract.claim_uri(self.spec.output)} is gone or names another job): not committed",
                 phase="commit", resumable=False,
             )
-        self._write_json(st.join(self.spec.output, SUCCESS), summary)
+        self._write_json(contract.success_uri(self.spec.output), summary)
         jobdir.release_claim(self.spec.output, self.spec.job_id)
         if not self.spec.keep_intermediates:
             self.clean_intermediates()
@@ -583,7 +559,7 @@ class Driver:
 
     def clean_intermediates(self) -> int:
         """Delete map and reduce runs (status records and the manifest stay, for audit)."""
-        return sum(self.store.delete_prefix(d) for d in intermediate_dirs(self.job_dir, self.step_count))
+        return sum(self.store.delete_prefix(d) for d in jobdir.intermediate_dirs(self.job_dir, self.step_count))
 
     # -- planning ----------------------------------------------------------------------
     def _check_output(self) -> None:
@@ -619,7 +595,7 @@ class Driver:
             stray = [
                 i.uri for i in self.out_store.list(out)
                 if i.uri not in replace and "/" not in (st.relative_to(i.uri, out) or "/")
-                and st.basename(i.uri).startswith("part-")
+                and contract.is_part_name(st.basename(i.uri))
             ]
             if stray:
                 raise JobFailed(
@@ -632,7 +608,7 @@ class Driver:
         holder = jobdir.claim_output(out, self.spec.job_id)
         if holder is not None:
             raise JobFailed(
-                f"output {out} is being written by job {holder!r} ({st.join(out, jobdir.CLAIM)} "
+                f"output {out} is being written by job {holder!r} ({contract.claim_uri(out)} "
                 f"names it, and it has not committed): two jobs never write one output. Resume that "
                 f"job (--job-id {holder}), or run `lambdamr cleanup --delete-job-dir` on its job "
                 f"directory to give the output up",
@@ -649,7 +625,7 @@ class Driver:
         Two drivers started at once with one job id race to create the manifest; exactly one
         wins, and the other attaches to its plan if the jobs are the same, or fails.
         """
-        uri = st.join(self.job_dir, MANIFEST)
+        uri = contract.manifest_uri(self.job_dir)
         try:
             manifest = jobdir.read_manifest(self.job_dir)
         except ValueError as err:
@@ -708,7 +684,7 @@ class Driver:
                 phase="prepare", resumable=False,
             )
         self._check_inputs_unchanged(manifest)
-        log.info("resuming job %s from %s", self.spec.job_id, st.join(self.job_dir, MANIFEST))
+        log.info("resuming job %s from %s", self.spec.job_id, contract.manifest_uri(self.job_dir))
         return manifest
 
     def _check_inputs_unchanged(self, manifest: dict, committed: bool = False) -> None:
@@ -755,7 +731,7 @@ class Driver:
     def _require_manifest(self) -> dict:
         if self.manifest is None:
             try:
-                self.manifest = json.loads(self.store.read_bytes(st.join(self.job_dir, MANIFEST)))
+                self.manifest = json.loads(self.store.read_bytes(contract.manifest_uri(self.job_dir)))
             except st.NotFound:
                 raise JobFailed(
                     f"job {self.spec.job_id} has no manifest in {self.job_dir}: plan it first",
@@ -764,7 +740,7 @@ class Driver:
         return self.manifest
 
     def _load_map_commit(self, step: int = 0) -> list[dict]:
-        uri = st.join(self._step_dir(step), MAP_COMMIT)
+        uri = contract.map_commit_uri(self.job_dir, step)
         try:
             data = json.loads(self.store.read_bytes(uri))
         except st.NotFound:
@@ -780,15 +756,12 @@ class Driver:
         """``map``/``reduce`` for a one-step job; ``step 2/3 map`` in a multi-step one."""
         return phase if self.step_count == 1 else f"step {step + 1}/{self.step_count} {phase}"
 
-    def _step_dir(self, step: int) -> str:
-        return step_dir(self.job_dir, step)
-
     def _add_timing(self, phase: str, seconds: float) -> None:
         """Seconds spent in a phase, summed over the steps."""
         self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
 
     # -- tasks -------------------------------------------------------------------------
-    def _job_config(self) -> dict:
+    def _job_config(self) -> JobConfig:
         return JobConfig(
             ref=self.spec.job_ref,
             params=self.spec.params,
@@ -796,56 +769,42 @@ class Driver:
             max_bad_records=self.spec.max_bad_records,
             vectorized=self.spec.vectorized,
             max_line_bytes=self.spec.max_line_bytes,
-        ).to_event()
+        )
 
-    def _event(self, task: dict, **body: Any) -> dict:
-        return {
-            "version": EVENT_VERSION,
-            "job_id": self.spec.job_id,
-            "job_dir": self.job_dir,
-            "job": self._job_config(),
-            "task": task,
-            **body,
-        }
+    def _inline_or_stored(self, spec: TaskSpec) -> TaskSpec:
+        """The spec, its list stored under the job directory when the event would be too large."""
+        if len(json.dumps(spec.to_event())) <= MAX_INLINE_EVENT:
+            return spec
+        uri = spec.stored_list_uri()
+        self._write_json(uri, spec.items)  # type: ignore[arg-type]
+        return spec.with_stored_list(uri)
 
     def _later_map_task(self, step: int, index: int, count: int, runs: list[str], size: int) -> _Task:
-        task = {"phase": "map", "step": step, "index": index, "count": count}
-        key = step_scoped(step, f"map/{index:05d}")
-        event = self._inline_or_stored(self._event(task), "runs", runs, f"{step_name(step)}-map-{index:05d}")
+        spec = self._inline_or_stored(MapTask(self.spec.job_id, self.job_dir, self._job_config(), step=step,
+                                              index=index, count=count, items=runs))
         return _Task(
-            key=key,
-            function="mapper",
-            event=event,
-            describe=f"step {step + 1} map task {index} of {count}",
+            key=spec.status_key(),
+            spec=spec,
+            describe=spec.describe(),
             input_desc=f"{len(runs)} result runs of step {step}",
             bytes=size,
             meta={"index": index},
         )
 
-    def _inline_or_stored(self, event: dict, name: str, value: list, key: str) -> dict:
-        event[name] = value
-        if len(json.dumps(event)) > MAX_INLINE_EVENT:
-            uri = st.join(self.job_dir, "tasks", f"{key}.json")
-            self._write_json(uri, value)  # type: ignore[arg-type]
-            del event[name]
-            event[f"{name}_uri"] = uri
-        return event
-
     def _map_task(self, index: int, count: int, splits: list[dict]) -> _Task:
         segs = [Segment.from_dict(s) for s in splits]
-        event = self._event({"phase": "map", "index": index, "count": count})
-        if self.map_only:
-            event["output"] = self.spec.output
-        event = self._inline_or_stored(event, "splits", splits, f"map-{index:05d}")
+        spec = self._inline_or_stored(MapTask(
+            self.spec.job_id, self.job_dir, self._job_config(), index=index, count=count, items=splits,
+            output=self.spec.output if self.map_only else None,
+        ))
         if len(segs) == 1:
             input_desc = segs[0].describe()
         else:
             input_desc = f"{len(segs)} splits: {segs[0].describe()}, ..., {segs[-1].describe()}"
         return _Task(
-            key=f"map/{index:05d}",
-            function="mapper",
-            event=event,
-            describe=f"map task {index} of {count}",
+            key=spec.status_key(),
+            spec=spec,
+            describe=spec.describe(),
             input_desc=input_desc,
             bytes=sum(s.end - s.start for s in segs),
             meta={"index": index},
@@ -853,22 +812,15 @@ class Driver:
 
     def _reduce_task(self, step: int, p: int, rounds: _PartitionRounds, group: int, inputs: list[str]) -> _Task:
         final = rounds.final
-        task = {"phase": "reduce", "round": rounds.round, "partition": p, "group": group, "final": final}
-        if step:
-            task["step"] = step
-        event = self._event(task)
-        if final and step == self.step_count - 1:
-            event["output"] = self.spec.output
-        key = rounds.status_key(group)
-        stored = f"reduce-r{rounds.round:03d}-p{p:05d}-g{group:05d}"
-        event = self._inline_or_stored(event, "inputs", inputs, f"{step_name(step)}-{stored}" if step else stored)
-        kind = "final reduce" if final else "reduce"
+        spec = self._inline_or_stored(ReduceTask(
+            self.spec.job_id, self.job_dir, self._job_config(), step=step, round=rounds.round, partition=p,
+            group=group, final=final, items=inputs,
+            output=self.spec.output if final and step == self.step_count - 1 else None,
+        ))
         return _Task(
-            key=key,
-            function="reducer",
-            event=event,
-            describe=f"{'step ' + str(step + 1) + ' ' if step else ''}{kind} task (round {rounds.round}, "
-                     f"partition {p}, group {group})",
+            key=spec.status_key(),
+            spec=spec,
+            describe=spec.describe(),
             input_desc=f"{len(inputs)} runs of partition {p}",
             meta={"partition": p, "group": group},
         )
@@ -904,9 +856,7 @@ class Driver:
 
         def launch(task: _Task) -> None:
             task.attempts += 1
-            # Each attempt gets its own event: the runtime may serialise it later.
-            event = {**task.event, "task": {**task.event["task"], "attempt": task.attempts}}
-            request_id = self.runtime.invoke(task.function, event, self._trace_header)
+            request_id = self.runtime.invoke(task.spec.with_attempt(task.attempts), self._trace_header)
             running[request_id] = task
             started_at[request_id] = time.time()
 
@@ -934,13 +884,13 @@ class Driver:
                     queue.extend(on_done(task, res.payload))
                     total = max(total, done + len(queue) + len(running))
                     continue
-                error = res.error_text() if not res.ok else "the handler returned no status record"
-                error = self._strip_prefix(error, task.describe)
+                # How it failed comes from the failed attempt's record or the runtime, as data.
+                failure = None if res.ok else res.failure_report()
+                error = failure.text if failure is not None else "the handler returned no status record"
                 task.errors.append(error)
                 if twins:
                     continue  # another attempt is still running; let it finish
-                error_type = (res.error or {}).get("errorType", "")
-                retryable = error_type not in NON_RETRYABLE
+                retryable = failure is None or failure.retryable
                 if task.attempts >= self.spec.max_attempts or not retryable:
                     failure = self._failed(phase, task, error, retryable, res)
                     self._record_failure(failure)
@@ -981,21 +931,13 @@ class Driver:
                 self._report(phase, done, total, bytes_done, bytes_total, started, len(running), retries)
         self._report(phase, done, total, bytes_done, bytes_total, started, 0, retries, force=True)
 
-    @staticmethod
-    def _strip_prefix(error: str, describe: str) -> str:
-        for prefix in ("TaskInputError: ", "TaskJobError: ", "TaskError: "):
-            if error.startswith(prefix):
-                error = error[len(prefix):]
-        if error.startswith(describe + " failed: "):
-            error = error[len(describe) + len(" failed: "):]
-        return error
-
     def _failed(self, phase: str, task: _Task, error: str, retryable: bool, res: InvocationResult) -> JobFailed:
-        error_type = (res.error or {}).get("errorType", "")
+        reported = res.failure_report()
+        error_type = reported.type
         if retryable:
             what = f"failed after {task.attempts} attempt{'s' if task.attempts > 1 else ''}"
         else:
-            what = NON_RETRYABLE[error_type]
+            what = reported.verdict()
         # Out of memory: the local runtime's kill, Lambda's "Runtime.OutOfMemory", a kill by
         # a signal with memory near the limit (the kernel's OOM killer), a MemoryError raised
         # in the handler, or a runtime that cannot tell (the AWS runtime's missing status).
@@ -1018,7 +960,7 @@ class Driver:
                   "input": failure.input, "error": failure.error, "message": str(failure),
                   "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         try:
-            self._write_json(st.join(self.job_dir, FAILURE), record)
+            self._write_json(contract.failure_uri(self.job_dir), record)
         except Exception:  # reporting the failure matters more than recording it
             log.exception("could not record the failure of job %s", self.spec.job_id)
 
@@ -1031,30 +973,32 @@ class Driver:
                                round(time.time() - started, 1), running, retries))
 
     def _clear_failure(self) -> None:
-        self.store.delete([st.join(self.job_dir, FAILURE)])
+        self.store.delete([contract.failure_uri(self.job_dir)])
 
     # -- storage helpers ---------------------------------------------------------------
     def _write_json(self, uri: str, data: dict | list) -> None:
         st.for_uri(uri).write_bytes(uri, json.dumps(data, sort_keys=True, indent=1).encode("utf-8"))
 
-    def _read_statuses(self, phase: str) -> dict[str, dict]:
-        """Committed status records of a phase, by status key (``map/00007``)."""
-        prefix = st.join(self.job_dir, "status", phase)
-        base = st.join(self.job_dir, "status")
-        uris = [
-            i.uri for i in self.store.list(prefix)
-            if i.uri.endswith(".json") and ".failed-" not in st.basename(i.uri)
-        ]
-        if not uris:
+    def _read_statuses(self, prefix: str) -> dict[str, dict]:
+        """Committed status records under a status-key prefix, by status key (``map/00007``)."""
+        keys = _committed(self.job_dir, prefix)
+        if not keys:
             return {}
 
-        def read(uri: str) -> tuple[str, dict]:
-            return st.relative_to(uri, base)[: -len(".json")], json.loads(self.store.read_bytes(uri))
+        def read(key: str) -> tuple[str, dict]:
+            return key, json.loads(self.store.read_bytes(contract.status_uri(self.job_dir, key)))
 
-        if len(uris) < 8:
-            return dict(map(read, uris))
+        if len(keys) < 8:
+            return dict(map(read, keys))
         with ThreadPoolExecutor(max_workers=16) as pool:
-            return dict(pool.map(read, uris))
+            return dict(pool.map(read, keys))
+
+
+def _committed(job_dir: str, prefix: str) -> list[str]:
+    """The status keys under ``prefix`` that have a commit record."""
+    where = contract.status_dir(job_dir, prefix)
+    keys = (contract.committed_status_key(job_dir, i.uri) for i in st.for_uri(where).list(where))
+    return [k for k in keys if k is not None]
 
 
 def _identity_diff(old: dict, new: dict) -> str:
@@ -1072,9 +1016,9 @@ def _identity_diff(old: dict, new: dict) -> str:
 class _PartitionRounds:
     """The reduce rounds of one partition: groups of at most F runs until one remains."""
 
-    def __init__(self, partition: int, inputs: list[str], fan_in: int, prefix: str = "reduce") -> None:
+    def __init__(self, partition: int, inputs: list[str], fan_in: int, step: int = 0) -> None:
         self.partition = partition
-        self.prefix = prefix
+        self.step = step
         self.fan_in = fan_in
         self.round = 1
         self.inputs = list(inputs)
@@ -1103,7 +1047,7 @@ class _PartitionRounds:
         return out
 
     def status_key(self, group: int) -> str:
-        return f"{self.prefix}/r{self.round:03d}/p{self.partition:05d}-g{group:05d}"
+        return contract.reduce_status_key(self.step, self.round, self.partition, group)
 
     def complete(self, group: int, record: dict) -> None:
         outs = record.get("outputs") or [{}]
@@ -1141,23 +1085,20 @@ class PhaseState:
 
 def phase_state(job_dir: str, phase: str) -> PhaseState:
     """The state of ``phase`` ("map", or "reduce": the whole job) of the job in ``job_dir``."""
-    if phase not in ("map", "reduce"):
+    if phase not in (MAP, REDUCE):
         raise ValueError(f"phase must be 'map' or 'reduce', got {phase!r}")
     store = st.for_uri(job_dir)
     try:
-        manifest = json.loads(store.read_bytes(st.join(job_dir, MANIFEST)))
+        manifest = json.loads(store.read_bytes(contract.manifest_uri(job_dir)))
     except st.NotFound:
         return PhaseState(phase, 0, 0, False)
     try:
-        failure = json.loads(store.read_bytes(st.join(job_dir, FAILURE)))
+        failure = json.loads(store.read_bytes(contract.failure_uri(job_dir)))
     except st.NotFound:
         failure = None
     if phase == "map":
         total = len(manifest["tasks"])
-        done = sum(
-            1 for i in store.list(st.join(job_dir, "status", "map"))
-            if i.uri.endswith(".json") and ".failed-" not in st.basename(i.uri)
-        )
+        done = len(_committed(job_dir, MAP))
         return PhaseState(phase, done, total, done >= total, failure)
     success = jobdir.read_success(manifest["spec"]["output"]).summary
     complete = bool(success and success["job_id"] == manifest["job_id"])

@@ -6,7 +6,8 @@ Destructive operations touch only what a job wrote:
   only in a directory whose manifest names that job id: a directory without one is refused.
 - In an output, only the files a committed ``_SUCCESS`` lists, and that ``_SUCCESS``.
 
-Layout of a job directory (``step-NN/`` holds step NN's data for steps after the first)::
+Layout of a job directory (``step-NN/`` holds step NN's data for steps after the first;
+every name is spelled in ``lambda_src.contract``)::
 
     jobdata.json            the manifest: spec, pinned plan, code version (written once)
     failed.json             why the job last failed, for sensors in other processes
@@ -20,29 +21,16 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 
+from lambda_src import contract
 from lambda_src import storage as st
-from lambda_src.task import step_dir
+from lambda_src.contract import CLAIM, MANIFEST, SUCCESS, written_by_job  # noqa: F401 - jobdir's interface
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "jobdata.json"
-MAP_COMMIT = "map.json"
-STEP_PLAN = "plan.json"
-FAILURE = "failed.json"
-SUCCESS = "_SUCCESS"
-#: Held in the output, created exclusively, from planning to commit: one job writes there.
-CLAIM = "_LAMBDAMR_JOB"
-#: The names a job writes into its output: part-NNNNN (reducers), part-m-NNNNN (map-only).
-PART_FILE = re.compile(r"^part-(m-)?\d{5}$")
 #: What every manifest the engine writes holds.
 MANIFEST_FIELDS = ("version", "job_id", "identity", "spec", "code", "plan", "tasks")
-INTERMEDIATE = ("map", "reduce", "tasks")
-
-_STEP_DIR = re.compile(r"^step-\d{2,}$")
-
 
 class NotAJobDir(ValueError):
     """A directory that holds no job's manifest: nothing in it may be deleted."""
@@ -62,7 +50,7 @@ def read_json(uri: str) -> object | None:
 
 def read_manifest(job_dir: str) -> dict | None:
     """The manifest of the job in ``job_dir``; None when there is none."""
-    uri = st.join(job_dir, MANIFEST)
+    uri = contract.manifest_uri(job_dir)
     manifest = read_json(uri)
     if manifest is not None and not (
         isinstance(manifest, dict) and all(k in manifest for k in MANIFEST_FIELDS)
@@ -82,7 +70,7 @@ def require_job_dir(job_dir: str) -> dict:
         )
     job_root = manifest["spec"].get("job_root")
     if not isinstance(job_root, str) or not job_root:
-        raise NotAJobDir(f"{st.join(job_dir, MANIFEST)} is not a LambdaMR job manifest (no job root)")
+        raise NotAJobDir(f"{contract.manifest_uri(job_dir)} is not a LambdaMR job manifest (no job root)")
     recorded = st.join(job_root, manifest["job_id"])
     if manifest["job_id"] != st.basename(job_dir) or st.resolved(recorded) != st.resolved(job_dir):
         raise NotAJobDir(
@@ -103,18 +91,7 @@ def intermediate_dirs(job_dir: str, steps: int | None = None) -> list[str]:
     """
     if steps is None:
         steps = step_count(read_manifest(job_dir))
-    return [st.join(step_dir(job_dir, k), sub) for k in range(steps) for sub in INTERMEDIATE]
-
-
-def written_by_job(rel: str) -> bool:
-    """Whether a path relative to a job directory is one the job's layout writes."""
-    parts = rel.split("/")
-    if _STEP_DIR.match(parts[0]) and len(parts) > 1:
-        parts = parts[1:]
-        return (parts[0] in INTERMEDIATE and len(parts) > 1) or parts == [STEP_PLAN] or parts == [MAP_COMMIT]
-    if parts[0] in (*INTERMEDIATE, "status"):
-        return len(parts) > 1
-    return parts in ([MANIFEST], [FAILURE], [MAP_COMMIT])
+    return contract.intermediate_dirs(job_dir, steps)
 
 
 @dataclass
@@ -148,7 +125,7 @@ def cleanup(job_dir: str, *, delete_job_dir: bool = False, missing_ok: bool = Tr
             rel = st.relative_to(info.uri, job_dir)
             (doomed if rel and written_by_job(rel) else kept).append(info.uri)
         # The manifest goes last: until then a failed cleanup can be run again.
-        manifest_uri = st.join(job_dir, MANIFEST)
+        manifest_uri = contract.manifest_uri(job_dir)
         doomed.sort(key=lambda u: u == manifest_uri)
     else:
         for d in intermediate_dirs(job_dir, step_count(manifest)):
@@ -181,7 +158,7 @@ class Success:
 
 
 def read_success(output: str) -> Success:
-    uri = st.join(output, SUCCESS)
+    uri = contract.success_uri(output)
     store = st.for_uri(uri)
     try:
         data = store.read_bytes(uri)
@@ -198,7 +175,7 @@ def read_success(output: str) -> Success:
         return Success(uri, problem=f"{uri} is not valid JSON ({err}): not a LambdaMR result")
     if not (isinstance(summary, dict) and isinstance(summary.get("job_id"), str)
             and isinstance(summary.get("files"), list)
-            and all(isinstance(f, str) and PART_FILE.match(f) for f in summary["files"])):
+            and all(isinstance(f, str) and contract.is_result_file_name(f) for f in summary["files"])):
         return Success(uri, problem=f"{uri} holds JSON that is not a LambdaMR result manifest "
                                     f"(a job, and the part-NNNNN files it wrote)")
     return Success(uri, summary=summary)
@@ -215,7 +192,7 @@ def claim_output(output: str, job_id: str) -> str | None:
 
     A claim whose job committed (its ``_SUCCESS`` names it) is released: it is taken over.
     """
-    uri = st.join(output, CLAIM)
+    uri = contract.claim_uri(output)
     store = st.for_uri(uri)
     for _ in range(3):
         if store.write_new(uri, json.dumps({"job_id": job_id}).encode("utf-8")):
@@ -233,7 +210,7 @@ def claim_output(output: str, job_id: str) -> str | None:
 
 def may_commit(output: str, job_id: str) -> bool:
     """Whether ``job_id`` holds ``output`` (or a run of that same job already committed it)."""
-    holder = _claim_holder(st.join(output, CLAIM))
+    holder = _claim_holder(contract.claim_uri(output))
     if holder == job_id:
         return True
     success = read_success(output).summary
@@ -241,7 +218,7 @@ def may_commit(output: str, job_id: str) -> bool:
 
 
 def release_claim(output: str, job_id: str) -> None:
-    uri = st.join(output, CLAIM)
+    uri = contract.claim_uri(output)
     if _claim_holder(uri) == job_id:
         st.for_uri(uri).delete([uri])
 

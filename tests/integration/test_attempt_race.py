@@ -55,8 +55,9 @@ class RacingRuntime(Runtime):
     def deploy(self, package) -> dict:
         return {"runtime": self.name}
 
-    def invoke(self, function: str, event: dict, trace_header: str | None = None) -> str:
+    def invoke(self, spec, trace_header: str | None = None) -> str:
         rid = str(uuid.uuid4())
+        function, event = spec.function, spec.to_event()
         handler = _handler(function)
         raced = function == "mapper" and event["task"].get("index") == 0 and event["task"]["attempt"] == 1
 

@@ -194,8 +194,8 @@ def test_a_worker_ends_its_invocation_at_the_deadline_when_the_driver_cannot(tmp
 def test_a_worker_that_ends_itself_at_the_deadline_is_reported_as_timed_out(tmp_path, fixture_jobs_path):
     from airflow_provider_lambdamr.engine import packaging
     from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
+    from lambda_src import contract, task
     from lambda_src import storage as st
-    from lambda_src import task
 
     _write_input(tmp_path, fast=0, slow=1)
     marks = tmp_path / "marks"
@@ -209,7 +209,7 @@ def test_a_worker_that_ends_itself_at_the_deadline_is_reported_as_timed_out(tmp_
     }
     with LocalRuntime(workers=1, timeout_s=3.0) as rt:
         rt.deploy(packaging.build(JOB))
-        rt.invoke("mapper", event)
+        rt.invoke(contract.task_from_event(event))
         early: list = []  # polled until the task is under way (the worker is ready, then busy)
         _wait_for("the worker to be inside the slow task",
                   lambda: early.extend(rt.poll(0.05)) or early or _worker_pids(marks))
@@ -305,7 +305,7 @@ def test_an_out_of_memory_failure_names_memory_mb_whichever_way_it_is_reported(t
     from airflow_provider_lambdamr.engine.spec import JobSpec
 
     spec = JobSpec(job="wordcount", inputs={"": [str(tmp_path / "in")]}, output=str(tmp_path / "out"), memory_mb=256)
-    task = _Task(key="map/00000", function="mapper", event={}, describe="map task 0 of 1",
+    task = _Task(key="map/00000", spec=None, describe="map task 0 of 1",
                  input_desc="in.txt", attempts=3)
     res = InvocationResult("r", False, error=error, max_memory_mb=peak_mb)
     with LocalRuntime(workers=1) as rt:  # not deployed: no worker starts

@@ -23,9 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_lambdamr.engine.packaging import CodePackage
-from airflow_provider_lambdamr.engine.runtimes.base import HANDLERS, InvocationResult, Runtime
-from lambda_src import mapper, reducer, task
+from airflow_provider_lambdamr.engine.runtimes.base import (
+    HANDLERS,
+    InvocationResult,
+    Runtime,
+    read_failed_attempt,
+)
 from lambda_src import storage as st
+from lambda_src.contract import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +48,7 @@ class DeployError(Exception):
 @dataclass
 class _InFlight:
     request_id: str
-    status_prefix: str  # <job_dir>/status/<key>
-    attempt: int
+    spec: TaskSpec
     started: float
 
 
@@ -272,18 +276,15 @@ class AwsRuntime(Runtime):
         return self.deployment
 
     # -- invoke ------------------------------------------------------------------------
-    def invoke(self, function: str, event: dict, trace_header: str | None = None) -> str:
+    def invoke(self, spec: TaskSpec, trace_header: str | None = None) -> str:
         # The trace header travels in the HTTP request: X-Ray's botocore patch adds it for
         # calls made inside the driver's phase subsegment.
         from botocore.exceptions import ClientError
 
         if self.deployment is None:
             raise RuntimeError("deploy() a code package before invoking")
-        fn = self.deployment["functions"][function]
-        phase = "map" if function == "mapper" else "reduce"
-        ev = task.TaskEvent.parse(event, phase)
-        key = (mapper if phase == "map" else reducer).status_key(ev)
-        payload = json.dumps(event).encode()
+        fn = self.deployment["functions"][spec.function]
+        payload = json.dumps(spec.to_event()).encode()
         delay = 0.2
         for attempt in range(self.max_throttle_retries + 1):
             try:
@@ -303,9 +304,7 @@ class AwsRuntime(Runtime):
         if status != 202:
             raise RuntimeError(f"asynchronous invoke of {fn['name']} returned status {status}, not 202")
         request_id = resp.get("ResponseMetadata", {}).get("RequestId") or str(uuid.uuid4())
-        self._in_flight[request_id] = _InFlight(
-            request_id, st.join(ev.job_dir, "status", key), ev.attempt, time.monotonic()
-        )
+        self._in_flight[request_id] = _InFlight(request_id, spec, time.monotonic())
         return request_id
 
     def poll(self, timeout: float) -> list[InvocationResult]:
@@ -320,20 +319,15 @@ class AwsRuntime(Runtime):
         """Read the status records of everything in flight (one paginated listing per phase)."""
         if not self._in_flight:
             return []
-        by_dir: dict[str, set[str]] = {}
-        for inflight in self._in_flight.values():
-            base = inflight.status_prefix.rsplit("/", 1)[0]
-            by_dir.setdefault(base, set())
         listing: set[str] = set()
-        for base in by_dir:
+        for base in {inflight.spec.status_dir() for inflight in self._in_flight.values()}:
             listing.update(i.uri for i in st.for_uri(base).list(base))
         results = []
         now = time.monotonic()
         for rid, inflight in list(self._in_flight.items()):
-            done_uri = inflight.status_prefix + ".json"
-            store = st.for_uri(done_uri)
+            done_uri = inflight.spec.status_uri()
             if done_uri in listing:
-                record = json.loads(store.read_bytes(done_uri))
+                record = json.loads(st.for_uri(done_uri).read_bytes(done_uri))
                 stats = record.get("stats", {})
                 duration = float(stats.get("duration_ms", 0.0))
                 results.append(InvocationResult(
@@ -342,17 +336,12 @@ class AwsRuntime(Runtime):
                 ))
                 del self._in_flight[rid]
                 continue
-            failed_prefix = f"{inflight.status_prefix}.failed-a{inflight.attempt}-"
-            failed = sorted(u for u in listing if u.startswith(failed_prefix))
-            if failed:
-                record = json.loads(store.read_bytes(failed[0]))
-                err = record.get("error", {})
+            failed = read_failed_attempt(inflight.spec, rid, listing)
+            if failed is not None and failed.error is not None:
                 results.append(InvocationResult(
                     request_id=rid, ok=False,
-                    error={"errorType": err.get("failure", "TaskError"),
-                           "errorMessage": record.get("where", "task") + " failed: "
-                           + f"{err.get('type')}: {err.get('message')}"},
-                    duration_ms=float(record.get("duration_ms", 0.0)),
+                    error={"errorType": failed.error.failure, "errorMessage": failed.error.text},
+                    failure=failed.error, duration_ms=float(failed.duration_ms or 0.0),
                 ))
                 del self._in_flight[rid]
                 continue

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import abc
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_lambdamr.engine.packaging import CodePackage
+from lambda_src import storage as st
+from lambda_src.contract import Failure, StatusRecord, TaskSpec
 
 #: Function kind → handler, the same in the zip on Lambda and in the local runtime.
 HANDLERS = {
@@ -30,11 +34,38 @@ class InvocationResult:
     cold_start: bool = False
     max_memory_mb: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Why the invocation failed: the failed attempt's record, or what the runtime saw itself.
+    failure: Failure | None = None
 
     def error_text(self) -> str:
         if not self.error:
             return "unknown error"
         return f"{self.error.get('errorType', 'Error')}: {self.error.get('errorMessage', '')}"
+
+    def failure_report(self) -> Failure:
+        """How this failed invocation failed: its kind says whether a retry can help."""
+        if self.failure is not None:
+            return self.failure
+        if not self.error:
+            return Failure.from_runtime("Error", "unknown error")
+        return Failure.from_runtime(self.error.get("errorType", "Error"), self.error.get("errorMessage", ""))
+
+
+def read_failed_attempt(spec: TaskSpec, request_id: str | None,
+                        listing: Iterable[str] | None = None) -> StatusRecord | None:
+    """The record the handler wrote for the failed attempt ``spec.attempt`` of ``spec``.
+
+    ``listing`` is a listing of ``spec.status_dir()`` when the caller has one. Of several
+    records of that attempt number (a resumed driver's earlier run), the one written by
+    ``request_id``'s invocation, else the first.
+    """
+    prefix = spec.failed_attempt_prefix()
+    if listing is None:
+        where = spec.status_dir()
+        listing = [i.uri for i in st.for_uri(where).list(where)]
+    uris = sorted(u for u in listing if u.startswith(prefix))
+    records = [StatusRecord.from_dict(json.loads(st.for_uri(u).read_bytes(u))) for u in uris]
+    return next((r for r in records if r.request_id == request_id), records[0] if records else None)
 
 
 class Runtime(abc.ABC):
@@ -52,8 +83,9 @@ class Runtime(abc.ABC):
         """Make this code version ready to invoke; return a summary of what was deployed."""
 
     @abc.abstractmethod
-    def invoke(self, function: str, event: dict, trace_header: str | None = None) -> str:
-        """Start one invocation of ``function`` (a key of HANDLERS); return its request id.
+    def invoke(self, spec: TaskSpec, trace_header: str | None = None) -> str:
+        """Start one invocation of the task ``spec`` (run by ``HANDLERS[spec.function]``,
+        with ``spec.to_event()`` as its event); return its request id.
 
         ``trace_header`` (``Root=...;Parent=...;Sampled=1``) makes the invocation part of
         the driver's X-Ray trace.

@@ -30,7 +30,13 @@ from pathlib import Path
 from airflow_provider_lambdamr.engine import packaging
 from airflow_provider_lambdamr.engine.packaging import CodePackage
 from airflow_provider_lambdamr.engine.runtimes import _bootstrap
-from airflow_provider_lambdamr.engine.runtimes.base import HANDLERS, InvocationResult, Runtime
+from airflow_provider_lambdamr.engine.runtimes.base import (
+    HANDLERS,
+    InvocationResult,
+    Runtime,
+    read_failed_attempt,
+)
+from lambda_src.contract import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +51,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 @dataclass
 class _Pending:
     request_id: str
-    function: str
-    event: dict
+    spec: TaskSpec
     trace_header: str | None = None
 
 
@@ -186,15 +191,15 @@ class LocalRuntime(Runtime):
             worker.proc.wait(timeout=5)
 
     # -- invocations -------------------------------------------------------------------
-    def invoke(self, function: str, event: dict, trace_header: str | None = None) -> str:
-        if function not in HANDLERS:
-            raise ValueError(f"unknown function {function!r}: expected one of {sorted(HANDLERS)}")
+    def invoke(self, spec: TaskSpec, trace_header: str | None = None) -> str:
+        if spec.function not in HANDLERS:
+            raise ValueError(f"unknown function {spec.function!r}: expected one of {sorted(HANDLERS)}")
         if self._closed:
             raise RuntimeError("the local runtime was stopped")
         if self.package is None:
             raise RuntimeError("deploy() a code package before invoking")
         request_id = str(uuid.uuid4())
-        self._queue.append(_Pending(request_id, function, event, trace_header))
+        self._queue.append(_Pending(request_id, spec, trace_header))
         self._dispatch()
         return request_id
 
@@ -219,12 +224,12 @@ class LocalRuntime(Runtime):
                 worker.killed_for = None
                 request = {
                     "request_id": pending.request_id,
-                    "handler": HANDLERS[pending.function],
-                    "function_name": self.function_name(pending.function),
+                    "handler": HANDLERS[pending.spec.function],
+                    "function_name": self.function_name(pending.spec.function),
                     "memory_mb": self.memory_mb,
                     "deadline_ms": worker.deadline * 1000,
                     "trace_header": pending.trace_header,
-                    "event": pending.event,
+                    "event": pending.spec.to_event(),
                 }
                 try:
                     worker.conn.send_bytes(json.dumps(request).encode())
@@ -272,10 +277,15 @@ class LocalRuntime(Runtime):
         if cold:
             self.cold_starts += 1
         duration = float(message.get("duration_ms", 0.0))
+        ok = bool(message.get("ok"))
+        # A handler that failed wrote the failed attempt's record (unless the event could not
+        # be parsed, or storage failed too): that record says how it failed.
+        record = None if ok else read_failed_attempt(pending.spec, pending.request_id)
         self._results.append(
             InvocationResult(
                 request_id=pending.request_id,
-                ok=bool(message.get("ok")),
+                ok=ok,
+                failure=record.error if record is not None else None,
                 payload=message.get("payload"),
                 error=message.get("error"),
                 duration_ms=duration,
