@@ -120,8 +120,8 @@ _AWS_OPTIONS = ("role_arn", "function_prefix", "architecture", "runtime_version"
 
 
 def spec_options() -> list[dataclasses.Field]:
-    """The JobSpec fields that are user options, in declaration order."""
-    return [f for f in dataclasses.fields(JobSpec) if not f.metadata["option"].internal]
+    """The JobSpec fields: every one is a user option."""
+    return list(dataclasses.fields(JobSpec))
 
 
 def _add_option(parser: Any, f: dataclasses.Field, **overrides: Any) -> None:

@@ -200,8 +200,6 @@ class Option:
     runtime: bool = False
     #: Says what the default is, where the generated "Default: ..." would not say it all.
     default_text: str = ""
-    #: Why the field is not a user option (neither a CLI flag nor an operator kwarg).
-    internal: str = ""
 
     def flag_for(self, name: str, default: object) -> str:
         if self.flag:

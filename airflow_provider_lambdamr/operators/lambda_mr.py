@@ -184,8 +184,7 @@ def _kwarg(f: dataclasses.Field) -> str:
 
 #: The JobSpec fields the map operator takes, as keywords of the same names (or ``Option.kwarg``).
 #: ``keep_intermediates`` is not one: the reduce operator reads the map runs, cleanup removes them.
-MAP_OPTIONS = tuple(f for f in dataclasses.fields(JobSpec)
-                    if not f.metadata["option"].internal and f.name != "keep_intermediates")
+MAP_OPTIONS = tuple(f for f in dataclasses.fields(JobSpec) if f.name != "keep_intermediates")
 #: The JobSpec fields a reduce task may set: runtime options (default: as the map task recorded
 #: them in the manifest) and what happens after the commit.
 REDUCE_OPTIONS = tuple(f for f in dataclasses.fields(JobSpec)
