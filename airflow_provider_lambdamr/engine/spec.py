@@ -151,9 +151,8 @@ def check_option(f: dataclasses.Field, value: Any) -> Any:
     integer = str(f.type).startswith("int")
     low = -math.inf if opt.low is None else opt.low
     high = math.inf if opt.high is None else opt.high
-    # A number's lower bound of 0 is exclusive (no time is not a time limit); an integer's is not.
-    ok = low < value <= high if low == 0 and not integer else low <= value <= high
-    lowest = "above 0" if low == 0 and not integer else f"at least {opt.low:g}"
+    ok = low < value <= high if opt.above_low else low <= value <= high
+    lowest = f"above {opt.low:g}" if opt.above_low else f"at least {opt.low:g}"
     span = f"{lowest} and at most {opt.high:g}" if opt.high is not None else lowest
     if integer and opt.low is not None and opt.high is not None:
         span = f"from {opt.low:g} to {opt.high:g}"
@@ -181,6 +180,8 @@ class Option:
     help: str
     low: float | None = None
     high: float | None = None
+    #: Whether ``low`` itself is refused (a time limit of 0 s is no time limit).
+    above_low: bool = False
     #: The allowed values, looked up when checked (registries live in other modules).
     choices: Callable[[], Sequence[str]] | None = None
     #: A byte size: ``64MB`` or a number of bytes.
@@ -295,7 +296,7 @@ class JobSpec:
         500, low=1, high=100_000, metavar="N", help="Most input files one map task reads.")
     memory_mb: int = option(1536, low=128, high=10_240, metavar="MB", runtime=True,
                             help="Function memory, MB.")
-    timeout_s: float = option(900.0, low=0, high=900, metavar="S", runtime=True,
+    timeout_s: float = option(900.0, low=0, above_low=True, high=900, metavar="S", runtime=True,
                               help="Function timeout, seconds (Lambda's limit is 900).")
     max_attempts: int = option(3, low=1, high=100, metavar="N", help="Attempts per task before the job fails.")
     max_bad_records: int = option(0, low=0, metavar="N",
@@ -313,7 +314,7 @@ class JobSpec:
     tracing: bool = option(False, flag="--trace", runtime=True,
                            help="X-Ray tracing (segments go to AWS_XRAY_DAEMON_ADDRESS; works locally too).")
     job_timeout_s: float | None = option(
-        None, low=0, metavar="S",
+        None, low=0, above_low=True, metavar="S",
         help="Fail (resumably) if the job has not finished after this many seconds (default: no limit).")
     speculation: bool = option(True, help="Second attempts for stragglers (after speculation_factor times "
                                           "the median task time, at least speculation_min_s).")

@@ -145,12 +145,12 @@ def test_bounds_are_checked_once_and_everywhere(f, tmp_path):
     """The spec, the CLI and the map operator refuse the same out-of-bounds value, naming it."""
     opt = f.metadata["option"]
     integer = str(f.type).startswith("int")
-    exclusive = not integer and opt.low == 0  # no time is no time limit
+    exclusive = opt.above_low
     bad = opt.low if exclusive else opt.low - (1 if integer else 0.5)
     base = {"job": "wordcount", "inputs": {"": [str(tmp_path / "in")]}, "output": str(tmp_path / "out")}
     with pytest.raises(ValueError, match=rf"^{f.name} must be"):
         JobSpec(**base, **{f.name: bad})
-    lowest = 0.5 if exclusive else opt.low
+    lowest = opt.low + 0.5 if exclusive else opt.low
     assert getattr(JobSpec(**base, **{f.name: lowest}), f.name) == lowest
     if opt.high is not None:
         with pytest.raises(ValueError, match=rf"^{f.name} must be"):
@@ -165,6 +165,12 @@ def test_bounds_are_checked_once_and_everywhere(f, tmp_path):
 
     with pytest.raises(AirflowException, match=rf"Invalid LambdaMR job for task m: {f.name} must be"):
         op.build_spec({})
+
+
+@pytest.mark.parametrize("name", ["timeout_s", "job_timeout_s"])
+def test_a_time_limit_of_zero_is_refused(name, tmp_path):
+    with pytest.raises(ValueError, match=rf"^{name} must be a number above 0"):
+        JobSpec(job="wordcount", inputs={"": [str(tmp_path / "in")]}, output=str(tmp_path / "out"), **{name: 0})
 
 
 def test_the_cli_names_the_flag_of_a_bad_value(capsys):
