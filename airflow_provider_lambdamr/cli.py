@@ -4,44 +4,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from airflow_provider_lambdamr import __version__
-from airflow_provider_lambdamr.engine.spec import BUILTIN_JOBS, JobSpec, parse_size
+from airflow_provider_lambdamr.engine.runtimes import create_runtime
+from airflow_provider_lambdamr.engine.spec import (
+    JobSpec,
+    Option,
+    check_option,
+    default_text,
+    option_default,
+    parse_size,
+)
 
 log = logging.getLogger("lambdamr")
-
-_NAMED_INPUT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
-
-
-def _parse_inputs(values: Sequence[str]) -> dict[str, list[str]]:
-    inputs: dict[str, list[str]] = {}
-    for value in values:
-        m = _NAMED_INPUT.match(value)
-        name, uri = (m.group(1), m.group(2)) if m else ("", value)
-        inputs.setdefault(name, []).append(uri)
-    if "" in inputs and len(inputs) > 1:
-        raise ValueError("mix of named (NAME=URI) and unnamed --input values: name them all")
-    return inputs
-
-
-def _parse_params(values: Sequence[str]) -> dict[str, str]:
-    params = {}
-    for value in values:
-        name, sep, val = value.partition("=")
-        if not sep or not name:
-            raise ValueError(f"invalid --param {value!r}: expected KEY=VALUE")
-        params[name] = val
-    return params
-
 
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
@@ -70,62 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a job")
-    run.add_argument(
-        "job",
-        help=f"a built-in job ({', '.join(sorted(BUILTIN_JOBS))}) or package.module:ClassName",
-    )
-    run.add_argument("--input", action="append", required=True, metavar="[NAME=]URI",
-                     help="input object, directory or s3:// prefix (repeatable)")
-    run.add_argument("--output", required=True, metavar="URI", help="where part files go")
-    run.add_argument("--job-root", metavar="URI",
-                     help="where job state and intermediates go (default: OUTPUT/_jobs)")
-    run.add_argument("--runtime", choices=("local", "aws"), default="local")
-    run.add_argument("--workers", type=int, default=None,
-                     help="local worker processes (default: CPU count)")
-    run.add_argument("--partitions", type=int, default=None, metavar="R",
-                     help="reduce partitions = output part files (default: the local worker "
-                          "count; 1 on aws)")
-    run.add_argument("--fan-in", type=int, default=16, metavar="F",
-                     help="runs merged per reduce task per round (default 16)")
-    run.add_argument("--split-size", default="64MB", metavar="SIZE",
-                     help="bytes per map split, e.g. 64MB (default 64MB)")
-    run.add_argument("--memory-mb", type=int, default=1536, metavar="MB")
-    run.add_argument("--timeout-s", type=float, default=900.0, metavar="S")
-    run.add_argument("--max-attempts", type=int, default=3, metavar="N")
-    run.add_argument("--no-speculation", dest="speculation", action="store_false",
-                     help="no second attempts for stragglers (3x the median task time, >= 10 s)")
-    run.add_argument("--job-timeout-s", type=float, default=None, metavar="S",
-                     help="fail (resumably) if the job has not finished after S seconds")
-    run.add_argument("--max-bad-records", type=int, default=0, metavar="N",
-                     help="unparsable records to skip (counted) before failing (default 0)")
-    run.add_argument("--max-line-bytes", default="1MB", metavar="SIZE",
-                     help="longest line accepted (default 1MB)")
-    run.add_argument("--job-id", default="", metavar="ID",
-                     help="job id; reusing one resumes that job (default: generated)")
-    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                     help="job parameter (repeatable)")
-    run.add_argument("--no-vectorized", dest="vectorized", action="store_false",
-                     help="use the record-mode mapper even when pyarrow is available")
-    run.add_argument("--allow-empty-input", action="store_true",
-                     help="produce an empty result for empty input instead of failing")
-    run.add_argument("--overwrite", action="store_true",
-                     help="replace a result another job left in --output (deletes only the files "
-                          "its _SUCCESS lists, and that _SUCCESS)")
-    run.add_argument("--recompute", action="store_true",
-                     help="run a job id that already committed again from scratch (deletes its "
-                          "own state and result first)")
-    run.add_argument("--keep-intermediates", action="store_true",
-                     help="keep map and reduce runs after success")
-    _add_aws_options(run)
+    aws = run.add_argument_group("AWS Lambda (--runtime aws)")
+    for f in spec_options():
+        group = aws if f.name in _AWS_OPTIONS else run
+        _add_option(group, f)
+    aws.add_argument("--region", metavar="REGION", help="AWS region (default: the AWS config's)")
     run.add_argument("--prices", metavar="JSON", help="price table overrides (a JSON file)")
     run.add_argument("--json", action="store_true", help="print the _SUCCESS summary as JSON")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
 
     deploy = sub.add_parser("deploy", help="create or update the job's Lambda functions")
     deploy.add_argument("job", help="a built-in job or package.module:ClassName")
-    deploy.add_argument("--memory-mb", type=int, default=1536, metavar="MB")
-    deploy.add_argument("--timeout-s", type=float, default=900.0, metavar="S")
-    _add_aws_options(deploy, role_required=True)
+    for f in spec_options():
+        if f.name in ("memory_mb", "timeout_s", *_AWS_OPTIONS):
+            _add_option(deploy, f, **({"required": True} if f.name == "role_arn" else {}))
+    deploy.add_argument("--region", metavar="REGION", help="AWS region (default: the AWS config's)")
 
     iam = sub.add_parser("iam", help="least-privilege execution role for the functions")
     iam_sub = iam.add_subparsers(dest="iam_command", required=True)
@@ -170,43 +114,90 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_aws_options(parser: argparse.ArgumentParser, role_required: bool = False) -> None:
-    aws = parser.add_argument_group("AWS Lambda (--runtime aws)")
-    aws.add_argument("--role", required=role_required, metavar="ARN", help="the functions' execution role")
-    aws.add_argument("--function-prefix", default="lambdamr", metavar="P",
-                     help="functions are P-mapper and P-reducer (default lambdamr)")
-    aws.add_argument("--architecture", choices=("x86_64", "arm64"), default="x86_64")
-    aws.add_argument("--runtime-version", choices=("python3.11", "python3.12", "python3.13"),
-                     default="python3.12")
-    aws.add_argument("--trace", action="store_true",
-                     help="X-Ray tracing (segments go to AWS_XRAY_DAEMON_ADDRESS; works locally too)")
-    aws.add_argument("--concurrency", type=int, default=100, metavar="N",
-                     help="Lambda invocations in flight at once (default 100)")
-    aws.add_argument("--code-uri", metavar="S3URI", help="s3:// prefix for zips above 50 MB")
-    aws.add_argument("--region", metavar="REGION", help="AWS region (default: the AWS config's)")
+#: The options ``lambdamr run --help`` lists under "AWS Lambda".
+_AWS_OPTIONS = ("role_arn", "function_prefix", "architecture", "runtime_version", "tracing", "concurrency",
+                "code_uri")
 
 
-def _aws_runtime(args: argparse.Namespace, memory_mb: int, timeout_s: float):
-    import boto3
+def spec_options() -> list[dataclasses.Field]:
+    """The JobSpec fields: every one is a user option."""
+    return list(dataclasses.fields(JobSpec))
 
-    from airflow_provider_lambdamr.engine.runtimes.aws import AwsRuntime
 
-    if not args.role:
-        raise ValueError("--runtime aws needs --role ARN (see: lambdamr iam create-role)")
-    client = boto3.session.Session(region_name=args.region).client("lambda")
-    return AwsRuntime(
-        client, role_arn=args.role, function_prefix=args.function_prefix, memory_mb=memory_mb,
-        timeout_s=timeout_s, architecture=args.architecture, runtime_version=args.runtime_version,
-        tracing=args.trace, concurrency=args.concurrency, code_uri=args.code_uri,
-    )
+def _add_option(parser: Any, f: dataclasses.Field, **overrides: Any) -> None:
+    """The CLI form of the JobSpec field ``f``, from its ``Option`` metadata.
+
+    An option not given stays out of the namespace (``argparse.SUPPRESS``), so the spec's
+    own default applies: defaults are declared once, on the field.
+    """
+    opt: Option = f.metadata["option"]
+    default = option_default(f)
+    flag = opt.flag_for(f.name, default)
+    told = " On by default: this flag turns it off." if default is True else default_text(f)
+    kwargs: dict[str, Any] = {"help": opt.help + told, **opt.cli}
+    if flag.startswith("-"):
+        kwargs.update(dest=f.name, default=argparse.SUPPRESS)
+    if isinstance(default, bool):
+        kwargs["action"] = "store_false" if default else "store_true"
+    elif opt.choices is not None:
+        kwargs["choices"] = opt.choices()
+    else:
+        kwargs["metavar"] = opt.metavar
+        if "action" not in kwargs:
+            kwargs["type"] = _value_parser(f, flag)
+    kwargs.update(overrides)
+    parser.add_argument(flag, **kwargs)
+
+
+def _value_parser(f: dataclasses.Field, flag: str) -> Callable[[str], Any]:
+    """The argparse ``type`` of a JobSpec field: the text converted, then checked by the spec's rule."""
+    opt: Option = f.metadata["option"]
+    kind = str(f.type).split(" ")[0]
+    convert = {"int": int, "float": float}.get(kind, str)
+
+    def parse(text: str) -> Any:
+        try:
+            value = parse_size(text, flag) if opt.size else convert(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err) if opt.size else f"{text!r} is not a{'n' if kind == 'int' else ''} "
+                                             f"{'integer' if kind == 'int' else 'number'}") from None
+        try:
+            return check_option(f, value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
+def _given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The JobSpec options given on the command line, parsed."""
+    values = {}
+    for f in spec_options():
+        if hasattr(args, f.name):
+            parse = f.metadata["option"].from_cli
+            values[f.name] = parse(getattr(args, f.name)) if parse else getattr(args, f.name)
+    return values
+
+
+def _lambda_client(region: str | None) -> Callable[[], Any]:
+    def client() -> Any:
+        import boto3
+
+        return boto3.session.Session(region_name=region).client("lambda")
+
+    return client
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from airflow_provider_lambdamr.engine import packaging
     from airflow_provider_lambdamr.engine.spec import resolve_job_ref
 
-    runtime = _aws_runtime(args, args.memory_mb, args.timeout_s)
-    package = packaging.build(resolve_job_ref(args.job), tracing=args.trace)
+    fields = {f.name: f for f in spec_options()}
+    options = {name: option_default(f) for name, f in fields.items() if f.metadata["option"].runtime}
+    options.update(_given_options(args))
+    options = {name: check_option(fields[name], value) for name, value in options.items()}
+    runtime = create_runtime("aws", options, lambda_client=_lambda_client(args.region))
+    package = packaging.build(resolve_job_ref(args.job), tracing=options["tracing"])
     print(json.dumps(runtime.deploy(package), indent=2, sort_keys=True))
     return 0
 
@@ -296,37 +287,11 @@ def _stop_on_signals() -> Iterator[None]:
 def _cmd_run(args: argparse.Namespace) -> int:
     from airflow_provider_lambdamr.engine.driver import Driver, JobFailed
 
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    workers = args.workers or os.cpu_count() or 1
-    partitions = args.partitions
-    if partitions is None:
-        partitions = workers if args.runtime == "local" else 1
-    spec = JobSpec(
-        job=args.job,
-        inputs=_parse_inputs(args.input),
-        output=args.output,
-        job_id=args.job_id,
-        job_root=args.job_root or "",
-        params=_parse_params(args.param),
-        partitions=partitions,
-        fan_in=args.fan_in,
-        split_size=parse_size(args.split_size, "--split-size"),
-        memory_mb=args.memory_mb,
-        timeout_s=args.timeout_s,
-        max_attempts=args.max_attempts,
-        max_bad_records=args.max_bad_records,
-        max_line_bytes=parse_size(args.max_line_bytes, "--max-line-bytes"),
-        vectorized=args.vectorized,
-        allow_empty_input=args.allow_empty_input,
-        keep_intermediates=args.keep_intermediates,
-        overwrite=args.overwrite,
-        recompute=args.recompute,
-        tracing=args.trace,
-        job_timeout_s=args.job_timeout_s,
-        speculation=args.speculation,
-    )
-    runtime = _make_runtime(args, spec, workers)
+    values = _given_options(args)
+    if "partitions" not in values and values.get("runtime", "local") == "local":
+        values["partitions"] = values.get("workers") or os.cpu_count() or 1
+    spec = JobSpec(**values)
+    runtime = create_runtime(spec.runtime, spec.runtime_options(), lambda_client=_lambda_client(args.region))
     progress = None if args.quiet else _print_progress
     started = time.time()
     try:
@@ -367,19 +332,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if summary.get("cost"):
         from airflow_provider_lambdamr.engine.cost import format_estimate
 
-        print(format_estimate(summary["cost"]) + (" (projection for Lambda)" if args.runtime == "local" else ""))
+        print(format_estimate(summary["cost"]) + (" (projection for Lambda)" if spec.runtime == "local" else ""))
     print(f"output: {summary['output']} ({', '.join(summary['files'][:4])}"
           f"{', ...' if len(summary['files']) > 4 else ''})")
     return 0
-
-
-def _make_runtime(args: argparse.Namespace, spec: JobSpec, workers: int):
-    if args.runtime == "aws":
-        return _aws_runtime(args, spec.memory_mb, spec.timeout_s)
-    from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
-
-    return LocalRuntime(workers=workers, memory_mb=spec.memory_mb, timeout_s=spec.timeout_s,
-                        tracing=spec.tracing)
 
 
 def _cmd_amplab_gen(args: argparse.Namespace) -> int:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 import secrets
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from lambda_src import storage as st
 from lambda_src.task import JOB_REF_RE, validate_job_id, validate_params
@@ -24,6 +27,7 @@ BUILTIN_JOBS: dict[str, str] = {
 }
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)?\s*$", re.IGNORECASE)
+_NAMED_INPUT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
@@ -109,45 +113,233 @@ def _segments(uri: str) -> tuple[str, ...]:
     return ("file", *[p for p in st.local_path(uri).split("/") if p])
 
 
+def option_default(f: dataclasses.Field) -> Any:
+    """The default of the JobSpec field ``f`` (``dataclasses.MISSING`` for a required one)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def default_text(f: dataclasses.Field) -> str:
+    """`` Default: 64MB.``, or ``""`` when the help says it or there is nothing to say."""
+    opt: Option = f.metadata["option"]
+    default = option_default(f)
+    if opt.default_text:
+        return f" {opt.default_text}"
+    if default in (None, "", {}) or default is dataclasses.MISSING:
+        return ""
+    if isinstance(default, bool):
+        return " Default: on." if default else ""
+    if opt.size:
+        unit, size = next((u, n) for u, n in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024), ("", 1))
+                          if default % n == 0)
+        return f" Default: {default // size}{unit}."
+    return f" Default: {default:g}." if isinstance(default, float) else f" Default: {default}."
+
+
+def check_option(f: dataclasses.Field, value: Any) -> Any:
+    """``value`` for the JobSpec field ``f``, checked against its ``Option`` (sizes parsed)."""
+    opt: Option = f.metadata["option"]
+    if value is None and f.default is None:
+        return None
+    if opt.size:
+        return parse_size(value, f.name)
+    if opt.choices is not None and value not in opt.choices():
+        raise ValueError(f"{f.name} must be one of {', '.join(opt.choices())}, got {value!r}")
+    if opt.low is None and opt.high is None:
+        return value
+    integer = str(f.type).startswith("int")
+    low = -math.inf if opt.low is None else opt.low
+    high = math.inf if opt.high is None else opt.high
+    ok = low < value <= high if opt.above_low else low <= value <= high
+    lowest = f"above {opt.low:g}" if opt.above_low else f"at least {opt.low:g}"
+    span = f"{lowest} and at most {opt.high:g}" if opt.high is not None else lowest
+    if integer and opt.low is not None and opt.high is not None:
+        span = f"from {opt.low:g} to {opt.high:g}"
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float) or not ok:
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{f.name} must be {kind} {span}, got {value!r}")
+    return value
+
+
 def new_job_id(name: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     base = re.sub(r"[^A-Za-z0-9]+", "-", name.rsplit(":", 1)[-1]).strip("-").lower() or "job"
     return f"{base}-{stamp}-{secrets.token_hex(3)}"
 
 
+@dataclass(frozen=True)
+class Option:
+    """How one JobSpec field is offered to users: ``lambdamr run`` flags and operator kwargs.
+
+    The field's default is the default everywhere (the CLI leaves an option it was not given
+    to the spec); ``JobSpec`` checks each value against ``low``/``high``/``choices``.
+    """
+
+    #: One sentence or two, for ``--help`` and the operators' docstrings.
+    help: str
+    low: float | None = None
+    high: float | None = None
+    #: Whether ``low`` itself is refused (a time limit of 0 s is no time limit).
+    above_low: bool = False
+    #: The allowed values, looked up when checked (registries live in other modules).
+    choices: Callable[[], Sequence[str]] | None = None
+    #: A byte size: ``64MB`` or a number of bytes.
+    size: bool = False
+    #: The CLI flag (default ``--name-with-dashes``; a bool that defaults to true gets
+    #: ``--no-...``); a name without dashes is the positional argument.
+    flag: str = ""
+    metavar: str | None = None
+    #: argparse keyword arguments beyond the generated ones, and the parser of the values.
+    cli: Mapping[str, Any] = field(default_factory=dict)
+    from_cli: Callable[[Any], Any] | None = None
+    #: The operator keyword (default: the field name).
+    kwarg: str = ""
+    templated: bool = False
+    #: Where and how the job runs (``engine.runtimes``): recorded in the manifest, so later
+    #: tasks need only the job directory, and a later task may override it.
+    runtime: bool = False
+    #: Says what the default is, where the generated "Default: ..." would not say it all.
+    default_text: str = ""
+
+    def flag_for(self, name: str, default: object) -> str:
+        if self.flag:
+            return self.flag
+        return ("--no-" if default is True else "--") + name.replace("_", "-")
+
+
+def option(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None, **meta: Any) -> Any:
+    """A JobSpec field with its ``Option`` metadata."""
+    metadata = {"option": Option(**meta)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def parse_inputs(values: Sequence[str]) -> dict[str, list[str]]:
+    """``--input [NAME=]URI`` values → ``{name: [uris]}`` (``""`` for unnamed ones)."""
+    inputs: dict[str, list[str]] = {}
+    for value in values:
+        m = _NAMED_INPUT.match(value)
+        name, uri = (m.group(1), m.group(2)) if m else ("", value)
+        inputs.setdefault(name, []).append(uri)
+    if "" in inputs and len(inputs) > 1:
+        raise ValueError("mix of named (NAME=URI) and unnamed --input values: name them all")
+    return inputs
+
+
+def parse_params(values: Sequence[str]) -> dict[str, str]:
+    """``--param KEY=VALUE`` values → ``{key: value}``."""
+    params = {}
+    for value in values:
+        name, sep, val = value.partition("=")
+        if not sep or not name:
+            raise ValueError(f"invalid --param {value!r}: expected KEY=VALUE")
+        params[name] = val
+    return params
+
+
+def _runtime_names() -> Sequence[str]:
+    from airflow_provider_lambdamr.engine.runtimes import RUNTIMES
+
+    return tuple(RUNTIMES)
+
+
+def _architectures() -> Sequence[str]:
+    from airflow_provider_lambdamr.engine.runtimes.aws import ARCHITECTURES
+
+    return ARCHITECTURES
+
+
+def _runtime_versions() -> Sequence[str]:
+    from airflow_provider_lambdamr.engine.runtimes.aws import RUNTIME_VERSIONS
+
+    return RUNTIME_VERSIONS
+
+
 @dataclass
 class JobSpec:
-    """One MapReduce job. Inputs are named; a job with one input uses the name ``""``."""
+    """One MapReduce job. Inputs are named; a job with one input uses the name ``""``.
 
-    job: str
-    inputs: dict[str, list[str]]
-    output: str
-    job_id: str = ""
-    job_root: str = ""
-    params: dict[str, str] = field(default_factory=dict)
-    partitions: int = 1
-    fan_in: int = 16
-    split_size: int = 64 * 1024 * 1024
-    max_files_per_task: int = 500
-    memory_mb: int = 1536
-    timeout_s: float = 900.0
-    max_attempts: int = 3
-    max_bad_records: int = 0
-    max_line_bytes: int = 1024 * 1024
-    vectorized: bool = True
-    allow_empty_input: bool = False
-    keep_intermediates: bool = False
-    overwrite: bool = False
-    #: Run a job id that already committed again from scratch (its own state and result are
-    #: deleted first); without it, rerunning a committed job returns its result.
-    recompute: bool = False
-    tracing: bool = False
-    #: The whole run of this driver must finish within this many seconds (None: no limit).
-    job_timeout_s: float | None = None
-    #: Second attempts for stragglers: after factor x the median task time, at least min_s.
-    speculation: bool = True
-    speculation_factor: float = 3.0
-    speculation_min_s: float = 10.0
+    Every field's ``metadata["option"]`` (an ``Option``) declares its help text, CLI flag,
+    operator keyword and bounds: ``lambdamr run`` and the operators are generated from it.
+    """
+
+    job: str = option(
+        flag="job", templated=True,
+        help=f"A built-in job ({', '.join(sorted(BUILTIN_JOBS))}) or package.module:ClassName.")
+    inputs: dict[str, list[str]] = option(  # noqa: RUF009 - option() is dataclasses.field()
+        flag="--input", metavar="[NAME=]URI", cli={"action": "append", "required": True},
+        from_cli=parse_inputs, templated=True,
+        help="Input objects, directories or s3:// prefixes, optionally named (NAME=URI; on the "
+             "command line repeat the flag; operators take a string, a list, or {name: uri or [uris]}).")
+    output: str = option(
+        flag="--output", metavar="URI", cli={"required": True}, kwarg="output_uri", templated=True,
+        help="Where the part-NNNNN files and _SUCCESS go.")
+    job_id: str = option(
+        "", metavar="ID", templated=True,
+        help="Job id; reusing one resumes that job (default: generated; operators: from the DAG run).")
+    job_root: str = option(
+        "", metavar="URI", templated=True,
+        help="Where job state and intermediates go (default: OUTPUT/_jobs).")
+    params: dict[str, str] = option(  # noqa: RUF009 - option() is dataclasses.field()
+        factory=dict, flag="--param", metavar="KEY=VALUE", cli={"action": "append"},
+        from_cli=parse_params, kwarg="job_params", templated=True,
+        help="Job parameters, part of the job's identity (on the command line repeat the flag).")
+    partitions: int = option(
+        1, low=1, high=100_000, metavar="R",
+        help="Reduce partitions, i.e. result files.",
+        default_text="Default: 1; lambdamr run on the local runtime: the worker count.")
+    fan_in: int = option(16, low=2, high=10_000, metavar="F", help="Runs merged per reduce task per round.")
+    split_size: int = option(64 * 1024 * 1024, size=True, metavar="SIZE", help="Bytes per map split, e.g. 64MB.")
+    max_files_per_task: int = option(
+        500, low=1, high=100_000, metavar="N", help="Most input files one map task reads.")
+    memory_mb: int = option(1536, low=128, high=10_240, metavar="MB", runtime=True,
+                            help="Function memory, MB.")
+    timeout_s: float = option(900.0, low=0, above_low=True, high=900, metavar="S", runtime=True,
+                              help="Function timeout, seconds (Lambda's limit is 900).")
+    max_attempts: int = option(3, low=1, high=100, metavar="N", help="Attempts per task before the job fails.")
+    max_bad_records: int = option(0, low=0, metavar="N",
+                                  help="Unparsable records to skip (counted) before failing.")
+    max_line_bytes: int = option(1024 * 1024, size=True, metavar="SIZE", help="Longest line accepted.")
+    vectorized: bool = option(True, help="Use the job's pyarrow mapper when pyarrow is available.")
+    allow_empty_input: bool = option(False, help="Give an empty result for empty input instead of failing.")
+    keep_intermediates: bool = option(False, help="Keep map and reduce runs after success.")
+    overwrite: bool = option(
+        False, help="Replace a result another job left in the output (deletes only the files its "
+                    "_SUCCESS lists, and that _SUCCESS).")
+    recompute: bool = option(
+        False, help="Run a job id that already committed again from scratch (its state and result "
+                    "are deleted first); without it, rerunning a committed job returns its result.")
+    tracing: bool = option(False, flag="--trace", runtime=True,
+                           help="X-Ray tracing (segments go to AWS_XRAY_DAEMON_ADDRESS; works locally too).")
+    job_timeout_s: float | None = option(
+        None, low=0, above_low=True, metavar="S",
+        help="Fail (resumably) if the job has not finished after this many seconds (default: no limit).")
+    speculation: bool = option(True, help="Second attempts for stragglers (after speculation_factor times "
+                                          "the median task time, at least speculation_min_s).")
+    speculation_factor: float = option(
+        3.0, low=1, metavar="X",
+        help="A task still running after this many times the median task time of its phase "
+             "gets a second attempt.")
+    speculation_min_s: float = option(
+        10.0, low=0, metavar="S", help="A straggler's second attempt waits at least this many seconds.")
+    runtime: str = option("local", choices=_runtime_names, runtime=True, templated=True,
+                          help="Where functions run: local (worker processes) or aws (Lambda).")
+    workers: int | None = option(None, low=1, metavar="N", runtime=True,
+                                 help="Local worker processes (default: CPU count).")
+    role_arn: str | None = option(None, flag="--role", metavar="ARN", runtime=True, templated=True,
+                                  help="The functions' execution role (aws runtime).")
+    function_prefix: str = option("lambdamr", metavar="P", runtime=True, templated=True,
+                                  help="Functions are P-mapper and P-reducer.")
+    architecture: str = option("x86_64", choices=_architectures, runtime=True,
+                               help="Function architecture (aws runtime).")
+    runtime_version: str = option("python3.12", choices=_runtime_versions, runtime=True,
+                                  help="Lambda Python runtime (aws runtime).")
+    concurrency: int = option(100, low=1, metavar="N", runtime=True,
+                              help="Lambda invocations in flight at once (aws runtime).")
+    code_uri: str | None = option(None, metavar="S3URI", runtime=True,
+                                  help="s3:// prefix for zips above Lambda's direct upload limit (aws runtime).")
 
     def __post_init__(self) -> None:
         self.job_ref = resolve_job_ref(self.job)
@@ -163,23 +355,13 @@ class JobSpec:
         self.job_root = _location(self.job_root, "job root") if self.job_root else st.join(self.output, "_jobs")
         self.job_id = validate_job_id(self.job_id or new_job_id(self.job))
         self.params = validate_params(dict(self.params))
-        for name, low, high in (
-            ("partitions", 1, 100_000),
-            ("fan_in", 2, 10_000),
-            ("max_attempts", 1, 100),
-            ("memory_mb", 128, 10_240),
-            ("max_files_per_task", 1, 100_000),
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or not low <= value <= high:
-                raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
-        if not 0 < self.timeout_s <= 900:
-            raise ValueError(f"timeout_s must be in (0, 900] seconds (Lambda's limit), got {self.timeout_s}")
-        if self.max_bad_records < 0:
-            raise ValueError(f"max_bad_records must be >= 0, got {self.max_bad_records}")
-        self.split_size = parse_size(self.split_size, "split size")
-        self.max_line_bytes = parse_size(self.max_line_bytes, "max line bytes")
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, check_option(f, getattr(self, f.name)))
         _refuse_overlaps(self.inputs, self.output, self.job_root, self.job_dir)
+
+    def runtime_options(self) -> dict[str, Any]:
+        """What ``engine.runtimes.create_runtime`` takes: the fields marked ``runtime``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["option"].runtime}
 
     @property
     def job_dir(self) -> str:

@@ -9,11 +9,9 @@ from typing import Any
 from airflow.sdk import BaseHook
 
 from airflow_provider_lambdamr.engine.driver import Driver, Progress
-from airflow_provider_lambdamr.engine.runtimes.base import Runtime
+from airflow_provider_lambdamr.engine.runtimes import Runtime, create_runtime
 from airflow_provider_lambdamr.engine.spec import JobSpec
 from lambda_src import storage as st
-
-RUNTIMES = ("local", "aws")
 
 
 class LambdaMapReduceHook(BaseHook):
@@ -25,12 +23,10 @@ class LambdaMapReduceHook(BaseHook):
     local runtime's worker processes get the same credentials and endpoint through their
     environment (never through logs).
 
-    :param runtime: ``local`` (worker processes on this machine) or ``aws`` (AWS Lambda).
     :param aws_conn_id: The Airflow AWS connection; ``None`` uses boto3's default chain.
     :param region_name: AWS region; overrides the connection's.
     :param verify: Whether to verify TLS certificates, or a CA bundle path.
     :param botocore_config: botocore client configuration, as a dict.
-    :param workers: Local worker processes (default: CPU count).
     """
 
     conn_name_attr = "aws_conn_id"
@@ -41,25 +37,17 @@ class LambdaMapReduceHook(BaseHook):
     def __init__(
         self,
         *,
-        runtime: str = "local",
         aws_conn_id: str | None = "aws_default",
         region_name: str | None = None,
         verify: bool | str | None = None,
         botocore_config: dict | None = None,
-        workers: int | None = None,
-        aws_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.aws_options = dict(aws_options or {})
-        if runtime not in RUNTIMES:
-            raise ValueError(f"Parameter 'runtime' must be one of {RUNTIMES}, got {runtime!r}")
-        self.runtime = runtime
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
         self.verify = verify
         self.botocore_config = botocore_config
-        self.workers = workers
 
     @cached_property
     def s3_hook(self):
@@ -124,27 +112,9 @@ class LambdaMapReduceHook(BaseHook):
         )
 
     def get_runtime(self, spec: JobSpec) -> Runtime:
-        if self.runtime == "aws":
-            from airflow_provider_lambdamr.engine.runtimes.aws import AwsRuntime
-
-            options = dict(self.aws_options)
-            role_arn = options.pop("role_arn", None)
-            options["tracing"] = bool(options.get("tracing") or spec.tracing)
-            if not role_arn:
-                raise ValueError("Parameter 'role_arn' is required if 'runtime' is 'aws'")
-            return AwsRuntime(
-                self.lambda_hook.conn, role_arn=role_arn, memory_mb=spec.memory_mb,
-                timeout_s=spec.timeout_s, **options,
-            )
-        from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
-
-        return LocalRuntime(
-            workers=self.workers,
-            memory_mb=spec.memory_mb,
-            timeout_s=spec.timeout_s,
-            env=self.worker_env(spec),
-            tracing=spec.tracing,
-        )
+        """The runtime the spec's runtime options name, with this connection's access."""
+        return create_runtime(spec.runtime, spec.runtime_options(), lambda_client=lambda: self.lambda_hook.conn,
+                              env=lambda: self.worker_env(spec))
 
     def get_driver(
         self, spec: JobSpec, runtime: Runtime, progress: Callable[[Progress], None] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -15,7 +16,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_lambdamr.engine import jobdir
 from airflow_provider_lambdamr.engine.driver import Driver, JobFailed, Progress
-from airflow_provider_lambdamr.engine.spec import JobSpec, load_spec, parse_size
+from airflow_provider_lambdamr.engine.spec import JobSpec, default_text, load_spec
 from airflow_provider_lambdamr.hooks.lambda_mr import LambdaMapReduceHook
 from lambda_src import storage as st
 
@@ -176,63 +177,70 @@ def _xcom_link_value(ti_key: TaskInstanceKey, key: str) -> dict | None:
         return None
 
 
+def _kwarg(f: dataclasses.Field) -> str:
+    """The operator keyword of a JobSpec field."""
+    return f.metadata["option"].kwarg or f.name
+
+
+#: The JobSpec fields the map operator takes, as keywords of the same names (or ``Option.kwarg``).
+#: ``keep_intermediates`` is not one: the reduce operator reads the map runs, cleanup removes them.
+MAP_OPTIONS = tuple(f for f in dataclasses.fields(JobSpec) if f.name != "keep_intermediates")
+#: The JobSpec fields a reduce task may set: runtime options (default: as the map task recorded
+#: them in the manifest) and what happens after the commit.
+REDUCE_OPTIONS = tuple(f for f in dataclasses.fields(JobSpec)
+                       if f.metadata["option"].runtime or f.name in ("keep_intermediates", "recompute"))
+
+
+def options_doc(cls: type, fields: Sequence[dataclasses.Field], overrides: Mapping[str, str], extra: str = "") -> str:
+    """``cls``'s docstring with ``:param ...:`` lines for the keywords of ``fields`` appended.
+
+    Each says the field's ``Option`` help (or the operator's own text in ``overrides``), then
+    its default (or ``extra``), then whether it is templated.
+    """
+    lines = [(cls.__doc__ or "").rstrip()]
+    for f in fields:
+        opt = f.metadata["option"]
+        text = (overrides.get(f.name) or opt.help).rstrip() + (extra or default_text(f))
+        text += " (templated)" if opt.templated else ""
+        lines.append(f"    :param {_kwarg(f)}: {text}")
+    return "\n".join(lines) + "\n    "
+
+
+def _templated(fields: Sequence[dataclasses.Field], *extra: str) -> tuple[str, ...]:
+    return tuple(sorted({_kwarg(f) for f in fields if f.metadata["option"].templated} | set(extra)))
+
+
 class _LambdaMapReduceBase(BaseOperator):
     """What the map and reduce operators share: the hook, progress logging, on_kill."""
 
     def __init__(
         self,
         *,
-        runtime: str = "local",
-        workers: int | None = None,
         aws_conn_id: str | None = "aws_default",
         region_name: str | None = None,
         verify: bool | str | None = None,
         botocore_config: dict | None = None,
-        role_arn: str | None = None,
-        function_prefix: str = "lambdamr",
-        architecture: str = "x86_64",
-        runtime_version: str = "python3.12",
-        tracing: bool = False,
-        concurrency: int = 100,
-        code_uri: str | None = None,
-        recompute: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.recompute = recompute
-        self.runtime = runtime
-        self.workers = workers
-        self.role_arn = role_arn
-        self.function_prefix = function_prefix
-        self.architecture = architecture
-        self.runtime_version = runtime_version
-        self.tracing = tracing
-        self.concurrency = concurrency
-        self.code_uri = code_uri
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
         self.verify = verify
         self.botocore_config = botocore_config
         self._runtime = None
 
+    def _store_options(self, fields: Sequence[dataclasses.Field], values: Mapping[str, Any]) -> None:
+        """Keep the operator keywords of ``fields`` (from the caller's ``locals()``) as attributes."""
+        for f in fields:
+            setattr(self, _kwarg(f), values[_kwarg(f)])
+
     @cached_property
     def hook(self) -> LambdaMapReduceHook:
         return LambdaMapReduceHook(
-            runtime=self.runtime,
             aws_conn_id=self.aws_conn_id,
             region_name=self.region_name,
             verify=self.verify,
             botocore_config=self.botocore_config,
-            workers=self.workers,
-            aws_options={
-                "role_arn": self.role_arn,
-                "function_prefix": self.function_prefix,
-                "architecture": self.architecture,
-                "runtime_version": self.runtime_version,
-                "tracing": self.tracing,
-                "concurrency": self.concurrency,
-                "code_uri": self.code_uri,
-            },
         )
 
     def _keeps_committed(self, spec: JobSpec, done: dict) -> bool:
@@ -259,18 +267,18 @@ class _LambdaMapReduceBase(BaseOperator):
                 try:
                     return phase(driver)
                 finally:
-                    self._push_links(context, driver)
+                    self._push_links(context, spec, driver)
         except JobFailed as err:
             raise AirflowException(f"LambdaMR job {spec.job_id} failed: {err}") from None
         finally:
             self._runtime = None
 
-    def _push_links(self, context: Context, driver: Driver) -> None:
+    def _push_links(self, context: Context, spec: JobSpec, driver: Driver) -> None:
         ti = context.get("ti")
         if ti is None:
             return
         region = None
-        if self.runtime == "aws":
+        if spec.runtime == "aws":
             region = self.region_name or self.hook.lambda_hook.conn.meta.region_name
         deployment = getattr(driver, "deployment", None) or {}
         mapper_fn = (deployment.get("functions") or {}).get("mapper") or {}
@@ -295,63 +303,16 @@ class LambdaMapOperator(_LambdaMapReduceBase):
     status records in storage, so completed map tasks are not re-run. Returns a small
     summary (XCom) whose ``job_dir`` the reduce operator and the sensor take.
 
-    :param job: A built-in job (``wordcount``, ``amplab-2a``) or ``package.module:ClassName``.
-        (templated)
-    :param inputs: Input URI(s): a string, a list, or ``{name: uri or [uris]}``. (templated)
-    :param output_uri: Where the ``part-NNNNN`` files and ``_SUCCESS`` go. (templated)
-    :param job_root: Where job state and intermediates go (default: ``<output_uri>/_jobs``).
-        (templated)
-    :param job_id: Job id (default: ``<dag_id>__<run_id>``, made a valid job id: when the run id
-        has characters a job id cannot hold, e.g. the ``:`` of ``manual__2024-01-01T00:00:00+00:00``,
-        they become ``-`` and ``=`` and a hash of the (dag id, run id) pair follow, so distinct runs
-        never share a job id). (templated)
-    :param job_params: Job parameters, ``{name: value}`` with string names. A string value is
-        passed as it is; an ``int``, ``float``, ``bool``, ``None``, list or dict (of those) is
-        JSON-encoded with sorted keys (``True`` → ``"true"``, ``None`` → ``"null"``,
-        ``{"a": 1}`` → ``'{"a": 1}'``), also when templates render to native objects
-        (``render_template_as_native_obj=True``). Other types (dates, sets, objects) are
-        refused: format them in the template. Parameters are part of the job's identity.
-        (templated)
-    :param partitions: Reduce partitions, i.e. result files.
-    :param fan_in: Runs merged per reduce task per round.
-    :param split_size: Bytes per map split, e.g. ``"64MB"``.
-    :param memory_mb: Function memory, MB.
-    :param timeout_s: Function timeout, seconds.
-    :param max_attempts: Attempts per task before the job fails.
-    :param max_bad_records: Unparsable records to skip (counted) before failing.
-    :param vectorized: Use the job's pyarrow mapper when available.
-    :param allow_empty_input: Give an empty result for empty input instead of failing.
-    :param overwrite: Replace a result another job left in ``output_uri``.
-    :param recompute: When this job id already committed (the task was cleared, or the run
-        repeated), delete the job's state and result and run it again. By default the committed
-        result stands: the task logs so and maps nothing.
-    :param runtime: ``local`` or ``aws``. (templated)
-    :param workers: Local worker processes (default: CPU count).
+    The job options are JobSpec's (``engine/spec.py``), as ``lambdamr run`` takes them; their
+    documentation below is generated from the spec's field metadata.
+
     :param aws_conn_id: Airflow AWS connection for ``s3://`` storage and Lambda.
     :param region_name: AWS region. (templated)
     :param verify: TLS verification for AWS calls.
     :param botocore_config: botocore client configuration, as a dict.
-    :param role_arn: The Lambda functions' execution role (``aws`` runtime). (templated)
-    :param function_prefix: Functions are ``<prefix>-mapper`` / ``<prefix>-reducer``. (templated)
-    :param architecture: ``x86_64`` or ``arm64`` (``aws`` runtime).
-    :param runtime_version: Lambda Python runtime, e.g. ``python3.12`` (``aws`` runtime).
-    :param tracing: X-Ray active tracing (``aws`` runtime).
-    :param concurrency: Lambda invocations in flight at once (``aws`` runtime).
-    :param code_uri: ``s3://`` prefix for zips above Lambda's direct upload limit.
     """
 
-    template_fields: Sequence[str] = (
-        "function_prefix",
-        "inputs",
-        "job",
-        "job_id",
-        "job_params",
-        "job_root",
-        "output_uri",
-        "region_name",
-        "role_arn",
-        "runtime",
-    )
+    template_fields: Sequence[str] = _templated(MAP_OPTIONS, "region_name")
     operator_extra_links = (LambdaMapReduceFunctionLink(), LambdaMapReduceTraceLink())
     ui_color = "#f5b26b"
 
@@ -361,63 +322,52 @@ class LambdaMapOperator(_LambdaMapReduceBase):
         job: str,
         inputs: str | Sequence[str] | dict[str, Any],
         output_uri: str,
-        job_root: str | None = None,
-        job_id: str | None = None,
+        job_id: str = "",
+        job_root: str = "",
         job_params: Mapping[str, Any] | None = None,
         partitions: int = 1,
         fan_in: int = 16,
-        split_size: str | int = "64MB",
+        split_size: str | int = 64 * 1024 * 1024,
+        max_files_per_task: int = 500,
         memory_mb: int = 1536,
         timeout_s: float = 900.0,
         max_attempts: int = 3,
         max_bad_records: int = 0,
+        max_line_bytes: str | int = 1024 * 1024,
         vectorized: bool = True,
         allow_empty_input: bool = False,
         overwrite: bool = False,
+        recompute: bool = False,
+        tracing: bool = False,
+        job_timeout_s: float | None = None,
+        speculation: bool = True,
+        speculation_factor: float = 3.0,
+        speculation_min_s: float = 10.0,
+        runtime: str = "local",
+        workers: int | None = None,
+        role_arn: str | None = None,
+        function_prefix: str = "lambdamr",
+        architecture: str = "x86_64",
+        runtime_version: str = "python3.12",
+        concurrency: int = 100,
+        code_uri: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("multiple_outputs", True)  # so map_task.output["job_dir"] works
         super().__init__(**kwargs)
-        self.job = job
-        self.inputs = inputs
-        self.output_uri = output_uri
-        self.job_root = job_root
-        self.job_id = job_id
-        self.job_params = job_params
-        self.partitions = partitions
-        self.fan_in = fan_in
-        self.split_size = split_size
-        self.memory_mb = memory_mb
-        self.timeout_s = timeout_s
-        self.max_attempts = max_attempts
-        self.max_bad_records = max_bad_records
-        self.vectorized = vectorized
-        self.allow_empty_input = allow_empty_input
-        self.overwrite = overwrite
+        self._store_options(MAP_OPTIONS, locals())
 
     def build_spec(self, context: Context) -> JobSpec:
+        """The job's spec: the keywords as they rendered; checking each value is the spec's."""
+        values = {f.name: getattr(self, _kwarg(f)) for f in MAP_OPTIONS}
         try:
-            return JobSpec(
-                job=self.job,
+            values.update(
                 inputs=normalize_inputs(self.inputs),
-                output=self.output_uri,
-                job_root=self.job_root or "",
-                job_id=self.job_id or default_job_id(context),
                 params=encode_job_params(self.job_params),
-                partitions=self.partitions,
-                fan_in=self.fan_in,
-                split_size=parse_size(self.split_size, "split_size"),
-                memory_mb=self.memory_mb,
-                timeout_s=self.timeout_s,
-                max_attempts=self.max_attempts,
-                max_bad_records=self.max_bad_records,
-                vectorized=self.vectorized,
-                allow_empty_input=self.allow_empty_input,
-                overwrite=self.overwrite,
-                recompute=self.recompute,
-                tracing=self.tracing,
+                job_id=self.job_id or default_job_id(context),
                 keep_intermediates=True,  # the reduce operator reads them, cleanup removes them
             )
+            return JobSpec(**values)
         except ValueError as err:
             raise AirflowException(f"Invalid LambdaMR job for task {self.task_id}: {err}") from None
 
@@ -455,6 +405,34 @@ class LambdaMapOperator(_LambdaMapReduceBase):
         return self._run(spec, phase, context)
 
 
+#: What the map operator's keywords mean beyond the spec's help: how the operator converts them.
+_MAP_DOCS = {
+    'inputs': (
+        'Input URI(s): a string, a list, or ``{name: uri or [uris]}``.'
+    ),
+    'job_id': (
+        'Job id (default: ``<dag_id>__<run_id>``, made a valid job id: when the run id '
+        'has characters a job id cannot hold, e.g. the ``:`` of ``manual__2024-01-01T00:00:00+00:00``, '
+        'they become ``-`` and ``=`` and a hash of the (dag id, run id) pair follow, so distinct runs '
+        'never share a job id).'
+    ),
+    'params': (
+        'Job parameters, ``{name: value}`` with string names. A string value is '
+        'passed as it is; an ``int``, ``float``, ``bool``, ``None``, list or dict (of those) is '
+        'JSON-encoded with sorted keys (``True`` → ``"true"``, ``None`` → ``"null"``, '
+        '``{"a": 1}`` → ``\'{"a": 1}\'``), also when templates render to native objects '
+        '(``render_template_as_native_obj=True``). Other types (dates, sets, objects) are '
+        "refused: format them in the template. Parameters are part of the job's identity. "
+    ),
+    'recompute': (
+        'When this job id already committed (the task was cleared, or the run '
+        "repeated), delete the job's state and result and run it again. By default the committed "
+        'result stands: the task logs so and maps nothing.'
+    ),
+}
+LambdaMapOperator.__doc__ = options_doc(LambdaMapOperator, MAP_OPTIONS, _MAP_DOCS)
+
+
 class LambdaReduceOperator(_LambdaMapReduceBase):
     """
     Run the reducer rounds of a mapped LambdaMR job and commit its result.
@@ -465,14 +443,10 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
     committed, the task succeeds without running anything and emits no Asset event, unless
     ``recompute`` is set.
 
+    The runtime options (``runtime``, ``workers``, ``role_arn``, ...) are the map task's, as its
+    manifest recorded them; any given here (not ``None``) replace them for this task.
+
     :param job_dir: The job's directory, e.g. ``map_task.output["job_dir"]``. (templated)
-    :param keep_intermediates: Keep map and reduce runs after success.
-    :param recompute: When the job already committed (the task was cleared, or the run
-        repeated), run the whole job again, map phase included (its intermediates may be gone),
-        and emit a new Asset event. By default the committed result stands: the task logs so,
-        runs nothing and emits no event. A retry after the commit recomputes too.
-    :param runtime: ``local`` or ``aws``. (templated)
-    :param workers: Local worker processes (default: CPU count).
     :param aws_conn_id: Airflow AWS connection for ``s3://`` storage and Lambda.
     :param region_name: AWS region. (templated)
     :param verify: TLS verification for AWS calls.
@@ -483,7 +457,8 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
         event on every successful run.
     """
 
-    template_fields: Sequence[str] = ("function_prefix", "job_dir", "region_name", "role_arn", "runtime")
+    template_fields: Sequence[str] = _templated(
+        [f for f in REDUCE_OPTIONS if f.metadata["option"].runtime], "job_dir", "region_name")
     operator_extra_links = (
         LambdaMapReduceResultLink(),
         LambdaMapReduceFunctionLink(),
@@ -496,7 +471,19 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
         *,
         job_dir: str,
         keep_intermediates: bool = False,
+        recompute: bool = False,
         result_asset: str | None = None,
+        memory_mb: int | None = None,
+        timeout_s: float | None = None,
+        tracing: bool | None = None,
+        runtime: str | None = None,
+        workers: int | None = None,
+        role_arn: str | None = None,
+        function_prefix: str | None = None,
+        architecture: str | None = None,
+        runtime_version: str | None = None,
+        concurrency: int | None = None,
+        code_uri: str | None = None,
         **kwargs: Any,
     ) -> None:
         self.alias = AssetAlias(f"lambdamr-result-{kwargs.get('task_id', 'reduce')}")
@@ -504,14 +491,18 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
         kwargs.setdefault("outlets", [self.alias])
         super().__init__(**kwargs)
         self.job_dir = job_dir
-        self.keep_intermediates = keep_intermediates
         self.result_asset = result_asset
+        self._store_options(REDUCE_OPTIONS, locals())
 
-    def execute(self, context: Context) -> dict:
+    def load_spec(self) -> JobSpec:
+        """The spec the map task recorded in the job directory, with this task's options over it."""
         try:
-            spec = load_spec(self.job_dir, keep_intermediates=self.keep_intermediates, recompute=self.recompute)
+            return load_spec(self.job_dir, **{f.name: getattr(self, _kwarg(f)) for f in REDUCE_OPTIONS})
         except ValueError as err:
             raise AirflowException(f"LambdaMR reduce task {self.task_id}: {err}") from None
+
+    def execute(self, context: Context) -> dict:
+        spec = self.load_spec()
 
         def phase(driver: Driver) -> tuple[dict, bool]:
             """The job's summary, and whether this task computed it."""
@@ -549,6 +540,22 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
             context["outlet_events"][self.alias].add(asset, extra=result)
             self.log.info("LambdaMR job %s succeeded: %s", summary["job_id"], result)
         return result
+
+
+#: What a reduce task's keywords mean beyond the spec's help.
+_REDUCE_DOCS = {
+    'recompute': (
+        'When the job already committed (the task was cleared, or the run '
+        'repeated), run the whole job again, map phase included (its intermediates may be gone), '
+        'and emit a new Asset event. By default the committed result stands: the task logs so, '
+        'runs nothing and emits no event. A retry after the commit recomputes too.'
+    ),
+}
+LambdaReduceOperator.__doc__ = options_doc(
+    LambdaReduceOperator, [f for f in REDUCE_OPTIONS if not f.metadata["option"].runtime], _REDUCE_DOCS)
+LambdaReduceOperator.__doc__ = options_doc(
+    LambdaReduceOperator, [f for f in REDUCE_OPTIONS if f.metadata["option"].runtime], {},
+    " Default: as the map task recorded it.")
 
 
 class LambdaMapReduceCleanupOperator(BaseOperator):
