@@ -398,7 +398,9 @@ def load_spec(job_dir: str, **overrides: object) -> JobSpec:
     """The spec of the job whose directory (``<job root>/<job id>``) is ``job_dir``."""
     import json
 
-    uri = st.join(st.normalize(job_dir), "jobdata.json")
+    from lambda_src.contract import manifest_uri
+
+    uri = manifest_uri(st.normalize(job_dir))
     try:
         manifest = json.loads(st.for_uri(uri).read_bytes(uri))
     except st.NotFound:
