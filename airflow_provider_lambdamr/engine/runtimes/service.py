@@ -504,13 +504,19 @@ def connect(directory: Path | None = None, *, start: bool = True, workers: int |
     with open(directory / START_LOCK, "a") as lock:  # one client starts it; the others wait
         os.chmod(directory / START_LOCK, 0o600)
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if running_pid(directory) is None:
-            _spawn(directory, workers, idle_timeout_s)
         end = time.monotonic() + START_TIMEOUT_S
+        launched = 0
         while True:
             try:
                 return ServiceClient(directory)
             except (FileNotFoundError, ConnectionRefusedError) as err:
+                # A daemon that just died may hold its lock a moment longer: look again each time.
+                if running_pid(directory) is None:
+                    if launched == 2:
+                        raise ServiceError(f"the lambdamr service exits as it starts; see "
+                                           f"{directory / LOG_FILE}") from err
+                    _spawn(directory, workers, idle_timeout_s)
+                    launched += 1
                 if time.monotonic() > end:
                     raise ServiceError(f"the lambdamr service did not start within {START_TIMEOUT_S:.0f} s; "
                                        f"see {directory / LOG_FILE}") from err
@@ -518,16 +524,21 @@ def connect(directory: Path | None = None, *, start: bool = True, workers: int |
 
 
 def _spawn(directory: Path, workers: int | None, idle_timeout_s: float) -> None:
-    """Start the daemon detached: its own session, no terminal, output to the service log."""
-    args = [sys.executable, "-m", __name__, "serve", "--dir", str(directory), "--idle-timeout", str(idle_timeout_s)]
+    """Start the daemon detached: its own session, no terminal, output to the service log, and
+    not a child of this process (it forks once more), so no client has to reap it."""
+    args = [sys.executable, "-m", __name__, "serve", "--daemonize", "--dir", str(directory),
+            "--idle-timeout", str(idle_timeout_s)]
     if workers:
         args += ["--workers", str(workers)]
     fd = os.open(directory / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True,
-                         close_fds=True, cwd="/")
+        launcher = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
+                                    start_new_session=True, close_fds=True, cwd="/")
     finally:
         os.close(fd)
+    if launcher.wait(timeout=START_TIMEOUT_S) != 0:
+        raise ServiceError(f"the lambdamr service could not be launched (exit status {launcher.returncode}); "
+                           f"see {directory / LOG_FILE}")
 
 
 def stop_service(directory: Path | None = None, timeout_s: float = 30.0) -> int | None:
@@ -656,7 +667,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=None, help="warm workers per function (default: CPUs)")
     serve.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT_S, metavar="S",
                        help="exit after S seconds with nothing to do")
+    serve.add_argument("--daemonize", action="store_true", help="fork, and serve from the child")
     args = parser.parse_args(argv)
+    if args.daemonize and os.fork() > 0:
+        os._exit(0)  # the launcher's parent reaps it; init adopts the daemon
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     directory = Path(args.dir) if args.dir else service_dir()
     return Service(directory, workers=args.workers, idle_timeout_s=args.idle_timeout).serve()
