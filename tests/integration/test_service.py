@@ -28,11 +28,11 @@ from airflow_provider_lambdamr.engine.driver import Driver
 from airflow_provider_lambdamr.engine.runtimes import service
 from airflow_provider_lambdamr.engine.runtimes.service import ServiceError, ServiceRuntime
 from airflow_provider_lambdamr.engine.spec import JobSpec
-from tests.conftest import FIXTURES
 from tests.helpers import read_counts
 
 LAMBDAMR = [sys.executable, "-m", "airflow_provider_lambdamr.cli"]
 WORD = re.compile(r"[\w']+")
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 #: Generous bounds for waiting on processes (never asserted as durations).
 WAIT_S = 60.0
 
@@ -110,7 +110,7 @@ def run_on_service(directory: Path, **spec_fields) -> tuple[dict, ServiceRuntime
 def test_a_job_runs_through_the_service_with_the_driver(svc_dir, tmp_path):
     data, expected = words_input(tmp_path)
     summary, rt = run_on_service(svc_dir, job="wordcount", inputs={"": [str(data)]}, output=str(tmp_path / "out"),
-                                 partitions=3, split_size=2048)
+                                 partitions=3, split_size=2048, speculation=False)  # one attempt per task
     assert read_counts(str(tmp_path / "out")) == dict(expected)
     assert rt.deployment["runtime"] == "service"
     with service.ServiceClient(svc_dir) as client:
@@ -122,7 +122,7 @@ def test_a_job_runs_through_the_service_with_the_driver(svc_dir, tmp_path):
     # A second job of the same code reuses the warm workers: no new cold start, same processes.
     (cold,) = [f["cold_starts"] for f in stats["functions"].values()]
     run_on_service(svc_dir, job="wordcount", inputs={"": [str(data)]}, output=str(tmp_path / "out2"),
-                   partitions=2, split_size=2048)
+                   partitions=2, split_size=2048, speculation=False)
     with service.ServiceClient(svc_dir) as client:
         again = client.request("stats")
     assert again["worker_pids"] == stats["worker_pids"] and again["pid"] == stats["pid"]

@@ -297,12 +297,17 @@ class Service:
                     send_message(conn, reply)
                 except OSError:
                     return
+                if request.get("op") == "shutdown":  # answered first: then the main loop stops
+                    self.stopping = True
+                    return
 
     def _dispatch(self, request: dict) -> dict:
         op = request.get("op")
+        if op == "shutdown":
+            return {"ok": True, "pid": os.getpid()}
         if op == "wait":
             return {"ok": True, "outcomes": self._wait(request["request_ids"], float(request.get("timeout", 0)))}
-        if op in ("health", "deploy", "invoke", "cancel", "stats", "shutdown"):
+        if op in ("health", "deploy", "invoke", "cancel", "stats"):
             future: Future = Future()
             self.requests.put((request, future))
             return future.result()
@@ -408,10 +413,6 @@ class Service:
             "worker_pids": sorted(pid for fn in self.functions.values() for pid in fn.runtime.worker_pids()),
         }
 
-    def _op_shutdown(self, request: dict) -> dict:
-        self.stopping = True
-        return {"ok": True, "pid": os.getpid()}
-
 
 def _result_to_dict(res: InvocationResult) -> dict:
     return {"ok": res.ok, "payload": res.payload, "error": res.error, "duration_ms": res.duration_ms,
@@ -454,7 +455,11 @@ class ServiceClient:
 
     def request(self, op: str, **fields: object) -> dict:
         send_message(self.sock, {"op": op, **fields})
-        reply = recv_message(self.sock)
+        try:
+            reply = recv_message(self.sock)
+        except EOFError as err:
+            raise ServiceError(f"the lambdamr service in {self.dir} closed the connection during {op} "
+                               f"(it stopped or was killed; see {self.dir / LOG_FILE})") from err
         if not reply.get("ok"):
             raise ServiceError(f"the lambdamr service in {self.dir} refused {op}: {reply.get('error')}")
         return reply
