@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prices", metavar="JSON", help="price table overrides (a JSON file)")
     run.add_argument("--json", action="store_true", help="print the _SUCCESS summary as JSON")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_detach_option(run)
 
     deploy = sub.add_parser("deploy", help="create or update the job's Lambda functions")
     deploy.add_argument("job", help="a built-in job or package.module:ClassName")
@@ -98,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--log-groups", action="store_true", help="delete the functions' log groups")
     clean.add_argument("--function-prefix", default="lambdamr", metavar="P")
     clean.add_argument("--region", metavar="REGION")
+
+    _add_service_commands(sub)
 
     gen = sub.add_parser("amplab-gen", help="generate Amplab uservisits/rankings text data")
     gen.add_argument("--output", required=True, metavar="URI",
@@ -284,13 +287,17 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _job_spec(args: argparse.Namespace) -> JobSpec:
+    values = _given_options(args)
+    if "partitions" not in values and values.get("runtime", "local") in ("local", "service"):
+        values["partitions"] = values.get("workers") or os.cpu_count() or 1
+    return JobSpec(**values)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from airflow_provider_lambdamr.engine.driver import Driver, JobFailed
 
-    values = _given_options(args)
-    if "partitions" not in values and values.get("runtime", "local") == "local":
-        values["partitions"] = values.get("workers") or os.cpu_count() or 1
-    spec = JobSpec(**values)
+    spec = _job_spec(args)
     runtime = create_runtime(spec.runtime, spec.runtime_options(), lambda_client=_lambda_client(args.region))
     progress = None if args.quiet else _print_progress
     started = time.time()
@@ -308,8 +315,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                   f"to resume", file=sys.stderr)
         return 1
     except Interrupted as sig:
-        stopped = ("its workers were stopped" if runtime.name == "local"
-                   else "invocations already sent to Lambda run to completion")
+        stopped = {"local": "its workers were stopped",
+                   "service": "invocations already sent to the local function service run to completion",
+                   }.get(runtime.name, "invocations already sent to Lambda run to completion")
         print(f"lambdamr: job {spec.job_id} interrupted by {sig}; {stopped}", file=sys.stderr)
         print(f"lambdamr: job state is in {spec.job_dir}; rerun with --job-id {spec.job_id} "
               f"to resume", file=sys.stderr)
@@ -335,6 +343,152 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(format_estimate(summary["cost"]) + (" (projection for Lambda)" if spec.runtime == "local" else ""))
     print(f"output: {summary['output']} ({', '.join(summary['files'][:4])}"
           f"{', ...' if len(summary['files']) > 4 else ''})")
+    return 0
+
+
+# -- the local function service, detached runs and job status --------------------------------
+def _add_detach_option(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--detach", action="store_true",
+                     help="with --runtime service: start the job in the background and return at once; "
+                          "follow it with: lambdamr status JOB_DIR --wait")
+
+
+def _add_service_commands(sub) -> None:
+    service = sub.add_parser("service", help="the local function service (shared warm workers)")
+    service_sub = service.add_subparsers(dest="service_command", required=True)
+    start = service_sub.add_parser("start", help="start the service unless it runs; print its state")
+    start.add_argument("--workers", type=int, default=None, help="warm workers per function (default: CPUs)")
+    start.add_argument("--idle-timeout", type=float, default=None, metavar="S",
+                       help="exit after S seconds with nothing to do (default 600)")
+    service_sub.add_parser("stop", help="stop the service and its workers")
+    service_sub.add_parser("status", help="print the service's state (exit 3 when it is not running)")
+
+    status = sub.add_parser("status", help="a job's state: succeeded (exit 0), failed (1) or running (3)")
+    status.add_argument("job_dir", metavar="JOB_DIR", help="the job directory (<job root>/<job id>)")
+    status.add_argument("--wait", action="store_true", help="wait until the job succeeds or fails")
+    status.add_argument("--timeout", type=float, default=None, metavar="S",
+                        help="with --wait: give up (exit 3) after S seconds")
+
+
+def _detached_dir():
+    from airflow_provider_lambdamr.engine.runtimes import service
+
+    path = service.prepare_dir(service.service_dir()) / "jobs"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def _cmd_run_detached(args: argparse.Namespace, argv: list[str]) -> int:
+    """Start a driver for the job in its own session (it outlives this command), on the service.
+
+    The interim shape of a detached job: a background driver process advances it, and the
+    service runs its invocations; ``lambdamr status JOB_DIR --wait`` follows it from anywhere.
+    """
+    import subprocess
+
+    from airflow_provider_lambdamr.engine.runtimes import service
+
+    spec = _job_spec(args)
+    if spec.runtime != "service":
+        raise ValueError("--detach needs --runtime service: a detached job's work must outlive this command")
+    if argv.count("--detach") != 1:
+        raise ValueError("spell --detach in full, once")
+    with service.connect(workers=spec.workers):  # started here, so that its errors show here
+        pass
+    child_argv = [a for a in argv if a != "--detach"]
+    if "job_id" not in _given_options(args):
+        child_argv += ["--job-id", spec.job_id]
+    where = _detached_dir()
+    log_path = where / f"{spec.job_id}.log"
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "airflow_provider_lambdamr.cli", *child_argv],
+                                stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
+    finally:
+        os.close(fd)
+    record = {"job_id": spec.job_id, "job_dir": spec.job_dir, "output": spec.output, "pid": proc.pid,
+              "log": str(log_path)}
+    (where / f"{spec.job_id}.json").write_text(json.dumps(record))
+    if args.json:
+        print(json.dumps(record, indent=2, sort_keys=True))
+    else:
+        print(f"job {spec.job_id} detached (driver pid {proc.pid}, log {log_path}); follow it with: "
+              f"lambdamr status {spec.job_dir} --wait")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie nobody reaped does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _job_state(job_dir: str) -> tuple[int, dict]:
+    """(exit status, report) of the job in ``job_dir``: 0 succeeded, 1 failed, 3 not finished."""
+    from airflow_provider_lambdamr.engine import jobdir
+    from airflow_provider_lambdamr.engine.driver import phase_state
+    from lambda_src import storage as st
+
+    job_id = st.basename(job_dir.rstrip("/"))
+    report: dict = {"job_id": job_id, "job_dir": job_dir}
+    job = phase_state(job_dir, "reduce")
+    if job.complete:
+        output = jobdir.require_job_dir(job_dir)["spec"]["output"]
+        return 0, {**report, "state": "succeeded", "summary": jobdir.read_success(output).summary}
+    if job.failure is not None:
+        return 1, {**report, "state": "failed", "failure": job.failure}
+    maps = phase_state(job_dir, "map")
+    report.update(state="running" if maps.total else "pending", map={"done": maps.done, "total": maps.total})
+    detached = _detached_dir() / f"{job_id}.json"
+    if detached.exists():
+        record = json.loads(detached.read_text())
+        # Read again after the pid: the driver may have committed, then exited, since the first read.
+        if record["job_dir"] == job_dir and not _alive(record["pid"]) and not phase_state(job_dir, "reduce").complete:
+            return 1, {**report, "state": "failed", "failure": {
+                "message": f"the detached driver (pid {record['pid']}) exited without committing the job or "
+                           f"recording a failure; see {record['log']}"}}
+    return 3, report
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from lambda_src import storage as st
+
+    job_dir = st.normalize(args.job_dir)
+    end = None if args.timeout is None else time.monotonic() + args.timeout
+    while True:
+        code, report = _job_state(job_dir)
+        if code != 3 or not args.wait or (end is not None and time.monotonic() >= end):
+            print(json.dumps(report, indent=2, sort_keys=True))
+            return code
+        time.sleep(0.2)
+
+
+def _cmd_service(args: argparse.Namespace) -> int:
+    from airflow_provider_lambdamr.engine.runtimes import service
+
+    if args.service_command == "stop":
+        print(json.dumps({"stopped": service.stop_service()}))
+        return 0
+    if args.service_command == "status":
+        directory = service.service_dir()
+        if not directory.exists() or service.running_pid(directory) is None:
+            print(json.dumps({"running": False, "dir": str(directory)}))
+            return 3
+        with service.ServiceClient(directory) as client:
+            print(json.dumps({"running": True, **client.request("stats")}, indent=2, sort_keys=True))
+        return 0
+    idle = service.DEFAULT_IDLE_TIMEOUT_S if args.idle_timeout is None else args.idle_timeout
+    with service.connect(workers=args.workers, idle_timeout_s=idle) as client:
+        print(json.dumps({"running": True, **client.request("stats")}, indent=2, sort_keys=True))
     return 0
 
 
@@ -382,8 +536,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.command == "run" and args.detach:
+            return _cmd_run_detached(args, sys.argv[1:] if argv is None else list(argv))
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "service":
+            return _cmd_service(args)
+        if args.command == "status":
+            return _cmd_status(args)
         if args.command == "deploy":
             return _cmd_deploy(args)
         if args.command == "cleanup":

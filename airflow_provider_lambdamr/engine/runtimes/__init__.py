@@ -1,4 +1,5 @@
-"""Where functions run: ``local`` (worker processes on this machine) or ``aws`` (Lambda).
+"""Where functions run: ``local`` (worker processes on this machine), ``service`` (the local
+function service, shared by the processes of a user) or ``aws`` (Lambda).
 
 ``RUNTIMES`` maps each runtime's name to a factory taking the runtime options (the JobSpec
 fields marked ``runtime``, see ``JobSpec.runtime_options``); the CLI's ``--runtime`` choices
@@ -46,7 +47,15 @@ def _aws(options: Mapping[str, Any], *, lambda_client: Callable[[], Any] | None,
     )
 
 
-RUNTIMES: dict[str, RuntimeFactory] = {"local": _local, "aws": _aws}
+def _service(options: Mapping[str, Any], *, lambda_client: Callable[[], Any] | None,
+             env: Callable[[], Mapping[str, str]]) -> Runtime:
+    from airflow_provider_lambdamr.engine.runtimes.service import ServiceRuntime
+
+    return ServiceRuntime(workers=options["workers"], memory_mb=options["memory_mb"],
+                          timeout_s=options["timeout_s"], tracing=options["tracing"])
+
+
+RUNTIMES: dict[str, RuntimeFactory] = {"local": _local, "service": _service, "aws": _aws}
 
 
 def create_runtime(name: str, options: Mapping[str, Any], *, lambda_client: Callable[[], Any] | None = None,

@@ -27,7 +27,8 @@ from airflow_provider_lambdamr.engine.runtimes.base import (
     HANDLERS,
     InvocationResult,
     Runtime,
-    read_failed_attempt,
+    list_status_dirs,
+    outcome_from_records,
 )
 from lambda_src import storage as st
 from lambda_src.contract import TaskSpec
@@ -319,30 +320,13 @@ class AwsRuntime(Runtime):
         """Read the status records of everything in flight (one paginated listing per phase)."""
         if not self._in_flight:
             return []
-        listing: set[str] = set()
-        for base in {inflight.spec.status_dir() for inflight in self._in_flight.values()}:
-            listing.update(i.uri for i in st.for_uri(base).list(base))
+        listing = list_status_dirs(inflight.spec for inflight in self._in_flight.values())
         results = []
         now = time.monotonic()
         for rid, inflight in list(self._in_flight.items()):
-            done_uri = inflight.spec.status_uri()
-            if done_uri in listing:
-                record = json.loads(st.for_uri(done_uri).read_bytes(done_uri))
-                stats = record.get("stats", {})
-                duration = float(stats.get("duration_ms", 0.0))
-                results.append(InvocationResult(
-                    request_id=rid, ok=True, payload=record, duration_ms=duration,
-                    billed_ms=max(1, math.ceil(duration)), max_memory_mb=float(stats.get("peak_memory_mb", 0.0)),
-                ))
-                del self._in_flight[rid]
-                continue
-            failed = read_failed_attempt(inflight.spec, rid, listing)
-            if failed is not None and failed.error is not None:
-                results.append(InvocationResult(
-                    request_id=rid, ok=False,
-                    error={"errorType": failed.error.failure, "errorMessage": failed.error.text},
-                    failure=failed.error, duration_ms=float(failed.duration_ms or 0.0),
-                ))
+            outcome = outcome_from_records(rid, inflight.spec, listing)
+            if outcome is not None:
+                results.append(outcome)
                 del self._in_flight[rid]
                 continue
             if now - inflight.started > self.timeout_s + self.status_grace_s:

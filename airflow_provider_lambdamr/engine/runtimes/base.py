@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,42 @@ def read_failed_attempt(spec: TaskSpec, request_id: str | None,
     uris = sorted(u for u in listing if u.startswith(prefix))
     records = [StatusRecord.from_dict(json.loads(st.for_uri(u).read_bytes(u))) for u in uris]
     return next((r for r in records if r.request_id == request_id), records[0] if records else None)
+
+
+def list_status_dirs(specs: Iterable[TaskSpec]) -> set[str]:
+    """One listing of every status directory of ``specs`` (one paginated listing per phase)."""
+    listing: set[str] = set()
+    for base in {spec.status_dir() for spec in specs}:
+        listing.update(i.uri for i in st.for_uri(base).list(base))
+    return listing
+
+
+def outcome_from_records(request_id: str, spec: TaskSpec, listing: set[str]) -> InvocationResult | None:
+    """What the status records say of the asynchronous invocation ``request_id`` of ``spec``.
+
+    The task's commit record means it succeeded (by this attempt or a twin); the record of
+    this failed attempt says how it failed. None while neither exists. ``listing`` is
+    ``list_status_dirs`` of the specs in flight. Runtimes that invoke asynchronously (Lambda's
+    ``Event`` type, the local function service) learn completion this way, so any process
+    can observe a job another launched.
+    """
+    done_uri = spec.status_uri()
+    if done_uri in listing:
+        record = json.loads(st.for_uri(done_uri).read_bytes(done_uri))
+        stats = record.get("stats", {})
+        duration = float(stats.get("duration_ms", 0.0))
+        return InvocationResult(
+            request_id=request_id, ok=True, payload=record, duration_ms=duration,
+            billed_ms=max(1, math.ceil(duration)), max_memory_mb=float(stats.get("peak_memory_mb", 0.0)),
+        )
+    failed = read_failed_attempt(spec, request_id, listing)
+    if failed is not None and failed.error is not None:
+        return InvocationResult(
+            request_id=request_id, ok=False,
+            error={"errorType": failed.error.failure, "errorMessage": failed.error.text},
+            failure=failed.error, duration_ms=float(failed.duration_ms or 0.0),
+        )
+    return None
 
 
 class Runtime(abc.ABC):

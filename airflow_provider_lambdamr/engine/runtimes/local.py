@@ -115,6 +115,10 @@ class LocalRuntime(Runtime):
     def capacity(self) -> int:
         return self.workers
 
+    def worker_pids(self) -> list[int]:
+        """The process ids of the pool's workers."""
+        return [w.proc.pid for w in self._pool]
+
     def function_name(self, function: str) -> str:
         version = self.package.version if self.package else "unversioned"
         return f"{self.function_prefix}-{function}-{version}"
