@@ -339,6 +339,8 @@ def test_a_detached_driver_that_dies_unrecorded_is_reported_failed(svc_dir, tmp_
 
 
 def test_detach_needs_the_service_runtime(svc_dir, tmp_path):
-    res = cli("run", "wordcount", "--input", str(tmp_path), "--output", str(tmp_path / "out"), "--detach")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("a\n")
+    res = cli("run", "wordcount", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--detach")
     assert res.returncode == 2 and "--detach needs --runtime service" in res.stderr
     assert not (svc_dir / service.SOCKET).exists(), "nothing was started"

@@ -133,7 +133,7 @@ def test_template_fields_are_the_templated_options():
 
 def test_runtime_choices_come_from_the_registry():
     assert tuple(_cli_actions()["runtime"].choices) == tuple(RUNTIMES)
-    with pytest.raises(ValueError, match=r"runtime must be one of local, aws, got 'gcp'"):
+    with pytest.raises(ValueError, match=r"runtime must be one of local, service, aws, got 'gcp'"):
         JobSpec(job="wordcount", inputs={"": ["/in"]}, output="/out", runtime="gcp")
 
 
