@@ -255,9 +255,9 @@ def _timeline(report: JobReport) -> str:
             group = task.group
             rows.append(f'<text class="group" x="4" y="{y + 15}">{_e(_group_name(task))}</text>')
             y += _HEADER_H
-        rows.append(f'<text class="label" x="12" y="{y + 12}">{_e(task.label)}</text>')
         if len(task.attempts) > 1:
             rows.append(f'<rect class="retried" x="0" y="{y}" width="{_LABEL_W + _PLOT_W}" height="{_ROW_H}"/>')
+        rows.append(f'<text class="label" x="12" y="{y + 12}">{_e(task.label)}</text>')
         for i, a in enumerate(task.attempts):
             attrs = (f'data-task="{_e(task.key)}" data-attempt="{a.attempt}" data-state="{a.state}"'
                      + (f' data-kind="{_e(a.error.kind)}"' if a.error is not None else ""))
@@ -280,10 +280,10 @@ def _timeline(report: JobReport) -> str:
             f'role="img" aria-label="timeline of task attempts">{"".join(ticks)}{"".join(rows)}</svg>')
 
 
-def _table(head: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
-    th = "".join(f"<th>{_e(h)}</th>" for h in head)
+def _table(head: Iterable[str] | None, rows: Iterable[Iterable[object]]) -> str:
+    th = "" if head is None else "<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead>"
     body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table>{th}<tbody>{body}</tbody></table>"
 
 
 def _summary(report: JobReport) -> str:
@@ -305,8 +305,12 @@ def _summary(report: JobReport) -> str:
                   ("total time", f"{(s.get('durations_s') or {}).get('total', '?')} s")]
     if report.failure is not None:
         facts.append(("failure", report.failure.get("message", report.failure)))
-    out = [_table(("", ""), facts)]
-    out.append("<h2>Records and bytes per phase</h2>")
+    return _table(None, facts)
+
+
+def _figures(report: JobReport) -> str:
+    """Records and bytes per phase; the counters and the cost of a committed job."""
+    out = ["<h2>Records and bytes per phase</h2>"]
     out.append(_table(
         ("phase", "tasks", "committed", "attempts", "records in", "bytes in", "records out", "bytes out"),
         ((p.name, p.tasks, p.committed, p.attempts, _num(p.input_records), _bytes(p.input_bytes),
@@ -352,7 +356,7 @@ def render(report: JobReport) -> str:
         f"<h1>LambdaMR job {_e(report.job_id)}: <span class=\"state-{_e(report.state)}\">{_e(report.state)}</span></h1>"
         f"{_summary(report)}<h2>Timeline</h2>"
         f"<p class=\"legend\">{legend} (shaded rows: tasks with more than one attempt; hover a bar for "
-        f"details)</p>{note}{_timeline(report)}"
+        f"details)</p>{note}{_timeline(report)}{_figures(report)}"
         f"<p>Written {_e(time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))} from {_e(report.job_dir)}.</p>"
         "</body></html>\n"
     )
