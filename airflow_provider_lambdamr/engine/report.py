@@ -141,12 +141,13 @@ def _attempt(key: str, record: contract.StatusRecord) -> Attempt:
     stats = record.result.get("stats") or {}
     outputs = record.result.get("outputs") or []
     started = record.result.get("started_at")
+    duration = stats.get("duration_ms") if committed else record.duration_ms
     return Attempt(
-        key=key, attempt=record.attempt,
+        key=key, attempt=int(record.attempt),
         state="committed" if committed else ("cancelled" if record.error.kind == "cancelled" else "failed"),
         token=record.attempt_token, request_id=record.request_id,
         started_at=float(started) if isinstance(started, int | float) else None,
-        duration_ms=stats.get("duration_ms") if committed else record.duration_ms,
+        duration_ms=float(duration) if isinstance(duration, int | float) else None,
         records=sum(int(o.get("records", 0)) for o in outputs) if committed else None,
         bytes=sum(int(o.get("bytes", 0)) for o in outputs) if committed else None,
         error=record.error,
@@ -170,12 +171,13 @@ def collect(job_dir: str) -> JobReport:
         try:
             record = contract.StatusRecord.from_dict(data)
             task = _task_of(data)
+            attempt = _attempt(task.key, record)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"{uri} is not a LambdaMR status record: {err!r}") from None
         if record.job_id != job_id:
             continue
         task = tasks.setdefault(task.key, task)
-        task.attempts.append(_attempt(task.key, record))
+        task.attempts.append(attempt)
         if record.error is None:
             task.commit = data
     for task in tasks.values():
