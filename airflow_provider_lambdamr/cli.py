@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_service_commands(sub)
 
+    report = sub.add_parser("report", help="write a job's HTML report: a timeline of every task attempt")
+    report.add_argument("job_dir", metavar="JOB_DIR", help="the job directory (<job root>/<job id>)")
+    report.add_argument("--output", metavar="FILE_OR_URI",
+                        help="where to write the page (default: JOB_DIR/report.html)")
+
     gen = sub.add_parser("amplab-gen", help="generate Amplab uservisits/rankings text data")
     gen.add_argument("--output", required=True, metavar="URI",
                      help="directory URI; tables go to OUTPUT/<table>/")
@@ -492,6 +497,14 @@ def _cmd_service(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from airflow_provider_lambdamr.engine import report
+    from lambda_src import storage as st
+
+    print(report.write(st.normalize(args.job_dir), args.output))
+    return 0
+
+
 def _cmd_amplab_gen(args: argparse.Namespace) -> int:
     from airflow_provider_lambdamr.engine import amplab_gen
     from lambda_src import storage as st
@@ -550,6 +563,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_cleanup(args)
         if args.command == "iam":
             return _cmd_iam(args)
+        if args.command == "report":
+            return _cmd_report(args)
         return _cmd_amplab_gen(args)
     except (ValueError, OSError) as err:
         print(f"lambdamr: {err}", file=sys.stderr)

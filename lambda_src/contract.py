@@ -43,6 +43,8 @@ STATUS = "status"
 MAP = "map"
 REDUCE = "reduce"
 TASKS = "tasks"
+#: The job's HTML report (``lambdamr report``), when written into the job directory.
+REPORT = "report.html"
 #: The directories of intermediate data (runs, stored event lists), in every step's directory.
 INTERMEDIATE = (MAP, REDUCE, TASKS)
 #: Arrow IPC runs carry this suffix; runs without it are shuffle lines.
@@ -70,6 +72,11 @@ def step_scoped(index: int, key: str) -> str:
 
 def manifest_uri(job_dir: str) -> str:
     return st.join(job_dir, MANIFEST)
+
+
+def report_uri(job_dir: str) -> str:
+    """Where ``lambdamr report`` writes the job's report by default."""
+    return st.join(job_dir, REPORT)
 
 
 def failure_uri(job_dir: str) -> str:
@@ -201,7 +208,7 @@ def written_by_job(rel: str) -> bool:
         return (parts[0] in INTERMEDIATE and len(parts) > 1) or parts == [STEP_PLAN] or parts == [MAP_COMMIT]
     if parts[0] in (*INTERMEDIATE, STATUS):
         return len(parts) > 1
-    return parts in ([MANIFEST], [FAILURE], [MAP_COMMIT])
+    return parts in ([MANIFEST], [FAILURE], [MAP_COMMIT], [REPORT])
 
 
 # -- the event ---------------------------------------------------------------------------

@@ -293,7 +293,7 @@ def run(event: object, context: Any, spec_class: type[TaskSpec], body: Body) -> 
         record = contract.StatusRecord(
             job_id=ev.job_id, task=ev.task, state="failed", attempt=ev.attempt, attempt_token=token,
             request_id=request_id, error=failure, where=where,
-            duration_ms=round((time.time() - started) * 1000, 1),
+            duration_ms=round((time.time() - started) * 1000, 1), result={"started_at": round(started, 3)},
         )
         try:
             write_json(spec.failed_attempt_uri(token), record.to_dict())
@@ -310,7 +310,7 @@ def run(event: object, context: Any, spec_class: type[TaskSpec], body: Body) -> 
                             for k in after}
     record = contract.StatusRecord(
         job_id=ev.job_id, task=ev.task, state="succeeded", attempt=ev.attempt, attempt_token=token,
-        request_id=request_id, result=result,
+        request_id=request_id, result={**result, "started_at": round(started, 3)},
     ).to_dict()
     write_json(status_uri, record)
     log.info(
