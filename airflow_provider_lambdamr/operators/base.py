@@ -21,17 +21,28 @@ def lambdamr_template_fields(*template_fields: str) -> tuple[str, ...]:
     return tuple(sorted(set(AWS_TEMPLATE_FIELDS) | set(template_fields)))
 
 
-class LambdaMapReduceHookMixin:
-    """
-    The AWS connection of a LambdaMR operator or sensor, and the hook built from it.
-
-    Put it before ``BaseOperator`` / ``BaseSensorOperator`` in the bases.
-
+#: The docs of the connection keywords, appended to each task class's (``documents_connection``).
+CONNECTION_DOC = """
     :param aws_conn_id: The Airflow AWS connection (``s3://`` storage, Lambda); ``None`` uses
         boto3's default chain. (templated)
     :param region_name: AWS region; overrides the connection's. (templated)
     :param verify: Whether to verify TLS certificates, or a CA bundle path. (templated)
     :param botocore_config: botocore client configuration, as a dict.
+    """
+
+
+def documents_connection(cls: type) -> type:
+    """Class decorator: append the connection keywords' docs to ``cls``'s docstring."""
+    cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + CONNECTION_DOC.lstrip("\n")
+    return cls
+
+
+@documents_connection
+class LambdaMapReduceHookMixin:
+    """
+    The AWS connection of a LambdaMR operator or sensor, and the hook built from it.
+
+    Put it before ``BaseOperator`` / ``BaseSensorOperator`` in the bases.
     """
 
     template_fields = lambdamr_template_fields()

@@ -16,7 +16,11 @@ from airflow.sdk.exceptions import AirflowException
 from airflow_provider_lambdamr.engine import jobdir
 from airflow_provider_lambdamr.engine.driver import Driver, JobFailed, Progress
 from airflow_provider_lambdamr.engine.spec import JobSpec, default_text, load_spec
-from airflow_provider_lambdamr.operators.base import LambdaMapReduceHookMixin, lambdamr_template_fields
+from airflow_provider_lambdamr.operators.base import (
+    LambdaMapReduceHookMixin,
+    documents_connection,
+    lambdamr_template_fields,
+)
 from lambda_src import storage as st
 
 if TYPE_CHECKING:
@@ -284,6 +288,7 @@ class _LambdaMapReduceBase(LambdaMapReduceHookMixin, BaseOperator):
             runtime.close()
 
 
+@documents_connection
 class LambdaMapOperator(_LambdaMapReduceBase):
     """
     Plan a LambdaMR job, deploy its code (only when that version is new) and run its map tasks.
@@ -295,8 +300,6 @@ class LambdaMapOperator(_LambdaMapReduceBase):
     The job options are JobSpec's (``engine/spec.py``), as ``lambdamr run`` takes them; their
     documentation below is generated from the spec's field metadata.
 
-    :param aws_conn_id, region_name, verify, botocore_config: The AWS connection, for ``s3://``
-        storage and Lambda (``LambdaMapReduceHookMixin``; the first three templated).
     """
 
     template_fields: Sequence[str] = _templated(MAP_OPTIONS)
@@ -421,6 +424,7 @@ _MAP_DOCS = {
 LambdaMapOperator.__doc__ = options_doc(LambdaMapOperator, MAP_OPTIONS, _MAP_DOCS)
 
 
+@documents_connection
 class LambdaReduceOperator(_LambdaMapReduceBase):
     """
     Run the reducer rounds of a mapped LambdaMR job and commit its result.
@@ -435,8 +439,6 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
     manifest recorded them; any given here (not ``None``) replace them for this task.
 
     :param job_dir: The job's directory, e.g. ``map_task.output["job_dir"]``. (templated)
-    :param aws_conn_id, region_name, verify, botocore_config: The AWS connection, for ``s3://``
-        storage and Lambda (``LambdaMapReduceHookMixin``; the first three templated).
     :param result_asset: URI of the Asset to emit (default: the output's URI, so every run
         that writes an output updates that output's Asset). Either way the event goes through
         the task's AssetAlias outlet, ``lambdamr-result:<dag_id>:<task_id>`` (one per task, not
@@ -549,6 +551,7 @@ LambdaReduceOperator.__doc__ = options_doc(
     " Default: as the map task recorded it.")
 
 
+@documents_connection
 class LambdaMapReduceCleanupOperator(LambdaMapReduceHookMixin, BaseOperator):
     """
     Delete a LambdaMR job's intermediates (map and reduce runs), or everything the job wrote
@@ -563,8 +566,6 @@ class LambdaMapReduceCleanupOperator(LambdaMapReduceHookMixin, BaseOperator):
         newest alias (``aws`` runtime).
     :param delete_log_groups: Delete the functions' CloudWatch log groups.
     :param function_prefix: Functions are ``<prefix>-mapper`` / ``<prefix>-reducer``.
-    :param aws_conn_id, region_name, verify, botocore_config: The AWS connection, for ``s3://``
-        storage and Lambda (``LambdaMapReduceHookMixin``; the first three templated).
     """
 
     template_fields: Sequence[str] = lambdamr_template_fields("function_prefix", "job_dir")

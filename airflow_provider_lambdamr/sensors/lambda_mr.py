@@ -11,7 +11,11 @@ from airflow.sdk import BaseSensorOperator, conf
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_lambdamr.hooks.job_state import PHASES
-from airflow_provider_lambdamr.operators.base import LambdaMapReduceHookMixin, lambdamr_template_fields
+from airflow_provider_lambdamr.operators.base import (
+    LambdaMapReduceHookMixin,
+    documents_connection,
+    lambdamr_template_fields,
+)
 from airflow_provider_lambdamr.triggers.lambda_mr import LambdaMapReducePhaseTrigger
 from lambda_src import storage as st
 
@@ -19,6 +23,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
+@documents_connection
 class LambdaMapReduceSensor(LambdaMapReduceHookMixin, BaseSensorOperator):
     """
     Wait until a phase of a LambdaMR job is complete; fail if the job failed.
@@ -27,8 +32,6 @@ class LambdaMapReduceSensor(LambdaMapReduceHookMixin, BaseSensorOperator):
     :param phase: ``map`` (every map task committed) or ``reduce`` (the job committed).
     :param deferrable: Wait in the triggerer instead of a worker slot (default:
         ``[operators] default_deferrable``).
-    :param aws_conn_id, region_name, verify, botocore_config: The AWS connection, for ``s3://``
-        storage (``LambdaMapReduceHookMixin``; the first three templated).
     """
 
     template_fields: Sequence[str] = lambdamr_template_fields("job_dir")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+if TYPE_CHECKING:
+    from airflow_provider_lambdamr.hooks.job_state import JobStateReader
 
 
 class LambdaMapReducePhaseTrigger(BaseTrigger):
@@ -65,14 +68,14 @@ class LambdaMapReducePhaseTrigger(BaseTrigger):
             },
         )
 
-    def reader(self):
+    def reader(self) -> JobStateReader:
         """This trigger's reader of the job state, with a client of its own."""
         from airflow_provider_lambdamr.hooks.lambda_mr import LambdaMapReduceHook
 
         return LambdaMapReduceHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify,
                                    botocore_config=self.botocore_config).job_state_reader()
 
-    async def _check(self, reader) -> dict | None:
+    async def _check(self, reader: JobStateReader) -> dict | None:
         from lambda_src import storage as st
 
         state = await reader.phase_state(st.normalize(self.job_dir), self.phase)
