@@ -294,7 +294,8 @@ class Driver:
             {"index": i, "outputs": r.get("outputs", []), "stats": r.get("stats", {})}
             for i, r in enumerate(ordered)
         ]
-        # The map invocations this driver made, for a commit in another process (a separate reduce task).
+        # The map invocations this driver has made so far: step 1's, for a commit in another process
+        # (a separate reduce task) to add up.
         self._write_json(contract.map_commit_uri(self.job_dir, step),
                          {"job_id": self.spec.job_id, "tasks": outputs, "invocations": asdict(self.stats["map"])})
         self._add_timing("map", time.time() - t0)
