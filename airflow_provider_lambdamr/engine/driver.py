@@ -17,7 +17,7 @@ import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from airflow_provider_lambdamr import __version__
 from airflow_provider_lambdamr.engine import cost as cost_model
@@ -101,6 +101,11 @@ class _Stats:
             self.durations_ms.append(res.duration_ms)
         else:
             self.failures += 1
+
+    def __add__(self, other: _Stats) -> _Stats:
+        return _Stats(self.durations_ms + other.durations_ms, self.billed_ms + other.billed_ms,
+                      max(self.peak_memory_mb, other.peak_memory_mb), self.invocations + other.invocations,
+                      self.failures + other.failures, self.cold_starts + other.cold_starts)
 
     def summary(self) -> dict:
         d = sorted(self.durations_ms)
@@ -289,7 +294,10 @@ class Driver:
             {"index": i, "outputs": r.get("outputs", []), "stats": r.get("stats", {})}
             for i, r in enumerate(ordered)
         ]
-        self._write_json(contract.map_commit_uri(self.job_dir, step), {"job_id": self.spec.job_id, "tasks": outputs})
+        # The map invocations this driver has made so far: step 1's, for a commit in another process
+        # (a separate reduce task) to add up.
+        self._write_json(contract.map_commit_uri(self.job_dir, step),
+                         {"job_id": self.spec.job_id, "tasks": outputs, "invocations": asdict(self.stats["map"])})
         self._add_timing("map", time.time() - t0)
         return ordered
 
@@ -436,8 +444,12 @@ class Driver:
     def commit(self, map_records: list[dict] | None = None) -> dict:
         """Write ``_SUCCESS`` (counts, bytes, durations, task statistics); clean up."""
         manifest = self._require_manifest()
-        if map_records is None:
+        stats = dict(self.stats)
+        if map_records is None:  # the first map phase ran in another driver: add the invocations it recorded
             map_records = self._load_map_commit()
+            recorded = json.loads(self.store.read_bytes(contract.map_commit_uri(self.job_dir))).get("invocations")
+            if recorded:
+                stats["map"] = _Stats(**recorded) + self.stats["map"]
         later_maps = [self._load_map_commit(k) for k in range(1, self.step_count)]
         step_reduces = [] if self.map_only else [
             self._read_statuses(contract.status_prefix(k, REDUCE)) for k in range(self.step_count)
@@ -483,7 +495,7 @@ class Driver:
                 "reduce": sum(len(r) for r in step_reduces),
                 "map_modes": dict(collections.Counter(s.get("mode", "record") for s in mstats)),
             },
-            "invocations": {phase: s.summary() for phase, s in self.stats.items()},
+            "invocations": {phase: s.summary() for phase, s in stats.items()},
             "speculative_attempts": self.speculative_attempts,
             "durations_s": {
                 **self.timings,

@@ -11,6 +11,7 @@ from airflow.sdk import BaseHook
 from airflow_provider_lambdamr.engine.driver import Driver, Progress
 from airflow_provider_lambdamr.engine.runtimes import Runtime, create_runtime
 from airflow_provider_lambdamr.engine.spec import JobSpec
+from airflow_provider_lambdamr.hooks.job_state import JobStateReader
 from lambda_src import storage as st
 
 
@@ -59,6 +60,10 @@ class LambdaMapReduceHook(BaseHook):
             verify=self.verify,
             config=self.botocore_config,
         )
+
+    def job_state_reader(self) -> JobStateReader:
+        """A reader of jobs' phase state through this hook's own S3 client, not the process's."""
+        return JobStateReader(lambda: self.s3_hook.conn)
 
     def configure_storage(self, spec: JobSpec) -> None:
         """Route this process's ``s3://`` access through the connection, if the job uses S3."""

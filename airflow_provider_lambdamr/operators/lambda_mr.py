@@ -8,7 +8,6 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, AssetAlias, BaseOperator, BaseOperatorLink
@@ -17,7 +16,11 @@ from airflow.sdk.exceptions import AirflowException
 from airflow_provider_lambdamr.engine import jobdir
 from airflow_provider_lambdamr.engine.driver import Driver, JobFailed, Progress
 from airflow_provider_lambdamr.engine.spec import JobSpec, default_text, load_spec
-from airflow_provider_lambdamr.hooks.lambda_mr import LambdaMapReduceHook
+from airflow_provider_lambdamr.operators.base import (
+    LambdaMapReduceHookMixin,
+    documents_connection,
+    lambdamr_template_fields,
+)
 from lambda_src import storage as st
 
 if TYPE_CHECKING:
@@ -107,7 +110,10 @@ def normalize_inputs(inputs: str | Sequence[str] | dict[str, str | Sequence[str]
 
 
 class LambdaMapReduceResultLink(BaseOperatorLink):
-    """Where the job's result is: the S3 console for ``s3://``, else the result's URI."""
+    """
+    The job's ``s3://`` result in the S3 console. A local result has no link: the Airflow UI
+    renders only ``http(s):``, ``mailto:`` and same-origin links, never a ``file://`` one.
+    """
 
     name = "LambdaMR Result"
     key = "lambdamr_result"
@@ -124,7 +130,7 @@ class LambdaMapReduceResultLink(BaseOperatorLink):
                 f"https://{region}.console.aws.amazon.com/s3/buckets/{bucket}"
                 f"?region={region}&prefix={key.rstrip('/')}/"
             )
-        return output
+        return ""
 
 
 class _AwsConsoleLink(BaseOperatorLink):
@@ -169,12 +175,20 @@ class LambdaMapReduceTraceLink(_AwsConsoleLink):
 
 
 def _xcom_link_value(ti_key: TaskInstanceKey, key: str) -> dict | None:
+    """What the operator pushed for a link: None when it pushed nothing (``_declare_links``)."""
     from airflow.sdk.execution_time.xcom import XCom
 
-    try:
-        return XCom.get_value(ti_key=ti_key, key=key)
-    except Exception:
-        return None
+    return XCom.get_value(ti_key=ti_key, key=key)
+
+
+def _declare_links(context: Context, links: Sequence[BaseOperatorLink]) -> None:
+    """Push every link's XCom key, empty, before the task does anything: Airflow calls
+    ``get_link`` however the task ended, and reading a key never pushed logs an
+    ``XCom not found`` error (``airflow.sdk.api.client.XComOperations.get``)."""
+    ti = context.get("ti")
+    if ti is not None:
+        for link in links:
+            ti.xcom_push(key=link.key, value=None)
 
 
 def _kwarg(f: dataclasses.Field) -> str:
@@ -207,41 +221,20 @@ def options_doc(cls: type, fields: Sequence[dataclasses.Field], overrides: Mappi
 
 
 def _templated(fields: Sequence[dataclasses.Field], *extra: str) -> tuple[str, ...]:
-    return tuple(sorted({_kwarg(f) for f in fields if f.metadata["option"].templated} | set(extra)))
+    return lambdamr_template_fields(*{_kwarg(f) for f in fields if f.metadata["option"].templated}, *extra)
 
 
-class _LambdaMapReduceBase(BaseOperator):
-    """What the map and reduce operators share: the hook, progress logging, on_kill."""
+class _LambdaMapReduceBase(LambdaMapReduceHookMixin, BaseOperator):
+    """What the map and reduce operators share: the connection, progress logging, on_kill."""
 
-    def __init__(
-        self,
-        *,
-        aws_conn_id: str | None = "aws_default",
-        region_name: str | None = None,
-        verify: bool | str | None = None,
-        botocore_config: dict | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.aws_conn_id = aws_conn_id
-        self.region_name = region_name
-        self.verify = verify
-        self.botocore_config = botocore_config
         self._runtime = None
 
     def _store_options(self, fields: Sequence[dataclasses.Field], values: Mapping[str, Any]) -> None:
         """Keep the operator keywords of ``fields`` (from the caller's ``locals()``) as attributes."""
         for f in fields:
             setattr(self, _kwarg(f), values[_kwarg(f)])
-
-    @cached_property
-    def hook(self) -> LambdaMapReduceHook:
-        return LambdaMapReduceHook(
-            aws_conn_id=self.aws_conn_id,
-            region_name=self.region_name,
-            verify=self.verify,
-            botocore_config=self.botocore_config,
-        )
 
     def _keeps_committed(self, spec: JobSpec, done: dict) -> bool:
         """Whether the job's committed result stands (``recompute`` is off); says which in the log."""
@@ -295,6 +288,7 @@ class _LambdaMapReduceBase(BaseOperator):
             runtime.close()
 
 
+@documents_connection
 class LambdaMapOperator(_LambdaMapReduceBase):
     """
     Plan a LambdaMR job, deploy its code (only when that version is new) and run its map tasks.
@@ -306,13 +300,9 @@ class LambdaMapOperator(_LambdaMapReduceBase):
     The job options are JobSpec's (``engine/spec.py``), as ``lambdamr run`` takes them; their
     documentation below is generated from the spec's field metadata.
 
-    :param aws_conn_id: Airflow AWS connection for ``s3://`` storage and Lambda.
-    :param region_name: AWS region. (templated)
-    :param verify: TLS verification for AWS calls.
-    :param botocore_config: botocore client configuration, as a dict.
     """
 
-    template_fields: Sequence[str] = _templated(MAP_OPTIONS, "region_name")
+    template_fields: Sequence[str] = _templated(MAP_OPTIONS)
     operator_extra_links = (LambdaMapReduceFunctionLink(), LambdaMapReduceTraceLink())
     ui_color = "#f5b26b"
 
@@ -372,6 +362,7 @@ class LambdaMapOperator(_LambdaMapReduceBase):
             raise AirflowException(f"Invalid LambdaMR job for task {self.task_id}: {err}") from None
 
     def execute(self, context: Context) -> dict:
+        _declare_links(context, self.operator_extra_links)
         spec = self.build_spec(context)
         self.log.info("LambdaMR job %s: %s -> %s", spec.job_id, spec.job_ref, spec.output)
         # Before any work, so downstream cleanup finds the job even if this task fails.
@@ -433,6 +424,7 @@ _MAP_DOCS = {
 LambdaMapOperator.__doc__ = options_doc(LambdaMapOperator, MAP_OPTIONS, _MAP_DOCS)
 
 
+@documents_connection
 class LambdaReduceOperator(_LambdaMapReduceBase):
     """
     Run the reducer rounds of a mapped LambdaMR job and commit its result.
@@ -447,18 +439,15 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
     manifest recorded them; any given here (not ``None``) replace them for this task.
 
     :param job_dir: The job's directory, e.g. ``map_task.output["job_dir"]``. (templated)
-    :param aws_conn_id: Airflow AWS connection for ``s3://`` storage and Lambda.
-    :param region_name: AWS region. (templated)
-    :param verify: TLS verification for AWS calls.
-    :param botocore_config: botocore client configuration, as a dict.
-    :param result_asset: URI of the Asset to emit (default: the output's URI). Either way the
-        event goes through the task's AssetAlias outlet (``lambdamr-result-<task_id>``), which
-        lets a run that computed nothing emit nothing: a concrete Asset in ``outlets`` gets an
-        event on every successful run.
+    :param result_asset: URI of the Asset to emit (default: the output's URI, so every run
+        that writes an output updates that output's Asset). Either way the event goes through
+        the task's AssetAlias outlet, ``lambdamr-result:<dag_id>:<task_id>`` (one per task, not
+        one shared by every DAG), which lets a run that computed nothing emit nothing: a
+        concrete Asset in ``outlets`` gets an event on every successful run.
     """
 
     template_fields: Sequence[str] = _templated(
-        [f for f in REDUCE_OPTIONS if f.metadata["option"].runtime], "job_dir", "region_name")
+        [f for f in REDUCE_OPTIONS if f.metadata["option"].runtime], "job_dir")
     operator_extra_links = (
         LambdaMapReduceResultLink(),
         LambdaMapReduceFunctionLink(),
@@ -486,10 +475,13 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
         code_uri: str | None = None,
         **kwargs: Any,
     ) -> None:
-        self.alias = AssetAlias(f"lambdamr-result-{kwargs.get('task_id', 'reduce')}")
         self._result_asset = Asset(result_asset) if result_asset else None  # validated at parse time
-        kwargs.setdefault("outlets", [self.alias])
+        outlets_given = "outlets" in kwargs
         super().__init__(**kwargs)
+        # ":" is in no DAG or task id, so no two tasks share an alias
+        self.alias = AssetAlias(f"lambdamr-result:{self.dag_id}:{self.task_id}")
+        if not outlets_given:
+            self.outlets = [self.alias]
         self.job_dir = job_dir
         self.result_asset = result_asset
         self._store_options(REDUCE_OPTIONS, locals())
@@ -502,6 +494,7 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
             raise AirflowException(f"LambdaMR reduce task {self.task_id}: {err}") from None
 
     def execute(self, context: Context) -> dict:
+        _declare_links(context, self.operator_extra_links)
         spec = self.load_spec()
 
         def phase(driver: Driver) -> tuple[dict, bool]:
@@ -558,7 +551,8 @@ LambdaReduceOperator.__doc__ = options_doc(
     " Default: as the map task recorded it.")
 
 
-class LambdaMapReduceCleanupOperator(BaseOperator):
+@documents_connection
+class LambdaMapReduceCleanupOperator(LambdaMapReduceHookMixin, BaseOperator):
     """
     Delete a LambdaMR job's intermediates (map and reduce runs), or everything the job wrote
     in its directory.
@@ -572,13 +566,9 @@ class LambdaMapReduceCleanupOperator(BaseOperator):
         newest alias (``aws`` runtime).
     :param delete_log_groups: Delete the functions' CloudWatch log groups.
     :param function_prefix: Functions are ``<prefix>-mapper`` / ``<prefix>-reducer``.
-    :param aws_conn_id: Airflow AWS connection for ``s3://`` storage.
-    :param region_name: AWS region. (templated)
-    :param verify: TLS verification for AWS calls.
-    :param botocore_config: botocore client configuration, as a dict.
     """
 
-    template_fields: Sequence[str] = ("function_prefix", "job_dir", "region_name")
+    template_fields: Sequence[str] = lambdamr_template_fields("function_prefix", "job_dir")
 
     def __init__(
         self,
@@ -588,10 +578,6 @@ class LambdaMapReduceCleanupOperator(BaseOperator):
         prune_functions: bool = False,
         delete_log_groups: bool = False,
         function_prefix: str = "lambdamr",
-        aws_conn_id: str | None = "aws_default",
-        region_name: str | None = None,
-        verify: bool | str | None = None,
-        botocore_config: dict | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -600,17 +586,10 @@ class LambdaMapReduceCleanupOperator(BaseOperator):
         self.prune_functions = prune_functions
         self.delete_log_groups = delete_log_groups
         self.function_prefix = function_prefix
-        self.aws_conn_id = aws_conn_id
-        self.region_name = region_name
-        self.verify = verify
-        self.botocore_config = botocore_config
 
     def execute(self, context: Context) -> int:
         job_dir = st.normalize(self.job_dir)
-        hook = LambdaMapReduceHook(
-            aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify,
-            botocore_config=self.botocore_config,
-        )
+        hook = self.hook
         hook.configure_storage_for(job_dir)
         if self.prune_functions or self.delete_log_groups:
             from airflow_provider_lambdamr.engine.runtimes import aws

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -9,18 +10,21 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, conf
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_lambdamr.engine.driver import phase_state
-from airflow_provider_lambdamr.hooks.lambda_mr import LambdaMapReduceHook
+from airflow_provider_lambdamr.hooks.job_state import PHASES
+from airflow_provider_lambdamr.operators.base import (
+    LambdaMapReduceHookMixin,
+    documents_connection,
+    lambdamr_template_fields,
+)
 from airflow_provider_lambdamr.triggers.lambda_mr import LambdaMapReducePhaseTrigger
 from lambda_src import storage as st
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-PHASES = ("map", "reduce")
 
-
-class LambdaMapReduceSensor(BaseSensorOperator):
+@documents_connection
+class LambdaMapReduceSensor(LambdaMapReduceHookMixin, BaseSensorOperator):
     """
     Wait until a phase of a LambdaMR job is complete; fail if the job failed.
 
@@ -28,10 +32,9 @@ class LambdaMapReduceSensor(BaseSensorOperator):
     :param phase: ``map`` (every map task committed) or ``reduce`` (the job committed).
     :param deferrable: Wait in the triggerer instead of a worker slot (default:
         ``[operators] default_deferrable``).
-    :param aws_conn_id: Airflow AWS connection for ``s3://`` storage.
     """
 
-    template_fields: Sequence[str] = ("job_dir",)
+    template_fields: Sequence[str] = lambdamr_template_fields("job_dir")
     ui_color = "#fbe3b5"
 
     def __init__(
@@ -40,7 +43,6 @@ class LambdaMapReduceSensor(BaseSensorOperator):
         job_dir: str,
         phase: str = "map",
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        aws_conn_id: str | None = "aws_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -49,12 +51,10 @@ class LambdaMapReduceSensor(BaseSensorOperator):
         self.job_dir = job_dir
         self.phase = phase
         self.deferrable = deferrable
-        self.aws_conn_id = aws_conn_id
 
     def poke(self, context: Context) -> bool:
-        job_dir = st.normalize(self.job_dir)
-        LambdaMapReduceHook(aws_conn_id=self.aws_conn_id).configure_storage_for(job_dir)
-        state = phase_state(job_dir, self.phase)
+        reader = self.hook.job_state_reader()
+        state = asyncio.run(reader.phase_state(st.normalize(self.job_dir), self.phase))
         if state.failure:
             raise AirflowException(f"LambdaMR job failed: {state.failure.get('message')}")
         self.log.info("%s phase: %d/%d tasks", self.phase, state.done, state.total)
@@ -71,7 +71,7 @@ class LambdaMapReduceSensor(BaseSensorOperator):
                 phase=self.phase,
                 poll_interval=self.poke_interval,
                 timeout=self.timeout,
-                aws_conn_id=self.aws_conn_id,
+                **self.hook_parameters,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout),

@@ -5,22 +5,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+if TYPE_CHECKING:
+    from airflow_provider_lambdamr.hooks.job_state import JobStateReader
 
 
 class LambdaMapReducePhaseTrigger(BaseTrigger):
     """
     Poll a job's status records until a phase completes, fails, or the deadline passes.
 
-    Storage calls are blocking (boto3), so they run in a thread, off the event loop.
+    Each trigger reads through a storage client of its own, made from its connection
+    (``LambdaMapReduceHook.job_state_reader``): triggers of different connections in one
+    triggerer never share one.
 
     :param job_dir: The job's directory.
     :param phase: ``map`` (all map tasks committed) or ``reduce`` (the job committed).
     :param poll_interval: Seconds between checks.
     :param timeout: Seconds until an error event; the trigger enforces it itself.
     :param aws_conn_id: Airflow AWS connection for ``s3://`` storage.
+    :param region_name: AWS region; overrides the connection's.
+    :param verify: Whether to verify TLS certificates, or a CA bundle path.
+    :param botocore_config: botocore client configuration, as a dict.
     """
 
     def __init__(
@@ -31,6 +39,9 @@ class LambdaMapReducePhaseTrigger(BaseTrigger):
         poll_interval: float = 10.0,
         timeout: float = 3600.0,
         aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+        verify: bool | str | None = None,
+        botocore_config: dict | None = None,
     ) -> None:
         super().__init__()
         self.job_dir = job_dir
@@ -38,6 +49,9 @@ class LambdaMapReducePhaseTrigger(BaseTrigger):
         self.poll_interval = poll_interval
         self.timeout = timeout
         self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
+        self.verify = verify
+        self.botocore_config = botocore_config
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -48,16 +62,23 @@ class LambdaMapReducePhaseTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "timeout": self.timeout,
                 "aws_conn_id": self.aws_conn_id,
+                "region_name": self.region_name,
+                "verify": self.verify,
+                "botocore_config": self.botocore_config,
             },
         )
 
-    def _check(self) -> dict | None:
-        from airflow_provider_lambdamr.engine.driver import phase_state
+    def reader(self) -> JobStateReader:
+        """This trigger's reader of the job state, with a client of its own."""
         from airflow_provider_lambdamr.hooks.lambda_mr import LambdaMapReduceHook
+
+        return LambdaMapReduceHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify,
+                                   botocore_config=self.botocore_config).job_state_reader()
+
+    async def _check(self, reader: JobStateReader) -> dict | None:
         from lambda_src import storage as st
 
-        LambdaMapReduceHook(aws_conn_id=self.aws_conn_id).configure_storage_for(st.normalize(self.job_dir))
-        state = phase_state(st.normalize(self.job_dir), self.phase)
+        state = await reader.phase_state(st.normalize(self.job_dir), self.phase)
         if state.failure:
             return {"status": "error", "message": state.failure.get("message", "the job failed"),
                     "job_dir": self.job_dir, "phase": self.phase}
@@ -69,9 +90,10 @@ class LambdaMapReducePhaseTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = time.monotonic() + self.timeout
+        reader = self.reader()
         while True:
             try:
-                event = await asyncio.to_thread(self._check)
+                event = await self._check(reader)
             except Exception as err:
                 event = {"status": "error", "message": f"{type(err).__name__}: {err}",
                          "job_dir": self.job_dir, "phase": self.phase}

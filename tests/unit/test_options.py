@@ -126,9 +126,10 @@ MAP_OPTIONS_WITH_OWN_DOCS = ("inputs", "job_id", "params", "recompute")
 
 def test_template_fields_are_the_templated_options():
     templated = {_kwarg(f) for f in MAP_OPTIONS if f.metadata["option"].templated}
-    assert set(LambdaMapOperator.template_fields) == templated | {"region_name"}
+    connection = {"aws_conn_id", "region_name", "verify"}  # templated on every task, as amazon's are
+    assert set(LambdaMapOperator.template_fields) == templated | connection
     runtime_templated = {_kwarg(f) for f in OPTIONS if f.metadata["option"].runtime and f.metadata["option"].templated}
-    assert set(LambdaReduceOperator.template_fields) == runtime_templated | {"job_dir", "region_name"}
+    assert set(LambdaReduceOperator.template_fields) == runtime_templated | {"job_dir"} | connection
 
 
 def test_runtime_choices_come_from_the_registry():
