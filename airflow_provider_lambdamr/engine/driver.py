@@ -13,16 +13,24 @@ import collections
 import contextlib
 import json
 import logging
-import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from airflow_provider_lambdamr import __version__
 from airflow_provider_lambdamr.engine import cost as cost_model
-from airflow_provider_lambdamr.engine import jobdir, packaging, planner
+from airflow_provider_lambdamr.engine import jobdir, jobstate, packaging, planner
+from airflow_provider_lambdamr.engine import rounds as rounds_mod
+from airflow_provider_lambdamr.engine.jobstate import PhaseState, phase_state  # noqa: F401 - re-exported
 from airflow_provider_lambdamr.engine.runtimes.base import InvocationResult, Runtime
+from airflow_provider_lambdamr.engine.scheduler import (
+    DeadlinePassed,
+    InvocationStats,
+    Policy,
+    Scheduler,
+    Task,
+    TaskFailed,
+)
 from airflow_provider_lambdamr.engine.spec import JobSpec
 from airflow_provider_lambdamr.engine.tracing import JobTracer
 from lambda_src import contract
@@ -35,7 +43,6 @@ log = logging.getLogger(__name__)
 
 #: Events above this size carry their lists through storage (Lambda's async limit is 256 KB).
 MAX_INLINE_EVENT = 200 * 1024
-POLL_S = 0.5
 #: A worker killed with at least this share of its memory in use most likely ran out of it.
 NEAR_MEMORY_LIMIT = 0.9
 
@@ -69,55 +76,6 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 
 
-@dataclass
-class _Task:
-    key: str
-    spec: TaskSpec
-    describe: str
-    input_desc: str
-    bytes: int = 0
-    attempts: int = 0
-    errors: list[str] = field(default_factory=list)
-    done: bool = False
-    speculated: bool = False
-    meta: dict = field(default_factory=dict)
-
-
-@dataclass
-class _Stats:
-    durations_ms: list[float] = field(default_factory=list)
-    billed_ms: int = 0
-    peak_memory_mb: float = 0.0
-    invocations: int = 0
-    failures: int = 0
-    cold_starts: int = 0
-
-    def add(self, res: InvocationResult) -> None:
-        self.invocations += 1
-        self.billed_ms += res.billed_ms
-        self.peak_memory_mb = max(self.peak_memory_mb, res.max_memory_mb)
-        self.cold_starts += int(res.cold_start)
-        if res.ok:
-            self.durations_ms.append(res.duration_ms)
-        else:
-            self.failures += 1
-
-    def summary(self) -> dict:
-        d = sorted(self.durations_ms)
-        return {
-            "invocations": self.invocations,
-            "failed_invocations": self.failures,
-            "cold_starts": self.cold_starts,
-            "billed_ms": self.billed_ms,
-            "peak_memory_mb": round(self.peak_memory_mb, 1),
-            "task_ms": {
-                "min": round(d[0], 1) if d else 0,
-                "median": round(statistics.median(d), 1) if d else 0,
-                "max": round(d[-1], 1) if d else 0,
-            },
-        }
-
-
 class Driver:
     """Runs one job on one runtime. ``run()`` does every phase; phases can run apart."""
 
@@ -137,7 +95,7 @@ class Driver:
         self.out_store = st.for_uri(spec.output)
         self.manifest: dict | None = None
         self.package: packaging.CodePackage | None = None
-        self.stats = {"map": _Stats(), "reduce": _Stats()}
+        self.stats = {"map": InvocationStats(), "reduce": InvocationStats()}
         self.timings: dict[str, float] = {}
         self._deployed = False
         self._last_report: tuple | None = None
@@ -258,9 +216,11 @@ class Driver:
         else:
             tasks_spec = self._later_step_inputs(step)
             bytes_total = sum(b for _, b in tasks_spec)
-        done = self._read_statuses(contract.status_prefix(step, MAP))
+        prefix = contract.status_prefix(step, MAP)
+        listing = jobstate.list_statuses(self.job_dir, prefix)
+        done = jobstate.read_records(self.job_dir, listing.committed)
         records: dict[int, dict] = {}
-        todo: list[_Task] = []
+        todo: list[Task] = []
         count = len(tasks_spec)
         for index, item in enumerate(tasks_spec):
             key = contract.map_status_key(step, index)
@@ -274,22 +234,17 @@ class Driver:
         if done:
             log.info("%s: %d of %d tasks already done; running %d", phase, len(records), count, len(todo))
 
-        def finished(task: _Task, record: dict) -> list[_Task]:
+        def finished(task: Task, record: dict) -> list[Task]:
             records[task.meta["index"]] = record
             return []
 
-        with self.tracer.phase(phase) as header:
-            self._trace_header = header
-            self._execute(phase, todo, finished, total=count, already=len(records), bytes_total=bytes_total,
-                          bytes_already=sum(int(r.get("stats", {}).get("input_bytes", 0)) for r in records.values()))
+        self._execute(phase, todo, finished, listing.failed_attempts, total=count, already=len(records),
+                      bytes_total=bytes_total,
+                      bytes_already=sum(int(r.get("stats", {}).get("input_bytes", 0)) for r in records.values()))
         ordered = [records[i] for i in range(count)]
         if step == 0:
             self._check_bad_record_budget(ordered)
-        outputs = [
-            {"index": i, "outputs": r.get("outputs", []), "stats": r.get("stats", {})}
-            for i, r in enumerate(ordered)
-        ]
-        self._write_json(contract.map_commit_uri(self.job_dir, step), {"job_id": self.spec.job_id, "tasks": outputs})
+        jobstate.write_map_commit(self.job_dir, self.spec.job_id, step, ordered)
         self._add_timing("map", time.time() - t0)
         return ordered
 
@@ -325,48 +280,19 @@ class Driver:
         a resumed driver must give each task index the same runs, even if a late duplicate
         attempt has since rewritten a final status record.
         """
-        uri = contract.step_plan_uri(self.job_dir, step)
-        try:
-            pinned = json.loads(self.store.read_bytes(uri))
-        except st.NotFound:
-            pinned = None
+        pinned = jobstate.read_step_plan(self.job_dir, step)
         if pinned is not None:
-            return [(list(t["runs"]), int(t["bytes"])) for t in pinned["tasks"]]
-        tasks = self._pack_final_runs(step)
-        self._write_json(uri, {"job_id": self.spec.job_id, "step": step + 1,
-                               "tasks": [{"runs": runs, "bytes": size} for runs, size in tasks]})
-        return tasks
-
-    def _pack_final_runs(self, step: int) -> list[tuple[list[str], int]]:
-        finals = self._final_records(step - 1)
+            return pinned
+        finals = jobstate.final_records(self.job_dir, step - 1)
         if len(finals) < self.step_partitions[step - 1]:
             raise JobFailed(
                 f"step {step} of job {self.spec.job_id} has not finished: {len(finals)} of "
                 f"{self.step_partitions[step - 1]} partitions have a final result",
                 phase=self._phase_name("reduce", step - 1),
             )
-        runs = [
-            (o["uri"], int(o.get("bytes", 0)))
-            for _, rec in sorted(finals.items()) for o in rec.get("outputs", [])
-            if o.get("records", 0) > 0
-        ]
-        tasks: list[tuple[list[str], int]] = []
-        limit = max(1, self.spec.split_size)
-        for uri, size in runs:
-            if tasks and tasks[-1][1] + size <= limit and len(tasks[-1][0]) < self.spec.max_files_per_task:
-                tasks[-1][0].append(uri)
-                tasks[-1] = (tasks[-1][0], tasks[-1][1] + size)
-            else:
-                tasks.append(([uri], size))
+        tasks = rounds_mod.pack_final_runs(finals, self.spec.split_size, self.spec.max_files_per_task)
+        jobstate.write_step_plan(self.job_dir, self.spec.job_id, step, tasks)
         return tasks
-
-    def _final_records(self, step: int) -> dict[int, dict]:
-        """The committed final-round status records of a step's reduce, by partition."""
-        return {
-            int(r["task"]["partition"]): r
-            for r in self._read_statuses(contract.status_prefix(step, REDUCE)).values()
-            if r.get("task", {}).get("final")
-        }
 
     def run_reduce(self, map_records: list[dict] | None = None, step: int = 0) -> list[dict]:
         """Run a step's reduce rounds until one output per partition remains."""
@@ -377,61 +303,64 @@ class Driver:
         if map_records is None:
             map_records = self._load_map_commit(step)
         phase = self._phase_name("reduce", step)
-        partitions = self.step_partitions[step]
-        fan_in = manifest["spec"]["fan_in"]
-        runs: list[list[str]] = [[] for _ in range(partitions)]
-        for rec in map_records:
-            for out in rec.get("outputs", []):
-                if out.get("records", 0) > 0:
-                    runs[int(out["partition"])].append(out["uri"])
-        done = self._read_statuses(contract.status_prefix(step, REDUCE))
-        finals: dict[int, dict] = {}
-        state = {p: _PartitionRounds(p, runs[p], fan_in, step) for p in range(partitions)}
-        total_tasks = sum(s.expected_tasks() for s in state.values())
+        listing = jobstate.list_statuses(self.job_dir, contract.status_prefix(step, REDUCE))
+        done = jobstate.read_records(self.job_dir, listing.committed)
+        plan = rounds_mod.ReduceRounds(map_records, self.step_partitions[step], manifest["spec"]["fan_in"],
+                                       step, done)
 
-        def tasks_for(p: int) -> list[_Task]:
-            """Next runnable tasks of partition p, skipping those already done."""
-            rounds = state[p]
-            while True:
-                new = []
-                for group, inputs in rounds.pending_groups():
-                    key = rounds.status_key(group)
-                    if key in done:
-                        rounds.complete(group, done[key])
-                        if rounds.final:
-                            finals[p] = done[key]
-                        continue
-                    new.append(self._reduce_task(step, p, rounds, group, inputs))
-                if new or rounds.finished:
-                    return new
-                rounds.advance()
+        def tasks(pending: list[rounds_mod.Pending]) -> list[Task]:
+            return [self._reduce_task(step, rounds, group, inputs) for rounds, group, inputs in pending]
 
-        def finished(task: _Task, record: dict) -> list[_Task]:
-            p = task.meta["partition"]
-            rounds = state[p]
-            rounds.complete(task.meta["group"], record)
-            if rounds.final and rounds.round_complete():
-                finals[p] = record
-                rounds.finished = True
-                return []
-            if rounds.round_complete():
-                rounds.advance()
-                return tasks_for(p)
-            return []
+        def finished(task: Task, record: dict) -> list[Task]:
+            return tasks(plan.complete(task.meta["partition"], task.meta["group"], record))
 
-        initial: list[_Task] = []
-        for p in range(partitions):
-            initial.extend(tasks_for(p))
         already = len(done)
-        with self.tracer.phase(phase) as header:
-            self._trace_header = header
-            self._execute(phase, initial, finished, total=max(total_tasks, already), already=already,
-                          bytes_total=0, bytes_already=0)
-        missing = [p for p in range(partitions) if p not in finals]
+        self._execute(phase, tasks(plan.start()), finished, listing.failed_attempts,
+                      total=max(plan.expected_tasks(), already), already=already, bytes_total=0, bytes_already=0)
+        missing = plan.missing()
         if missing:
             raise JobFailed(f"{phase} finished without a result for partitions {missing}", phase=phase)
         self._add_timing("reduce", time.time() - t0)
-        return [finals[p] for p in range(partitions)]
+        return [plan.finals[p] for p in range(plan.partitions)]
+
+    def _execute(self, phase: str, tasks: list[Task], on_done: Callable[[Task, dict], list[Task]],
+                 attempts: dict[str, int], *, total: int, already: int, bytes_total: int,
+                 bytes_already: int) -> None:
+        """Run a phase's tasks to the end (see ``Scheduler``); a task that fails for good
+        or the job's deadline fails the job, recorded for sensors."""
+        spec = self.spec
+        policy = Policy(max_attempts=spec.max_attempts, speculation=spec.speculation,
+                        speculation_factor=spec.speculation_factor, speculation_min_s=spec.speculation_min_s,
+                        deadline=self._deadline)
+        with self.tracer.phase(phase) as header:
+            self._trace_header = header
+            # A run of this driver gives every task its full budget, as a rerun after a failure must.
+            sched = Scheduler(self.runtime, tasks, on_done, policy, attempts=attempts, fresh_budget=True,
+                              stats=self.stats["map" if phase.endswith("map") else "reduce"],
+                              trace_header=header, total=total, already=already, bytes_already=bytes_already)
+            started = time.time()
+
+            def report(force: bool) -> None:
+                self._report(phase, sched.done, sched.total, sched.bytes_done, bytes_total, started,
+                             0 if force else len(sched.running), sched.retries, force=force)
+
+            try:
+                sched.run(report)
+            except TaskFailed as err:
+                failure = self._failed(phase, err.task, err.error, err.retryable, err.result)
+                self._record_failure(failure)
+                raise failure from None
+            except DeadlinePassed as err:
+                failure = JobFailed(
+                    f"job {spec.job_id} did not finish within {spec.job_timeout_s:.0f} s: the "
+                    f"{phase} phase has {err.done} of {err.total} tasks done, {err.running} running and "
+                    f"{err.waiting} waiting; rerun with the same job id to resume",
+                    phase=phase,
+                )
+                self._record_failure(failure)
+                raise failure from None
+            finally:
+                self.speculative_attempts += sched.speculative_attempts
 
     def commit(self, map_records: list[dict] | None = None) -> dict:
         """Write ``_SUCCESS`` (counts, bytes, durations, task statistics); clean up."""
@@ -440,7 +369,7 @@ class Driver:
             map_records = self._load_map_commit()
         later_maps = [self._load_map_commit(k) for k in range(1, self.step_count)]
         step_reduces = [] if self.map_only else [
-            self._read_statuses(contract.status_prefix(k, REDUCE)) for k in range(self.step_count)
+            jobstate.read_statuses(self.job_dir, contract.status_prefix(k, REDUCE)) for k in range(self.step_count)
         ]
         reduce_records = step_reduces[-1] if step_reduces else {}
         if self.map_only:
@@ -516,7 +445,7 @@ class Driver:
                 f"({contract.claim_uri(self.spec.output)} is gone or names another job): not committed",
                 phase="commit", resumable=False,
             )
-        self._write_json(contract.success_uri(self.spec.output), summary)
+        jobstate.write_json(contract.success_uri(self.spec.output), summary)
         jobdir.release_claim(self.spec.output, self.spec.job_id)
         if not self.spec.keep_intermediates:
             self.clean_intermediates()
@@ -730,26 +659,21 @@ class Driver:
 
     def _require_manifest(self) -> dict:
         if self.manifest is None:
-            try:
-                self.manifest = json.loads(self.store.read_bytes(contract.manifest_uri(self.job_dir)))
-            except st.NotFound:
-                raise JobFailed(
-                    f"job {self.spec.job_id} has no manifest in {self.job_dir}: plan it first",
-                    phase="prepare",
-                ) from None
+            self.manifest = jobstate.read_manifest(self.job_dir)
+            if self.manifest is None:
+                raise JobFailed(f"job {self.spec.job_id} has no manifest in {self.job_dir}: plan it first",
+                                phase="prepare")
         return self.manifest
 
     def _load_map_commit(self, step: int = 0) -> list[dict]:
-        uri = contract.map_commit_uri(self.job_dir, step)
-        try:
-            data = json.loads(self.store.read_bytes(uri))
-        except st.NotFound:
+        records = jobstate.read_map_commit(self.job_dir, step)
+        if records is None:
             raise JobFailed(
                 f"the {self._phase_name('map', step)} phase of job {self.spec.job_id} has not "
-                f"finished ({uri} is missing)",
+                f"finished ({contract.map_commit_uri(self.job_dir, step)} is missing)",
                 phase=self._phase_name("reduce", step),
-            ) from None
-        return [{"outputs": t["outputs"], "stats": t.get("stats", {})} for t in data["tasks"]]
+            )
+        return records
 
     # -- steps -------------------------------------------------------------------------
     def _phase_name(self, phase: str, step: int) -> str:
@@ -776,13 +700,13 @@ class Driver:
         if len(json.dumps(spec.to_event())) <= MAX_INLINE_EVENT:
             return spec
         uri = spec.stored_list_uri()
-        self._write_json(uri, spec.items)  # type: ignore[arg-type]
+        jobstate.write_json(uri, spec.items)  # type: ignore[arg-type]
         return spec.with_stored_list(uri)
 
-    def _later_map_task(self, step: int, index: int, count: int, runs: list[str], size: int) -> _Task:
+    def _later_map_task(self, step: int, index: int, count: int, runs: list[str], size: int) -> Task:
         spec = self._inline_or_stored(MapTask(self.spec.job_id, self.job_dir, self._job_config(), step=step,
                                               index=index, count=count, items=runs))
-        return _Task(
+        return Task(
             key=spec.status_key(),
             spec=spec,
             describe=spec.describe(),
@@ -791,7 +715,7 @@ class Driver:
             meta={"index": index},
         )
 
-    def _map_task(self, index: int, count: int, splits: list[dict]) -> _Task:
+    def _map_task(self, index: int, count: int, splits: list[dict]) -> Task:
         segs = [Segment.from_dict(s) for s in splits]
         spec = self._inline_or_stored(MapTask(
             self.spec.job_id, self.job_dir, self._job_config(), index=index, count=count, items=splits,
@@ -801,7 +725,7 @@ class Driver:
             input_desc = segs[0].describe()
         else:
             input_desc = f"{len(segs)} splits: {segs[0].describe()}, ..., {segs[-1].describe()}"
-        return _Task(
+        return Task(
             key=spec.status_key(),
             spec=spec,
             describe=spec.describe(),
@@ -810,14 +734,14 @@ class Driver:
             meta={"index": index},
         )
 
-    def _reduce_task(self, step: int, p: int, rounds: _PartitionRounds, group: int, inputs: list[str]) -> _Task:
-        final = rounds.final
+    def _reduce_task(self, step: int, rounds: rounds_mod.PartitionRounds, group: int, inputs: list[str]) -> Task:
+        final, p = rounds.final, rounds.partition
         spec = self._inline_or_stored(ReduceTask(
             self.spec.job_id, self.job_dir, self._job_config(), step=step, round=rounds.round, partition=p,
             group=group, final=final, items=inputs,
             output=self.spec.output if final and step == self.step_count - 1 else None,
         ))
-        return _Task(
+        return Task(
             key=spec.status_key(),
             spec=spec,
             describe=spec.describe(),
@@ -825,117 +749,11 @@ class Driver:
             meta={"partition": p, "group": group},
         )
 
-    def _execute(
-        self,
-        phase: str,
-        tasks: list[_Task],
-        on_done: Callable[[_Task, dict], list[_Task]],
-        *,
-        total: int,
-        already: int,
-        bytes_total: int,
-        bytes_already: int,
-    ) -> None:
-        """Run tasks with bounded concurrency (a sliding window), retrying failures.
-
-        A task still running after ``speculation_factor`` times the median duration of the
-        phase's finished tasks (and at least ``speculation_min_s``) gets a second attempt
-        when a slot is free; the first attempt to commit wins and the other is cancelled.
-        """
-        queue = collections.deque(tasks)
-        running: dict[str, _Task] = {}
-        started_at: dict[str, float] = {}
-        finished_s: list[float] = []
-        stats = self.stats["map" if phase.endswith("map") else "reduce"]
-        done = already
-        bytes_done = bytes_already
-        retries = 0
-        started = time.time()
-        last_report = 0.0
-        capacity = self.runtime.capacity
-
-        def launch(task: _Task) -> None:
-            task.attempts += 1
-            request_id = self.runtime.invoke(task.spec.with_attempt(task.attempts), self._trace_header)
-            running[request_id] = task
-            started_at[request_id] = time.time()
-
-        self._report(phase, done, total, bytes_done, bytes_total, started, 0, 0, force=True)
-        while queue or running:
-            while queue and len(running) < capacity:
-                launch(queue.popleft())
-            for res in self.runtime.poll(POLL_S):
-                task = running.pop(res.request_id, None)
-                began = started_at.pop(res.request_id, None)
-                if task is None or task.done:
-                    continue
-                stats.add(res)
-                twins = [rid for rid, t in running.items() if t is task]
-                if res.ok and isinstance(res.payload, dict) and res.payload.get("state") == "succeeded":
-                    task.done = True
-                    for rid in twins:  # the first attempt to commit wins
-                        self.runtime.cancel(rid)
-                        running.pop(rid, None)
-                        started_at.pop(rid, None)
-                    if began is not None:
-                        finished_s.append(time.time() - began)
-                    done += 1
-                    bytes_done += task.bytes
-                    queue.extend(on_done(task, res.payload))
-                    total = max(total, done + len(queue) + len(running))
-                    continue
-                # How it failed comes from the failed attempt's record or the runtime, as data.
-                failure = None if res.ok else res.failure_report()
-                error = failure.text if failure is not None else "the handler returned no status record"
-                task.errors.append(error)
-                if twins:
-                    continue  # another attempt is still running; let it finish
-                retryable = failure is None or failure.retryable
-                if task.attempts >= self.spec.max_attempts or not retryable:
-                    failure = self._failed(phase, task, error, retryable, res)
-                    self._record_failure(failure)
-                    raise failure
-                retries += 1
-                log.warning(
-                    "%s attempt %d failed (%s); retrying", task.describe, task.attempts, error
-                )
-                queue.append(task)
-            if self.spec.speculation and not queue and len(finished_s) >= 3:
-                threshold = max(self.spec.speculation_factor * statistics.median(finished_s),
-                                self.spec.speculation_min_s)
-                now = time.time()
-                for rid, task in list(running.items()):
-                    if len(running) >= capacity:
-                        break
-                    if (now - started_at.get(rid, now) > threshold and not task.speculated
-                            and task.attempts < self.spec.max_attempts):
-                        task.speculated = True
-                        self.speculative_attempts += 1
-                        log.warning("%s is a straggler (%.1fs, median %.1fs): starting a second attempt",
-                                    task.describe, now - started_at[rid], statistics.median(finished_s))
-                        launch(task)
-            now = time.time()
-            if self._deadline is not None and now > self._deadline and (queue or running):
-                for request_id in running:
-                    self.runtime.cancel(request_id)
-                failure = JobFailed(
-                    f"job {self.spec.job_id} did not finish within {self.spec.job_timeout_s:.0f} s: the "
-                    f"{phase} phase has {done} of {total} tasks done, {len(running)} running and "
-                    f"{len(queue)} waiting; rerun with the same job id to resume",
-                    phase=phase,
-                )
-                self._record_failure(failure)
-                raise failure
-            if now - last_report >= 2.0:
-                last_report = now
-                self._report(phase, done, total, bytes_done, bytes_total, started, len(running), retries)
-        self._report(phase, done, total, bytes_done, bytes_total, started, 0, retries, force=True)
-
-    def _failed(self, phase: str, task: _Task, error: str, retryable: bool, res: InvocationResult) -> JobFailed:
+    def _failed(self, phase: str, task: Task, error: str, retryable: bool, res: InvocationResult) -> JobFailed:
         reported = res.failure_report()
         error_type = reported.type
         if retryable:
-            what = f"failed after {task.attempts} attempt{'s' if task.attempts > 1 else ''}"
+            what = f"failed after {task.spent} attempt{'s' if task.spent > 1 else ''}"
         else:
             what = reported.verdict()
         # Out of memory: the local runtime's kill, Lambda's "Runtime.OutOfMemory", a kill by
@@ -960,7 +778,7 @@ class Driver:
                   "input": failure.input, "error": failure.error, "message": str(failure),
                   "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         try:
-            self._write_json(contract.failure_uri(self.job_dir), record)
+            jobstate.write_json(contract.failure_uri(self.job_dir), record)
         except Exception:  # reporting the failure matters more than recording it
             log.exception("could not record the failure of job %s", self.spec.job_id)
 
@@ -975,31 +793,6 @@ class Driver:
     def _clear_failure(self) -> None:
         self.store.delete([contract.failure_uri(self.job_dir)])
 
-    # -- storage helpers ---------------------------------------------------------------
-    def _write_json(self, uri: str, data: dict | list) -> None:
-        st.for_uri(uri).write_bytes(uri, json.dumps(data, sort_keys=True, indent=1).encode("utf-8"))
-
-    def _read_statuses(self, prefix: str) -> dict[str, dict]:
-        """Committed status records under a status-key prefix, by status key (``map/00007``)."""
-        keys = _committed(self.job_dir, prefix)
-        if not keys:
-            return {}
-
-        def read(key: str) -> tuple[str, dict]:
-            return key, json.loads(self.store.read_bytes(contract.status_uri(self.job_dir, key)))
-
-        if len(keys) < 8:
-            return dict(map(read, keys))
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            return dict(pool.map(read, keys))
-
-
-def _committed(job_dir: str, prefix: str) -> list[str]:
-    """The status keys under ``prefix`` that have a commit record."""
-    where = contract.status_dir(job_dir, prefix)
-    keys = (contract.committed_status_key(job_dir, i.uri) for i in st.for_uri(where).list(where))
-    return [k for k in keys if k is not None]
-
 
 def _identity_diff(old: dict, new: dict) -> str:
     """What differs between two job identities, each field with its old and new value."""
@@ -1011,96 +804,3 @@ def _identity_diff(old: dict, new: dict) -> str:
         f"{key} was {show(old.get(key))}, now {show(new.get(key))}"
         for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)
     )
-
-
-class _PartitionRounds:
-    """The reduce rounds of one partition: groups of at most F runs until one remains."""
-
-    def __init__(self, partition: int, inputs: list[str], fan_in: int, step: int = 0) -> None:
-        self.partition = partition
-        self.step = step
-        self.fan_in = fan_in
-        self.round = 1
-        self.inputs = list(inputs)
-        self.outputs: dict[int, str] = {}
-        self.finished = False
-
-    @property
-    def final(self) -> bool:
-        return len(self.inputs) <= self.fan_in
-
-    def groups(self) -> list[list[str]]:
-        if self.final:
-            return [self.inputs]
-        return [self.inputs[i: i + self.fan_in] for i in range(0, len(self.inputs), self.fan_in)]
-
-    def pending_groups(self) -> list[tuple[int, list[str]]]:
-        """Groups of this round that need a task (a lone run passes through untouched)."""
-        out = []
-        for g, inputs in enumerate(self.groups()):
-            if g in self.outputs:
-                continue
-            if len(inputs) == 1 and not self.final:
-                self.outputs[g] = inputs[0]
-                continue
-            out.append((g, inputs))
-        return out
-
-    def status_key(self, group: int) -> str:
-        return contract.reduce_status_key(self.step, self.round, self.partition, group)
-
-    def complete(self, group: int, record: dict) -> None:
-        outs = record.get("outputs") or [{}]
-        self.outputs[group] = outs[0].get("uri", "")
-        if self.final:
-            self.finished = True
-
-    def round_complete(self) -> bool:
-        return len(self.outputs) == len(self.groups())
-
-    def advance(self) -> None:
-        self.inputs = [self.outputs[g] for g in range(len(self.groups()))]
-        self.outputs = {}
-        self.round += 1
-
-    def expected_tasks(self) -> int:
-        n, total = len(self.inputs), 0
-        while n > self.fan_in:
-            groups = -(-n // self.fan_in)
-            total += groups - (1 if n % self.fan_in == 1 else 0)
-            n = groups
-        return total + 1
-
-
-@dataclass
-class PhaseState:
-    """How far a phase of a job has got, read from storage alone."""
-
-    phase: str
-    done: int
-    total: int
-    complete: bool
-    failure: dict | None = None
-
-
-def phase_state(job_dir: str, phase: str) -> PhaseState:
-    """The state of ``phase`` ("map", or "reduce": the whole job) of the job in ``job_dir``."""
-    if phase not in (MAP, REDUCE):
-        raise ValueError(f"phase must be 'map' or 'reduce', got {phase!r}")
-    store = st.for_uri(job_dir)
-    try:
-        manifest = json.loads(store.read_bytes(contract.manifest_uri(job_dir)))
-    except st.NotFound:
-        return PhaseState(phase, 0, 0, False)
-    try:
-        failure = json.loads(store.read_bytes(contract.failure_uri(job_dir)))
-    except st.NotFound:
-        failure = None
-    if phase == "map":
-        total = len(manifest["tasks"])
-        done = len(_committed(job_dir, MAP))
-        return PhaseState(phase, done, total, done >= total, failure)
-    success = jobdir.read_success(manifest["spec"]["output"]).summary
-    complete = bool(success and success["job_id"] == manifest["job_id"])
-    total = manifest.get("final_partitions", manifest["spec"]["partitions"])
-    return PhaseState(phase, total if complete else 0, total, complete, failure)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, conf
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_lambdamr.engine.driver import phase_state
+from airflow_provider_lambdamr.engine.jobstate import phase_state
 from airflow_provider_lambdamr.hooks.lambda_mr import LambdaMapReduceHook
 from airflow_provider_lambdamr.triggers.lambda_mr import LambdaMapReducePhaseTrigger
 from lambda_src import storage as st

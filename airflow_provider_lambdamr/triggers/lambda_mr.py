@@ -52,7 +52,7 @@ class LambdaMapReducePhaseTrigger(BaseTrigger):
         )
 
     def _check(self) -> dict | None:
-        from airflow_provider_lambdamr.engine.driver import phase_state
+        from airflow_provider_lambdamr.engine.jobstate import phase_state
         from airflow_provider_lambdamr.hooks.lambda_mr import LambdaMapReduceHook
         from lambda_src import storage as st
 
