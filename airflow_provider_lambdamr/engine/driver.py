@@ -9,7 +9,6 @@ objects appeared under an input prefix.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import logging
@@ -17,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from airflow_provider_lambdamr import __version__
+from airflow_provider_lambdamr.engine import commit as commit_mod
 from airflow_provider_lambdamr.engine import cost as cost_model
 from airflow_provider_lambdamr.engine import jobdir, jobstate, packaging, planner
 from airflow_provider_lambdamr.engine import rounds as rounds_mod
@@ -37,7 +36,7 @@ from lambda_src import contract
 from lambda_src import storage as st
 from lambda_src.contract import MAP, REDUCE, SUCCESS, JobConfig, MapTask, ReduceTask, TaskSpec
 from lambda_src.reader import InputError, Segment
-from lambda_src.task import load_job_class, peak_memory_mb
+from lambda_src.task import load_job_class
 
 log = logging.getLogger(__name__)
 
@@ -365,126 +364,25 @@ class Driver:
     def commit(self, map_records: list[dict] | None = None) -> dict:
         """Write ``_SUCCESS`` (counts, bytes, durations, task statistics); clean up."""
         manifest = self._require_manifest()
-        if map_records is None:
-            map_records = self._load_map_commit()
-        later_maps = [self._load_map_commit(k) for k in range(1, self.step_count)]
-        step_reduces = [] if self.map_only else [
-            jobstate.read_statuses(self.job_dir, contract.status_prefix(k, REDUCE)) for k in range(self.step_count)
-        ]
-        reduce_records = step_reduces[-1] if step_reduces else {}
-        if self.map_only:
-            files = [st.basename(o["uri"]) for r in map_records for o in r.get("outputs", [])]
-            out_records = sum(o.get("records", 0) for r in map_records for o in r.get("outputs", []))
-            out_bytes = sum(o.get("bytes", 0) for r in map_records for o in r.get("outputs", []))
-        else:
-            final_outs = [
-                o for k, r in sorted(reduce_records.items()) if r.get("task", {}).get("final")
-                for o in r.get("outputs", [])
-            ]
-            files = sorted(st.basename(o["uri"]) for o in final_outs)
-            out_records = sum(o.get("records", 0) for o in final_outs)
-            out_bytes = sum(o.get("bytes", 0) for o in final_outs)
-        mstats = [r.get("stats", {}) for r in map_records]
-        summary = {
-            "job_id": self.spec.job_id,
-            "identity": manifest.get("identity"),
-            "job": self.spec.job_ref,
-            "inputs": self.spec.inputs,
-            "output": self.spec.output,
-            "job_dir": self.job_dir,
-            "runtime": self.runtime.name,
-            "code_version": manifest["code"]["version"],
-            "partitions": self.step_partitions[-1],  # of the last step: one part file each
-            "fan_in": self.spec.fan_in,
-            "files": files,
-            "counters": {
-                "input_objects": manifest["plan"]["objects"],
-                "input_bytes": sum(int(s.get("input_bytes", 0)) for s in mstats),
-                "input_records": sum(int(s.get("input_records", 0)) for s in mstats),
-                "bad_records": sum(int(s.get("bad_records", 0)) for s in mstats),
-                "map_output_records": sum(int(s.get("output_records", 0)) for s in mstats),
-                "output_records": out_records,
-                "output_bytes": out_bytes,
-            },
-            "steps": self.step_count,
-            "tasks": {
-                "map": len(map_records) + sum(len(m) for m in later_maps),
-                "reduce": sum(len(r) for r in step_reduces),
-                "map_modes": dict(collections.Counter(s.get("mode", "record") for s in mstats)),
-            },
-            "invocations": {phase: s.summary() for phase, s in self.stats.items()},
-            "speculative_attempts": self.speculative_attempts,
-            "durations_s": {
-                **self.timings,
-                "total": round(time.time() - manifest.get("created_epoch", time.time()), 3),
-            },
-            "memory_mb": self.spec.memory_mb,
-            # this process's own peak resident memory (the tasks' peaks are under invocations)
-            "driver_peak_memory_mb": peak_memory_mb(),
-            "trace_id": self.tracer.trace_id,
-            "lambdamr_version": __version__,
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        if self.step_count > 1:
-            summary["tasks"]["by_step"] = [
-                {"map": len(m), "reduce": len(r), "partitions": self.step_partitions[k]}
-                for k, (m, r) in enumerate(zip([map_records, *later_maps], step_reduces, strict=True))
-            ]
-        summary["cost"] = self._cost(
-            mstats + [r.get("stats", {}) for m in later_maps for r in m],
-            [r.get("stats", {}) for recs in step_reduces for r in recs.values()],
-            summary,
+        done = commit_mod.Committed(
+            maps=map_records if map_records is not None else self._load_map_commit(),
+            later_maps=[self._load_map_commit(k) for k in range(1, self.step_count)],
+            reduces=[] if self.map_only else [
+                jobstate.read_statuses(self.job_dir, contract.status_prefix(k, REDUCE)) for k in range(self.step_count)
+            ],
         )
-        log.info("job %s: %s", self.spec.job_id, cost_model.format_estimate(summary["cost"]))
-        bad_samples = [b for s in mstats for b in s.get("bad_samples", [])][:20]
-        if bad_samples:
-            summary["bad_record_samples"] = bad_samples
-        if not jobdir.may_commit(self.spec.output, self.spec.job_id):
+        run = commit_mod.Run(self.runtime, self.stats, self.speculative_attempts, self.timings,
+                             self.tracer.trace_id, self.prices)
+        summary = commit_mod.summary(self.spec, manifest, self.step_partitions, done, run)
+        if not commit_mod.write_success(self.spec, summary):
             raise JobFailed(
                 f"job {self.spec.job_id} no longer holds its output {self.spec.output} "
                 f"({contract.claim_uri(self.spec.output)} is gone or names another job): not committed",
                 phase="commit", resumable=False,
             )
-        jobstate.write_json(contract.success_uri(self.spec.output), summary)
-        jobdir.release_claim(self.spec.output, self.spec.job_id)
         if not self.spec.keep_intermediates:
             self.clean_intermediates()
         return summary
-
-    def _cost(self, mstats: list[dict], rstats: list[dict], summary: dict) -> dict:
-        """What the job costs (or would cost) on Lambda, from the billed ms of its tasks.
-
-        Durations and S3 request counts come from the status records, so an estimate made
-        in a later process (the reduce operator) still covers the map phase. Failed
-        invocations seen by this driver are added; ones from earlier drivers are not known.
-        """
-        billed = [cost_model.billed_ms(float(s.get("duration_ms", 0))) for s in mstats + rstats]
-        failed = sum(p.failures for p in self.stats.values())
-        failed_ms = sum(p.billed_ms for p in self.stats.values()) - sum(
-            cost_model.billed_ms(d) for p in self.stats.values() for d in p.durations_ms
-        )
-        requests = {"put": 0, "get": 0, "list": 0, "head": 0}
-        for s in mstats + rstats:
-            for kind, n in (s.get("s3_requests") or {}).items():
-                requests[kind] = requests.get(kind, 0) + int(n)
-        driver = st.s3_requests()
-        for kind in requests:
-            requests[kind] += driver.get(kind, 0)
-        usage = cost_model.Usage(
-            billed_ms=sum(billed) + max(0, failed_ms),
-            invocations=len(billed) + failed,
-            memory_mb=self.spec.memory_mb,
-            architecture=getattr(self.runtime, "architecture", "x86_64"),
-            s3_put=requests["put"], s3_get=requests["get"], s3_list=requests["list"], s3_head=requests["head"],
-            stored_bytes=summary["counters"]["output_bytes"],
-        )
-        est = cost_model.estimate(usage, self.prices)
-        est["runtime"] = self.runtime.name
-        est["note"] = (
-            "projection for AWS Lambda from local task durations" if self.runtime.name == "local"
-            else "estimate from the handlers' measured durations"
-        )
-        return est
 
     def clean_intermediates(self) -> int:
         """Delete map and reduce runs (status records and the manifest stay, for audit)."""
