@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from airflow_provider_lambdamr.engine import commit as commit_mod
@@ -24,11 +24,13 @@ from airflow_provider_lambdamr.engine.jobstate import PhaseState, phase_state  #
 from airflow_provider_lambdamr.engine.runtimes.base import InvocationResult, Runtime
 from airflow_provider_lambdamr.engine.scheduler import (
     DeadlinePassed,
+    InFlight,
     InvocationStats,
     Policy,
     Scheduler,
     Task,
     TaskFailed,
+    Waiting,
 )
 from airflow_provider_lambdamr.engine.spec import JobSpec
 from airflow_provider_lambdamr.engine.tracing import JobTracer
@@ -75,6 +77,40 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 
 
+@dataclass
+class _Phase:
+    """One phase of one step, rebuilt from storage: its tasks' scheduler and its commit."""
+
+    name: str
+    scheduler: Scheduler
+    #: Called when every task committed: checks and records the phase; its records.
+    finish: Callable[[], list[dict]]
+    bytes_total: int
+
+
+@dataclass(frozen=True)
+class JobWaiting:
+    """What a job waits for after ``Driver.advance``: a phase's invocations, or nothing."""
+
+    #: The phase in flight; None when the job committed.
+    phase: str | None
+    waiting: Waiting | None
+    #: The ``_SUCCESS`` summary, once the job committed.
+    summary: dict | None
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+    @property
+    def in_flight(self) -> tuple[InFlight, ...]:
+        return self.waiting.in_flight if self.waiting else ()
+
+    @property
+    def wake_at(self) -> float | None:
+        return self.waiting.wake_at if self.waiting else None
+
+
 class Driver:
     """Runs one job on one runtime. ``run()`` does every phase; phases can run apart."""
 
@@ -104,6 +140,8 @@ class Driver:
         #: True when ``run()`` returned a result this job id had already committed.
         self.reused = False
         self._trace_header: str | None = None
+        #: The phase ``advance`` is moving (rebuilt from storage in a fresh driver).
+        self._current: _Phase | None = None
         job_class = load_job_class(spec.job_ref)
         if job_class.input_names is not None and set(spec.inputs) != set(job_class.input_names):
             got = ", ".join(repr(n) if n else "one unnamed input" for n in spec.inputs) or "none"
@@ -204,10 +242,74 @@ class Driver:
         Step 1 maps the planned input splits; a later step maps the runs that the previous
         step's final reducers wrote.
         """
-        manifest = self._require_manifest()
+        self._require_manifest()
         self._deploy()
         t0 = time.time()
         self._clear_failure()
+        records = self._run_phase(self._map_phase(step, fresh_budget=True))
+        self._add_timing("map", time.time() - t0)
+        return records
+
+    def run_reduce(self, map_records: list[dict] | None = None, step: int = 0) -> list[dict]:
+        """Run a step's reduce rounds until one output per partition remains."""
+        self._require_manifest()
+        self._deploy()
+        t0 = time.time()
+        self._clear_failure()
+        if map_records is None:
+            map_records = self._load_map_commit(step)
+        finals = self._run_phase(self._reduce_phase(step, map_records, fresh_budget=True))
+        self._add_timing("reduce", time.time() - t0)
+        return finals
+
+    def run_later_steps(self) -> None:
+        """Map and reduce every step after the first (after ``run_reduce`` of step 1)."""
+        for step in range(1, self.step_count):
+            self.run_reduce(self.run_map(step), step)
+
+    def advance(self, results: Iterable[InvocationResult] = (), in_flight: Iterable[InFlight] = ()) -> JobWaiting:
+        """Move a planned job as far as it can go without blocking; say what it now waits for.
+
+        Takes the invocation ``results`` that arrived, launches what can be launched (tasks
+        up to the window, retries, speculative twins, the next reduce round, the next phase
+        or step) and commits the job when everything is done. A driver in a fresh process
+        rebuilds the phase from storage (status records, the manifest, the pinned plans),
+        given ``in_flight``, what an earlier driver's ``JobWaiting`` said was in flight;
+        attempts that failed in earlier processes count against ``max_attempts``.
+        """
+        self._require_manifest()
+        self._deploy()
+        results = list(results)
+        while True:
+            if self._current is None:
+                self._current = self._next_phase(in_flight)
+                in_flight = ()
+                if self._current is None:
+                    return JobWaiting(None, None, self.completed_summary() or self.commit())
+            try:
+                waiting = self._current.scheduler.advance(results)
+            except (TaskFailed, DeadlinePassed) as err:
+                raise self._job_failed(self._current, err) from None
+            results = []
+            if not waiting.finished:
+                return JobWaiting(self._current.name, waiting, None)
+            self.speculative_attempts += self._current.scheduler.speculative_attempts
+            self._current.finish()
+            self._current = None
+
+    def _next_phase(self, in_flight: Iterable[InFlight]) -> _Phase | None:
+        """The first phase whose commit storage lacks (None: all done), rebuilt from storage."""
+        for step in range(self.step_count):
+            map_records = jobstate.read_map_commit(self.job_dir, step)
+            if map_records is None:
+                return self._map_phase(step, fresh_budget=False, in_flight=in_flight)
+            if not self.map_only and len(jobstate.final_records(self.job_dir, step)) < self.step_partitions[step]:
+                return self._reduce_phase(step, map_records, fresh_budget=False, in_flight=in_flight)
+        return None
+
+    # -- phases, rebuilt from storage -----------------------------------------------------
+    def _map_phase(self, step: int, *, fresh_budget: bool, in_flight: Iterable[InFlight] = ()) -> _Phase:
+        manifest = self._require_manifest()
         phase = self._phase_name("map", step)
         if step == 0:
             tasks_spec = manifest["tasks"]
@@ -215,8 +317,7 @@ class Driver:
         else:
             tasks_spec = self._later_step_inputs(step)
             bytes_total = sum(b for _, b in tasks_spec)
-        prefix = contract.status_prefix(step, MAP)
-        listing = jobstate.list_statuses(self.job_dir, prefix)
+        listing = jobstate.list_statuses(self.job_dir, contract.status_prefix(step, MAP))
         done = jobstate.read_records(self.job_dir, listing.committed)
         records: dict[int, dict] = {}
         todo: list[Task] = []
@@ -237,15 +338,88 @@ class Driver:
             records[task.meta["index"]] = record
             return []
 
-        self._execute(phase, todo, finished, listing.failed_attempts, total=count, already=len(records),
-                      bytes_total=bytes_total,
-                      bytes_already=sum(int(r.get("stats", {}).get("input_bytes", 0)) for r in records.values()))
-        ordered = [records[i] for i in range(count)]
-        if step == 0:
-            self._check_bad_record_budget(ordered)
-        jobstate.write_map_commit(self.job_dir, self.spec.job_id, step, ordered)
-        self._add_timing("map", time.time() - t0)
-        return ordered
+        def finish() -> list[dict]:
+            ordered = [records[i] for i in range(count)]
+            if step == 0:
+                self._check_bad_record_budget(ordered)
+            jobstate.write_map_commit(self.job_dir, self.spec.job_id, step, ordered)
+            return ordered
+
+        bytes_already = sum(int(r.get("stats", {}).get("input_bytes", 0)) for r in records.values())
+        sched = self._scheduler(phase, todo, finished, listing.failed_attempts, fresh_budget, in_flight,
+                                total=count, already=len(records), bytes_already=bytes_already)
+        return _Phase(phase, sched, finish, bytes_total)
+
+    def _reduce_phase(self, step: int, map_records: list[dict], *, fresh_budget: bool,
+                      in_flight: Iterable[InFlight] = ()) -> _Phase:
+        manifest = self._require_manifest()
+        phase = self._phase_name("reduce", step)
+        listing = jobstate.list_statuses(self.job_dir, contract.status_prefix(step, REDUCE))
+        done = jobstate.read_records(self.job_dir, listing.committed)
+        plan = rounds_mod.ReduceRounds(map_records, self.step_partitions[step], manifest["spec"]["fan_in"],
+                                       step, done)
+
+        def tasks(pending: list[rounds_mod.Pending]) -> list[Task]:
+            return [self._reduce_task(step, rounds, group, inputs) for rounds, group, inputs in pending]
+
+        def finished(task: Task, record: dict) -> list[Task]:
+            return tasks(plan.complete(task.meta["partition"], task.meta["group"], record))
+
+        def finish() -> list[dict]:
+            missing = plan.missing()
+            if missing:
+                raise JobFailed(f"{phase} finished without a result for partitions {missing}", phase=phase)
+            return [plan.finals[p] for p in range(plan.partitions)]
+
+        already = len(done)
+        sched = self._scheduler(phase, tasks(plan.start()), finished, listing.failed_attempts, fresh_budget,
+                                in_flight, total=max(plan.expected_tasks(), already), already=already)
+        return _Phase(phase, sched, finish, 0)
+
+    def _scheduler(self, phase: str, tasks: list[Task], on_done: Callable[[Task, dict], list[Task]],
+                   attempts: dict[str, int], fresh_budget: bool, in_flight: Iterable[InFlight], *,
+                   total: int, already: int, bytes_already: int = 0) -> Scheduler:
+        spec = self.spec
+        policy = Policy(max_attempts=spec.max_attempts, speculation=spec.speculation,
+                        speculation_factor=spec.speculation_factor, speculation_min_s=spec.speculation_min_s,
+                        deadline=self._deadline)
+        return Scheduler(self.runtime, tasks, on_done, policy, attempts=attempts, fresh_budget=fresh_budget,
+                         in_flight=in_flight, stats=self.stats["map" if phase.endswith("map") else "reduce"],
+                         trace_header=self._trace_header, total=total, already=already,
+                         bytes_already=bytes_already)
+
+    def _run_phase(self, phase: _Phase) -> list[dict]:
+        """Run a phase to its end (a failed task or the deadline fails the job); finish it."""
+        sched = phase.scheduler
+        with self.tracer.phase(phase.name) as header:
+            self._trace_header = sched.trace_header = header
+            started = time.time()
+
+            def report(force: bool) -> None:
+                self._report(phase.name, sched.done, sched.total, sched.bytes_done, phase.bytes_total, started,
+                             0 if force else len(sched.running), sched.retries, force=force)
+
+            try:
+                sched.run(report)
+            except (TaskFailed, DeadlinePassed) as err:
+                raise self._job_failed(phase, err) from None
+            finally:
+                self.speculative_attempts += sched.speculative_attempts
+        return phase.finish()
+
+    def _job_failed(self, phase: _Phase, err: TaskFailed | DeadlinePassed) -> JobFailed:
+        """The job's failure (recorded for sensors) when a task failed for good or time ran out."""
+        if isinstance(err, TaskFailed):
+            failure = self._failed(phase.name, err.task, err.error, err.retryable, err.result)
+        else:
+            failure = JobFailed(
+                f"job {self.spec.job_id} did not finish within {self.spec.job_timeout_s:.0f} s: the "
+                f"{phase.name} phase has {err.done} of {err.total} tasks done, {err.running} running and "
+                f"{err.waiting} waiting; rerun with the same job id to resume",
+                phase=phase.name,
+            )
+        self._record_failure(failure)
+        return failure
 
     def _check_bad_record_budget(self, records: list[dict]) -> None:
         """``max_bad_records`` bounds the whole job, whatever the split size or retries.
@@ -267,11 +441,6 @@ class Driver:
         self._record_failure(failure)
         raise failure
 
-    def run_later_steps(self) -> None:
-        """Map and reduce every step after the first (after ``run_reduce`` of step 1)."""
-        for step in range(1, self.step_count):
-            self.run_reduce(self.run_map(step), step)
-
     def _later_step_inputs(self, step: int) -> list[tuple[list[str], int]]:
         """The map tasks of a later step: the previous step's final runs, packed by bytes.
 
@@ -292,74 +461,6 @@ class Driver:
         tasks = rounds_mod.pack_final_runs(finals, self.spec.split_size, self.spec.max_files_per_task)
         jobstate.write_step_plan(self.job_dir, self.spec.job_id, step, tasks)
         return tasks
-
-    def run_reduce(self, map_records: list[dict] | None = None, step: int = 0) -> list[dict]:
-        """Run a step's reduce rounds until one output per partition remains."""
-        manifest = self._require_manifest()
-        self._deploy()
-        t0 = time.time()
-        self._clear_failure()
-        if map_records is None:
-            map_records = self._load_map_commit(step)
-        phase = self._phase_name("reduce", step)
-        listing = jobstate.list_statuses(self.job_dir, contract.status_prefix(step, REDUCE))
-        done = jobstate.read_records(self.job_dir, listing.committed)
-        plan = rounds_mod.ReduceRounds(map_records, self.step_partitions[step], manifest["spec"]["fan_in"],
-                                       step, done)
-
-        def tasks(pending: list[rounds_mod.Pending]) -> list[Task]:
-            return [self._reduce_task(step, rounds, group, inputs) for rounds, group, inputs in pending]
-
-        def finished(task: Task, record: dict) -> list[Task]:
-            return tasks(plan.complete(task.meta["partition"], task.meta["group"], record))
-
-        already = len(done)
-        self._execute(phase, tasks(plan.start()), finished, listing.failed_attempts,
-                      total=max(plan.expected_tasks(), already), already=already, bytes_total=0, bytes_already=0)
-        missing = plan.missing()
-        if missing:
-            raise JobFailed(f"{phase} finished without a result for partitions {missing}", phase=phase)
-        self._add_timing("reduce", time.time() - t0)
-        return [plan.finals[p] for p in range(plan.partitions)]
-
-    def _execute(self, phase: str, tasks: list[Task], on_done: Callable[[Task, dict], list[Task]],
-                 attempts: dict[str, int], *, total: int, already: int, bytes_total: int,
-                 bytes_already: int) -> None:
-        """Run a phase's tasks to the end (see ``Scheduler``); a task that fails for good
-        or the job's deadline fails the job, recorded for sensors."""
-        spec = self.spec
-        policy = Policy(max_attempts=spec.max_attempts, speculation=spec.speculation,
-                        speculation_factor=spec.speculation_factor, speculation_min_s=spec.speculation_min_s,
-                        deadline=self._deadline)
-        with self.tracer.phase(phase) as header:
-            self._trace_header = header
-            # A run of this driver gives every task its full budget, as a rerun after a failure must.
-            sched = Scheduler(self.runtime, tasks, on_done, policy, attempts=attempts, fresh_budget=True,
-                              stats=self.stats["map" if phase.endswith("map") else "reduce"],
-                              trace_header=header, total=total, already=already, bytes_already=bytes_already)
-            started = time.time()
-
-            def report(force: bool) -> None:
-                self._report(phase, sched.done, sched.total, sched.bytes_done, bytes_total, started,
-                             0 if force else len(sched.running), sched.retries, force=force)
-
-            try:
-                sched.run(report)
-            except TaskFailed as err:
-                failure = self._failed(phase, err.task, err.error, err.retryable, err.result)
-                self._record_failure(failure)
-                raise failure from None
-            except DeadlinePassed as err:
-                failure = JobFailed(
-                    f"job {spec.job_id} did not finish within {spec.job_timeout_s:.0f} s: the "
-                    f"{phase} phase has {err.done} of {err.total} tasks done, {err.running} running and "
-                    f"{err.waiting} waiting; rerun with the same job id to resume",
-                    phase=phase,
-                )
-                self._record_failure(failure)
-                raise failure from None
-            finally:
-                self.speculative_attempts += sched.speculative_attempts
 
     def commit(self, map_records: list[dict] | None = None) -> dict:
         """Write ``_SUCCESS`` (counts, bytes, durations, task statistics); clean up."""
