@@ -33,17 +33,16 @@ from airflow_provider_lambdamr.engine.scheduler import (
     Waiting,
 )
 from airflow_provider_lambdamr.engine.spec import JobSpec
+from airflow_provider_lambdamr.engine.tasks import TaskFactory
 from airflow_provider_lambdamr.engine.tracing import JobTracer
 from lambda_src import contract
 from lambda_src import storage as st
-from lambda_src.contract import MAP, REDUCE, SUCCESS, JobConfig, MapTask, ReduceTask, TaskSpec
-from lambda_src.reader import InputError, Segment
+from lambda_src.contract import MAP, REDUCE, SUCCESS
+from lambda_src.reader import InputError
 from lambda_src.task import load_job_class
 
 log = logging.getLogger(__name__)
 
-#: Events above this size carry their lists through storage (Lambda's async limit is 256 KB).
-MAX_INLINE_EVENT = 200 * 1024
 #: A worker killed with at least this share of its memory in use most likely ran out of it.
 NEAR_MEMORY_LIMIT = 0.9
 
@@ -155,6 +154,7 @@ class Driver:
         #: Partitions of each step (a step may override the job's --partitions).
         self.step_partitions = [s.partitions or spec.partitions for s in steps]
         self.map_only = len(steps) == 1 and steps[0].reducer is None
+        self.tasks = TaskFactory(spec, map_only=self.map_only, step_count=self.step_count)
 
     @property
     def step_count(self) -> int:
@@ -328,9 +328,9 @@ class Driver:
                 records[index] = done[key]
                 continue
             if step == 0:
-                todo.append(self._map_task(index, count, item))
+                todo.append(self.tasks.map_task(index, count, item))
             else:
-                todo.append(self._later_map_task(step, index, count, *item))
+                todo.append(self.tasks.later_map_task(step, index, count, *item))
         if done:
             log.info("%s: %d of %d tasks already done; running %d", phase, len(records), count, len(todo))
 
@@ -360,7 +360,7 @@ class Driver:
                                        step, done)
 
         def tasks(pending: list[rounds_mod.Pending]) -> list[Task]:
-            return [self._reduce_task(step, rounds, group, inputs) for rounds, group, inputs in pending]
+            return [self.tasks.reduce_task(step, rounds, group, inputs) for rounds, group, inputs in pending]
 
         def finished(task: Task, record: dict) -> list[Task]:
             return tasks(plan.complete(task.meta["partition"], task.meta["group"], record))
@@ -682,71 +682,6 @@ class Driver:
     def _add_timing(self, phase: str, seconds: float) -> None:
         """Seconds spent in a phase, summed over the steps."""
         self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
-
-    # -- tasks -------------------------------------------------------------------------
-    def _job_config(self) -> JobConfig:
-        return JobConfig(
-            ref=self.spec.job_ref,
-            params=self.spec.params,
-            partitions=self.spec.partitions,
-            max_bad_records=self.spec.max_bad_records,
-            vectorized=self.spec.vectorized,
-            max_line_bytes=self.spec.max_line_bytes,
-        )
-
-    def _inline_or_stored(self, spec: TaskSpec) -> TaskSpec:
-        """The spec, its list stored under the job directory when the event would be too large."""
-        if len(json.dumps(spec.to_event())) <= MAX_INLINE_EVENT:
-            return spec
-        uri = spec.stored_list_uri()
-        jobstate.write_json(uri, spec.items)  # type: ignore[arg-type]
-        return spec.with_stored_list(uri)
-
-    def _later_map_task(self, step: int, index: int, count: int, runs: list[str], size: int) -> Task:
-        spec = self._inline_or_stored(MapTask(self.spec.job_id, self.job_dir, self._job_config(), step=step,
-                                              index=index, count=count, items=runs))
-        return Task(
-            key=spec.status_key(),
-            spec=spec,
-            describe=spec.describe(),
-            input_desc=f"{len(runs)} result runs of step {step}",
-            bytes=size,
-            meta={"index": index},
-        )
-
-    def _map_task(self, index: int, count: int, splits: list[dict]) -> Task:
-        segs = [Segment.from_dict(s) for s in splits]
-        spec = self._inline_or_stored(MapTask(
-            self.spec.job_id, self.job_dir, self._job_config(), index=index, count=count, items=splits,
-            output=self.spec.output if self.map_only else None,
-        ))
-        if len(segs) == 1:
-            input_desc = segs[0].describe()
-        else:
-            input_desc = f"{len(segs)} splits: {segs[0].describe()}, ..., {segs[-1].describe()}"
-        return Task(
-            key=spec.status_key(),
-            spec=spec,
-            describe=spec.describe(),
-            input_desc=input_desc,
-            bytes=sum(s.end - s.start for s in segs),
-            meta={"index": index},
-        )
-
-    def _reduce_task(self, step: int, rounds: rounds_mod.PartitionRounds, group: int, inputs: list[str]) -> Task:
-        final, p = rounds.final, rounds.partition
-        spec = self._inline_or_stored(ReduceTask(
-            self.spec.job_id, self.job_dir, self._job_config(), step=step, round=rounds.round, partition=p,
-            group=group, final=final, items=inputs,
-            output=self.spec.output if final and step == self.step_count - 1 else None,
-        ))
-        return Task(
-            key=spec.status_key(),
-            spec=spec,
-            describe=spec.describe(),
-            input_desc=f"{len(inputs)} runs of partition {p}",
-            meta={"partition": p, "group": group},
-        )
 
     def _failed(self, phase: str, task: Task, error: str, retryable: bool, res: InvocationResult) -> JobFailed:
         reported = res.failure_report()
