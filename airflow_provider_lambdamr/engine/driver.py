@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 from airflow_provider_lambdamr.engine import commit as commit_mod
 from airflow_provider_lambdamr.engine import cost as cost_model
-from airflow_provider_lambdamr.engine import jobdir, jobstate, packaging, planner
+from airflow_provider_lambdamr.engine import failures, jobdir, jobstate, packaging, planner
 from airflow_provider_lambdamr.engine import rounds as rounds_mod
+from airflow_provider_lambdamr.engine.failures import JobFailed
 from airflow_provider_lambdamr.engine.jobstate import PhaseState, phase_state  # noqa: F401 - re-exported
 from airflow_provider_lambdamr.engine.runtimes.base import InvocationResult, Runtime
 from airflow_provider_lambdamr.engine.scheduler import (
@@ -43,22 +44,7 @@ from lambda_src.task import load_job_class
 
 log = logging.getLogger(__name__)
 
-#: A worker killed with at least this share of its memory in use most likely ran out of it.
-NEAR_MEMORY_LIMIT = 0.9
 
-
-class JobFailed(Exception):
-    """A job could not finish; the message names the phase, task and input."""
-
-    def __init__(self, message: str, *, phase: str, task: str | None = None,
-                 input: str | None = None, error: str | None = None, resumable: bool = True) -> None:
-        super().__init__(message)
-        #: False when rerunning the same job id cannot help (nothing planned, or a conflict).
-        self.resumable = resumable
-        self.phase = phase
-        self.task = task
-        self.input = input
-        self.error = error
 
 
 @dataclass
@@ -410,7 +396,7 @@ class Driver:
     def _job_failed(self, phase: _Phase, err: TaskFailed | DeadlinePassed) -> JobFailed:
         """The job's failure (recorded for sensors) when a task failed for good or time ran out."""
         if isinstance(err, TaskFailed):
-            failure = self._failed(phase.name, err.task, err.error, err.retryable, err.result)
+            failure = failures.task_failed(self.spec, phase.name, err.task, err.error, err.retryable, err.result)
         else:
             failure = JobFailed(
                 f"job {self.spec.job_id} did not finish within {self.spec.job_timeout_s:.0f} s: the "
@@ -418,7 +404,7 @@ class Driver:
                 f"{err.waiting} waiting; rerun with the same job id to resume",
                 phase=phase.name,
             )
-        self._record_failure(failure)
+        failures.record(self.spec, failure)
         return failure
 
     def _check_bad_record_budget(self, records: list[dict]) -> None:
@@ -438,7 +424,7 @@ class Driver:
             f"with the same job id to resume",
             phase="map", input=samples[0].get("uri") if samples else None,
         )
-        self._record_failure(failure)
+        failures.record(self.spec, failure)
         raise failure
 
     def _later_step_inputs(self, step: int) -> list[tuple[list[str], int]]:
@@ -682,39 +668,6 @@ class Driver:
     def _add_timing(self, phase: str, seconds: float) -> None:
         """Seconds spent in a phase, summed over the steps."""
         self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
-
-    def _failed(self, phase: str, task: Task, error: str, retryable: bool, res: InvocationResult) -> JobFailed:
-        reported = res.failure_report()
-        error_type = reported.type
-        if retryable:
-            what = f"failed after {task.spent} attempt{'s' if task.spent > 1 else ''}"
-        else:
-            what = reported.verdict()
-        # Out of memory: the local runtime's kill, Lambda's "Runtime.OutOfMemory", a kill by
-        # a signal with memory near the limit (the kernel's OOM killer), a MemoryError raised
-        # in the handler, or a runtime that cannot tell (the AWS runtime's missing status).
-        killed = "Runtime exited with error: signal: kill" in error
-        oom = (error_type == "Runtime.OutOfMemory" or "MemoryError" in error or "out of memory" in error
-               or (killed and res.max_memory_mb >= NEAR_MEMORY_LIMIT * self.spec.memory_mb))
-        hint = ""
-        if error_type == "Sandbox.Timedout":
-            hint = "; raise --timeout-s, or lower --split-size"
-            if oom:
-                hint += f"; or, if it ran out of memory, raise --memory-mb (now {self.spec.memory_mb})"
-        elif oom:
-            hint = (f"; raise --memory-mb (now {self.spec.memory_mb}), or --partitions so each "
-                    f"reducer holds less")
-        message = f"{task.describe} {what}: {error}{hint} (input: {task.input_desc})"
-        return JobFailed(message, phase=phase, task=task.describe, input=task.input_desc, error=error)
-
-    def _record_failure(self, failure: JobFailed) -> None:
-        record = {"job_id": self.spec.job_id, "phase": failure.phase, "task": failure.task,
-                  "input": failure.input, "error": failure.error, "message": str(failure),
-                  "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        try:
-            jobstate.write_json(contract.failure_uri(self.job_dir), record)
-        except Exception:  # reporting the failure matters more than recording it
-            log.exception("could not record the failure of job %s", self.spec.job_id)
 
     def _report(self, phase: str, done: int, total: int, bytes_done: int, bytes_total: int,
                 started: float, running: int, retries: int, force: bool = False) -> None:
