@@ -202,7 +202,9 @@ class Scheduler:
             self._adopt(task)
             by_key[task.key] = task
         for f in in_flight:
-            task = by_key[f.key]
+            task = by_key.get(f.key)
+            if task is None:
+                continue  # it committed since (or belongs to a phase that finished): not waited for
             task.attempts = max(task.attempts, f.attempt)
             self.running[f.request_id] = task
             self.started_at[f.request_id] = f.started_at

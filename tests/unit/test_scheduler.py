@@ -248,6 +248,20 @@ def test_a_scheduler_rebuilt_from_storage_continues_the_attempt_count(job_dir):
         c.advance(rt2.poll(0))
 
 
+def test_an_invocation_that_committed_before_the_rebuild_is_not_waited_for(job_dir):
+    rt, clock = FakeRuntime(capacity=4), Clock()
+    a = scheduler(rt, make_tasks(job_dir, 2), clock)
+    w = a.advance()
+    rt.succeed(w.request_ids[0])  # commits in storage; process A stops before it sees the result
+    prefix = contract.status_prefix(0, contract.MAP)
+    todo = [t for t in make_tasks(job_dir, 2) if t.key not in jobstate.committed(job_dir, prefix)]
+    b = Scheduler(rt, todo, lambda t, r: [], Policy(speculation=False), in_flight=w.in_flight, clock=clock)
+    w2 = b.advance(rt.poll(0))
+    assert w2.status_keys == ["map/00001"] and w2.request_ids == [w.request_ids[1]] and b.done == 0
+    rt.succeed(w.request_ids[1])
+    assert b.advance(rt.poll(0)).finished and b.done == 1 and len(rt.invoked) == 2
+
+
 def test_a_fresh_budget_continues_the_numbering_but_not_the_count(job_dir):
     rt, clock = FakeRuntime(capacity=4), Clock()
     a = scheduler(rt, make_tasks(job_dir, 1), clock, max_attempts=1)
