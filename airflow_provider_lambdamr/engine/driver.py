@@ -9,49 +9,41 @@ objects appeared under an input prefix.
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import json
 import logging
-import statistics
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
 
-from airflow_provider_lambdamr import __version__
+from airflow_provider_lambdamr.engine import commit as commit_mod
 from airflow_provider_lambdamr.engine import cost as cost_model
-from airflow_provider_lambdamr.engine import jobdir, packaging, planner
+from airflow_provider_lambdamr.engine import failures, jobdir, jobstate, packaging, planner, preflight
+from airflow_provider_lambdamr.engine import rounds as rounds_mod
+from airflow_provider_lambdamr.engine.failures import JobFailed
+from airflow_provider_lambdamr.engine.jobstate import PhaseState, phase_state  # noqa: F401 - re-exported
 from airflow_provider_lambdamr.engine.runtimes.base import InvocationResult, Runtime
+from airflow_provider_lambdamr.engine.scheduler import (
+    DeadlinePassed,
+    InFlight,
+    InvocationStats,
+    Policy,
+    Scheduler,
+    Task,
+    TaskFailed,
+    Waiting,
+)
 from airflow_provider_lambdamr.engine.spec import JobSpec
+from airflow_provider_lambdamr.engine.tasks import TaskFactory
 from airflow_provider_lambdamr.engine.tracing import JobTracer
 from lambda_src import contract
 from lambda_src import storage as st
-from lambda_src.contract import MAP, REDUCE, SUCCESS, JobConfig, MapTask, ReduceTask, TaskSpec
-from lambda_src.reader import InputError, Segment
-from lambda_src.task import load_job_class, peak_memory_mb
+from lambda_src.contract import MAP, REDUCE, SUCCESS
+from lambda_src.reader import InputError
+from lambda_src.task import load_job_class
 
 log = logging.getLogger(__name__)
 
-#: Events above this size carry their lists through storage (Lambda's async limit is 256 KB).
-MAX_INLINE_EVENT = 200 * 1024
-POLL_S = 0.5
-#: A worker killed with at least this share of its memory in use most likely ran out of it.
-NEAR_MEMORY_LIMIT = 0.9
 
-
-class JobFailed(Exception):
-    """A job could not finish; the message names the phase, task and input."""
-
-    def __init__(self, message: str, *, phase: str, task: str | None = None,
-                 input: str | None = None, error: str | None = None, resumable: bool = True) -> None:
-        super().__init__(message)
-        #: False when rerunning the same job id cannot help (nothing planned, or a conflict).
-        self.resumable = resumable
-        self.phase = phase
-        self.task = task
-        self.input = input
-        self.error = error
 
 
 @dataclass
@@ -70,57 +62,37 @@ ProgressFn = Callable[[Progress], None]
 
 
 @dataclass
-class _Task:
-    key: str
-    spec: TaskSpec
-    describe: str
-    input_desc: str
-    bytes: int = 0
-    attempts: int = 0
-    errors: list[str] = field(default_factory=list)
-    done: bool = False
-    speculated: bool = False
-    meta: dict = field(default_factory=dict)
+class _Phase:
+    """One phase of one step, rebuilt from storage: its tasks' scheduler and its commit."""
+
+    name: str
+    scheduler: Scheduler
+    #: Called when every task committed: checks and records the phase; its records.
+    finish: Callable[[], list[dict]]
+    bytes_total: int
 
 
-@dataclass
-class _Stats:
-    durations_ms: list[float] = field(default_factory=list)
-    billed_ms: int = 0
-    peak_memory_mb: float = 0.0
-    invocations: int = 0
-    failures: int = 0
-    cold_starts: int = 0
+@dataclass(frozen=True)
+class JobWaiting:
+    """What a job waits for after ``Driver.advance``: a phase's invocations, or nothing."""
 
-    def add(self, res: InvocationResult) -> None:
-        self.invocations += 1
-        self.billed_ms += res.billed_ms
-        self.peak_memory_mb = max(self.peak_memory_mb, res.max_memory_mb)
-        self.cold_starts += int(res.cold_start)
-        if res.ok:
-            self.durations_ms.append(res.duration_ms)
-        else:
-            self.failures += 1
+    #: The phase in flight; None when the job committed.
+    phase: str | None
+    waiting: Waiting | None
+    #: The ``_SUCCESS`` summary, once the job committed.
+    summary: dict | None
 
-    def __add__(self, other: _Stats) -> _Stats:
-        return _Stats(self.durations_ms + other.durations_ms, self.billed_ms + other.billed_ms,
-                      max(self.peak_memory_mb, other.peak_memory_mb), self.invocations + other.invocations,
-                      self.failures + other.failures, self.cold_starts + other.cold_starts)
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
 
-    def summary(self) -> dict:
-        d = sorted(self.durations_ms)
-        return {
-            "invocations": self.invocations,
-            "failed_invocations": self.failures,
-            "cold_starts": self.cold_starts,
-            "billed_ms": self.billed_ms,
-            "peak_memory_mb": round(self.peak_memory_mb, 1),
-            "task_ms": {
-                "min": round(d[0], 1) if d else 0,
-                "median": round(statistics.median(d), 1) if d else 0,
-                "max": round(d[-1], 1) if d else 0,
-            },
-        }
+    @property
+    def in_flight(self) -> tuple[InFlight, ...]:
+        return self.waiting.in_flight if self.waiting else ()
+
+    @property
+    def wake_at(self) -> float | None:
+        return self.waiting.wake_at if self.waiting else None
 
 
 class Driver:
@@ -142,7 +114,7 @@ class Driver:
         self.out_store = st.for_uri(spec.output)
         self.manifest: dict | None = None
         self.package: packaging.CodePackage | None = None
-        self.stats = {"map": _Stats(), "reduce": _Stats()}
+        self.stats = {"map": InvocationStats(), "reduce": InvocationStats()}
         self.timings: dict[str, float] = {}
         self._deployed = False
         self._last_report: tuple | None = None
@@ -152,6 +124,8 @@ class Driver:
         #: True when ``run()`` returned a result this job id had already committed.
         self.reused = False
         self._trace_header: str | None = None
+        #: The phase ``advance`` is moving (rebuilt from storage in a fresh driver).
+        self._current: _Phase | None = None
         job_class = load_job_class(spec.job_ref)
         if job_class.input_names is not None and set(spec.inputs) != set(job_class.input_names):
             got = ", ".join(repr(n) if n else "one unnamed input" for n in spec.inputs) or "none"
@@ -165,6 +139,7 @@ class Driver:
         #: Partitions of each step (a step may override the job's --partitions).
         self.step_partitions = [s.partitions or spec.partitions for s in steps]
         self.map_only = len(steps) == 1 and steps[0].reducer is None
+        self.tasks = TaskFactory(spec, map_only=self.map_only, step_count=self.step_count)
 
     @property
     def step_count(self) -> int:
@@ -201,11 +176,11 @@ class Driver:
         success = jobdir.read_success(self.spec.output)
         if success.summary is None or success.summary["job_id"] != self.spec.job_id:
             return None
-        differs = _identity_diff(success.summary.get("identity") or {}, self.identity())
+        differs = preflight.identity_diff(success.summary.get("identity") or {}, self.identity())
         if not differs and not self.spec.recompute:
             manifest = jobdir.read_manifest(self.job_dir)
             if manifest is not None:
-                self._check_inputs_unchanged(manifest, committed=True)
+                preflight.check_inputs_unchanged(self.spec, manifest, committed=True)
         if differs and not self.spec.recompute:
             raise JobFailed(
                 f"job id {self.spec.job_id!r} already committed a result in {self.spec.output} for "
@@ -240,7 +215,7 @@ class Driver:
         t0 = time.time()
         if self.spec.recompute and self.completed_summary() is not None:
             self.reset()
-        self._check_output()
+        preflight.check_output(self.spec)
         self._deploy()  # workers start (cold) while the inputs are listed
         self.manifest = self._load_or_plan()
         self.timings["plan"] = round(time.time() - t0, 3)
@@ -252,10 +227,74 @@ class Driver:
         Step 1 maps the planned input splits; a later step maps the runs that the previous
         step's final reducers wrote.
         """
-        manifest = self._require_manifest()
+        self._require_manifest()
         self._deploy()
         t0 = time.time()
         self._clear_failure()
+        records = self._run_phase(self._map_phase(step, fresh_budget=True))
+        self._add_timing("map", time.time() - t0)
+        return records
+
+    def run_reduce(self, map_records: list[dict] | None = None, step: int = 0) -> list[dict]:
+        """Run a step's reduce rounds until one output per partition remains."""
+        self._require_manifest()
+        self._deploy()
+        t0 = time.time()
+        self._clear_failure()
+        if map_records is None:
+            map_records = self._load_map_commit(step)
+        finals = self._run_phase(self._reduce_phase(step, map_records, fresh_budget=True))
+        self._add_timing("reduce", time.time() - t0)
+        return finals
+
+    def run_later_steps(self) -> None:
+        """Map and reduce every step after the first (after ``run_reduce`` of step 1)."""
+        for step in range(1, self.step_count):
+            self.run_reduce(self.run_map(step), step)
+
+    def advance(self, results: Iterable[InvocationResult] = (), in_flight: Iterable[InFlight] = ()) -> JobWaiting:
+        """Move a planned job as far as it can go without blocking; say what it now waits for.
+
+        Takes the invocation ``results`` that arrived, launches what can be launched (tasks
+        up to the window, retries, speculative twins, the next reduce round, the next phase
+        or step) and commits the job when everything is done. A driver in a fresh process
+        rebuilds the phase from storage (status records, the manifest, the pinned plans),
+        given ``in_flight``, what an earlier driver's ``JobWaiting`` said was in flight;
+        attempts that failed in earlier processes count against ``max_attempts``.
+        """
+        self._require_manifest()
+        self._deploy()
+        results = list(results)
+        while True:
+            if self._current is None:
+                self._current = self._next_phase(in_flight)
+                in_flight = ()
+                if self._current is None:
+                    return JobWaiting(None, None, self.completed_summary() or self.commit())
+            try:
+                waiting = self._current.scheduler.advance(results)
+            except (TaskFailed, DeadlinePassed) as err:
+                raise self._job_failed(self._current, err) from None
+            results = []
+            if not waiting.finished:
+                return JobWaiting(self._current.name, waiting, None)
+            self.speculative_attempts += self._current.scheduler.speculative_attempts
+            self._current.finish()
+            self._current = None
+
+    def _next_phase(self, in_flight: Iterable[InFlight]) -> _Phase | None:
+        """The first phase whose commit storage lacks (None: all done), rebuilt from storage."""
+        for step in range(self.step_count):
+            map_records = jobstate.read_map_commit(self.job_dir, step)
+            if map_records is None:
+                return self._map_phase(step, fresh_budget=False, in_flight=in_flight)
+            if not self.map_only and len(jobstate.final_records(self.job_dir, step)) < self.step_partitions[step]:
+                return self._reduce_phase(step, map_records, fresh_budget=False, in_flight=in_flight)
+        return None
+
+    # -- phases, rebuilt from storage -----------------------------------------------------
+    def _map_phase(self, step: int, *, fresh_budget: bool, in_flight: Iterable[InFlight] = ()) -> _Phase:
+        manifest = self._require_manifest()
         phase = self._phase_name("map", step)
         if step == 0:
             tasks_spec = manifest["tasks"]
@@ -263,9 +302,10 @@ class Driver:
         else:
             tasks_spec = self._later_step_inputs(step)
             bytes_total = sum(b for _, b in tasks_spec)
-        done = self._read_statuses(contract.status_prefix(step, MAP))
+        listing = jobstate.list_statuses(self.job_dir, contract.status_prefix(step, MAP))
+        done = jobstate.read_records(self.job_dir, listing.committed)
         records: dict[int, dict] = {}
-        todo: list[_Task] = []
+        todo: list[Task] = []
         count = len(tasks_spec)
         for index, item in enumerate(tasks_spec):
             key = contract.map_status_key(step, index)
@@ -273,33 +313,99 @@ class Driver:
                 records[index] = done[key]
                 continue
             if step == 0:
-                todo.append(self._map_task(index, count, item))
+                todo.append(self.tasks.map_task(index, count, item))
             else:
-                todo.append(self._later_map_task(step, index, count, *item))
+                todo.append(self.tasks.later_map_task(step, index, count, *item))
         if done:
             log.info("%s: %d of %d tasks already done; running %d", phase, len(records), count, len(todo))
 
-        def finished(task: _Task, record: dict) -> list[_Task]:
+        def finished(task: Task, record: dict) -> list[Task]:
             records[task.meta["index"]] = record
             return []
 
-        with self.tracer.phase(phase) as header:
-            self._trace_header = header
-            self._execute(phase, todo, finished, total=count, already=len(records), bytes_total=bytes_total,
-                          bytes_already=sum(int(r.get("stats", {}).get("input_bytes", 0)) for r in records.values()))
-        ordered = [records[i] for i in range(count)]
-        if step == 0:
-            self._check_bad_record_budget(ordered)
-        outputs = [
-            {"index": i, "outputs": r.get("outputs", []), "stats": r.get("stats", {})}
-            for i, r in enumerate(ordered)
-        ]
-        # The map invocations this driver has made so far: step 1's, for a commit in another process
-        # (a separate reduce task) to add up.
-        self._write_json(contract.map_commit_uri(self.job_dir, step),
-                         {"job_id": self.spec.job_id, "tasks": outputs, "invocations": asdict(self.stats["map"])})
-        self._add_timing("map", time.time() - t0)
-        return ordered
+        def finish() -> list[dict]:
+            ordered = [records[i] for i in range(count)]
+            if step == 0:
+                self._check_bad_record_budget(ordered)
+            jobstate.write_map_commit(self.job_dir, self.spec.job_id, step, ordered,
+                                      asdict(self.stats["map"]) if step == 0 else None)
+            return ordered
+
+        bytes_already = sum(int(r.get("stats", {}).get("input_bytes", 0)) for r in records.values())
+        sched = self._scheduler(phase, todo, finished, listing.failed_attempts, fresh_budget, in_flight,
+                                total=count, already=len(records), bytes_already=bytes_already)
+        return _Phase(phase, sched, finish, bytes_total)
+
+    def _reduce_phase(self, step: int, map_records: list[dict], *, fresh_budget: bool,
+                      in_flight: Iterable[InFlight] = ()) -> _Phase:
+        manifest = self._require_manifest()
+        phase = self._phase_name("reduce", step)
+        listing = jobstate.list_statuses(self.job_dir, contract.status_prefix(step, REDUCE))
+        done = jobstate.read_records(self.job_dir, listing.committed)
+        plan = rounds_mod.ReduceRounds(map_records, self.step_partitions[step], manifest["spec"]["fan_in"],
+                                       step, done)
+
+        def tasks(pending: list[rounds_mod.Pending]) -> list[Task]:
+            return [self.tasks.reduce_task(step, rounds, group, inputs) for rounds, group, inputs in pending]
+
+        def finished(task: Task, record: dict) -> list[Task]:
+            return tasks(plan.complete(task.meta["partition"], task.meta["group"], record))
+
+        def finish() -> list[dict]:
+            missing = plan.missing()
+            if missing:
+                raise JobFailed(f"{phase} finished without a result for partitions {missing}", phase=phase)
+            return [plan.finals[p] for p in range(plan.partitions)]
+
+        already = len(done)
+        sched = self._scheduler(phase, tasks(plan.start()), finished, listing.failed_attempts, fresh_budget,
+                                in_flight, total=max(plan.expected_tasks(), already), already=already)
+        return _Phase(phase, sched, finish, 0)
+
+    def _scheduler(self, phase: str, tasks: list[Task], on_done: Callable[[Task, dict], list[Task]],
+                   attempts: dict[str, int], fresh_budget: bool, in_flight: Iterable[InFlight], *,
+                   total: int, already: int, bytes_already: int = 0) -> Scheduler:
+        spec = self.spec
+        policy = Policy(max_attempts=spec.max_attempts, speculation=spec.speculation,
+                        speculation_factor=spec.speculation_factor, speculation_min_s=spec.speculation_min_s,
+                        deadline=self._deadline)
+        return Scheduler(self.runtime, tasks, on_done, policy, attempts=attempts, fresh_budget=fresh_budget,
+                         in_flight=in_flight, stats=self.stats["map" if phase.endswith("map") else "reduce"],
+                         trace_header=self._trace_header, total=total, already=already,
+                         bytes_already=bytes_already)
+
+    def _run_phase(self, phase: _Phase) -> list[dict]:
+        """Run a phase to its end (a failed task or the deadline fails the job); finish it."""
+        sched = phase.scheduler
+        with self.tracer.phase(phase.name) as header:
+            self._trace_header = sched.trace_header = header
+            started = time.time()
+
+            def report(force: bool) -> None:
+                self._report(phase.name, sched.done, sched.total, sched.bytes_done, phase.bytes_total, started,
+                             0 if force else len(sched.running), sched.retries, force=force)
+
+            try:
+                sched.run(report)
+            except (TaskFailed, DeadlinePassed) as err:
+                raise self._job_failed(phase, err) from None
+            finally:
+                self.speculative_attempts += sched.speculative_attempts
+        return phase.finish()
+
+    def _job_failed(self, phase: _Phase, err: TaskFailed | DeadlinePassed) -> JobFailed:
+        """The job's failure (recorded for sensors) when a task failed for good or time ran out."""
+        if isinstance(err, TaskFailed):
+            failure = failures.task_failed(self.spec, phase.name, err.task, err.error, err.retryable, err.result)
+        else:
+            failure = JobFailed(
+                f"job {self.spec.job_id} did not finish within {self.spec.job_timeout_s:.0f} s: the "
+                f"{phase.name} phase has {err.done} of {err.total} tasks done, {err.running} running and "
+                f"{err.waiting} waiting; rerun with the same job id to resume",
+                phase=phase.name,
+            )
+        failures.record(self.spec, failure)
+        return failure
 
     def _check_bad_record_budget(self, records: list[dict]) -> None:
         """``max_bad_records`` bounds the whole job, whatever the split size or retries.
@@ -318,13 +424,8 @@ class Driver:
             f"with the same job id to resume",
             phase="map", input=samples[0].get("uri") if samples else None,
         )
-        self._record_failure(failure)
+        failures.record(self.spec, failure)
         raise failure
-
-    def run_later_steps(self) -> None:
-        """Map and reduce every step after the first (after ``run_reduce`` of step 1)."""
-        for step in range(1, self.step_count):
-            self.run_reduce(self.run_map(step), step)
 
     def _later_step_inputs(self, step: int) -> list[tuple[list[str], int]]:
         """The map tasks of a later step: the previous step's final runs, packed by bytes.
@@ -333,304 +434,53 @@ class Driver:
         a resumed driver must give each task index the same runs, even if a late duplicate
         attempt has since rewritten a final status record.
         """
-        uri = contract.step_plan_uri(self.job_dir, step)
-        try:
-            pinned = json.loads(self.store.read_bytes(uri))
-        except st.NotFound:
-            pinned = None
+        pinned = jobstate.read_step_plan(self.job_dir, step)
         if pinned is not None:
-            return [(list(t["runs"]), int(t["bytes"])) for t in pinned["tasks"]]
-        tasks = self._pack_final_runs(step)
-        self._write_json(uri, {"job_id": self.spec.job_id, "step": step + 1,
-                               "tasks": [{"runs": runs, "bytes": size} for runs, size in tasks]})
-        return tasks
-
-    def _pack_final_runs(self, step: int) -> list[tuple[list[str], int]]:
-        finals = self._final_records(step - 1)
+            return pinned
+        finals = jobstate.final_records(self.job_dir, step - 1)
         if len(finals) < self.step_partitions[step - 1]:
             raise JobFailed(
                 f"step {step} of job {self.spec.job_id} has not finished: {len(finals)} of "
                 f"{self.step_partitions[step - 1]} partitions have a final result",
                 phase=self._phase_name("reduce", step - 1),
             )
-        runs = [
-            (o["uri"], int(o.get("bytes", 0)))
-            for _, rec in sorted(finals.items()) for o in rec.get("outputs", [])
-            if o.get("records", 0) > 0
-        ]
-        tasks: list[tuple[list[str], int]] = []
-        limit = max(1, self.spec.split_size)
-        for uri, size in runs:
-            if tasks and tasks[-1][1] + size <= limit and len(tasks[-1][0]) < self.spec.max_files_per_task:
-                tasks[-1][0].append(uri)
-                tasks[-1] = (tasks[-1][0], tasks[-1][1] + size)
-            else:
-                tasks.append(([uri], size))
+        tasks = rounds_mod.pack_final_runs(finals, self.spec.split_size, self.spec.max_files_per_task)
+        jobstate.write_step_plan(self.job_dir, self.spec.job_id, step, tasks)
         return tasks
-
-    def _final_records(self, step: int) -> dict[int, dict]:
-        """The committed final-round status records of a step's reduce, by partition."""
-        return {
-            int(r["task"]["partition"]): r
-            for r in self._read_statuses(contract.status_prefix(step, REDUCE)).values()
-            if r.get("task", {}).get("final")
-        }
-
-    def run_reduce(self, map_records: list[dict] | None = None, step: int = 0) -> list[dict]:
-        """Run a step's reduce rounds until one output per partition remains."""
-        manifest = self._require_manifest()
-        self._deploy()
-        t0 = time.time()
-        self._clear_failure()
-        if map_records is None:
-            map_records = self._load_map_commit(step)
-        phase = self._phase_name("reduce", step)
-        partitions = self.step_partitions[step]
-        fan_in = manifest["spec"]["fan_in"]
-        runs: list[list[str]] = [[] for _ in range(partitions)]
-        for rec in map_records:
-            for out in rec.get("outputs", []):
-                if out.get("records", 0) > 0:
-                    runs[int(out["partition"])].append(out["uri"])
-        done = self._read_statuses(contract.status_prefix(step, REDUCE))
-        finals: dict[int, dict] = {}
-        state = {p: _PartitionRounds(p, runs[p], fan_in, step) for p in range(partitions)}
-        total_tasks = sum(s.expected_tasks() for s in state.values())
-
-        def tasks_for(p: int) -> list[_Task]:
-            """Next runnable tasks of partition p, skipping those already done."""
-            rounds = state[p]
-            while True:
-                new = []
-                for group, inputs in rounds.pending_groups():
-                    key = rounds.status_key(group)
-                    if key in done:
-                        rounds.complete(group, done[key])
-                        if rounds.final:
-                            finals[p] = done[key]
-                        continue
-                    new.append(self._reduce_task(step, p, rounds, group, inputs))
-                if new or rounds.finished:
-                    return new
-                rounds.advance()
-
-        def finished(task: _Task, record: dict) -> list[_Task]:
-            p = task.meta["partition"]
-            rounds = state[p]
-            rounds.complete(task.meta["group"], record)
-            if rounds.final and rounds.round_complete():
-                finals[p] = record
-                rounds.finished = True
-                return []
-            if rounds.round_complete():
-                rounds.advance()
-                return tasks_for(p)
-            return []
-
-        initial: list[_Task] = []
-        for p in range(partitions):
-            initial.extend(tasks_for(p))
-        already = len(done)
-        with self.tracer.phase(phase) as header:
-            self._trace_header = header
-            self._execute(phase, initial, finished, total=max(total_tasks, already), already=already,
-                          bytes_total=0, bytes_already=0)
-        missing = [p for p in range(partitions) if p not in finals]
-        if missing:
-            raise JobFailed(f"{phase} finished without a result for partitions {missing}", phase=phase)
-        self._add_timing("reduce", time.time() - t0)
-        return [finals[p] for p in range(partitions)]
 
     def commit(self, map_records: list[dict] | None = None) -> dict:
         """Write ``_SUCCESS`` (counts, bytes, durations, task statistics); clean up."""
         manifest = self._require_manifest()
-        stats = dict(self.stats)
-        if map_records is None:  # the first map phase ran in another driver: add the invocations it recorded
-            map_records = self._load_map_commit()
-            recorded = json.loads(self.store.read_bytes(contract.map_commit_uri(self.job_dir))).get("invocations")
-            if recorded:
-                stats["map"] = _Stats(**recorded) + self.stats["map"]
-        later_maps = [self._load_map_commit(k) for k in range(1, self.step_count)]
-        step_reduces = [] if self.map_only else [
-            self._read_statuses(contract.status_prefix(k, REDUCE)) for k in range(self.step_count)
-        ]
-        reduce_records = step_reduces[-1] if step_reduces else {}
-        if self.map_only:
-            files = [st.basename(o["uri"]) for r in map_records for o in r.get("outputs", [])]
-            out_records = sum(o.get("records", 0) for r in map_records for o in r.get("outputs", []))
-            out_bytes = sum(o.get("bytes", 0) for r in map_records for o in r.get("outputs", []))
-        else:
-            final_outs = [
-                o for k, r in sorted(reduce_records.items()) if r.get("task", {}).get("final")
-                for o in r.get("outputs", [])
-            ]
-            files = sorted(st.basename(o["uri"]) for o in final_outs)
-            out_records = sum(o.get("records", 0) for o in final_outs)
-            out_bytes = sum(o.get("bytes", 0) for o in final_outs)
-        mstats = [r.get("stats", {}) for r in map_records]
-        summary = {
-            "job_id": self.spec.job_id,
-            "identity": manifest.get("identity"),
-            "job": self.spec.job_ref,
-            "inputs": self.spec.inputs,
-            "output": self.spec.output,
-            "job_dir": self.job_dir,
-            "runtime": self.runtime.name,
-            "code_version": manifest["code"]["version"],
-            "partitions": self.step_partitions[-1],  # of the last step: one part file each
-            "fan_in": self.spec.fan_in,
-            "files": files,
-            "counters": {
-                "input_objects": manifest["plan"]["objects"],
-                "input_bytes": sum(int(s.get("input_bytes", 0)) for s in mstats),
-                "input_records": sum(int(s.get("input_records", 0)) for s in mstats),
-                "bad_records": sum(int(s.get("bad_records", 0)) for s in mstats),
-                "map_output_records": sum(int(s.get("output_records", 0)) for s in mstats),
-                "output_records": out_records,
-                "output_bytes": out_bytes,
-            },
-            "steps": self.step_count,
-            "tasks": {
-                "map": len(map_records) + sum(len(m) for m in later_maps),
-                "reduce": sum(len(r) for r in step_reduces),
-                "map_modes": dict(collections.Counter(s.get("mode", "record") for s in mstats)),
-            },
-            "invocations": {phase: s.summary() for phase, s in stats.items()},
-            "speculative_attempts": self.speculative_attempts,
-            "durations_s": {
-                **self.timings,
-                "total": round(time.time() - manifest.get("created_epoch", time.time()), 3),
-            },
-            "memory_mb": self.spec.memory_mb,
-            # this process's own peak resident memory (the tasks' peaks are under invocations)
-            "driver_peak_memory_mb": peak_memory_mb(),
-            "trace_id": self.tracer.trace_id,
-            "lambdamr_version": __version__,
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        if self.step_count > 1:
-            summary["tasks"]["by_step"] = [
-                {"map": len(m), "reduce": len(r), "partitions": self.step_partitions[k]}
-                for k, (m, r) in enumerate(zip([map_records, *later_maps], step_reduces, strict=True))
-            ]
-        summary["cost"] = self._cost(
-            mstats + [r.get("stats", {}) for m in later_maps for r in m],
-            [r.get("stats", {}) for recs in step_reduces for r in recs.values()],
-            summary,
+        done = commit_mod.Committed(
+            maps=map_records if map_records is not None else self._load_map_commit(),
+            later_maps=[self._load_map_commit(k) for k in range(1, self.step_count)],
+            reduces=[] if self.map_only else [
+                jobstate.read_statuses(self.job_dir, contract.status_prefix(k, REDUCE)) for k in range(self.step_count)
+            ],
         )
-        log.info("job %s: %s", self.spec.job_id, cost_model.format_estimate(summary["cost"]))
-        bad_samples = [b for s in mstats for b in s.get("bad_samples", [])][:20]
-        if bad_samples:
-            summary["bad_record_samples"] = bad_samples
-        if not jobdir.may_commit(self.spec.output, self.spec.job_id):
+        stats = dict(self.stats)
+        if map_records is None:  # step 1's map ran in another driver: add the invocations it recorded
+            recorded = jobstate.read_map_invocations(self.job_dir)
+            if recorded:
+                stats["map"] = InvocationStats(**recorded) + self.stats["map"]
+        run = commit_mod.Run(self.runtime, stats, self.speculative_attempts, self.timings,
+                             self.tracer.trace_id, self.prices)
+        summary = commit_mod.summary(self.spec, manifest, self.step_partitions, done, run)
+        if not commit_mod.write_success(self.spec, summary):
             raise JobFailed(
                 f"job {self.spec.job_id} no longer holds its output {self.spec.output} "
                 f"({contract.claim_uri(self.spec.output)} is gone or names another job): not committed",
                 phase="commit", resumable=False,
             )
-        self._write_json(contract.success_uri(self.spec.output), summary)
-        jobdir.release_claim(self.spec.output, self.spec.job_id)
         if not self.spec.keep_intermediates:
             self.clean_intermediates()
         return summary
-
-    def _cost(self, mstats: list[dict], rstats: list[dict], summary: dict) -> dict:
-        """What the job costs (or would cost) on Lambda, from the billed ms of its tasks.
-
-        Durations and S3 request counts come from the status records, so an estimate made
-        in a later process (the reduce operator) still covers the map phase. Failed
-        invocations seen by this driver are added; ones from earlier drivers are not known.
-        """
-        billed = [cost_model.billed_ms(float(s.get("duration_ms", 0))) for s in mstats + rstats]
-        failed = sum(p.failures for p in self.stats.values())
-        failed_ms = sum(p.billed_ms for p in self.stats.values()) - sum(
-            cost_model.billed_ms(d) for p in self.stats.values() for d in p.durations_ms
-        )
-        requests = {"put": 0, "get": 0, "list": 0, "head": 0}
-        for s in mstats + rstats:
-            for kind, n in (s.get("s3_requests") or {}).items():
-                requests[kind] = requests.get(kind, 0) + int(n)
-        driver = st.s3_requests()
-        for kind in requests:
-            requests[kind] += driver.get(kind, 0)
-        usage = cost_model.Usage(
-            billed_ms=sum(billed) + max(0, failed_ms),
-            invocations=len(billed) + failed,
-            memory_mb=self.spec.memory_mb,
-            architecture=getattr(self.runtime, "architecture", "x86_64"),
-            s3_put=requests["put"], s3_get=requests["get"], s3_list=requests["list"], s3_head=requests["head"],
-            stored_bytes=summary["counters"]["output_bytes"],
-        )
-        est = cost_model.estimate(usage, self.prices)
-        est["runtime"] = self.runtime.name
-        est["note"] = (
-            "projection for AWS Lambda from local task durations" if self.runtime.name == "local"
-            else "estimate from the handlers' measured durations"
-        )
-        return est
 
     def clean_intermediates(self) -> int:
         """Delete map and reduce runs (status records and the manifest stay, for audit)."""
         return sum(self.store.delete_prefix(d) for d in jobdir.intermediate_dirs(self.job_dir, self.step_count))
 
     # -- planning ----------------------------------------------------------------------
-    def _check_output(self) -> None:
-        """Refuse an output that holds another result, unless told to replace it.
-
-        ``overwrite`` deletes only a previous LambdaMR result (the files its ``_SUCCESS``
-        lists, and that ``_SUCCESS``), or an empty, corrupt or foreign ``_SUCCESS`` (no other
-        file). Nothing else in the output is ever deleted, so part files that no result lists
-        (an unfinished job's, another tool's) are refused: they would mix with this result.
-        """
-        out = self.spec.output
-        success = jobdir.read_success(out)
-        replace: list[str] = []  # what overwrite deletes: a result's files, then its _SUCCESS
-        if success.summary is not None and success.summary["job_id"] != self.spec.job_id:
-            if not self.spec.overwrite:
-                raise JobFailed(
-                    f"output {out} already holds the result of job {success.summary['job_id']!r}; "
-                    f"choose another output, or pass --overwrite (overwrite=True in an operator) to "
-                    f"replace that result",
-                    phase="prepare", resumable=False,
-                )
-            replace = [success.uri, *jobdir.result_files(out, success.summary)]
-        elif success.problem is not None:
-            if not self.spec.overwrite or not success.replaceable:
-                raise JobFailed(
-                    f"output {out} is not empty: {success.problem}; choose another output, or pass "
-                    f"--overwrite to replace that {SUCCESS} (no other file is deleted)",
-                    phase="prepare", resumable=False,
-                )
-            replace = [success.uri]
-        # Resuming, the part files in the output may be this job's own (a map-only job's).
-        if jobdir.read_manifest(self.job_dir) is None:
-            stray = [
-                i.uri for i in self.out_store.list(out)
-                if i.uri not in replace and "/" not in (st.relative_to(i.uri, out) or "/")
-                and contract.is_part_name(st.basename(i.uri))
-            ]
-            if stray:
-                raise JobFailed(
-                    f"output {out} already holds {len(stray)} part files that no {SUCCESS} lists "
-                    f"(e.g. {st.basename(stray[0])}: an unfinished job's, or another tool's); they "
-                    f"would mix with this job's result, and only files a job wrote are ever deleted: "
-                    f"remove them, or choose another output",
-                    phase="prepare", resumable=False,
-                )
-        holder = jobdir.claim_output(out, self.spec.job_id)
-        if holder is not None:
-            raise JobFailed(
-                f"output {out} is being written by job {holder!r} ({contract.claim_uri(out)} "
-                f"names it, and it has not committed): two jobs never write one output. Resume that "
-                f"job (--job-id {holder}), or run `lambdamr cleanup --delete-job-dir` on its job "
-                f"directory to give the output up",
-                phase="prepare", resumable=False,
-            )
-        if replace:
-            log.warning("overwrite: deleting %s and the %d files it lists in %s (%s)", SUCCESS,
-                        len(replace) - 1, out, success.problem or f"job {success.summary['job_id']}")
-            self.out_store.delete(replace)  # _SUCCESS first: the output stops claiming to be whole
-
     def _load_or_plan(self) -> dict:
         """The job's manifest: the existing one (checked), or a new plan, created exclusively.
 
@@ -688,47 +538,16 @@ class Driver:
 
     def _resume(self, manifest: dict) -> dict:
         """Check that an existing manifest is this very job, on the same data, and use it."""
-        differs = _identity_diff(manifest.get("identity") or {}, self.identity())
+        differs = preflight.identity_diff(manifest.get("identity") or {}, self.identity())
         if differs:
             raise JobFailed(
                 f"job id {self.spec.job_id!r} in {self.job_dir} names another job: {differs}. "
                 f"Use another job id",
                 phase="prepare", resumable=False,
             )
-        self._check_inputs_unchanged(manifest)
+        preflight.check_inputs_unchanged(self.spec, manifest)
         log.info("resuming job %s from %s", self.spec.job_id, contract.manifest_uri(self.job_dir))
         return manifest
-
-    def _check_inputs_unchanged(self, manifest: dict, committed: bool = False) -> None:
-        """Refuse to resume (or to return a committed result) when a pinned object changed.
-
-        Objects that appeared under an input since the job was planned are not its input:
-        the plan pins which objects a job reads.
-        """
-        what = "return the result of" if committed else "resume"
-        fix = ("--recompute (recompute=True) to run it again on the new data, or start a new job"
-               if committed else "start a new job (another job id)")
-        pinned = {s["uri"]: s for task in manifest["tasks"] for s in task if s.get("version")}
-        if not pinned:
-            return
-        now: dict[str, st.ObjectInfo] = {}
-        for uris in self.spec.inputs.values():
-            for uri in uris:
-                with contextlib.suppress(planner.InputNotFound):
-                    now.update((i.uri, i) for i in planner.list_input(uri))
-        for uri, seg in sorted(pinned.items()):
-            info = now.get(uri)
-            if info is None:
-                raise JobFailed(f"cannot {what} job {self.spec.job_id}: its input {uri} was deleted after "
-                                f"it was planned; {fix}",
-                                phase="prepare", input=uri, resumable=False)
-            if (info.size, info.version) != (seg["size"], seg["version"]):
-                raise JobFailed(
-                    f"cannot {what} job {self.spec.job_id}: its input {uri} changed after it was planned "
-                    f"(size {seg['size']}, version {seg['version']} then; size {info.size}, version "
-                    f"{info.version} now); a job never mixes old and new data: {fix}",
-                    phase="prepare", input=uri, resumable=False,
-                )
 
     def _package(self) -> packaging.CodePackage:
         if self.package is None:
@@ -742,26 +561,21 @@ class Driver:
 
     def _require_manifest(self) -> dict:
         if self.manifest is None:
-            try:
-                self.manifest = json.loads(self.store.read_bytes(contract.manifest_uri(self.job_dir)))
-            except st.NotFound:
-                raise JobFailed(
-                    f"job {self.spec.job_id} has no manifest in {self.job_dir}: plan it first",
-                    phase="prepare",
-                ) from None
+            self.manifest = jobstate.read_manifest(self.job_dir)
+            if self.manifest is None:
+                raise JobFailed(f"job {self.spec.job_id} has no manifest in {self.job_dir}: plan it first",
+                                phase="prepare")
         return self.manifest
 
     def _load_map_commit(self, step: int = 0) -> list[dict]:
-        uri = contract.map_commit_uri(self.job_dir, step)
-        try:
-            data = json.loads(self.store.read_bytes(uri))
-        except st.NotFound:
+        records = jobstate.read_map_commit(self.job_dir, step)
+        if records is None:
             raise JobFailed(
                 f"the {self._phase_name('map', step)} phase of job {self.spec.job_id} has not "
-                f"finished ({uri} is missing)",
+                f"finished ({contract.map_commit_uri(self.job_dir, step)} is missing)",
                 phase=self._phase_name("reduce", step),
-            ) from None
-        return [{"outputs": t["outputs"], "stats": t.get("stats", {})} for t in data["tasks"]]
+            )
+        return records
 
     # -- steps -------------------------------------------------------------------------
     def _phase_name(self, phase: str, step: int) -> str:
@@ -771,210 +585,6 @@ class Driver:
     def _add_timing(self, phase: str, seconds: float) -> None:
         """Seconds spent in a phase, summed over the steps."""
         self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
-
-    # -- tasks -------------------------------------------------------------------------
-    def _job_config(self) -> JobConfig:
-        return JobConfig(
-            ref=self.spec.job_ref,
-            params=self.spec.params,
-            partitions=self.spec.partitions,
-            max_bad_records=self.spec.max_bad_records,
-            vectorized=self.spec.vectorized,
-            max_line_bytes=self.spec.max_line_bytes,
-        )
-
-    def _inline_or_stored(self, spec: TaskSpec) -> TaskSpec:
-        """The spec, its list stored under the job directory when the event would be too large."""
-        if len(json.dumps(spec.to_event())) <= MAX_INLINE_EVENT:
-            return spec
-        uri = spec.stored_list_uri()
-        self._write_json(uri, spec.items)  # type: ignore[arg-type]
-        return spec.with_stored_list(uri)
-
-    def _later_map_task(self, step: int, index: int, count: int, runs: list[str], size: int) -> _Task:
-        spec = self._inline_or_stored(MapTask(self.spec.job_id, self.job_dir, self._job_config(), step=step,
-                                              index=index, count=count, items=runs))
-        return _Task(
-            key=spec.status_key(),
-            spec=spec,
-            describe=spec.describe(),
-            input_desc=f"{len(runs)} result runs of step {step}",
-            bytes=size,
-            meta={"index": index},
-        )
-
-    def _map_task(self, index: int, count: int, splits: list[dict]) -> _Task:
-        segs = [Segment.from_dict(s) for s in splits]
-        spec = self._inline_or_stored(MapTask(
-            self.spec.job_id, self.job_dir, self._job_config(), index=index, count=count, items=splits,
-            output=self.spec.output if self.map_only else None,
-        ))
-        if len(segs) == 1:
-            input_desc = segs[0].describe()
-        else:
-            input_desc = f"{len(segs)} splits: {segs[0].describe()}, ..., {segs[-1].describe()}"
-        return _Task(
-            key=spec.status_key(),
-            spec=spec,
-            describe=spec.describe(),
-            input_desc=input_desc,
-            bytes=sum(s.end - s.start for s in segs),
-            meta={"index": index},
-        )
-
-    def _reduce_task(self, step: int, p: int, rounds: _PartitionRounds, group: int, inputs: list[str]) -> _Task:
-        final = rounds.final
-        spec = self._inline_or_stored(ReduceTask(
-            self.spec.job_id, self.job_dir, self._job_config(), step=step, round=rounds.round, partition=p,
-            group=group, final=final, items=inputs,
-            output=self.spec.output if final and step == self.step_count - 1 else None,
-        ))
-        return _Task(
-            key=spec.status_key(),
-            spec=spec,
-            describe=spec.describe(),
-            input_desc=f"{len(inputs)} runs of partition {p}",
-            meta={"partition": p, "group": group},
-        )
-
-    def _execute(
-        self,
-        phase: str,
-        tasks: list[_Task],
-        on_done: Callable[[_Task, dict], list[_Task]],
-        *,
-        total: int,
-        already: int,
-        bytes_total: int,
-        bytes_already: int,
-    ) -> None:
-        """Run tasks with bounded concurrency (a sliding window), retrying failures.
-
-        A task still running after ``speculation_factor`` times the median duration of the
-        phase's finished tasks (and at least ``speculation_min_s``) gets a second attempt
-        when a slot is free; the first attempt to commit wins and the other is cancelled.
-        """
-        queue = collections.deque(tasks)
-        running: dict[str, _Task] = {}
-        started_at: dict[str, float] = {}
-        finished_s: list[float] = []
-        stats = self.stats["map" if phase.endswith("map") else "reduce"]
-        done = already
-        bytes_done = bytes_already
-        retries = 0
-        started = time.time()
-        last_report = 0.0
-        capacity = self.runtime.capacity
-
-        def launch(task: _Task) -> None:
-            task.attempts += 1
-            request_id = self.runtime.invoke(task.spec.with_attempt(task.attempts), self._trace_header)
-            running[request_id] = task
-            started_at[request_id] = time.time()
-
-        self._report(phase, done, total, bytes_done, bytes_total, started, 0, 0, force=True)
-        while queue or running:
-            while queue and len(running) < capacity:
-                launch(queue.popleft())
-            for res in self.runtime.poll(POLL_S):
-                task = running.pop(res.request_id, None)
-                began = started_at.pop(res.request_id, None)
-                if task is None or task.done:
-                    continue
-                stats.add(res)
-                twins = [rid for rid, t in running.items() if t is task]
-                if res.ok and isinstance(res.payload, dict) and res.payload.get("state") == "succeeded":
-                    task.done = True
-                    for rid in twins:  # the first attempt to commit wins
-                        self.runtime.cancel(rid)
-                        running.pop(rid, None)
-                        started_at.pop(rid, None)
-                    if began is not None:
-                        finished_s.append(time.time() - began)
-                    done += 1
-                    bytes_done += task.bytes
-                    queue.extend(on_done(task, res.payload))
-                    total = max(total, done + len(queue) + len(running))
-                    continue
-                # How it failed comes from the failed attempt's record or the runtime, as data.
-                failure = None if res.ok else res.failure_report()
-                error = failure.text if failure is not None else "the handler returned no status record"
-                task.errors.append(error)
-                if twins:
-                    continue  # another attempt is still running; let it finish
-                retryable = failure is None or failure.retryable
-                if task.attempts >= self.spec.max_attempts or not retryable:
-                    failure = self._failed(phase, task, error, retryable, res)
-                    self._record_failure(failure)
-                    raise failure
-                retries += 1
-                log.warning(
-                    "%s attempt %d failed (%s); retrying", task.describe, task.attempts, error
-                )
-                queue.append(task)
-            if self.spec.speculation and not queue and len(finished_s) >= 3:
-                threshold = max(self.spec.speculation_factor * statistics.median(finished_s),
-                                self.spec.speculation_min_s)
-                now = time.time()
-                for rid, task in list(running.items()):
-                    if len(running) >= capacity:
-                        break
-                    if (now - started_at.get(rid, now) > threshold and not task.speculated
-                            and task.attempts < self.spec.max_attempts):
-                        task.speculated = True
-                        self.speculative_attempts += 1
-                        log.warning("%s is a straggler (%.1fs, median %.1fs): starting a second attempt",
-                                    task.describe, now - started_at[rid], statistics.median(finished_s))
-                        launch(task)
-            now = time.time()
-            if self._deadline is not None and now > self._deadline and (queue or running):
-                for request_id in running:
-                    self.runtime.cancel(request_id)
-                failure = JobFailed(
-                    f"job {self.spec.job_id} did not finish within {self.spec.job_timeout_s:.0f} s: the "
-                    f"{phase} phase has {done} of {total} tasks done, {len(running)} running and "
-                    f"{len(queue)} waiting; rerun with the same job id to resume",
-                    phase=phase,
-                )
-                self._record_failure(failure)
-                raise failure
-            if now - last_report >= 2.0:
-                last_report = now
-                self._report(phase, done, total, bytes_done, bytes_total, started, len(running), retries)
-        self._report(phase, done, total, bytes_done, bytes_total, started, 0, retries, force=True)
-
-    def _failed(self, phase: str, task: _Task, error: str, retryable: bool, res: InvocationResult) -> JobFailed:
-        reported = res.failure_report()
-        error_type = reported.type
-        if retryable:
-            what = f"failed after {task.attempts} attempt{'s' if task.attempts > 1 else ''}"
-        else:
-            what = reported.verdict()
-        # Out of memory: the local runtime's kill, Lambda's "Runtime.OutOfMemory", a kill by
-        # a signal with memory near the limit (the kernel's OOM killer), a MemoryError raised
-        # in the handler, or a runtime that cannot tell (the AWS runtime's missing status).
-        killed = "Runtime exited with error: signal: kill" in error
-        oom = (error_type == "Runtime.OutOfMemory" or "MemoryError" in error or "out of memory" in error
-               or (killed and res.max_memory_mb >= NEAR_MEMORY_LIMIT * self.spec.memory_mb))
-        hint = ""
-        if error_type == "Sandbox.Timedout":
-            hint = "; raise --timeout-s, or lower --split-size"
-            if oom:
-                hint += f"; or, if it ran out of memory, raise --memory-mb (now {self.spec.memory_mb})"
-        elif oom:
-            hint = (f"; raise --memory-mb (now {self.spec.memory_mb}), or --partitions so each "
-                    f"reducer holds less")
-        message = f"{task.describe} {what}: {error}{hint} (input: {task.input_desc})"
-        return JobFailed(message, phase=phase, task=task.describe, input=task.input_desc, error=error)
-
-    def _record_failure(self, failure: JobFailed) -> None:
-        record = {"job_id": self.spec.job_id, "phase": failure.phase, "task": failure.task,
-                  "input": failure.input, "error": failure.error, "message": str(failure),
-                  "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        try:
-            self._write_json(contract.failure_uri(self.job_dir), record)
-        except Exception:  # reporting the failure matters more than recording it
-            log.exception("could not record the failure of job %s", self.spec.job_id)
 
     def _report(self, phase: str, done: int, total: int, bytes_done: int, bytes_total: int,
                 started: float, running: int, retries: int, force: bool = False) -> None:
@@ -986,133 +596,3 @@ class Driver:
 
     def _clear_failure(self) -> None:
         self.store.delete([contract.failure_uri(self.job_dir)])
-
-    # -- storage helpers ---------------------------------------------------------------
-    def _write_json(self, uri: str, data: dict | list) -> None:
-        st.for_uri(uri).write_bytes(uri, json.dumps(data, sort_keys=True, indent=1).encode("utf-8"))
-
-    def _read_statuses(self, prefix: str) -> dict[str, dict]:
-        """Committed status records under a status-key prefix, by status key (``map/00007``)."""
-        keys = _committed(self.job_dir, prefix)
-        if not keys:
-            return {}
-
-        def read(key: str) -> tuple[str, dict]:
-            return key, json.loads(self.store.read_bytes(contract.status_uri(self.job_dir, key)))
-
-        if len(keys) < 8:
-            return dict(map(read, keys))
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            return dict(pool.map(read, keys))
-
-
-def _committed(job_dir: str, prefix: str) -> list[str]:
-    """The status keys under ``prefix`` that have a commit record."""
-    where = contract.status_dir(job_dir, prefix)
-    keys = (contract.committed_status_key(job_dir, i.uri) for i in st.for_uri(where).list(where))
-    return [k for k in keys if k is not None]
-
-
-def _identity_diff(old: dict, new: dict) -> str:
-    """What differs between two job identities, each field with its old and new value."""
-    def show(value: object) -> str:
-        text = json.dumps(value, sort_keys=True)
-        return text if len(text) <= 160 else text[:157] + "..."
-
-    return "; ".join(
-        f"{key} was {show(old.get(key))}, now {show(new.get(key))}"
-        for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)
-    )
-
-
-class _PartitionRounds:
-    """The reduce rounds of one partition: groups of at most F runs until one remains."""
-
-    def __init__(self, partition: int, inputs: list[str], fan_in: int, step: int = 0) -> None:
-        self.partition = partition
-        self.step = step
-        self.fan_in = fan_in
-        self.round = 1
-        self.inputs = list(inputs)
-        self.outputs: dict[int, str] = {}
-        self.finished = False
-
-    @property
-    def final(self) -> bool:
-        return len(self.inputs) <= self.fan_in
-
-    def groups(self) -> list[list[str]]:
-        if self.final:
-            return [self.inputs]
-        return [self.inputs[i: i + self.fan_in] for i in range(0, len(self.inputs), self.fan_in)]
-
-    def pending_groups(self) -> list[tuple[int, list[str]]]:
-        """Groups of this round that need a task (a lone run passes through untouched)."""
-        out = []
-        for g, inputs in enumerate(self.groups()):
-            if g in self.outputs:
-                continue
-            if len(inputs) == 1 and not self.final:
-                self.outputs[g] = inputs[0]
-                continue
-            out.append((g, inputs))
-        return out
-
-    def status_key(self, group: int) -> str:
-        return contract.reduce_status_key(self.step, self.round, self.partition, group)
-
-    def complete(self, group: int, record: dict) -> None:
-        outs = record.get("outputs") or [{}]
-        self.outputs[group] = outs[0].get("uri", "")
-        if self.final:
-            self.finished = True
-
-    def round_complete(self) -> bool:
-        return len(self.outputs) == len(self.groups())
-
-    def advance(self) -> None:
-        self.inputs = [self.outputs[g] for g in range(len(self.groups()))]
-        self.outputs = {}
-        self.round += 1
-
-    def expected_tasks(self) -> int:
-        n, total = len(self.inputs), 0
-        while n > self.fan_in:
-            groups = -(-n // self.fan_in)
-            total += groups - (1 if n % self.fan_in == 1 else 0)
-            n = groups
-        return total + 1
-
-
-@dataclass
-class PhaseState:
-    """How far a phase of a job has got, read from storage alone."""
-
-    phase: str
-    done: int
-    total: int
-    complete: bool
-    failure: dict | None = None
-
-
-def phase_state(job_dir: str, phase: str) -> PhaseState:
-    """The state of ``phase`` ("map", or "reduce": the whole job) of the job in ``job_dir``."""
-    if phase not in (MAP, REDUCE):
-        raise ValueError(f"phase must be 'map' or 'reduce', got {phase!r}")
-    store = st.for_uri(job_dir)
-    try:
-        manifest = json.loads(store.read_bytes(contract.manifest_uri(job_dir)))
-    except st.NotFound:
-        return PhaseState(phase, 0, 0, False)
-    try:
-        failure = json.loads(store.read_bytes(contract.failure_uri(job_dir)))
-    except st.NotFound:
-        failure = None
-    if phase == "map":
-        total = len(manifest["tasks"])
-        done = len(_committed(job_dir, MAP))
-        return PhaseState(phase, done, total, done >= total, failure)
-    success = jobdir.read_success(manifest["spec"]["output"]).summary
-    complete = bool(success and success["job_id"] == manifest["job_id"])
-    total = manifest.get("final_partitions", manifest["spec"]["partitions"])
-    return PhaseState(phase, total if complete else 0, total, complete, failure)

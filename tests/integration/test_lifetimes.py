@@ -299,17 +299,16 @@ def test_on_the_aws_runtime_a_job_bug_is_blamed_on_the_job_and_a_lost_invocation
      "raise --memory-mb (now 256)"),
 ])
 def test_an_out_of_memory_failure_names_memory_mb_whichever_way_it_is_reported(tmp_path, error, peak_mb, hint):
-    from airflow_provider_lambdamr.engine.driver import Driver, _Task
+    from airflow_provider_lambdamr.engine.failures import task_failed
     from airflow_provider_lambdamr.engine.runtimes.base import InvocationResult
-    from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
+    from airflow_provider_lambdamr.engine.scheduler import Task
     from airflow_provider_lambdamr.engine.spec import JobSpec
 
     spec = JobSpec(job="wordcount", inputs={"": [str(tmp_path / "in")]}, output=str(tmp_path / "out"), memory_mb=256)
-    task = _Task(key="map/00000", spec=None, describe="map task 0 of 1",
+    task = Task(key="map/00000", spec=None, describe="map task 0 of 1",
                  input_desc="in.txt", attempts=3)
     res = InvocationResult("r", False, error=error, max_memory_mb=peak_mb)
-    with LocalRuntime(workers=1) as rt:  # not deployed: no worker starts
-        failure = Driver(spec, rt)._failed("map", task, res.error_text(), True, res)
+    failure = task_failed(spec, "map", task, res.error_text(), True, res)
     if hint is None:
         assert "--memory-mb" not in str(failure)
     else:
