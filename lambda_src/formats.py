@@ -218,16 +218,17 @@ def _too_long(uri: str, what: str, offset: int, max_line_bytes: int) -> InputErr
     )
 
 
-def _first_long_line(data: bytes, max_line_bytes: int) -> int:
-    """The offset of the first line of ``data`` (whole lines, each ending in a newline)
-    longer than ``max_line_bytes``, or -1.
+def _first_long_line(data: bytes, max_line_bytes: int, start: int = 0, end: int | None = None) -> int:
+    """The offset of the first line of ``data[start:end]`` (whole lines, each ending in a
+    newline) longer than ``max_line_bytes``, or -1.
 
     Each step looks for a newline in the window of ``max_line_bytes + 1`` bytes after a line
     start: if there is none, the line starting there is too long; otherwise every line
-    starting before the last newline in the window ends inside it.
+    starting before the last newline in the window ends inside it. Nothing is copied.
     """
-    pos = 0
-    while len(data) - pos > max_line_bytes + 1:
+    end = len(data) if end is None else end
+    pos = start
+    while end - pos > max_line_bytes + 1:
         nl = data.rfind(b"\n", pos, pos + max_line_bytes + 1)
         if nl < 0:
             return pos
@@ -624,7 +625,7 @@ class _RecordLines:
         else:
             last = chunk.rfind(b"\n")
             too_long = (self._line + first > self._max_line
-                        or _first_long_line(chunk[first + 1: last + 1], self._max_line) >= 0)
+                        or _first_long_line(chunk, self._max_line, first + 1, last + 1) >= 0)
             self._line = len(chunk) - last - 1
         if too_long:  # the record path names the line and its offset
             raise VectorFallback(f"{self._where}: a line longer than {self._max_line} bytes")
