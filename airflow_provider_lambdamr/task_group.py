@@ -92,8 +92,21 @@ class _ShareOperator(_LambdaMapReduceBase):
     template_fields: Sequence[str] = lambdamr_template_fields("job_dir")
     ui_color = "#f7d08a"
 
-    def __init__(self, *, job_dir: str, step: int = 0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        *,
+        job_dir: str,
+        step: int = 0,
+        aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+        verify: bool | str | None = None,
+        botocore_config: dict | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # The connection keywords are named here too: ``partial()`` checks its keywords against
+        # the ``__init__`` of BaseOperator subclasses only, and the mixin taking them is not one.
+        super().__init__(aws_conn_id=aws_conn_id, region_name=region_name, verify=verify,
+                         botocore_config=botocore_config, **kwargs)
         self.job_dir = job_dir
         self.step = step
 
