@@ -12,7 +12,7 @@ import pytest
 from airflow_provider_lambdamr.engine import slices
 from lambda_src import storage as st
 from tests.airflow.test_dag_runs import _TI, _dag, _register, _state
-from tests.helpers import read_counts
+from tests.helpers import read_counts, read_rows
 from tests.integration.test_amplab_duckdb import assert_equal_to_duckdb
 
 
@@ -191,3 +191,49 @@ def test_a_job_with_more_map_tasks_than_the_dag_was_built_for_fails_naming_the_b
                                      aws_conn_id=None)
     with pytest.raises(AirflowException, match="5 map tasks in step 1, more than the max_map_tasks=4"):
         op.execute(ctx)
+
+
+def test_a_rerun_of_a_committed_job_maps_nothing_and_keeps_the_result(airflow_db, tmp_path):
+    import datetime as dt
+
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        (tmp_path / "in" / f"f{i}.txt").write_text(f"w{i} common\n")
+    out = tmp_path / "out"
+    dag, _ = _wordcount_dag("lambdamr_rerun", str(tmp_path / "in"), str(out), job="wordcount",
+                            max_files_per_task=1)
+    when = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
+    assert _state(dag.test(logical_date=when, run_after=when)) == "success"
+    part = out / "part-00000"
+    before = (part.stat().st_mtime_ns, (out / "_SUCCESS").read_bytes())
+    dr = dag.test(logical_date=when, run_after=when)  # the same run again: the same job id
+    assert _state(dr) == "success"
+    tis = _tis(dr)
+    assert _states(tis["wc.map"]) == _states(tis["wc.round_1"]) == {"skipped"}
+    assert _states(tis["wc.map_commit"]) == _states(tis["wc.commit"]) == {"success"}
+    assert (part.stat().st_mtime_ns, (out / "_SUCCESS").read_bytes()) == before
+    assert read_counts(str(out)) == {"w0": 1, "w1": 1, "w2": 1, "common": 3}
+
+
+def test_expanded_3a_example_runs_a_group_per_step_and_equals_duckdb(airflow_db, tmp_path):
+    from airflow_provider_lambdamr.engine import amplab_gen
+    from tests.integration.test_amplab_duckdb import duckdb_3a
+
+    rk = amplab_gen.generate(str(tmp_path / "rk"), table="rankings", rows=3_000, files=2, seed=12)
+    uv = amplab_gen.generate(str(tmp_path / "uv"), table="uservisits", rows=40_000, files=3, seed=12,
+                             rankings_rows=3_000)
+    out = str(tmp_path / "result")
+    dr = _dag("example_lambdamr_amplab_3a_expanded").test(
+        run_conf={"uservisits": str(tmp_path / "uv"), "rankings": str(tmp_path / "rk"), "output": out})
+    assert _state(dr) == "success"
+    ((ip, revenue, avg_rank),) = duckdb_3a([st.local_path(f["uri"]) for f in uv],
+                                           [st.local_path(f["uri"]) for f in rk], "1980-01-01", "1980-04-01", 1)
+    ((got_ip, got_revenue, got_avg),) = read_rows(out)
+    assert (got_ip, float(got_revenue), float(got_avg)) == (ip, pytest.approx(revenue), pytest.approx(avg_rank))
+    tis = _tis(dr)
+    for step in (1, 2, 3):
+        assert _states(tis[f"amplab_3a.step_{step}.map"]) == {"success"}
+        assert _states(tis[f"amplab_3a.step_{step}.round_1"]) == {"success"}
+        assert _states(tis[f"amplab_3a.step_{step}.round_2"]) == {"skipped"}
+    success = json.loads((tmp_path / "result" / "_SUCCESS").read_text())
+    assert success["steps"] == 3
