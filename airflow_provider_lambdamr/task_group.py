@@ -143,17 +143,28 @@ class LambdaMapBatchOperator(_ShareOperator):
         super().__init__(**kwargs)
         self.indexes = indexes
 
-    def share(self, driver: Driver) -> int:
-        ran = slices.run_map_batch(driver, self.step, list(self.indexes))
-        self.log.info("ran %d of the %d map tasks of this batch (the rest had committed)", ran, len(self.indexes))
-        return ran
+    def share(self, driver: Driver) -> dict:
+        done = slices.run_map_batch(driver, self.step, list(self.indexes))
+        self.log.info("ran %d of the %d map tasks of this batch (the rest had committed)",
+                      done["ran"], len(self.indexes))
+        return done
 
 
 class LambdaMapCommitOperator(_ShareOperator):
-    """Commit a step's map phase once all its map tasks committed."""
+    """Commit a step's map phase once all its map tasks committed.
+
+    :param batches: What the map batches returned (their invocations go into the commit).
+        (templated)
+    """
+
+    template_fields: Sequence[str] = lambdamr_template_fields("job_dir", "batches")
+
+    def __init__(self, *, batches: Sequence[dict | None] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batches = batches
 
     def share(self, driver: Driver) -> int:
-        return slices.map_commit(driver, self.step)
+        return slices.map_commit(driver, self.step, self.batches or ())
 
 
 class LambdaStepPlanOperator(_ShareOperator):
@@ -283,8 +294,7 @@ def lambdamr_task_group(
                     last = batches = step_plan.output
                 map_batch = mapped(LambdaMapBatchOperator, "map", step, {"indexes": batches})
                 last >> map_batch
-                commit_map = share(LambdaMapCommitOperator, "map_commit", step)
-                map_batch >> commit_map
+                commit_map = share(LambdaMapCommitOperator, "map_commit", step, batches=map_batch.output)
                 last = commit_map
                 for rnd in range(1, rounds + 1):
                     groups = share(LambdaReduceRoundPlanOperator, f"round_{rnd}_groups", step, round=rnd,

@@ -64,8 +64,8 @@ with DAG(
         inputs=sample_input(),
         output_uri=output_uri(),
         partitions=2,
-        fan_in=4,
-        max_map_tasks=500,
+        fan_in=8,
+        max_map_tasks=512,  # with fan_in=8: at most 3 reduce rounds
         split_size="8MB",
         runtime="{{ params.runtime }}",
     )

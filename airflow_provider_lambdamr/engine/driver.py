@@ -627,8 +627,14 @@ class Driver:
         self._run_share(self._phase_name("map", step), todo, listing.failed_attempts)
         return len(todo)
 
-    def commit_map(self, step: int) -> list[dict]:
-        """Write a step's map commit once every one of its map tasks committed; its records."""
+    def commit_map(self, step: int, invocations: Iterable[dict] = ()) -> list[dict]:
+        """Write a step's map commit once every one of its map tasks committed; its records.
+
+        ``invocations``: the map invocation statistics of the shares that ran the tasks
+        (``asdict(InvocationStats)`` each), recorded with step 1's commit for ``commit``.
+        """
+        for recorded in invocations:
+            self.stats["map"] = self.stats["map"] + InvocationStats(**recorded)
         phase = self._map_phase(step, fresh_budget=False)
         missing = sorted(t.meta["index"] for t in phase.scheduler.queue)
         if missing:

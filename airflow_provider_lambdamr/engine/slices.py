@@ -13,7 +13,8 @@ not need has no groups (``reduce_round_batches`` is empty) and its task is skipp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from typing import TypeVar
 
 from airflow_provider_lambdamr.engine.driver import Driver
@@ -67,14 +68,19 @@ def map_batches(driver: Driver, step: int, max_batches: int, max_map_tasks: int)
     return batches(range(count), max_batches)
 
 
-def run_map_batch(driver: Driver, step: int, indexes: Sequence[int]) -> int:
-    """Run a batch of a step's map tasks (those not committed); how many ran."""
-    return driver.run_map_tasks(step, indexes)
+def run_map_batch(driver: Driver, step: int, indexes: Sequence[int]) -> dict:
+    """Run a batch of a step's map tasks (those not committed): how many ran, and the
+    invocations' statistics (for ``map_commit``)."""
+    ran = driver.run_map_tasks(step, indexes)
+    return {"ran": ran, "invocations": asdict(driver.stats["map"])}
 
 
-def map_commit(driver: Driver, step: int) -> int:
-    """Commit a step's map phase once all its map tasks committed; its task count."""
-    return len(driver.commit_map(step))
+def map_commit(driver: Driver, step: int, batches: Iterable[dict | None] = ()) -> int:
+    """Commit a step's map phase once all its map tasks committed; its task count.
+
+    ``batches``: what ``run_map_batch`` returned, whose invocations the commit records.
+    """
+    return len(driver.commit_map(step, [b["invocations"] for b in batches if b]))
 
 
 def reduce_round_batches(driver: Driver, step: int, rnd: int, max_batches: int) -> list[list[str]]:
