@@ -266,8 +266,11 @@ def lambdamr_task_group(
         connection's ``aws_conn_id``, ``region_name``, ``verify``, ``botocore_config``).
     """
     steps = load_job_class(resolve_job_ref(job))(encode_job_params(job_params)).checked_steps()
-    map_only = len(steps) == 1 and steps[0].reducer is None
-    rounds = 0 if map_only else slices.max_rounds(max_map_tasks, fan_in)
+    if steps[0].reducer is None:
+        # the commit is LambdaReduceOperator's, which reduces; a map-only job has nothing to reduce
+        raise ValueError(f"lambdamr_task_group {group_id!r}: job {job!r} is map-only (no reducer), which "
+                         f"the task group does not run yet; run it with `lambdamr run`")
+    rounds = slices.max_rounds(max_map_tasks, fan_in)
     connection = {k: options[k] for k in _CONNECTION if k in options}
     with TaskGroup(group_id) as group:
         plan = LambdaMapReducePlanOperator(

@@ -239,3 +239,15 @@ def test_expanded_3a_example_runs_a_group_per_step_and_equals_duckdb(airflow_db,
         assert _states(tis[f"amplab_3a.step_{step}.round_2"]) == {"skipped"}
     success = json.loads((tmp_path / "result" / "_SUCCESS").read_text())
     assert success["steps"] == 3
+
+
+def test_a_map_only_job_is_refused_when_the_dag_is_parsed():
+    from datetime import datetime
+
+    from airflow.sdk import DAG
+
+    from airflow_provider_lambdamr.task_group import lambdamr_task_group
+
+    with (DAG(dag_id="lambdamr_map_only", schedule=None, start_date=datetime(2024, 1, 1)),
+          pytest.raises(ValueError, match="job 'amplab-1a' is map-only")):
+        lambdamr_task_group("q1a", job="amplab-1a", inputs="/in/rk", output_uri="/out")
