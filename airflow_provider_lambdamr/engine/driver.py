@@ -600,17 +600,20 @@ class Driver:
     # -- shares of a phase (engine/slices.py: one Airflow task instance each) ------------
     def map_task_count(self, step: int) -> int:
         """How many map tasks a step has (a later step's are planned and pinned here)."""
-        return len(self._require_manifest()["tasks"] if step == 0 else self._later_step_inputs(step))
+        return len(self._map_items(step))
+
+    def _map_items(self, step: int) -> list:
+        """A step's map tasks: step 1's splits (the manifest), a later step's runs (pinned)."""
+        return self._require_manifest()["tasks"] if step == 0 else self._later_step_inputs(step)
 
     def run_map_tasks(self, step: int, indexes: Iterable[int]) -> int:
         """Run those map tasks of a step that have not committed; how many ran.
 
         The rest of the phase and its map commit are left to other shares (``commit_map``).
         """
-        self._require_manifest()
+        items = self._map_items(step)
         self._deploy()
         self._clear_failure()
-        items = self._require_manifest()["tasks"] if step == 0 else self._later_step_inputs(step)
         listing = jobstate.list_statuses(self.job_dir, contract.status_prefix(step, MAP))
         done = set(listing.committed)
         todo = []
