@@ -596,3 +596,85 @@ class Driver:
 
     def _clear_failure(self) -> None:
         self.store.delete([contract.failure_uri(self.job_dir)])
+
+    # -- shares of a phase (engine/slices.py: one Airflow task instance each) ------------
+    def map_task_count(self, step: int) -> int:
+        """How many map tasks a step has (a later step's are planned and pinned here)."""
+        return len(self._map_items(step))
+
+    def _map_items(self, step: int) -> list:
+        """A step's map tasks: step 1's splits (the manifest), a later step's runs (pinned)."""
+        return self._require_manifest()["tasks"] if step == 0 else self._later_step_inputs(step)
+
+    def run_map_tasks(self, step: int, indexes: Iterable[int]) -> int:
+        """Run those map tasks of a step that have not committed; how many ran.
+
+        The rest of the phase and its map commit are left to other shares (``commit_map``).
+        """
+        items = self._map_items(step)
+        self._deploy()
+        self._clear_failure()
+        listing = jobstate.list_statuses(self.job_dir, contract.status_prefix(step, MAP))
+        done = set(listing.committed)
+        todo = []
+        for index in indexes:
+            if not 0 <= index < len(items):
+                raise JobFailed(f"{self._phase_name('map', step)} of job {self.spec.job_id} has no task "
+                                f"{index} (it has {len(items)})", phase=self._phase_name("map", step))
+            if contract.map_status_key(step, index) in done:
+                continue
+            if step == 0:
+                todo.append(self.tasks.map_task(index, len(items), items[index]))
+            else:
+                todo.append(self.tasks.later_map_task(step, index, len(items), *items[index]))
+        self._run_share(self._phase_name("map", step), todo, listing.failed_attempts)
+        return len(todo)
+
+    def commit_map(self, step: int, invocations: Iterable[dict] = ()) -> list[dict]:
+        """Write a step's map commit once every one of its map tasks committed; its records.
+
+        ``invocations``: the map invocation statistics of the shares that ran the tasks
+        (``asdict(InvocationStats)`` each), recorded with step 1's commit for ``commit``.
+        """
+        for recorded in invocations:
+            self.stats["map"] = self.stats["map"] + InvocationStats(**recorded)
+        phase = self._map_phase(step, fresh_budget=False)
+        missing = sorted(t.meta["index"] for t in phase.scheduler.queue)
+        if missing:
+            raise JobFailed(f"{phase.name} of job {self.spec.job_id}: map tasks {missing} have not "
+                            f"committed", phase=phase.name)
+        return phase.finish()
+
+    def reduce_round_tasks(self, step: int, rnd: int) -> list[Task]:
+        """The uncommitted tasks of reduce round ``rnd`` of a step, over every partition.
+
+        Empty when no partition needs that round (or it is done). A partition still short of
+        that round (an earlier round's task has not committed) fails: rounds run in order.
+        """
+        fan_in = self._require_manifest()["spec"]["fan_in"]
+        done = jobstate.read_statuses(self.job_dir, contract.status_prefix(step, REDUCE))
+        plan = rounds_mod.ReduceRounds(self._load_map_commit(step), self.step_partitions[step], fan_in, step, done)
+        pending = plan.start()
+        behind = sorted({r.partition for r, _, _ in pending if r.round < rnd})
+        if behind:
+            raise JobFailed(f"{self._phase_name('reduce', step)} of job {self.spec.job_id}: partitions {behind} "
+                            f"have not finished the rounds before round {rnd}",
+                            phase=self._phase_name("reduce", step))
+        return [self.tasks.reduce_task(step, r, g, inputs) for r, g, inputs in pending if r.round == rnd]
+
+    def run_reduce_tasks(self, step: int, rnd: int, keys: Iterable[str]) -> int:
+        """Run those tasks (status keys) of reduce round ``rnd`` that have not committed; how many."""
+        self._require_manifest()
+        self._deploy()
+        self._clear_failure()
+        wanted = set(keys)
+        todo = [t for t in self.reduce_round_tasks(step, rnd) if t.key in wanted]
+        attempts = jobstate.attempts_used(self.job_dir, contract.status_prefix(step, REDUCE))
+        self._run_share(self._phase_name("reduce", step), todo, attempts)
+        return len(todo)
+
+    def _run_share(self, phase: str, tasks: list[Task], attempts: dict[str, int]) -> None:
+        """Run some tasks of a phase to their commit; a share starts with a fresh attempt budget."""
+        sched = self._scheduler(phase, tasks, lambda task, record: [], attempts, True, (),
+                                total=len(tasks), already=0)
+        self._run_phase(_Phase(phase, sched, list, 0))

@@ -1,0 +1,79 @@
+"""
+Amplab query 2a, ``SELECT SUBSTR(sourceIP, 1, 8), SUM(adRevenue) FROM uservisits GROUP BY 1``,
+as a task group whose Graph and Grid views show the MapReduce.
+
+``lambdamr_task_group`` builds ``plan`` (check the output, plan the splits, deploy the code),
+``map`` (mapped: each instance runs a batch of the map tasks, at most 32 instances however
+many splits), ``map_commit``, each reduce round as ``round_N_groups`` and ``round_N``
+(mapped over that round's groups; a round the job does not need is skipped) and ``commit``
+(``_SUCCESS`` and the result Asset). Clearing one ``map`` instance re-runs only the map
+tasks of its batch that have no status record. ``example_lambdamr_amplab_2a`` is the same
+job in its compact form (one map task, one reduce task). Runs on the embedded default
+(local runtime, ``file://`` storage) when ``input`` and ``output`` are left empty.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from datetime import datetime
+
+from airflow.sdk import DAG, Param, TriggerRule, task
+
+from airflow_provider_lambdamr.operators.lambda_mr import LambdaMapReduceCleanupOperator
+from airflow_provider_lambdamr.task_group import lambdamr_task_group
+
+SAMPLE_ROOT = os.environ.get("LAMBDAMR_SAMPLE_DIR") or os.path.join(tempfile.gettempdir(), "lambdamr-samples")
+
+with DAG(
+    dag_id="example_lambdamr_amplab_2a_expanded",
+    schedule=None,
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    params={
+        "input": Param("", type="string", description="uservisits URI; empty: generate a sample"),
+        "output": Param("", type="string", description="result URI; empty: a directory per run"),
+        "runtime": Param("local", enum=["local", "aws"]),
+    },
+    tags=["example", "lambdamr"],
+    doc_md=__doc__,
+) as dag:
+
+    @task
+    def sample_input(params: dict | None = None) -> str:
+        """The input URI: the given one, or a generated 200,000-row uservisits sample."""
+        if params and params["input"]:
+            return params["input"]
+        from airflow_provider_lambdamr.engine import amplab_gen
+
+        target = os.path.join(SAMPLE_ROOT, "uservisits")
+        if not os.path.isdir(target):
+            amplab_gen.generate(target, table="uservisits", rows=200_000, files=4, seed=42)
+        return target
+
+    @task
+    def output_uri(run_id: str | None = None, params: dict | None = None) -> str:
+        if params and params["output"]:
+            return params["output"]
+        return os.path.join(SAMPLE_ROOT, "results", "amplab-2a-expanded", re.sub(r"[^\w.-]+", "_", run_id or "run"))
+
+    amplab_2a = lambdamr_task_group(
+        "amplab_2a",
+        job="amplab-2a",
+        inputs=sample_input(),
+        output_uri=output_uri(),
+        partitions=2,
+        fan_in=8,
+        max_map_tasks=512,  # with fan_in=8: at most 3 reduce rounds
+        split_size="8MB",
+        runtime="{{ params.runtime }}",
+    )
+    cleanup = LambdaMapReduceCleanupOperator(
+        task_id="cleanup", job_dir=amplab_2a.job_dir, trigger_rule=TriggerRule.ALL_DONE
+    )
+    amplab_2a.group >> cleanup
+
+
+if __name__ == "__main__":
+    dag.test()
