@@ -182,6 +182,13 @@ class LambdaMapReduceWaveTrigger(_JobStateTrigger):
             reader = self.reader()
             job_dir = st.normalize(self.job_dir)
             while True:
+                # Sleep first: what was just launched has not ended yet, and an event right
+                # after the deferral races the scheduler's handling of the task's defer-exit
+                # (Airflow 3.3 fails the task then: apache/airflow#67287, #72716).
+                pause = self.poll_interval
+                if self.wake_at is not None:
+                    pause = max(0.0, min(pause, self.wake_at - time.time()))
+                await asyncio.sleep(pause)
                 settled = await reader.settled(job_dir, awaited) if awaited else []
                 if settled:
                     yield self._event("ready", settled=settled)
@@ -190,10 +197,6 @@ class LambdaMapReduceWaveTrigger(_JobStateTrigger):
                     yield self._event("ready", woke_at=self.wake_at)
                     return
                 self.log.info("job %s: %d invocations in flight", self.job_id, len(awaited))
-                pause = self.poll_interval
-                if self.wake_at is not None:
-                    pause = max(0.0, min(pause, self.wake_at - time.time()))
-                await asyncio.sleep(pause)
         except Exception as err:
             yield self._event("error", message=(
                 f"watching LambdaMR job {self.job_id} ({self.job_dir}) for task {self.task_ref} failed: "
