@@ -185,3 +185,72 @@ def test_the_wave_trigger_wakes_on_a_record_or_wake_at_and_names_job_and_task_on
     assert error["status"] == "error"
     assert "LambdaMR job j" in error["message"] and "task d.t" in error["message"]
     assert "OSError: listing refused" in error["message"]
+
+
+def _outcomes(request_ids: list[str], tries: int = 50) -> dict[str, dict]:
+    """What the service says of ``request_ids`` (waiting up to ``tries`` × 0.2 s for each to end)."""
+    from airflow_provider_lambdamr.engine.runtimes import service
+
+    found: dict[str, dict] = {}
+    with service.connect(start=False) as client:
+        for _ in range(tries):
+            found.update(client.request("wait", request_ids=[r for r in request_ids if r not in found],
+                                        timeout=0.2)["outcomes"])
+            if len(found) == len(request_ids):
+                break
+    return found
+
+
+@pytest.mark.parametrize("who", ["operator", "trigger"])
+def test_cancel_on_kill_cancels_the_invocations_in_flight_on_the_service(
+        svc_dir, tmp_path, fixture_jobs_path, who):  # noqa: F811
+    from airflow.sdk.exceptions import TaskDeferred
+
+    (tmp_path / "in.txt").write_text("a b\n")
+    op = _map_op(tmp_path, str(tmp_path / "in.txt"), partitions=1, job_params={"sleep_always": "60"})()
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(_context())
+    request_ids = [f["request_id"] for f in deferred.value.trigger.in_flight]
+    assert request_ids and not _outcomes(request_ids, tries=2), "the invocation should still be running"
+    if who == "operator":
+        op.on_kill()  # the task killed while it launched: it knows what it launched
+    else:
+        asyncio.run(deferred.value.trigger.on_kill())  # a user killed the deferred task
+    ended = _outcomes(request_ids)
+    assert {rid: o.get("error", {}).get("errorType") for rid, o in ended.items()} == dict.fromkeys(
+        request_ids, "Runtime.Cancelled")
+
+
+def test_aws_cannot_cancel_and_says_so(caplog):
+    import logging
+
+    from airflow_provider_lambdamr.triggers.lambda_mr import cancel_invocations
+
+    with caplog.at_level(logging.WARNING):
+        cancel_invocations("aws", ["r1", "r2"], logging.getLogger("t"))
+    assert "runtime aws cannot cancel invocations: 2 in flight run to completion" in caplog.text
+
+
+def test_a_map_task_that_does_not_wait_hands_its_invocations_to_the_reduce_task(
+        svc_dir, tmp_path, fixture_jobs_path):  # noqa: F811
+    inputs, expected = _words(tmp_path)
+    make_map = _map_op(tmp_path, inputs, wait_for_completion=False, deferrable=False,
+                       job_params={"sleep_always": "0.5"})
+    launched, deferrals = _drive(make_map, _context())
+    assert not deferrals and launched["in_flight"], launched
+    assert all(f["key"].startswith("map/") for f in launched["in_flight"])
+    _drive(_reduce_op(launched["job_dir"], launched=launched, keep_intermediates=True), _context())
+    assert read_counts(str(tmp_path / "out")) == expected
+    # the reduce task adopted the map invocations in flight: no map task ran twice
+    job_dir = Path(st.local_path(launched["job_dir"]))
+    attempts = {index.name: [t.name for t in index.iterdir()] for index in (job_dir / "map").iterdir()}
+    planned = len(json.loads((job_dir / "jobdata.json").read_text())["tasks"])
+    assert len(attempts) == planned and all(len(tokens) == 1 for tokens in attempts.values()), attempts
+
+
+def test_the_reduce_operator_refuses_not_waiting():
+    from airflow_provider_lambdamr.operators.lambda_mr import LambdaReduceOperator
+
+    with pytest.raises(ValueError, match=r"LambdaReduceOperator r: wait_for_completion=False would leave the job "
+                                         r"without a driver between reduce rounds"):
+        LambdaReduceOperator(task_id="r", job_dir="/x", wait_for_completion=False)
