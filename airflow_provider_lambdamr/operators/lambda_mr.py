@@ -329,10 +329,12 @@ class _LambdaMapReduceBase(LambdaMapReduceHookMixin, BaseOperator):
     # -- launch, then defer ---------------------------------------------------------------
     def _check_deferrable(self, spec: JobSpec) -> None:
         if spec.runtime not in DEFERRABLE_RUNTIMES:
+            asked = "deferrable=True" if self.deferrable else "wait_for_completion=False"
+            undo = "deferrable=False" if self.deferrable else "wait_for_completion=True"
             raise AirflowException(
-                f"task {self.task_id}: deferrable=True needs a runtime whose invocations outlive the task "
+                f"task {self.task_id}: {asked} needs a runtime whose invocations outlive the task "
                 f"process, 'service' (the local function service) or 'aws'; runtime {spec.runtime!r} runs its "
-                f"workers inside the task. Pass runtime='service', or deferrable=False"
+                f"workers inside the task. Pass runtime='service', or {undo}"
             )
 
     def _start(self, context: Context, spec: JobSpec, before: Any) -> Any:

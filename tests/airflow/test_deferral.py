@@ -254,3 +254,13 @@ def test_the_reduce_operator_refuses_not_waiting():
     with pytest.raises(ValueError, match=r"LambdaReduceOperator r: wait_for_completion=False would leave the job "
                                          r"without a driver between reduce rounds"):
         LambdaReduceOperator(task_id="r", job_dir="/x", wait_for_completion=False)
+
+
+def test_not_waiting_refuses_the_local_runtime_too(tmp_path):
+    from airflow.sdk.exceptions import AirflowException
+
+    (tmp_path / "in.txt").write_text("a\n")
+    op = _map_op(tmp_path, str(tmp_path / "in.txt"), runtime="local", deferrable=False, wait_for_completion=False)()
+    with pytest.raises(AirflowException, match=r"wait_for_completion=False needs a runtime whose invocations "
+                                               r"outlive the task process.*or wait_for_completion=True"):
+        op.execute(_context())
