@@ -337,18 +337,21 @@ class _LambdaMapReduceBase(LambdaMapReduceHookMixin, BaseOperator):
                 f"workers inside the task. Pass runtime='service', or {undo}"
             )
 
-    def _start(self, context: Context, spec: JobSpec, before: Any) -> Any:
-        """A deferrable task's first step: ``before(driver)`` (its result, when not None, is
-        the task's: nothing to run), then a new run of a job that failed gets a fresh retry
-        budget (``Driver.restart_after_failure``), and the first ``advance`` launches a wave."""
+    def _start(self, context: Context, spec: JobSpec, before: Any, *, in_flight: Sequence[InFlight] = (),
+               budget_base: Mapping[str, int] | None = None) -> Any:
+        """A launching task's first step: ``before(driver)`` (its result, when not None, is the
+        task's: nothing to run), then a new run of a job that failed gets a fresh retry budget
+        (``Driver.restart_after_failure``, over ``budget_base``), and the first ``advance``
+        launches a wave, adopting ``in_flight`` (what a map task that did not wait launched)."""
         self._check_deferrable(spec)
 
         def phase(driver: Driver) -> tuple[Any, JobWaiting | None, dict[str, int]]:
             early = before(driver)
             if early is not None:
                 return early, None, {}
-            budget_base = driver.restart_after_failure()
-            return None, driver.advance(budget_base=budget_base, stop_after_map=self._stops_after_map), budget_base
+            base = {**(budget_base or {}), **driver.restart_after_failure()}
+            return None, driver.advance(in_flight=in_flight, budget_base=base,
+                                        stop_after_map=self._stops_after_map), base
 
         early, waiting, budget_base = self._run(spec, phase, context)
         if waiting is None:
@@ -656,22 +659,26 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
         _declare_links(context, self.operator_extra_links)
         spec = self.load_spec()
 
-        def committed(driver: Driver) -> tuple[dict, bool] | None:
-            """The committed job's summary, unless there is none or it is recomputed."""
-            done = driver.completed_summary()
-            if done is not None and self._keeps_committed(spec, done):
-                return done, False
-            return None
-
         if self.deferrable:
-            return self._deferrable_execute(context, spec, committed)
+            launched = self.launched or {}
+
+            def before(driver: Driver) -> dict | None:
+                done = driver.completed_summary()
+                if done is not None and self._keeps_committed(spec, done):
+                    return self._result(context, done, False)
+                if done is not None:  # recompute: start the job again from scratch
+                    driver.prepare()
+                return None
+
+            return self._start(context, spec, before, in_flight=[InFlight(**f) for f in launched.get("in_flight", [])],
+                               budget_base=launched.get("budget_base"))
 
         def phase(driver: Driver) -> tuple[dict, bool]:
             """The job's summary, and whether this task computed it."""
-            early = committed(driver)
-            if early is not None:
-                return early
-            if driver.completed_summary() is not None:
+            done = driver.completed_summary()
+            if done is not None:
+                if self._keeps_committed(spec, done):
+                    return done, False
                 return driver.run(), True  # recompute the whole job (traced by run): its runs may be gone
             with driver.tracer:
                 driver.run_reduce()
@@ -679,26 +686,6 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
                 return driver.commit(), True
 
         return self._result(context, *self._run(spec, phase, context))
-
-    def _deferrable_execute(self, context: Context, spec: JobSpec, committed: Any) -> dict:
-        """Launch, then defer: the map task's invocations in flight (``launched``) are adopted."""
-        self._check_deferrable(spec)
-        launched = self.launched or {}
-        in_flight = [InFlight(**f) for f in launched.get("in_flight", [])]
-
-        def phase(driver: Driver) -> tuple[tuple[dict, bool] | None, JobWaiting | None, dict[str, int]]:
-            early = committed(driver)
-            if early is not None:
-                return early, None, {}
-            if driver.completed_summary() is not None:  # recompute: start the job again from scratch
-                driver.prepare()
-            budget_base = {**launched.get("budget_base", {}), **driver.restart_after_failure()}
-            return None, driver.advance(in_flight=in_flight, budget_base=budget_base), budget_base
-
-        early, waiting, budget_base = self._run(spec, phase, context)
-        if waiting is None:
-            return self._result(context, *early)
-        return self._defer_or_finish(context, spec, waiting, budget_base)
 
     def _resume_spec(self, context: Context) -> JobSpec:
         return self.load_spec()
