@@ -574,8 +574,8 @@ LambdaMapOperator.__doc__ = options_doc(LambdaMapOperator, MAP_OPTIONS, _MAP_DOC
 LambdaMapOperator.__doc__ += DEFERRAL_DOC.strip("\n") + """
     :param wait_for_completion: Wait until the map phase committed (default). ``False``: return
         right after launching the first wave of map invocations, with the invocations in
-        flight in the result (``in_flight``); a downstream ``LambdaReduceOperator`` given
-        ``in_flight=map_task.output["in_flight"]`` then drives the job on (retries included).
+        flight in the result (``in_flight``); a downstream deferrable ``LambdaReduceOperator``
+        given ``launched=map_task.output`` then drives the job on (retries included).
     """
 
 
