@@ -21,7 +21,12 @@ from airflow_provider_lambdamr.engine import failures, jobdir, jobstate, packagi
 from airflow_provider_lambdamr.engine import rounds as rounds_mod
 from airflow_provider_lambdamr.engine.failures import JobFailed
 from airflow_provider_lambdamr.engine.jobstate import PhaseState, phase_state  # noqa: F401 - re-exported
-from airflow_provider_lambdamr.engine.runtimes.base import InvocationResult, Runtime
+from airflow_provider_lambdamr.engine.runtimes.base import (
+    InvocationResult,
+    Runtime,
+    list_status_dirs,
+    outcome_from_records,
+)
 from airflow_provider_lambdamr.engine.scheduler import (
     DeadlinePassed,
     InFlight,
@@ -43,7 +48,9 @@ from lambda_src.task import load_job_class
 
 log = logging.getLogger(__name__)
 
-
+#: How long after its function's timeout an invocation another process launched, with no
+#: status record, counts as lost (async delivery and the record's write can lag).
+LOST_GRACE_S = 60.0
 
 
 @dataclass
@@ -81,10 +88,17 @@ class JobWaiting:
     waiting: Waiting | None
     #: The ``_SUCCESS`` summary, once the job committed.
     summary: dict | None
+    #: When an invocation in flight, if it left no status record by then, counts as lost.
+    lost_at: float | None = None
 
     @property
     def finished(self) -> bool:
         return self.summary is not None
+
+    @property
+    def stopped(self) -> bool:
+        """Nothing in flight or queued: the job committed, or ``advance`` stopped where asked."""
+        return self.waiting is None
 
     @property
     def in_flight(self) -> tuple[InFlight, ...]:
@@ -92,7 +106,10 @@ class JobWaiting:
 
     @property
     def wake_at(self) -> float | None:
-        return self.waiting.wake_at if self.waiting else None
+        """When ``advance`` has something to do without a result: a straggler's twin, the
+        deadline, or an invocation that may be lost."""
+        moments = [m for m in (self.waiting.wake_at if self.waiting else None, self.lost_at) if m is not None]
+        return min(moments) if moments else None
 
 
 class Driver:
@@ -252,48 +269,96 @@ class Driver:
         for step in range(1, self.step_count):
             self.run_reduce(self.run_map(step), step)
 
-    def advance(self, results: Iterable[InvocationResult] = (), in_flight: Iterable[InFlight] = ()) -> JobWaiting:
+    def advance(self, results: Iterable[InvocationResult] = (), in_flight: Iterable[InFlight] = (), *,
+                budget_base: dict[str, int] | None = None, stop_after_map: bool = False) -> JobWaiting:
         """Move a planned job as far as it can go without blocking; say what it now waits for.
 
         Takes the invocation ``results`` that arrived, launches what can be launched (tasks
         up to the window, retries, speculative twins, the next reduce round, the next phase
         or step) and commits the job when everything is done. A driver in a fresh process
         rebuilds the phase from storage (status records, the manifest, the pinned plans),
-        given ``in_flight``, what an earlier driver's ``JobWaiting`` said was in flight;
-        attempts that failed in earlier processes count against ``max_attempts``.
+        given ``in_flight``, what an earlier driver's ``JobWaiting`` said was in flight: the
+        status records say how those ended (one without a record ``LOST_GRACE_S`` past its
+        function's timeout is lost). Attempts that failed in earlier processes count against
+        ``max_attempts``, except those ``budget_base`` names (``restart_after_failure``).
+        With ``stop_after_map`` it stops once step 1's map phase committed, launching no reduce.
         """
         self._require_manifest()
         self._deploy()
         results = list(results)
+        in_flight = list(in_flight)
         while True:
             if self._current is None:
-                self._current = self._next_phase(in_flight)
-                in_flight = ()
+                if stop_after_map and jobstate.read_map_commit(self.job_dir, 0) is not None:
+                    return JobWaiting(MAP, None, None)
+                self._current = self._next_phase(in_flight, budget_base)
                 if self._current is None:
                     return JobWaiting(None, None, self.completed_summary() or self.commit())
+                results += self._adopted_outcomes(self._current.scheduler, in_flight)
+                in_flight = []
             try:
                 waiting = self._current.scheduler.advance(results)
             except (TaskFailed, DeadlinePassed) as err:
                 raise self._job_failed(self._current, err) from None
             results = []
             if not waiting.finished:
-                return JobWaiting(self._current.name, waiting, None)
+                return JobWaiting(self._current.name, waiting, None, self._lost_at(waiting.in_flight))
             self.speculative_attempts += self._current.scheduler.speculative_attempts
             self._current.finish()
             self._current = None
 
-    def _next_phase(self, in_flight: Iterable[InFlight]) -> _Phase | None:
+    def restart_after_failure(self) -> dict[str, int]:
+        """Start a new run of a job that failed: per status key, the attempts made before it
+        failed, which ``advance(budget_base=...)`` then does not count against ``max_attempts``
+        (every task gets a fresh budget). Clears ``failed.json``. Empty when the job has not
+        failed: a resumed run counts every earlier attempt."""
+        if jobstate.read_failure(self.job_dir) is None:
+            return {}
+        used = jobstate.attempts_used(self.job_dir, "")
+        self._clear_failure()
+        return used
+
+    def _lost_at(self, in_flight: Iterable[InFlight]) -> float | None:
+        started = [f.started_at for f in in_flight]
+        return min(started) + self.spec.timeout_s + LOST_GRACE_S if started else None
+
+    def _adopted_outcomes(self, sched: Scheduler, in_flight: list[InFlight]) -> list[InvocationResult]:
+        """How the invocations an earlier driver launched (``in_flight``) ended, by the status
+        records; an invocation with no record ``LOST_GRACE_S`` after its function's timeout
+        is lost. Those still running have no outcome yet."""
+        adopted = {f.request_id: (f, sched.running[f.request_id].spec.with_attempt(f.attempt))
+                   for f in in_flight if f.request_id in sched.running}
+        if not adopted:
+            return []
+        listing = list_status_dirs(spec for _, spec in adopted.values())
+        now = time.time()
+        outcomes = []
+        for rid, (f, spec) in adopted.items():
+            outcome = outcome_from_records(rid, spec, listing)
+            if outcome is None and now > f.started_at + self.spec.timeout_s + LOST_GRACE_S:
+                outcome = InvocationResult(rid, False, error={
+                    "errorType": "Runtime.Lost",
+                    "errorMessage": f"RequestId: {rid} left no status record within "
+                                    f"{self.spec.timeout_s + LOST_GRACE_S:.0f} seconds: it timed out, ran "
+                                    f"out of memory, or was lost"})
+            if outcome is not None:
+                outcomes.append(outcome)
+        return outcomes
+
+    def _next_phase(self, in_flight: Iterable[InFlight], budget_base: dict[str, int] | None) -> _Phase | None:
         """The first phase whose commit storage lacks (None: all done), rebuilt from storage."""
         for step in range(self.step_count):
             map_records = jobstate.read_map_commit(self.job_dir, step)
             if map_records is None:
-                return self._map_phase(step, fresh_budget=False, in_flight=in_flight)
+                return self._map_phase(step, fresh_budget=False, in_flight=in_flight, budget_base=budget_base)
             if not self.map_only and len(jobstate.final_records(self.job_dir, step)) < self.step_partitions[step]:
-                return self._reduce_phase(step, map_records, fresh_budget=False, in_flight=in_flight)
+                return self._reduce_phase(step, map_records, fresh_budget=False, in_flight=in_flight,
+                                          budget_base=budget_base)
         return None
 
     # -- phases, rebuilt from storage -----------------------------------------------------
-    def _map_phase(self, step: int, *, fresh_budget: bool, in_flight: Iterable[InFlight] = ()) -> _Phase:
+    def _map_phase(self, step: int, *, fresh_budget: bool, in_flight: Iterable[InFlight] = (),
+                   budget_base: dict[str, int] | None = None) -> _Phase:
         manifest = self._require_manifest()
         phase = self._phase_name("map", step)
         if step == 0:
@@ -333,11 +398,12 @@ class Driver:
 
         bytes_already = sum(int(r.get("stats", {}).get("input_bytes", 0)) for r in records.values())
         sched = self._scheduler(phase, todo, finished, listing.failed_attempts, fresh_budget, in_flight,
-                                total=count, already=len(records), bytes_already=bytes_already)
+                                total=count, already=len(records), bytes_already=bytes_already,
+                                budget_base=budget_base)
         return _Phase(phase, sched, finish, bytes_total)
 
     def _reduce_phase(self, step: int, map_records: list[dict], *, fresh_budget: bool,
-                      in_flight: Iterable[InFlight] = ()) -> _Phase:
+                      in_flight: Iterable[InFlight] = (), budget_base: dict[str, int] | None = None) -> _Phase:
         manifest = self._require_manifest()
         phase = self._phase_name("reduce", step)
         listing = jobstate.list_statuses(self.job_dir, contract.status_prefix(step, REDUCE))
@@ -359,18 +425,20 @@ class Driver:
 
         already = len(done)
         sched = self._scheduler(phase, tasks(plan.start()), finished, listing.failed_attempts, fresh_budget,
-                                in_flight, total=max(plan.expected_tasks(), already), already=already)
+                                in_flight, total=max(plan.expected_tasks(), already), already=already,
+                                budget_base=budget_base)
         return _Phase(phase, sched, finish, 0)
 
     def _scheduler(self, phase: str, tasks: list[Task], on_done: Callable[[Task, dict], list[Task]],
                    attempts: dict[str, int], fresh_budget: bool, in_flight: Iterable[InFlight], *,
-                   total: int, already: int, bytes_already: int = 0) -> Scheduler:
+                   total: int, already: int, bytes_already: int = 0,
+                   budget_base: dict[str, int] | None = None) -> Scheduler:
         spec = self.spec
         policy = Policy(max_attempts=spec.max_attempts, speculation=spec.speculation,
                         speculation_factor=spec.speculation_factor, speculation_min_s=spec.speculation_min_s,
                         deadline=self._deadline)
         return Scheduler(self.runtime, tasks, on_done, policy, attempts=attempts, fresh_budget=fresh_budget,
-                         in_flight=in_flight, stats=self.stats["map" if phase.endswith("map") else "reduce"],
+                         budget_base=budget_base, in_flight=in_flight, stats=self.stats["map" if phase.endswith("map") else "reduce"],
                          trace_header=self._trace_header, total=total, already=already,
                          bytes_already=bytes_already)
 

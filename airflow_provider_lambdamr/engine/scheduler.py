@@ -174,6 +174,7 @@ class Scheduler:
         *,
         attempts: Mapping[str, int] | None = None,
         fresh_budget: bool = False,
+        budget_base: Mapping[str, int] | None = None,
         in_flight: Iterable[InFlight] = (),
         stats: InvocationStats | None = None,
         trace_header: str | None = None,
@@ -185,7 +186,8 @@ class Scheduler:
         """``attempts``: per status key, the attempts storage records (``jobstate.attempts_used``);
         ``in_flight``: invocations another scheduler started (its ``Waiting.in_flight``), whose
         tasks are among ``tasks``; ``fresh_budget``: earlier attempts do not count against
-        ``max_attempts``."""
+        ``max_attempts``; ``budget_base``: per status key, the attempts that do not count
+        (those made before the job last failed, when a new run of it started)."""
         self.runtime = runtime
         self.on_done = on_done
         self.policy = policy
@@ -194,6 +196,7 @@ class Scheduler:
         self.clock = clock
         self._attempts = dict(attempts or {})
         self._fresh_budget = fresh_budget
+        self._budget_base = dict(budget_base or {})
         self.queue: collections.deque[Task] = collections.deque()
         self.running: dict[str, Task] = {}
         self.started_at: dict[str, float] = {}
@@ -223,6 +226,8 @@ class Scheduler:
         task.attempts = max(task.attempts, recorded)
         if self._fresh_budget:
             task.base = task.attempts
+        else:
+            task.base = min(task.attempts, self._budget_base.get(task.key, 0))
 
     # -- the step ------------------------------------------------------------------------
     def advance(self, results: Iterable[InvocationResult] = ()) -> Waiting:

@@ -58,6 +58,23 @@ class JobStateReader:
         items = await asyncio.to_thread(lambda: list(self._store(where).list(where)))
         return sum(contract.committed_status_key(job_dir, i.uri) is not None for i in items)
 
+    async def settled(self, job_dir: str, awaited: list[tuple[str, int]]) -> list[str]:
+        """Of the ``(status key, attempt)`` invocations ``awaited``, the status keys whose task
+        committed (by any attempt) or whose awaited attempt left a failed-attempt record:
+        one listing of each status directory they live in."""
+        dirs = {contract.status_dir(job_dir, key.rsplit("/", 1)[0]) for key, _ in awaited}
+
+        def listing() -> set[str]:
+            return {i.uri for d in dirs for i in self._store(d).list(d)}
+
+        uris = await asyncio.to_thread(listing)
+        out = []
+        for key, attempt in awaited:
+            failed = contract.failed_attempt_prefix(job_dir, key, attempt)
+            if contract.status_uri(job_dir, key) in uris or any(u.startswith(failed) for u in uris):
+                out.append(key)
+        return sorted(set(out))
+
     async def phase_state(self, job_dir: str, phase: str) -> PhaseState:
         """The state of ``phase`` (``map``, or ``reduce``: the whole job) of the job in ``job_dir``."""
         if phase not in PHASES:

@@ -10,17 +10,19 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, AssetAlias, BaseOperator, BaseOperatorLink
+from airflow.sdk import Asset, AssetAlias, BaseOperator, BaseOperatorLink, conf
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_lambdamr.engine import jobdir
-from airflow_provider_lambdamr.engine.driver import Driver, JobFailed, Progress
+from airflow_provider_lambdamr.engine import jobdir, jobstate
+from airflow_provider_lambdamr.engine.driver import Driver, JobFailed, JobWaiting, Progress
+from airflow_provider_lambdamr.engine.scheduler import InFlight
 from airflow_provider_lambdamr.engine.spec import JobSpec, default_text, load_spec
 from airflow_provider_lambdamr.operators.base import (
     LambdaMapReduceHookMixin,
     documents_connection,
     lambdamr_template_fields,
 )
+from airflow_provider_lambdamr.triggers.lambda_mr import LambdaMapReduceWaveTrigger, cancel_invocations
 from lambda_src import storage as st
 
 if TYPE_CHECKING:
@@ -224,12 +226,46 @@ def _templated(fields: Sequence[dataclasses.Field], *extra: str) -> tuple[str, .
     return lambdamr_template_fields(*{_kwarg(f) for f in fields if f.metadata["option"].templated}, *extra)
 
 
-class _LambdaMapReduceBase(LambdaMapReduceHookMixin, BaseOperator):
-    """What the map and reduce operators share: the connection, progress logging, on_kill."""
+#: Runtimes whose invocations outlive the task process that launched them (deferral needs one).
+DEFERRABLE_RUNTIMES = ("aws", "service")
 
-    def __init__(self, **kwargs: Any) -> None:
+#: The deferral keywords' docs, appended to the map and reduce operators'.
+DEFERRAL_DOC = """
+    :param deferrable: Launch a wave of invocations, then wait in the triggerer without a
+        worker slot; resume only to retry failed or lost tasks, start speculative twins, refill
+        the concurrency window or start the next round, then defer again (default:
+        ``[operators] default_deferrable``). Needs a runtime whose invocations outlive the task:
+        ``service`` or ``aws`` (``local`` runs its workers inside the task and is refused).
+    :param poll_interval: Seconds between the trigger's listings of the job's status records.
+    :param cancel_on_kill: When the task is killed (or, deferred, marked failed or cleared),
+        cancel the invocations in flight where the runtime can (``service``); Lambda cannot
+        cancel an asynchronous invocation (``aws``: logged, they run to completion).
+    """
+
+
+class _LambdaMapReduceBase(LambdaMapReduceHookMixin, BaseOperator):
+    """What the map and reduce operators share: the connection, progress logging, deferral, on_kill."""
+
+    #: Whether this operator's work ends when step 1's map phase committed (else: the job).
+    _stops_after_map = False
+
+    def __init__(
+        self,
+        *,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        wait_for_completion: bool = True,
+        poll_interval: float = 10.0,
+        cancel_on_kill: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        self.deferrable = deferrable
+        self.wait_for_completion = wait_for_completion
+        self.poll_interval = poll_interval
+        self.cancel_on_kill = cancel_on_kill
         self._runtime = None
+        #: (runtime name, the invocations in flight) that this process knows of, for on_kill.
+        self._in_flight: tuple[str, tuple[InFlight, ...]] | None = None
 
     def _store_options(self, fields: Sequence[dataclasses.Field], values: Mapping[str, Any]) -> None:
         """Keep the operator keywords of ``fields`` (from the caller's ``locals()``) as attributes."""
@@ -286,6 +322,85 @@ class _LambdaMapReduceBase(LambdaMapReduceHookMixin, BaseOperator):
         if runtime is not None:
             self.log.info("stopping the local runtime's workers")
             runtime.close()
+        if self._in_flight is not None and self.cancel_on_kill:
+            name, in_flight = self._in_flight
+            cancel_invocations(name, [f.request_id for f in in_flight], self.log)
+
+    # -- launch, then defer ---------------------------------------------------------------
+    def _check_deferrable(self, spec: JobSpec) -> None:
+        if spec.runtime not in DEFERRABLE_RUNTIMES:
+            asked = "deferrable=True" if self.deferrable else "wait_for_completion=False"
+            undo = "deferrable=False" if self.deferrable else "wait_for_completion=True"
+            raise AirflowException(
+                f"task {self.task_id}: {asked} needs a runtime whose invocations outlive the task "
+                f"process, 'service' (the local function service) or 'aws'; runtime {spec.runtime!r} runs its "
+                f"workers inside the task. Pass runtime='service', or {undo}"
+            )
+
+    def _start(self, context: Context, spec: JobSpec, before: Any, *, in_flight: Sequence[InFlight] = (),
+               budget_base: Mapping[str, int] | None = None) -> Any:
+        """A launching task's first step: ``before(driver)`` (its result, when not None, is the
+        task's: nothing to run), then a new run of a job that failed gets a fresh retry budget
+        (``Driver.restart_after_failure``, over ``budget_base``), and the first ``advance``
+        launches a wave, adopting ``in_flight`` (what a map task that did not wait launched)."""
+        self._check_deferrable(spec)
+
+        def phase(driver: Driver) -> tuple[Any, JobWaiting | None, dict[str, int]]:
+            early = before(driver)
+            if early is not None:
+                return early, None, {}
+            base = {**(budget_base or {}), **driver.restart_after_failure()}
+            return None, driver.advance(in_flight=in_flight, budget_base=base,
+                                        stop_after_map=self._stops_after_map), base
+
+        early, waiting, budget_base = self._run(spec, phase, context)
+        if waiting is None:
+            return early
+        return self._defer_or_finish(context, spec, waiting, budget_base)
+
+    def _defer_or_finish(self, context: Context, spec: JobSpec, waiting: JobWaiting,
+                         budget_base: dict[str, int]) -> Any:
+        """The task's result when its work is done (or, without ``wait_for_completion``,
+        launched); otherwise defer to a trigger watching what the job waits for."""
+        self._in_flight = (spec.runtime, waiting.in_flight)
+        if waiting.stopped:
+            return self._finished(context, spec, waiting)
+        if not self.wait_for_completion:
+            return self._launched(spec, waiting, budget_base)
+        in_flight = [dataclasses.asdict(f) for f in waiting.in_flight]
+        self.log.info("%s: %d invocations in flight; deferring", waiting.phase, len(in_flight))
+        self.defer(
+            trigger=LambdaMapReduceWaveTrigger(
+                job_dir=spec.job_dir, job_id=spec.job_id, task_ref=f"{self.dag_id}.{self.task_id}",
+                in_flight=in_flight, wake_at=waiting.wake_at, budget_base=budget_base,
+                runtime=spec.runtime, cancel_on_kill=self.cancel_on_kill, poll_interval=self.poll_interval,
+                **self.hook_parameters,
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: dict | None = None) -> Any:
+        """Resume after the trigger: advance the job from storage, then finish or defer again."""
+        if not event:
+            raise AirflowException(f"LambdaMR task {self.task_id} resumed without a trigger event")
+        if event.get("status") != "ready":
+            raise AirflowException(f"LambdaMR task {self.task_id}: {event.get('message', event)}")
+        spec = self._resume_spec(context)
+        budget_base = dict(event.get("budget_base") or {})
+        in_flight = [InFlight(**f) for f in event.get("in_flight", [])]
+        waiting = self._run(spec, lambda driver: driver.advance(
+            in_flight=in_flight, budget_base=budget_base, stop_after_map=self._stops_after_map), context)
+        return self._defer_or_finish(context, spec, waiting, budget_base)
+
+    def _launched(self, spec: JobSpec, waiting: JobWaiting, budget_base: dict[str, int]) -> dict:
+        """The result of a task that launched and did not wait (``wait_for_completion=False``)."""
+        raise NotImplementedError
+
+    def _finished(self, context: Context, spec: JobSpec, waiting: JobWaiting) -> Any:
+        raise NotImplementedError
+
+    def _resume_spec(self, context: Context) -> JobSpec:
+        raise NotImplementedError
 
 
 @documents_connection
@@ -305,6 +420,7 @@ class LambdaMapOperator(_LambdaMapReduceBase):
     template_fields: Sequence[str] = _templated(MAP_OPTIONS)
     operator_extra_links = (LambdaMapReduceFunctionLink(), LambdaMapReduceTraceLink())
     ui_color = "#f5b26b"
+    _stops_after_map = True
 
     def __init__(
         self,
@@ -368,32 +484,65 @@ class LambdaMapOperator(_LambdaMapReduceBase):
         # Before any work, so downstream cleanup finds the job even if this task fails.
         context["ti"].xcom_push(key="job_dir", value=spec.job_dir)
 
-        def phase(driver: Driver) -> dict:
+        def committed(driver: Driver) -> dict | None:
             done = driver.completed_summary()
             if done is not None and self._keeps_committed(spec, done):
                 return {"job_id": spec.job_id, "job_dir": spec.job_dir, "output": spec.output,
                         "already_succeeded": True}
+            return None
+
+        if self.deferrable or not self.wait_for_completion:
+            def before(driver: Driver) -> dict | None:
+                early = committed(driver)
+                if early is None:
+                    driver.prepare()
+                return early
+
+            return self._start(context, spec, before)
+
+        def phase(driver: Driver) -> dict:
+            early = committed(driver)
+            if early is not None:
+                return early
             with driver.tracer:
                 manifest = driver.prepare()
                 records = driver.run_map()
-            stats = [r.get("stats", {}) for r in records]
-            summary = {
-                "job_id": spec.job_id,
-                "job_dir": spec.job_dir,
-                "output": spec.output,
-                "code_version": manifest["code"]["version"],
-                "map_tasks": len(records),
-                "input_objects": manifest["plan"]["objects"],
-                "input_bytes": sum(int(s.get("input_bytes", 0)) for s in stats),
-                "input_records": sum(int(s.get("input_records", 0)) for s in stats),
-                "map_output_records": sum(int(s.get("output_records", 0)) for s in stats),
-                "bad_records": sum(int(s.get("bad_records", 0)) for s in stats),
-                "invocations": driver.stats["map"].summary()["invocations"],
-            }
-            self.log.info("map phase done: %s", summary)
-            return summary
+            return self._summary(spec, manifest, records, driver.stats["map"].summary()["invocations"])
 
         return self._run(spec, phase, context)
+
+    def _summary(self, spec: JobSpec, manifest: dict, records: list[dict], invocations: int) -> dict:
+        stats = [r.get("stats", {}) for r in records]
+        summary = {
+            "job_id": spec.job_id,
+            "job_dir": spec.job_dir,
+            "output": spec.output,
+            "code_version": manifest["code"]["version"],
+            "map_tasks": len(records),
+            "input_objects": manifest["plan"]["objects"],
+            "input_bytes": sum(int(s.get("input_bytes", 0)) for s in stats),
+            "input_records": sum(int(s.get("input_records", 0)) for s in stats),
+            "map_output_records": sum(int(s.get("output_records", 0)) for s in stats),
+            "bad_records": sum(int(s.get("bad_records", 0)) for s in stats),
+            "invocations": invocations,
+        }
+        self.log.info("map phase done: %s", summary)
+        return summary
+
+    def _resume_spec(self, context: Context) -> JobSpec:
+        return self.build_spec(context)
+
+    def _finished(self, context: Context, spec: JobSpec, waiting: JobWaiting) -> dict:
+        """The map phase committed (in this process or an earlier one): its summary, from storage."""
+        records = jobstate.read_map_commit(spec.job_dir) or []
+        invocations = (jobstate.read_map_invocations(spec.job_dir) or {}).get("invocations", 0)
+        return self._summary(spec, jobstate.read_manifest(spec.job_dir), records, invocations)
+
+    def _launched(self, spec: JobSpec, waiting: JobWaiting, budget_base: dict[str, int]) -> dict:
+        self.log.info("launched %d map invocations; not waiting (wait_for_completion=False)",
+                      len(waiting.in_flight))
+        return {"job_id": spec.job_id, "job_dir": spec.job_dir, "output": spec.output,
+                "in_flight": [dataclasses.asdict(f) for f in waiting.in_flight], "budget_base": budget_base}
 
 
 #: What the map operator's keywords mean beyond the spec's help: how the operator converts them.
@@ -422,6 +571,12 @@ _MAP_DOCS = {
     ),
 }
 LambdaMapOperator.__doc__ = options_doc(LambdaMapOperator, MAP_OPTIONS, _MAP_DOCS)
+LambdaMapOperator.__doc__ += DEFERRAL_DOC.strip("\n") + """
+    :param wait_for_completion: Wait until the map phase committed (default). ``False``: return
+        right after launching the first wave of map invocations, with the invocations in
+        flight in the result (``in_flight``); a downstream deferrable ``LambdaReduceOperator``
+        given ``launched=map_task.output`` then drives the job on (retries included).
+    """
 
 
 @documents_connection
@@ -447,7 +602,7 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
     """
 
     template_fields: Sequence[str] = _templated(
-        [f for f in REDUCE_OPTIONS if f.metadata["option"].runtime], "job_dir")
+        [f for f in REDUCE_OPTIONS if f.metadata["option"].runtime], "job_dir", "launched")
     operator_extra_links = (
         LambdaMapReduceResultLink(),
         LambdaMapReduceFunctionLink(),
@@ -473,11 +628,18 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
         runtime_version: str | None = None,
         concurrency: int | None = None,
         code_uri: str | None = None,
+        launched: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         self._result_asset = Asset(result_asset) if result_asset else None  # validated at parse time
         outlets_given = "outlets" in kwargs
         super().__init__(**kwargs)
+        if not self.wait_for_completion:
+            raise ValueError(
+                f"LambdaReduceOperator {self.task_id}: wait_for_completion=False would leave the job without a "
+                f"driver between reduce rounds (nothing else retries failed tasks or starts the next round); "
+                f"pass deferrable=True to free the worker slot while it waits")
+        self.launched = launched
         # ":" is in no DAG or task id, so no two tasks share an alias
         self.alias = AssetAlias(f"lambdamr-result:{self.dag_id}:{self.task_id}")
         if not outlets_given:
@@ -497,6 +659,20 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
         _declare_links(context, self.operator_extra_links)
         spec = self.load_spec()
 
+        if self.deferrable:
+            launched = self.launched or {}
+
+            def before(driver: Driver) -> dict | None:
+                done = driver.completed_summary()
+                if done is not None and self._keeps_committed(spec, done):
+                    return self._result(context, done, False)
+                if done is not None:  # recompute: start the job again from scratch
+                    driver.prepare()
+                return None
+
+            return self._start(context, spec, before, in_flight=[InFlight(**f) for f in launched.get("in_flight", [])],
+                               budget_base=launched.get("budget_base"))
+
         def phase(driver: Driver) -> tuple[dict, bool]:
             """The job's summary, and whether this task computed it."""
             done = driver.completed_summary()
@@ -509,7 +685,16 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
                 driver.run_later_steps()  # a multi-step job's later steps run here too
                 return driver.commit(), True
 
-        summary, computed = self._run(spec, phase, context)
+        return self._result(context, *self._run(spec, phase, context))
+
+    def _resume_spec(self, context: Context) -> JobSpec:
+        return self.load_spec()
+
+    def _finished(self, context: Context, spec: JobSpec, waiting: JobWaiting) -> dict:
+        return self._result(context, waiting.summary, True)
+
+    def _result(self, context: Context, summary: dict, computed: bool) -> dict:
+        """The task's result from the job's summary; an Asset event when this task computed it."""
         c = summary["counters"]
         result = {
             "job_id": summary["job_id"],
@@ -549,6 +734,13 @@ LambdaReduceOperator.__doc__ = options_doc(
 LambdaReduceOperator.__doc__ = options_doc(
     LambdaReduceOperator, [f for f in REDUCE_OPTIONS if f.metadata["option"].runtime], {},
     " Default: as the map task recorded it.")
+LambdaReduceOperator.__doc__ += DEFERRAL_DOC.strip("\n") + """
+    :param wait_for_completion: Must be True (the default): the reduce rounds need a driver
+        between them. ``deferrable=True`` frees the worker slot while they run.
+    :param launched: The result of a map task that did not wait (``wait_for_completion=False``),
+        e.g. ``map_task.output``: this task adopts the map invocations still in flight and
+        drives the whole job on, its map phase included. (templated)
+    """
 
 
 @documents_connection

@@ -28,6 +28,9 @@ class LambdaMapReduceSensor(LambdaMapReduceHookMixin, BaseSensorOperator):
     """
     Wait until a phase of a LambdaMR job is complete; fail if the job failed.
 
+    The sensor only waits: it never retries a task or starts a round. A job is moved on by
+    its map and reduce operators (deferrable or not); see ``wait_for_completion`` there.
+
     :param job_dir: The job's directory, e.g. ``map_task.output["job_dir"]``. (templated)
     :param phase: ``map`` (every map task committed) or ``reduce`` (the job committed).
     :param deferrable: Wait in the triggerer instead of a worker slot (default:

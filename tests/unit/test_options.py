@@ -116,8 +116,11 @@ def test_help_and_docs_come_from_the_spec():
             assert f":param {_kwarg(f)}: {help_text}" in map_doc, f.name
         if f.metadata["option"].runtime:
             assert f":param {_kwarg(f)}: {help_text}" in reduce_doc, f.name
+    deferral = set(inspect.signature(LambdaMapOperator.__mro__[1].__init__).parameters) - {"self", "kwargs"}
+    assert deferral == {"deferrable", "wait_for_completion", "poll_interval", "cancel_on_kill"}
     assert map_doc.count(":param ") == len(set(inspect.signature(LambdaMapOperator.__init__).parameters)
-                                           - {"self", "kwargs"}) + 4  # + aws_conn_id, region_name, verify, botocore
+                                           - {"self", "kwargs"}) + 4 + len(deferral)  # + aws_conn_id, region_name,
+    # verify, botocore_config; the deferral keywords of the operators' shared base
 
 
 #: Map keywords whose docs say how the operator converts them (beyond the spec's help).
@@ -129,7 +132,8 @@ def test_template_fields_are_the_templated_options():
     connection = {"aws_conn_id", "region_name", "verify"}  # templated on every task, as amazon's are
     assert set(LambdaMapOperator.template_fields) == templated | connection
     runtime_templated = {_kwarg(f) for f in OPTIONS if f.metadata["option"].runtime and f.metadata["option"].templated}
-    assert set(LambdaReduceOperator.template_fields) == runtime_templated | {"job_dir"} | connection
+    # launched: an XComArg (map_task.output) is resolved only in a templated field
+    assert set(LambdaReduceOperator.template_fields) == runtime_templated | {"job_dir", "launched"} | connection
 
 
 def test_runtime_choices_come_from_the_registry():
