@@ -681,8 +681,9 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
                     return done, False
                 return driver.run(), True  # recompute the whole job (traced by run): its runs may be gone
             with driver.tracer:
-                driver.run_reduce()
-                driver.run_later_steps()  # a multi-step job's later steps run here too
+                if not driver.map_only:  # a map-only job's map tasks wrote the result: commit it
+                    driver.run_reduce()
+                    driver.run_later_steps()  # a multi-step job's later steps run here too
                 return driver.commit(), True
 
         return self._result(context, *self._run(spec, phase, context))

@@ -214,3 +214,24 @@ def test_a_cleared_run_with_recompute_runs_the_job_again(airflow_db, tmp_path, c
     assert second["job_id"] == first["job_id"] and second["finished_at"] >= first["finished_at"]
     assert read_counts(str(tmp_path / "out")) == {"a": 2, "b": 1, "c": 1}
     assert len(_asset_events(st.normalize(str(tmp_path / "out")))) == 2
+
+
+def test_a_map_only_job_commits_through_the_compact_reduce_task(airflow_db, tmp_path):
+    """Old: the reduce task of a map-only job (amplab-1a) failed with a TypeError in the rounds."""
+    from airflow.sdk import DAG
+
+    from airflow_provider_lambdamr.operators.lambda_mr import LambdaMapOperator, LambdaReduceOperator
+
+    (tmp_path / "rankings.txt").write_text("http://a,1200,3\nhttp://b,5,1\nhttp://c,5000,2\n")
+    with DAG(dag_id=f"lambdamr_map_only_{uuid.uuid4().hex[:6]}", schedule=None,
+             start_date=dt.datetime(2024, 1, 1)) as dag:
+        m = LambdaMapOperator(task_id="map", job="amplab-1a", inputs=str(tmp_path / "rankings.txt"),
+                              output_uri=str(tmp_path / "out"), workers=1, aws_conn_id=None)
+        r = LambdaReduceOperator(task_id="reduce", job_dir=m.output["job_dir"], workers=1, aws_conn_id=None)
+        m >> r
+    _register(dag)
+    assert _state(dag.test(logical_date=_WHEN, run_after=_WHEN)) == "success"
+    success = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
+    assert success["files"] == ["part-m-00000"]
+    rows = (tmp_path / "out" / "part-m-00000").read_text().splitlines()
+    assert sorted(rows) == ["http://a,1200", "http://c,5000"]
