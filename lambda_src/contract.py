@@ -135,6 +135,15 @@ def committed_status_key(job_dir: str, uri: str) -> str | None:
     return rel[: -len(_JSON)] if rel else None
 
 
+_FAILED_RECORD = re.compile(rf"^(?P<key>.+){re.escape(_FAILED)}a(?P<attempt>\d+)-")
+
+
+def failed_attempt_of(job_dir: str, uri: str) -> tuple[str, int] | None:
+    """(status key, attempt number) of a failed attempt's record URI; None for any other file."""
+    m = _FAILED_RECORD.match(st.relative_to(uri, st.join(job_dir, STATUS)) or "")
+    return (m["key"], int(m["attempt"])) if m else None
+
+
 def attempt_token(attempt: int, nonce: str) -> str:
     """An attempt's token: its number (for ``failed_attempt_prefix``) and a random part."""
     return f"a{attempt}-{nonce}"

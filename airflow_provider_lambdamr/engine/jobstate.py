@@ -9,7 +9,6 @@ phase (they import ``phase_state`` from here).
 from __future__ import annotations
 
 import json
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -17,9 +16,6 @@ from airflow_provider_lambdamr.engine import jobdir
 from lambda_src import contract
 from lambda_src import storage as st
 from lambda_src.contract import MAP, REDUCE
-
-#: ``<status key>.failed-a<attempt>-<nonce>.json``: a failed attempt's record, by the contract.
-_FAILED_RECORD = re.compile(rf"^(?P<key>.+){re.escape(contract._FAILED)}a(?P<attempt>\d+)-")
 
 
 def write_json(uri: str, data: dict | list) -> None:
@@ -54,7 +50,6 @@ class StatusListing:
 
 def list_statuses(job_dir: str, prefix: str) -> StatusListing:
     where = contract.status_dir(job_dir, prefix)
-    root = contract.status_dir(job_dir)
     committed: list[str] = []
     failed: dict[str, int] = {}
     for info in st.for_uri(where).list(where):
@@ -62,9 +57,9 @@ def list_statuses(job_dir: str, prefix: str) -> StatusListing:
         if key is not None:
             committed.append(key)
             continue
-        m = _FAILED_RECORD.match(st.relative_to(info.uri, root) or "")
-        if m:
-            failed[m["key"]] = max(failed.get(m["key"], 0), int(m["attempt"]))
+        attempt = contract.failed_attempt_of(job_dir, info.uri)
+        if attempt is not None:
+            failed[attempt[0]] = max(failed.get(attempt[0], 0), attempt[1])
     return StatusListing(committed, failed)
 
 
