@@ -81,15 +81,27 @@ def check_unchanged(segments: list[Segment]) -> None:
     Tasks of one job must all see the same data: a task that read the new version of an
     object beside tasks that read the old one would mix them.
     """
-    seen: set[str] = set()
-    for seg in segments:
-        if not seg.version or seg.uri in seen:
-            continue
-        seen.add(seg.uri)
+    planned = {seg.uri: seg for seg in segments if seg.version}
+
+    def stat(uri: str) -> st.ObjectInfo | None:
         try:
-            now = st.for_uri(seg.uri).stat(seg.uri)
+            return st.for_uri(uri).stat(uri)
         except st.NotFound:
-            raise InputError(f"{seg.uri} was deleted after the job was planned", uri=seg.uri) from None
+            return None
+
+    if len(planned) > 1 and any(st.is_s3(u) for u in planned):
+        # One HEAD per object: concurrently, so a task of many small objects does not wait
+        # for them one after another.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(16, len(planned))) as pool:
+            found = dict(zip(planned, pool.map(stat, planned), strict=True))
+    else:
+        found = {uri: stat(uri) for uri in planned}
+    for uri, seg in planned.items():
+        now = found[uri]
+        if now is None:
+            raise InputError(f"{seg.uri} was deleted after the job was planned", uri=seg.uri)
         if (now.size, now.version) != (seg.size, seg.version):
             raise InputError(
                 f"{seg.uri} changed after the job was planned (size {seg.size}, version "

@@ -255,6 +255,12 @@ class Storage:
         have no links and ignore it.
         """
         raise NotImplementedError
+    def list_children(self, uri: str) -> Iterator[ObjectInfo]:
+        """The objects directly in ``uri`` (as a directory), not those in its subdirectories."""
+        for info in self.list(uri):
+            if "/" not in (relative_to(info.uri, uri) or "/"):
+                yield info
+
     def delete(self, uris: list[str]) -> None:
         raise NotImplementedError
 
@@ -431,6 +437,16 @@ class LocalStorage(Storage):
     def is_dir(self, uri: str) -> bool:
         return os.path.isdir(local_path(uri))
 
+    def list_children(self, uri: str) -> Iterator[ObjectInfo]:
+        root = local_path(uri)
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False) and not entry.name.startswith(".tmp-"):
+                yield _local_info(entry.path, entry.stat(follow_symlinks=False))
+
     def delete(self, uris: list[str]) -> None:
         for uri in uris:
             try:
@@ -604,6 +620,16 @@ class S3Storage(Storage):
             key += "/"
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=bucket, Prefix=key):
+            self._count("list")
+            for item in page.get("Contents", ()):
+                yield ObjectInfo(f"s3://{bucket}/{item['Key']}", int(item["Size"]), str(item.get("ETag", "")))
+
+    def list_children(self, uri: str) -> Iterator[ObjectInfo]:
+        # One level, with a delimiter: a large tree below (another job's state) is not listed.
+        bucket, key = split_s3(uri)
+        key = key.rstrip("/") + "/" if key.strip("/") else ""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=key, Delimiter="/"):
             self._count("list")
             for item in page.get("Contents", ()):
                 yield ObjectInfo(f"s3://{bucket}/{item['Key']}", int(item["Size"]), str(item.get("ETag", "")))

@@ -49,9 +49,8 @@ def check_output(spec: JobSpec) -> None:
     # Resuming, the part files in the output may be this job's own (a map-only job's).
     if jobdir.read_manifest(spec.job_dir) is None:
         stray = [
-            i.uri for i in st.for_uri(out).list(out)
-            if i.uri not in replace and "/" not in (st.relative_to(i.uri, out) or "/")
-            and contract.is_part_name(st.basename(i.uri))
+            i.uri for i in st.for_uri(out).list_children(out)
+            if i.uri not in replace and contract.is_part_name(st.basename(i.uri))
         ]
         if stray:
             raise JobFailed(

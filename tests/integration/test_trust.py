@@ -371,3 +371,33 @@ def test_the_cli_says_when_a_committed_job_was_not_recomputed(tmp_path):
     assert "job once already committed at " in again.stdout and "not recomputed (pass --recompute" in again.stdout
     recomputed = subprocess.run([*cmd, "--recompute"], capture_output=True, text=True, timeout=120)
     assert recomputed.returncode == 0 and "job once succeeded" in recomputed.stdout, recomputed.stderr
+
+
+def test_list_children_lists_one_level_locally_and_on_s3(tmp_path, s3_bucket):
+    """The output check looks only at the output's own files, never another job's tree below it."""
+    for rel in ("part-00000", "_SUCCESS", "sub/part-00001", "_jobs/j/map/00000/t/part-00000"):
+        _words(tmp_path / "out" / rel, "x\n")
+    local = [st.basename(i.uri) for i in st.for_uri(str(tmp_path)).list_children(str(tmp_path / "out"))]
+    assert local == ["_SUCCESS", "part-00000"]
+    s3 = st.for_uri(f"s3://{s3_bucket}/")
+    for rel in ("out/part-00000", "out/_SUCCESS", "out/sub/part-00001", "out2/part-00009"):
+        s3.write_bytes(f"s3://{s3_bucket}/{rel}", b"x\n")
+    got = [i.uri for i in s3.list_children(f"s3://{s3_bucket}/out")]
+    assert got == [f"s3://{s3_bucket}/out/_SUCCESS", f"s3://{s3_bucket}/out/part-00000"]
+
+
+def test_a_map_task_checks_all_its_s3_objects_and_names_the_changed_one(s3_bucket):
+    store = st.for_uri(f"s3://{s3_bucket}/")
+    segs = []
+    for i in range(5):
+        uri = f"s3://{s3_bucket}/in/f{i}.txt"
+        store.write_bytes(uri, b"a\n")
+        info = store.stat(uri)
+        segs.append(reader.Segment(uri, 0, info.size, info.size, version=info.version))
+    reader.check_unchanged(segs)
+    store.write_bytes(f"s3://{s3_bucket}/in/f3.txt", b"b\n")
+    with pytest.raises(reader.InputError, match=rf"s3://{s3_bucket}/in/f3.txt changed after the job was planned"):
+        reader.check_unchanged(segs)
+    store.delete([f"s3://{s3_bucket}/in/f1.txt"])
+    with pytest.raises(reader.InputError, match=rf"s3://{s3_bucket}/in/f1.txt was deleted"):
+        reader.check_unchanged(segs)
