@@ -17,7 +17,7 @@ setup(
     package_data={"airflow_provider_lambdamr": ["py.typed"]},
     install_requires=[
         "apache-airflow>=3.3,<3.4",
-        "apache-airflow-providers-amazon>=9.20",
+        "apache-airflow-providers-amazon[aiobotocore]>=9.20",
         "boto3>=1.34",
         "aws-xray-sdk>=2.14",
         "pyarrow>=16",

@@ -62,8 +62,9 @@ class LambdaMapReduceHook(BaseHook):
         )
 
     def job_state_reader(self) -> JobStateReader:
-        """A reader of jobs' phase state through this hook's own S3 client, not the process's."""
-        return JobStateReader(lambda: self.s3_hook.conn)
+        """A reader of jobs' phase state (an async context manager) through an aiobotocore S3
+        client of its own, from the connection's ``S3Hook.get_async_conn``: not the process's."""
+        return JobStateReader(self.s3_hook.get_async_conn)
 
     def configure_storage(self, spec: JobSpec) -> None:
         """Route this process's ``s3://`` access through the connection, if the job uses S3."""

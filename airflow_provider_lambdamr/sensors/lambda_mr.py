@@ -22,6 +22,8 @@ from lambda_src import storage as st
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_provider_lambdamr.engine.driver import PhaseState
+
 
 @documents_connection
 class LambdaMapReduceSensor(LambdaMapReduceHookMixin, BaseSensorOperator):
@@ -56,8 +58,11 @@ class LambdaMapReduceSensor(LambdaMapReduceHookMixin, BaseSensorOperator):
         self.deferrable = deferrable
 
     def poke(self, context: Context) -> bool:
-        reader = self.hook.job_state_reader()
-        state = asyncio.run(reader.phase_state(st.normalize(self.job_dir), self.phase))
+        async def read() -> PhaseState:
+            async with self.hook.job_state_reader() as reader:
+                return await reader.phase_state(st.normalize(self.job_dir), self.phase)
+
+        state = asyncio.run(read())
         if state.failure:
             raise AirflowException(f"LambdaMR job failed: {state.failure.get('message')}")
         self.log.info("%s phase: %d/%d tasks", self.phase, state.done, state.total)

@@ -33,8 +33,9 @@ def cancel_invocations(runtime: str, request_ids: Sequence[str], log: logging.Lo
 class _JobStateTrigger(BaseTrigger):
     """
     A trigger reading a job's records through a storage client of its own, made from its
-    connection (``LambdaMapReduceHook.job_state_reader``): triggers of different
-    connections in one triggerer never share one.
+    connection (``LambdaMapReduceHook.job_state_reader``: an aiobotocore client from the
+    amazon provider's ``get_async_conn``, closed when the trigger ends): triggers of
+    different connections in one triggerer never share one.
     """
 
     def __init__(
@@ -108,24 +109,21 @@ class LambdaMapReducePhaseTrigger(_JobStateTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = time.monotonic() + self.timeout
-        reader = self.reader()
-        while True:
-            try:
-                event = await self._check(reader)
-            except Exception as err:
-                event = {"status": "error", "message": f"{type(err).__name__}: {err}",
-                         "job_dir": self.job_dir, "phase": self.phase}
-            if event is not None:
-                yield TriggerEvent(event)
-                return
-            if time.monotonic() >= deadline:
-                yield TriggerEvent({
-                    "status": "timeout", "job_dir": self.job_dir, "phase": self.phase,
-                    "message": f"the {self.phase} phase of {self.job_dir} did not finish within "
-                               f"{self.timeout:.0f} seconds",
-                })
-                return
-            await asyncio.sleep(self.poll_interval)
+        async with self.reader() as reader:
+            while True:
+                try:
+                    event = await self._check(reader)
+                except Exception as err:
+                    event = {"status": "error", "message": f"{type(err).__name__}: {err}",
+                             "job_dir": self.job_dir, "phase": self.phase}
+                if event is None and time.monotonic() >= deadline:
+                    event = {"status": "timeout", "job_dir": self.job_dir, "phase": self.phase,
+                             "message": f"the {self.phase} phase of {self.job_dir} did not finish within "
+                                        f"{self.timeout:.0f} seconds"}
+                if event is not None:
+                    break
+                await asyncio.sleep(self.poll_interval)
+        yield TriggerEvent(event)
 
 
 class LambdaMapReduceWaveTrigger(_JobStateTrigger):
@@ -179,25 +177,26 @@ class LambdaMapReduceWaveTrigger(_JobStateTrigger):
 
         awaited = [(f["key"], int(f["attempt"])) for f in self.in_flight]
         try:
-            reader = self.reader()
             job_dir = st.normalize(self.job_dir)
-            while True:
-                # Sleep first: what was just launched has not ended yet, and an event right
-                # after the deferral races the scheduler's handling of the task's defer-exit
-                # (Airflow 3.3 fails the task then: apache/airflow#67287, #72716).
-                pause = self.poll_interval
-                if self.wake_at is not None:
-                    pause = max(0.0, min(pause, self.wake_at - time.time()))
-                await asyncio.sleep(pause)
-                settled = await reader.settled(job_dir, awaited) if awaited else []
-                if settled:
-                    yield self._event("ready", settled=settled)
-                    return
-                if self.wake_at is not None and time.time() >= self.wake_at:
-                    yield self._event("ready", woke_at=self.wake_at)
-                    return
-                self.log.info("job %s: %d invocations in flight", self.job_id, len(awaited))
+            async with self.reader() as reader:
+                while True:
+                    # Sleep first: what was just launched has not ended yet, and an event right
+                    # after the deferral races the scheduler's handling of the task's defer-exit
+                    # (Airflow 3.3 fails the task then: apache/airflow#67287, #72716).
+                    pause = self.poll_interval
+                    if self.wake_at is not None:
+                        pause = max(0.0, min(pause, self.wake_at - time.time()))
+                    await asyncio.sleep(pause)
+                    settled = await reader.settled(job_dir, awaited) if awaited else []
+                    if settled:
+                        event = self._event("ready", settled=settled)
+                        break
+                    if self.wake_at is not None and time.time() >= self.wake_at:
+                        event = self._event("ready", woke_at=self.wake_at)
+                        break
+                    self.log.info("job %s: %d invocations in flight", self.job_id, len(awaited))
         except Exception as err:
-            yield self._event("error", message=(
+            event = self._event("error", message=(
                 f"watching LambdaMR job {self.job_id} ({self.job_dir}) for task {self.task_ref} failed: "
                 f"{type(err).__name__}: {err}"))
+        yield event

@@ -107,7 +107,8 @@ def test_two_triggers_with_different_connections_read_their_own_job(tmp_path, mo
                                                                       monkeypatch):
     """One bucket name and job directory on two S3 endpoints, each a connection's: on A the
     map phase committed, on B the job failed. Both triggers run in one event loop and each
-    reports its own endpoint's state; neither touches the process-global S3 client."""
+    reports its own endpoint's state through an aiobotocore client of its own
+    (``get_async_conn``); neither touches the process-global S3 client."""
     from airflow_provider_lambdamr.triggers.lambda_mr import LambdaMapReducePhaseTrigger
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -130,6 +131,16 @@ def test_two_triggers_with_different_connections_read_their_own_job(tmp_path, mo
             s3.put_object(Bucket=bucket, Key=key, Body=json.dumps({"message": "boom on B"}).encode())
     sentinel = st.S3Storage(client=object())  # any use of the process-global client fails
     monkeypatch.setattr(st, "_s3", sentinel)
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsGenericHook
+
+    made = []  # every client a hook made, and whether it was the async (aiobotocore) kind
+    real = AwsGenericHook.get_client_type
+
+    def recording(self, *args, deferrable=False, **kwargs):
+        made.append((self.aws_conn_id, deferrable))
+        return real(self, *args, deferrable=deferrable, **kwargs)
+
+    monkeypatch.setattr(AwsGenericHook, "get_client_type", recording)
 
     async def both():
         async def first(conn_id):
@@ -143,6 +154,8 @@ def test_two_triggers_with_different_connections_read_their_own_job(tmp_path, mo
     assert a == a2 == {"status": "success", "job_dir": job_dir, "phase": "map", "done": 1, "total": 1}
     assert b == b2 == {"status": "error", "message": "boom on B", "job_dir": job_dir, "phase": "map"}
     assert st._s3 is sentinel
+    # One async client per trigger, from the connection's hook; no blocking boto3 client.
+    assert sorted(made) == [("lmr_a", True), ("lmr_a", True), ("lmr_b", True), ("lmr_b", True)]
 
 
 # -- result assets and aliases --------------------------------------------------------------
