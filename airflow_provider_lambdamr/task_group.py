@@ -23,7 +23,8 @@ from airflow.sdk import TaskGroup, TriggerRule, XComArg
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_lambdamr.engine import slices
-from airflow_provider_lambdamr.engine.driver import Driver
+from airflow_provider_lambdamr.engine.driver import Driver, JobWaiting, Share
+from airflow_provider_lambdamr.engine.scheduler import InFlight
 from airflow_provider_lambdamr.engine.spec import JobSpec, load_spec, resolve_job_ref
 from airflow_provider_lambdamr.operators.base import documents_connection, lambdamr_template_fields
 from airflow_provider_lambdamr.operators.lambda_mr import (
@@ -38,8 +39,9 @@ from lambda_src.task import load_job_class
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-#: The connection keywords every task of the group takes.
-_CONNECTION = ("aws_conn_id", "region_name", "verify", "botocore_config")
+#: The keywords every task of the group takes: the connection's, and how a task waits.
+_SHARED = ("aws_conn_id", "region_name", "verify", "botocore_config", "deferrable", "poll_interval",
+           "cancel_on_kill")
 
 
 @documents_connection
@@ -113,23 +115,75 @@ class _ShareOperator(_LambdaMapReduceBase):
     def share(self, driver: Driver) -> Any:
         raise NotImplementedError
 
-    def execute(self, context: Context) -> Any:
+    def _spec(self) -> JobSpec:
         try:
-            spec: JobSpec = load_spec(self.job_dir)
+            return load_spec(self.job_dir)
         except ValueError as err:
             raise AirflowException(f"LambdaMR task {self.task_id}: {err}") from None
 
-        def phase(driver: Driver) -> Any:
-            done = driver.completed_summary()
-            if done is not None:
-                self.log.info("job %s already committed at %s: nothing to do", spec.job_id, done.get("finished_at"))
-                return []
-            return self.share(driver)
+    def _committed(self, spec: JobSpec, driver: Driver) -> bool:
+        done = driver.completed_summary()
+        if done is not None:
+            self.log.info("job %s already committed at %s: nothing to do", spec.job_id, done.get("finished_at"))
+        return done is not None
 
-        return self._run(spec, phase, context)
+    def execute(self, context: Context) -> Any:
+        spec = self._spec()
+        # committed: nothing to map over (a round plan's mapped task is then skipped)
+        return self._run(spec, lambda driver: [] if self._committed(spec, driver) else self.share(driver), context)
 
 
-class LambdaMapBatchOperator(_ShareOperator):
+class _LaunchingShareOperator(_ShareOperator):
+    """A share that invokes functions (a batch of map tasks, a batch of a round's groups).
+
+    Deferrable like ``LambdaMapOperator``: it launches its tasks' invocations, defers to a
+    trigger watching their status records, and resumes only to retry failed or lost tasks,
+    launch speculative twins or refill the concurrency window, until every task of the share
+    committed. Blocking otherwise: the invocations run to their end inside the task.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not self.wait_for_completion:
+            raise ValueError(f"{type(self).__name__} {self.task_id}: wait_for_completion=False would leave its "
+                             f"share without a driver (nothing else retries its failed tasks); pass "
+                             f"deferrable=True to free the worker slot while it waits")
+
+    def share_of(self, driver: Driver) -> Share:
+        """The share's tasks that have not committed."""
+        raise NotImplementedError
+
+    def share(self, driver: Driver) -> int:
+        """Run the share to its end (not deferrable): how many of its tasks ran."""
+        share = self.share_of(driver)
+        ran = driver.run_share(share)
+        self.log.info("%s: ran %d tasks of this share (the rest had committed)", share.phase, ran)
+        return ran
+
+    def execute(self, context: Context) -> int | None:
+        """How many of the share's tasks ran (not deferrable); None when it deferred; ``[]``
+        when the job had committed."""
+        if not self.deferrable:
+            return super().execute(context)
+        spec = self._spec()
+        self._start(context, spec, lambda driver: True if self._committed(spec, driver) else None)
+
+    def _advance(self, driver: Driver, in_flight: Sequence[InFlight], budget_base: Mapping[str, int] | None, *,
+                 first: bool) -> tuple[JobWaiting, dict[str, int]]:
+        share = self.share_of(driver)
+        if first:
+            self.log.info("%s: launching the %d tasks of this share that have not committed",
+                          share.phase, len(share.tasks))
+        return driver.advance_share(share, in_flight=in_flight, budget_base=None if first else dict(budget_base or {}))
+
+    def _finished(self, context: Context, spec: JobSpec, waiting: JobWaiting) -> None:
+        self.log.info("%s: every task of this share committed", waiting.phase)
+
+    def _resume_spec(self, context: Context) -> JobSpec:
+        return self._spec()
+
+
+class LambdaMapBatchOperator(_LaunchingShareOperator):
     """Run a batch of a step's map tasks (``indexes``); those already committed are skipped.
 
     :param job_dir: The job's directory. (templated)
@@ -143,28 +197,15 @@ class LambdaMapBatchOperator(_ShareOperator):
         super().__init__(**kwargs)
         self.indexes = indexes
 
-    def share(self, driver: Driver) -> dict:
-        done = slices.run_map_batch(driver, self.step, list(self.indexes))
-        self.log.info("ran %d of the %d map tasks of this batch (the rest had committed)",
-                      done["ran"], len(self.indexes))
-        return done
+    def share_of(self, driver: Driver) -> Share:
+        return driver.map_share(self.step, list(self.indexes))
 
 
 class LambdaMapCommitOperator(_ShareOperator):
-    """Commit a step's map phase once all its map tasks committed.
-
-    :param batches: What the map batches returned (their invocations go into the commit).
-        (templated)
-    """
-
-    template_fields: Sequence[str] = lambdamr_template_fields("job_dir", "batches")
-
-    def __init__(self, *, batches: Sequence[dict | None] = (), **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.batches = batches
+    """Commit a step's map phase once all its map tasks committed."""
 
     def share(self, driver: Driver) -> int:
-        return slices.map_commit(driver, self.step, self.batches or ())
+        return slices.map_commit(driver, self.step)
 
 
 class LambdaStepPlanOperator(_ShareOperator):
@@ -201,7 +242,7 @@ class LambdaReduceRoundPlanOperator(_ShareOperator):
         return groups
 
 
-class LambdaReduceGroupsOperator(_ShareOperator):
+class LambdaReduceGroupsOperator(_LaunchingShareOperator):
     """Run a batch of a reduce round's groups (status keys); those already committed are skipped.
 
     :param round: The round (1 is the first).
@@ -213,8 +254,8 @@ class LambdaReduceGroupsOperator(_ShareOperator):
         self.round = round
         self.groups = groups
 
-    def share(self, driver: Driver) -> int:
-        return slices.run_reduce_groups(driver, self.step, self.round, list(self.groups))
+    def share_of(self, driver: Driver) -> Share:
+        return driver.reduce_share(self.step, self.round, list(self.groups))
 
 
 @dataclass(frozen=True)
@@ -263,7 +304,10 @@ def lambdamr_task_group(
     :param max_map_tasks: The most map tasks a step may have; a job planning more fails.
     :param result_asset: As ``LambdaReduceOperator``'s.
     :param options: Every other ``LambdaMapOperator`` keyword (job and runtime options, the
-        connection's ``aws_conn_id``, ``region_name``, ``verify``, ``botocore_config``).
+        connection's ``aws_conn_id``, ``region_name``, ``verify``, ``botocore_config``). The
+        connection and ``deferrable``, ``poll_interval``, ``cancel_on_kill`` go to every task:
+        with ``deferrable=True`` each map batch and each round's batch of groups launches its
+        invocations and defers, so no worker slot waits on functions.
     """
     steps = load_job_class(resolve_job_ref(job))(encode_job_params(job_params)).checked_steps()
     if steps[0].reducer is None:
@@ -271,7 +315,7 @@ def lambdamr_task_group(
         raise ValueError(f"lambdamr_task_group {group_id!r}: job {job!r} is map-only (no reducer), which "
                          f"the task group does not run yet; run it with `lambdamr run`")
     rounds = slices.max_rounds(max_map_tasks, fan_in)
-    connection = {k: options[k] for k in _CONNECTION if k in options}
+    shared = {k: options[k] for k in _SHARED if k in options}
     with TaskGroup(group_id) as group:
         plan = LambdaMapReducePlanOperator(
             task_id="plan", job=job, inputs=inputs, output_uri=output_uri, job_params=job_params, fan_in=fan_in,
@@ -280,10 +324,10 @@ def lambdamr_task_group(
 
         def share(cls: type, task_id: str, step: int, **kwargs: Any) -> Any:
             return cls(task_id=task_id, job_dir=job_dir, step=step, trigger_rule=TriggerRule.NONE_FAILED,
-                       **connection, **kwargs)
+                       **shared, **kwargs)
 
         def mapped(cls: type, task_id: str, step: int, expand: dict[str, Any], **kwargs: Any) -> Any:
-            return cls.partial(task_id=task_id, job_dir=job_dir, step=step, **connection, **kwargs).expand(**expand)
+            return cls.partial(task_id=task_id, job_dir=job_dir, step=step, **shared, **kwargs).expand(**expand)
 
         last: Any = plan
         for step in range(len(steps)):
@@ -297,7 +341,8 @@ def lambdamr_task_group(
                     last = batches = step_plan.output
                 map_batch = mapped(LambdaMapBatchOperator, "map", step, {"indexes": batches})
                 last >> map_batch
-                commit_map = share(LambdaMapCommitOperator, "map_commit", step, batches=map_batch.output)
+                commit_map = share(LambdaMapCommitOperator, "map_commit", step)
+                map_batch >> commit_map
                 last = commit_map
                 for rnd in range(1, rounds + 1):
                     groups = share(LambdaReduceRoundPlanOperator, f"round_{rnd}_groups", step, round=rnd,
@@ -307,7 +352,7 @@ def lambdamr_task_group(
                     last >> groups >> run
                     last = run
         commit = LambdaReduceOperator(task_id="commit", job_dir=job_dir, result_asset=result_asset,
-                                      trigger_rule=TriggerRule.NONE_FAILED, **connection)
+                                      trigger_rule=TriggerRule.NONE_FAILED, **shared)
         last >> commit
     return LambdaMapReduceTasks(group, plan, commit)
 

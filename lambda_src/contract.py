@@ -45,6 +45,8 @@ REDUCE = "reduce"
 TASKS = "tasks"
 #: The job's HTML report (``lambdamr report``), when written into the job directory.
 REPORT = "report.html"
+#: The invocation ledger: one entry per driver process that launched invocations.
+LEDGER = "invocations"
 #: The directories of intermediate data (runs, stored event lists), in every step's directory.
 INTERMEDIATE = (MAP, REDUCE, TASKS)
 #: Arrow IPC runs carry this suffix; runs without it are shuffle lines.
@@ -77,6 +79,15 @@ def manifest_uri(job_dir: str) -> str:
 def report_uri(job_dir: str) -> str:
     """Where ``lambdamr report`` writes the job's report by default."""
     return st.join(job_dir, REPORT)
+
+
+def ledger_entry_uri(job_dir: str, name: str) -> str:
+    """An entry of the invocation ledger: ``invocations/<name>.json``, one per driver process."""
+    return st.join(job_dir, LEDGER, name + _JSON)
+
+
+def ledger_dir(job_dir: str) -> str:
+    return st.join(job_dir, LEDGER)
 
 
 def failure_uri(job_dir: str) -> str:
@@ -215,7 +226,7 @@ def written_by_job(rel: str) -> bool:
     if _STEP_DIR.match(parts[0]) and len(parts) > 1:
         parts = parts[1:]
         return (parts[0] in INTERMEDIATE and len(parts) > 1) or parts == [STEP_PLAN] or parts == [MAP_COMMIT]
-    if parts[0] in (*INTERMEDIATE, STATUS):
+    if parts[0] in (*INTERMEDIATE, STATUS, LEDGER):
         return len(parts) > 1
     return parts in ([MANIFEST], [FAILURE], [MAP_COMMIT], [REPORT])
 

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from airflow_provider_lambdamr.engine import commit as commit_mod
 from airflow_provider_lambdamr.engine import cost as cost_model
@@ -80,6 +80,17 @@ class _Phase:
 
 
 @dataclass(frozen=True)
+class Share:
+    """Some tasks of one phase, run by one Airflow task instance (``engine/slices.py``)."""
+
+    phase: str
+    #: The status-key prefix of the phase (where the tasks' records are).
+    prefix: str
+    #: The share's tasks that have not committed.
+    tasks: list[Task]
+
+
+@dataclass(frozen=True)
 class JobWaiting:
     """What a job waits for after ``Driver.advance``: a phase's invocations, or nothing."""
 
@@ -143,6 +154,8 @@ class Driver:
         self._trace_header: str | None = None
         #: The phase ``advance`` is moving (rebuilt from storage in a fresh driver).
         self._current: _Phase | None = None
+        #: Whether this driver's invocations are in the job's ledger (``record_invocations``).
+        self._recorded = False
         job_class = load_job_class(spec.job_ref)
         if job_class.input_names is not None and set(spec.inputs) != set(job_class.input_names):
             got = ", ".join(repr(n) if n else "one unnamed input" for n in spec.inputs) or "none"
@@ -176,12 +189,16 @@ class Driver:
             self.reused = True
             return done
         with self.tracer:
-            self.prepare()
-            map_records = self.run_map()
-            if not self.map_only:
-                self.run_reduce(map_records)
-                self.run_later_steps()
-            return self.commit(map_records)
+            try:
+                self.prepare()
+                map_records = self.run_map()
+                if not self.map_only:
+                    self.run_reduce(map_records)
+                    self.run_later_steps()
+                return self.commit(map_records)
+            except BaseException:
+                self.close()
+                raise
 
     def completed_summary(self) -> dict | None:
         """The ``_SUCCESS`` summary when this job id already committed this output.
@@ -392,8 +409,7 @@ class Driver:
             ordered = [records[i] for i in range(count)]
             if step == 0:
                 self._check_bad_record_budget(ordered)
-            jobstate.write_map_commit(self.job_dir, self.spec.job_id, step, ordered,
-                                      asdict(self.stats["map"]) if step == 0 else None)
+            jobstate.write_map_commit(self.job_dir, self.spec.job_id, step, ordered)
             return ordered
 
         bytes_already = sum(int(r.get("stats", {}).get("input_bytes", 0)) for r in records.values())
@@ -526,12 +542,12 @@ class Driver:
                 jobstate.read_statuses(self.job_dir, contract.status_prefix(k, REDUCE)) for k in range(self.step_count)
             ],
         )
-        stats = dict(self.stats)
-        if map_records is None:  # step 1's map ran in another driver: add the invocations it recorded
-            recorded = jobstate.read_map_invocations(self.job_dir)
-            if recorded:
-                stats["map"] = InvocationStats(**recorded) + self.stats["map"]
-        run = commit_mod.Run(self.runtime, stats, self.speculative_attempts, self.timings,
+        # every process's invocations: those other processes recorded (a map task, a deferred
+        # task's earlier resumes, the shares of an expanded DAG), and this driver's own
+        ledger = jobstate.read_invocations(self.job_dir)
+        if not self._recorded:
+            ledger += self.own_invocations()
+        run = commit_mod.Run(self.runtime, ledger.stats, ledger.speculative_attempts, self.timings,
                              self.tracer.trace_id, self.prices)
         summary = commit_mod.summary(self.spec, manifest, self.step_partitions, done, run)
         if not commit_mod.write_success(self.spec, summary):
@@ -543,6 +559,26 @@ class Driver:
         if not self.spec.keep_intermediates:
             self.clean_intermediates()
         return summary
+
+    def own_invocations(self) -> jobstate.Ledger:
+        """What this driver launched: its invocation statistics and speculative attempts."""
+        current = self._current.scheduler.speculative_attempts if self._current else 0
+        return jobstate.Ledger(dict(self.stats), self.speculative_attempts + current)
+
+    def record_invocations(self) -> None:
+        """Add what this driver launched to the job's invocation ledger, once, so that a
+        commit in another process counts it (call it when the driver's process is done)."""
+        if not self._recorded:
+            jobstate.record_invocations(self.job_dir, self.own_invocations())
+            self._recorded = True
+
+    def close(self) -> None:
+        """This driver's process is done with the job (it committed, failed, deferred or
+        stopped): its invocations go into the ledger, for a commit in another process."""
+        try:
+            self.record_invocations()
+        except Exception as err:  # the job's failure is the error to report, not this
+            log.warning("job %s: could not record its invocations in the ledger: %s", self.spec.job_id, err)
 
     def clean_intermediates(self) -> int:
         """Delete map and reduce runs (status records and the manifest stay, for audit)."""
@@ -674,38 +710,29 @@ class Driver:
         """A step's map tasks: step 1's splits (the manifest), a later step's runs (pinned)."""
         return self._require_manifest()["tasks"] if step == 0 else self._later_step_inputs(step)
 
-    def run_map_tasks(self, step: int, indexes: Iterable[int]) -> int:
-        """Run those map tasks of a step that have not committed; how many ran.
+    def map_share(self, step: int, indexes: Iterable[int]) -> Share:
+        """A share of a step's map tasks (``indexes``): those that have not committed.
 
         The rest of the phase and its map commit are left to other shares (``commit_map``).
         """
         items = self._map_items(step)
-        self._deploy()
-        self._clear_failure()
-        listing = jobstate.list_statuses(self.job_dir, contract.status_prefix(step, MAP))
-        done = set(listing.committed)
+        phase = self._phase_name("map", step)
+        done = set(jobstate.committed(self.job_dir, contract.status_prefix(step, MAP)))
         todo = []
         for index in indexes:
             if not 0 <= index < len(items):
-                raise JobFailed(f"{self._phase_name('map', step)} of job {self.spec.job_id} has no task "
-                                f"{index} (it has {len(items)})", phase=self._phase_name("map", step))
+                raise JobFailed(f"{phase} of job {self.spec.job_id} has no task {index} (it has {len(items)})",
+                                phase=phase)
             if contract.map_status_key(step, index) in done:
                 continue
             if step == 0:
                 todo.append(self.tasks.map_task(index, len(items), items[index]))
             else:
                 todo.append(self.tasks.later_map_task(step, index, len(items), *items[index]))
-        self._run_share(self._phase_name("map", step), todo, listing.failed_attempts)
-        return len(todo)
+        return Share(phase, contract.status_prefix(step, MAP), todo)
 
-    def commit_map(self, step: int, invocations: Iterable[dict] = ()) -> list[dict]:
-        """Write a step's map commit once every one of its map tasks committed; its records.
-
-        ``invocations``: the map invocation statistics of the shares that ran the tasks
-        (``asdict(InvocationStats)`` each), recorded with step 1's commit for ``commit``.
-        """
-        for recorded in invocations:
-            self.stats["map"] = self.stats["map"] + InvocationStats(**recorded)
+    def commit_map(self, step: int) -> list[dict]:
+        """Write a step's map commit once every one of its map tasks committed; its records."""
         phase = self._map_phase(step, fresh_budget=False)
         missing = sorted(t.meta["index"] for t in phase.scheduler.queue)
         if missing:
@@ -730,19 +757,47 @@ class Driver:
                             phase=self._phase_name("reduce", step))
         return [self.tasks.reduce_task(step, r, g, inputs) for r, g, inputs in pending if r.round == rnd]
 
-    def run_reduce_tasks(self, step: int, rnd: int, keys: Iterable[str]) -> int:
-        """Run those tasks (status keys) of reduce round ``rnd`` that have not committed; how many."""
-        self._require_manifest()
-        self._deploy()
-        self._clear_failure()
+    def reduce_share(self, step: int, rnd: int, keys: Iterable[str]) -> Share:
+        """A share of reduce round ``rnd`` of a step: those of its tasks (status keys) that
+        have not committed."""
         wanted = set(keys)
         todo = [t for t in self.reduce_round_tasks(step, rnd) if t.key in wanted]
-        attempts = jobstate.attempts_used(self.job_dir, contract.status_prefix(step, REDUCE))
-        self._run_share(self._phase_name("reduce", step), todo, attempts)
-        return len(todo)
+        return Share(self._phase_name("reduce", step), contract.status_prefix(step, REDUCE), todo)
 
-    def _run_share(self, phase: str, tasks: list[Task], attempts: dict[str, int]) -> None:
-        """Run some tasks of a phase to their commit; a share starts with a fresh attempt budget."""
-        sched = self._scheduler(phase, tasks, lambda task, record: [], attempts, True, (),
-                                total=len(tasks), already=0)
-        self._run_phase(_Phase(phase, sched, list, 0))
+    def run_share(self, share: Share) -> int:
+        """Run a share's tasks to their commit (a share starts with a fresh attempt budget);
+        how many ran."""
+        self._deploy()
+        self._clear_failure()
+        attempts = jobstate.attempts_used(self.job_dir, share.prefix)
+        sched = self._scheduler(share.phase, share.tasks, lambda task, record: [], attempts, True, (),
+                                total=len(share.tasks), already=0)
+        self._run_phase(_Phase(share.phase, sched, list, 0))
+        return len(share.tasks)
+
+    def advance_share(self, share: Share, *, in_flight: Iterable[InFlight] = (),
+                      budget_base: dict[str, int] | None = None) -> tuple[JobWaiting, dict[str, int]]:
+        """Move a share as far as it can go without blocking (``advance``, for a share); what
+        it now waits for, and the ``budget_base`` to pass back with ``in_flight`` next time.
+
+        The first call (``budget_base`` None) gives the share a fresh attempt budget: the
+        attempts storage records for its tasks so far do not count against ``max_attempts``.
+        """
+        self._deploy()
+        attempts = jobstate.attempts_used(self.job_dir, share.prefix)
+        if budget_base is None:
+            self._clear_failure()
+            budget_base = {t.key: attempts[t.key] for t in share.tasks if t.key in attempts}
+        in_flight = list(in_flight)
+        sched = self._scheduler(share.phase, share.tasks, lambda task, record: [], attempts, False, in_flight,
+                                total=len(share.tasks), already=0, budget_base=budget_base)
+        phase = _Phase(share.phase, sched, list, 0)
+        try:
+            waiting = sched.advance(self._adopted_outcomes(sched, in_flight))
+        except (TaskFailed, DeadlinePassed) as err:
+            raise self._job_failed(phase, err) from None
+        finally:
+            self.speculative_attempts += sched.speculative_attempts
+        if waiting.finished:
+            return JobWaiting(share.phase, None, None), budget_base
+        return JobWaiting(share.phase, waiting, None, self._lost_at(waiting.in_flight)), budget_base

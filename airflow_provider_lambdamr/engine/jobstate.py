@@ -9,10 +9,12 @@ phase (they import ``phase_state`` from here).
 from __future__ import annotations
 
 import json
+import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from airflow_provider_lambdamr.engine import jobdir
+from airflow_provider_lambdamr.engine.scheduler import InvocationStats
 from lambda_src import contract
 from lambda_src import storage as st
 from lambda_src.contract import MAP, REDUCE
@@ -109,27 +111,54 @@ def read_map_commit(job_dir: str, step: int = 0) -> list[dict] | None:
     return [{"outputs": t["outputs"], "stats": t.get("stats", {})} for t in data["tasks"]]
 
 
-def write_map_commit(job_dir: str, job_id: str, step: int, records: list[dict],
-                     invocations: dict | None = None) -> None:
-    """A step's map commit; ``invocations``: the map invocations its driver made (statistics),
-    for a commit in another process (a separate reduce task) to add up."""
+def write_map_commit(job_dir: str, job_id: str, step: int, records: list[dict]) -> None:
+    """A step's map commit: each task's outputs and stats, in task order."""
     outputs = [
         {"index": i, "outputs": r.get("outputs", []), "stats": r.get("stats", {})}
         for i, r in enumerate(records)
     ]
-    data = {"job_id": job_id, "tasks": outputs}
-    if invocations is not None:
-        data["invocations"] = invocations
-    write_json(contract.map_commit_uri(job_dir, step), data)
+    write_json(contract.map_commit_uri(job_dir, step), {"job_id": job_id, "tasks": outputs})
 
 
-def read_map_invocations(job_dir: str, step: int = 0) -> dict | None:
-    """The map invocation statistics a step's map commit recorded, if any."""
-    try:
-        data = json.loads(st.for_uri(job_dir).read_bytes(contract.map_commit_uri(job_dir, step)))
-    except st.NotFound:
-        return None
-    return data.get("invocations")
+@dataclass
+class Ledger:
+    """Invocation statistics by phase (``map``, ``reduce``) and the speculative attempts:
+    one driver process's (an entry of the job's ledger), or the sum of the entries."""
+
+    stats: dict[str, InvocationStats]
+    speculative_attempts: int = 0
+
+    def __add__(self, other: Ledger) -> Ledger:
+        return Ledger({p: self.stats.get(p, InvocationStats()) + other.stats.get(p, InvocationStats())
+                       for p in (MAP, REDUCE)}, self.speculative_attempts + other.speculative_attempts)
+
+    @property
+    def empty(self) -> bool:
+        return not any(s.invocations for s in self.stats.values()) and not self.speculative_attempts
+
+
+def record_invocations(job_dir: str, ledger: Ledger) -> None:
+    """Add one process's entry to the job's invocation ledger (nothing when it launched nothing)."""
+    if ledger.empty:
+        return
+    entry = {"stats": {p: asdict(s) for p, s in ledger.stats.items()},
+             "speculative_attempts": ledger.speculative_attempts}
+    write_json(contract.ledger_entry_uri(job_dir, uuid.uuid4().hex), entry)
+
+
+def read_invocations(job_dir: str) -> Ledger:
+    """The sum of the job's ledger entries: the invocations every process recorded."""
+    where = contract.ledger_dir(job_dir)
+    store = st.for_uri(where)
+    total = Ledger({MAP: InvocationStats(), REDUCE: InvocationStats()})
+    for info in store.list(where):
+        try:
+            entry = json.loads(store.read_bytes(info.uri))
+            total += Ledger({p: InvocationStats(**entry["stats"][p]) for p in (MAP, REDUCE) if p in entry["stats"]},
+                            int(entry.get("speculative_attempts", 0)))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"invocation ledger entry {info.uri} is not one this engine wrote: {err}") from None
+    return total
 
 
 def read_step_plan(job_dir: str, step: int) -> list[tuple[list[str], int]] | None:

@@ -13,8 +13,7 @@ not need has no groups (``reduce_round_batches`` is empty) and its task is skipp
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from collections.abc import Sequence
 from typing import TypeVar
 
 from airflow_provider_lambdamr.engine.driver import Driver
@@ -68,19 +67,14 @@ def map_batches(driver: Driver, step: int, max_batches: int, max_map_tasks: int)
     return batches(range(count), max_batches)
 
 
-def run_map_batch(driver: Driver, step: int, indexes: Sequence[int]) -> dict:
-    """Run a batch of a step's map tasks (those not committed): how many ran, and the
-    invocations' statistics (for ``map_commit``)."""
-    ran = driver.run_map_tasks(step, indexes)
-    return {"ran": ran, "invocations": asdict(driver.stats["map"])}
+def run_map_batch(driver: Driver, step: int, indexes: Sequence[int]) -> int:
+    """Run a batch of a step's map tasks (those not committed); how many ran."""
+    return driver.run_share(driver.map_share(step, indexes))
 
 
-def map_commit(driver: Driver, step: int, batches: Iterable[dict | None] = ()) -> int:
-    """Commit a step's map phase once all its map tasks committed; its task count.
-
-    ``batches``: what ``run_map_batch`` returned, whose invocations the commit records.
-    """
-    return len(driver.commit_map(step, [b["invocations"] for b in batches if b]))
+def map_commit(driver: Driver, step: int) -> int:
+    """Commit a step's map phase once all its map tasks committed; its task count."""
+    return len(driver.commit_map(step))
 
 
 def reduce_round_batches(driver: Driver, step: int, rnd: int, max_batches: int) -> list[list[str]]:
@@ -91,4 +85,4 @@ def reduce_round_batches(driver: Driver, step: int, rnd: int, max_batches: int) 
 
 def run_reduce_groups(driver: Driver, step: int, rnd: int, groups: Sequence[str]) -> int:
     """Run those groups of reduce round ``rnd`` that have not committed; how many ran."""
-    return driver.run_reduce_tasks(step, rnd, groups)
+    return driver.run_share(driver.reduce_share(step, rnd, groups))

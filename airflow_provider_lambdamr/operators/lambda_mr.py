@@ -24,6 +24,7 @@ from airflow_provider_lambdamr.operators.base import (
 )
 from airflow_provider_lambdamr.triggers.lambda_mr import LambdaMapReduceWaveTrigger, cancel_invocations
 from lambda_src import storage as st
+from lambda_src.contract import MAP
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -296,6 +297,7 @@ class _LambdaMapReduceBase(LambdaMapReduceHookMixin, BaseOperator):
                 try:
                     return phase(driver)
                 finally:
+                    driver.close()
                     self._push_links(context, spec, driver)
         except JobFailed as err:
             raise AirflowException(f"LambdaMR job {spec.job_id} failed: {err}") from None
@@ -340,18 +342,15 @@ class _LambdaMapReduceBase(LambdaMapReduceHookMixin, BaseOperator):
     def _start(self, context: Context, spec: JobSpec, before: Any, *, in_flight: Sequence[InFlight] = (),
                budget_base: Mapping[str, int] | None = None) -> Any:
         """A launching task's first step: ``before(driver)`` (its result, when not None, is the
-        task's: nothing to run), then a new run of a job that failed gets a fresh retry budget
-        (``Driver.restart_after_failure``, over ``budget_base``), and the first ``advance``
-        launches a wave, adopting ``in_flight`` (what a map task that did not wait launched)."""
+        task's: nothing to run), then the first ``_advance`` launches a wave, adopting
+        ``in_flight`` (what a map task that did not wait launched)."""
         self._check_deferrable(spec)
 
         def phase(driver: Driver) -> tuple[Any, JobWaiting | None, dict[str, int]]:
             early = before(driver)
             if early is not None:
                 return early, None, {}
-            base = {**(budget_base or {}), **driver.restart_after_failure()}
-            return None, driver.advance(in_flight=in_flight, budget_base=base,
-                                        stop_after_map=self._stops_after_map), base
+            return None, *self._advance(driver, in_flight, budget_base, first=True)
 
         early, waiting, budget_base = self._run(spec, phase, context)
         if waiting is None:
@@ -388,9 +387,19 @@ class _LambdaMapReduceBase(LambdaMapReduceHookMixin, BaseOperator):
         spec = self._resume_spec(context)
         budget_base = dict(event.get("budget_base") or {})
         in_flight = [InFlight(**f) for f in event.get("in_flight", [])]
-        waiting = self._run(spec, lambda driver: driver.advance(
-            in_flight=in_flight, budget_base=budget_base, stop_after_map=self._stops_after_map), context)
+        waiting, budget_base = self._run(
+            spec, lambda driver: self._advance(driver, in_flight, budget_base, first=False), context)
         return self._defer_or_finish(context, spec, waiting, budget_base)
+
+    def _advance(self, driver: Driver, in_flight: Sequence[InFlight], budget_base: Mapping[str, int] | None, *,
+                 first: bool) -> tuple[JobWaiting, dict[str, int]]:
+        """``Driver.advance`` this task's work; what it waits for, and the ``budget_base`` to
+        pass back. The first step of a new run of a job that failed gives every task a fresh
+        retry budget (``Driver.restart_after_failure``, over ``budget_base``)."""
+        base = dict(budget_base or {})
+        if first:
+            base.update(driver.restart_after_failure())
+        return driver.advance(in_flight=in_flight, budget_base=base, stop_after_map=self._stops_after_map), base
 
     def _launched(self, spec: JobSpec, waiting: JobWaiting, budget_base: dict[str, int]) -> dict:
         """The result of a task that launched and did not wait (``wait_for_completion=False``)."""
@@ -535,7 +544,8 @@ class LambdaMapOperator(_LambdaMapReduceBase):
     def _finished(self, context: Context, spec: JobSpec, waiting: JobWaiting) -> dict:
         """The map phase committed (in this process or an earlier one): its summary, from storage."""
         records = jobstate.read_map_commit(spec.job_dir) or []
-        invocations = (jobstate.read_map_invocations(spec.job_dir) or {}).get("invocations", 0)
+        # every process's (this task's resumes, an earlier try's), as the ledger recorded them
+        invocations = jobstate.read_invocations(spec.job_dir).stats[MAP].invocations
         return self._summary(spec, jobstate.read_manifest(spec.job_dir), records, invocations)
 
     def _launched(self, spec: JobSpec, waiting: JobWaiting, budget_base: dict[str, int]) -> dict:

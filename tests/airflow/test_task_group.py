@@ -167,7 +167,7 @@ def test_clearing_one_map_instance_reruns_only_its_share(tmp_path):
     def instance(batch: list[int]) -> int:
         """The mapped instance's callable: how many map tasks it ran."""
         return LambdaMapBatchOperator(task_id="map", job_dir=job_dir, indexes=batch,
-                                      aws_conn_id=None).execute(ctx)["ran"]
+                                      aws_conn_id=None).execute(ctx)
 
     assert [instance(b) for b in batches] == [2, 2, 2]
     status = Path(st.local_path(contract.status_uri(job_dir, contract.map_status_key(0, 3))))

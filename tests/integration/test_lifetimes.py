@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_lambdamr.engine import jobstate
 from tests.conftest import FIXTURES
 from tests.helpers import read_counts
 from tests.integration.test_aws_runtime import AsyncLambda, lambda_client, role_arn  # noqa: F401 - fixtures
@@ -126,11 +127,15 @@ def test_a_signal_to_the_driver_leaves_no_worker_running_and_a_rerun_resumes(tmp
     assert _records(status) == done, "a status record was written after the driver was stopped"
     assert not list(marks.glob("after-*")), "a task ran on after its driver was stopped"
 
+    # The stopped run's invocations are in the job's ledger (a SIGKILLed one recorded none),
+    # so the rerun's commit counts them with its own.
+    first = jobstate.read_invocations(str(status.parent)).stats["map"].invocations
+    assert first == (0 if sig == signal.SIGKILL else 4), first
     # The slow tasks were started once (their markers exist), so they run fast now.
     res = subprocess.run([*cmd, "--json"], env=_env(), capture_output=True, text=True, timeout=PATIENCE_S)
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
-    assert summary["invocations"]["map"]["invocations"] == 2  # only the unfinished tasks ran again
+    assert summary["invocations"]["map"]["invocations"] == first + 2  # only the unfinished tasks ran again
     assert {k: v for k, v in _records(status).items() if k in done} == done
     assert read_counts(str(tmp_path / "out")) == dict(expected)
 
