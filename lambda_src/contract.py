@@ -112,6 +112,16 @@ def reduce_status_key(step: int, rnd: int, partition: int, group: int) -> str:
     return step_scoped(step, f"{REDUCE}/r{rnd:03d}/p{partition:05d}-g{group:05d}")
 
 
+def phase_of_status_key(key: str) -> str:
+    """``map`` or ``reduce``: the phase a status key belongs to."""
+    parts = key.split("/")
+    if _STEP_DIR.match(parts[0]):
+        parts = parts[1:]
+    if parts[0] not in (MAP, REDUCE) or len(parts) < 2:
+        raise ValueError(f"not a status key: {key!r}")
+    return parts[0]
+
+
 def status_prefix(step: int, phase: str) -> str:
     """The status-key prefix of a phase (``map``/``reduce``) of a step."""
     return step_scoped(step, phase)

@@ -24,6 +24,7 @@ from airflow_provider_lambdamr.engine.jobstate import PhaseState, phase_state  #
 from airflow_provider_lambdamr.engine.runtimes.base import (
     InvocationResult,
     Runtime,
+    committed_result,
     list_status_dirs,
     outcome_from_records,
 )
@@ -343,6 +344,7 @@ class Driver:
         """How the invocations an earlier driver launched (``in_flight``) ended, by the status
         records; an invocation with no record ``LOST_GRACE_S`` after its function's timeout
         is lost. Those still running have no outcome yet."""
+        self._count_committed_in_flight([f for f in in_flight if f.request_id not in sched.running])
         adopted = {f.request_id: (f, sched.running[f.request_id].spec.with_attempt(f.attempt))
                    for f in in_flight if f.request_id in sched.running}
         if not adopted:
@@ -361,6 +363,20 @@ class Driver:
             if outcome is not None:
                 outcomes.append(outcome)
         return outcomes
+
+    def _count_committed_in_flight(self, in_flight: list[InFlight]) -> None:
+        """Count the invocations an earlier driver launched whose tasks committed since (no
+        scheduler waits for them): each one whose attempt wrote its task's commit record.
+        (One that lost to a twin left no record of its own, and is not counted.)"""
+        keys = sorted({f.key for f in in_flight})
+        if not keys:
+            return
+        listing = set(jobstate.committed(self.job_dir, ""))
+        records = jobstate.read_records(self.job_dir, [k for k in keys if k in listing])
+        for f in in_flight:
+            record = records.get(f.key)
+            if record is not None and record.get("attempt") == f.attempt:
+                self.stats[contract.phase_of_status_key(f.key)].add(committed_result(f.request_id, record))
 
     def _next_phase(self, in_flight: Iterable[InFlight], budget_base: dict[str, int] | None) -> _Phase | None:
         """The first phase whose commit storage lacks (None: all done), rebuilt from storage."""

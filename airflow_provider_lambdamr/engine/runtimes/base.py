@@ -77,6 +77,16 @@ def list_status_dirs(specs: Iterable[TaskSpec]) -> set[str]:
     return listing
 
 
+def committed_result(request_id: str, record: dict) -> InvocationResult:
+    """The invocation ``request_id`` that wrote the commit record ``record``, as a result."""
+    stats = record.get("stats", {})
+    duration = float(stats.get("duration_ms", 0.0))
+    return InvocationResult(
+        request_id=request_id, ok=True, payload=record, duration_ms=duration,
+        billed_ms=max(1, math.ceil(duration)), max_memory_mb=float(stats.get("peak_memory_mb", 0.0)),
+    )
+
+
 def outcome_from_records(request_id: str, spec: TaskSpec, listing: set[str]) -> InvocationResult | None:
     """What the status records say of the asynchronous invocation ``request_id`` of ``spec``.
 
@@ -88,13 +98,7 @@ def outcome_from_records(request_id: str, spec: TaskSpec, listing: set[str]) -> 
     """
     done_uri = spec.status_uri()
     if done_uri in listing:
-        record = json.loads(st.for_uri(done_uri).read_bytes(done_uri))
-        stats = record.get("stats", {})
-        duration = float(stats.get("duration_ms", 0.0))
-        return InvocationResult(
-            request_id=request_id, ok=True, payload=record, duration_ms=duration,
-            billed_ms=max(1, math.ceil(duration)), max_memory_mb=float(stats.get("peak_memory_mb", 0.0)),
-        )
+        return committed_result(request_id, json.loads(st.for_uri(done_uri).read_bytes(done_uri)))
     failed = read_failed_attempt(spec, request_id, listing)
     if failed is not None and failed.error is not None:
         return InvocationResult(
