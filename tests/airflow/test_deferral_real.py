@@ -1,10 +1,11 @@
 """Deferral with the real components: ``airflow api-server``, ``scheduler``, ``dag-processor``
-and ``triggerer`` (LocalExecutor on SQLite) run a DAG whose map and reduce tasks are
-deferrable on the local function service.
+and ``triggerer`` (LocalExecutor on SQLite) run two DAGs at once, both deferrable on the local
+function service: the compact form (a map task and a reduce task) and the expanded form
+(``lambdamr_task_group``: mapped map batches, a mapped task per reduce round, the commit).
 
-The DAG's operators are the provider's, each wrapped (in the DAG file) only to record when
-its ``execute`` / ``execute_complete`` ran: the intervals a worker slot was held. The job's
-mappers sleep, so the job takes far longer than those intervals add up to.
+The DAGs' operators are the provider's, each wrapped (in the DAG file) only to record when
+its ``execute`` / ``execute_complete`` ran: the intervals a worker slot was held. The jobs'
+mappers sleep, so the jobs take far longer than those intervals add up to.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 DAG_ID = "lambdamr_deferral_real"
 #: Bounds for waiting (never asserted as durations).
 START_S = 120.0
-RUN_S = 240.0
+RUN_S = 420.0
 MAP_TASKS = 6
 SLEEP_S = 4.0
 #: The triggers' poll interval: longer than the LocalExecutor takes to report a deferred
@@ -50,6 +51,7 @@ DAG_FILE = textwrap.dedent('''
 
     from airflow.sdk import DAG
 
+    from airflow_provider_lambdamr import task_group as tg
     from airflow_provider_lambdamr.operators.lambda_mr import LambdaMapOperator, LambdaReduceOperator
 
     INTERVALS = os.environ["LAMBDAMR_TEST_INTERVALS"]
@@ -57,15 +59,16 @@ DAG_FILE = textwrap.dedent('''
 
 
     def timed(cls):
-        """Record (task, method, start, end) of every call: the slot the task held."""
+        \"\"\"Record (dag, task, map index, method, start, end) of every call: the slot the task held.\"\"\"
         class Timed(cls):
-            def _timed(self, method, *args, **kwargs):
+            def _timed(self, method, context, *args):
                 start = time.time()
                 try:
-                    return getattr(super(), method)(*args, **kwargs)
+                    return getattr(super(), method)(context, *args)
                 finally:
                     with open(INTERVALS, "a") as fh:
-                        fh.write(json.dumps([self.task_id, method, start, time.time()]) + "\\n")
+                        fh.write(json.dumps([self.dag_id, self.task_id, context["ti"].map_index, method, start,
+                                             time.time()]) + "\\n")
 
             def execute(self, context):
                 return self._timed("execute", context)
@@ -77,15 +80,22 @@ DAG_FILE = textwrap.dedent('''
         return Timed
 
 
+    JOB = dict(job="userjobs.faulty:FaultyCount", inputs=os.environ["LAMBDAMR_TEST_INPUT"],
+               job_params={"sleep_always": "%(sleep)s"}, max_files_per_task=1, partitions=2, fan_in=2,
+               runtime="service", workers=2, speculation=False, deferrable=True, poll_interval=POLL_S,
+               aws_conn_id=None)
+
     with DAG(dag_id="%(dag_id)s", schedule=None, start_date=datetime(2024, 1, 1), catchup=False):
-        mapped = timed(LambdaMapOperator)(
-            task_id="map", job="userjobs.faulty:FaultyCount", inputs=os.environ["LAMBDAMR_TEST_INPUT"],
-            output_uri=os.environ["LAMBDAMR_TEST_OUTPUT"], job_params={"sleep_always": "%(sleep)s"},
-            max_files_per_task=1, partitions=2, fan_in=2, runtime="service", workers=2, speculation=False,
-            deferrable=True, poll_interval=POLL_S, aws_conn_id=None,
-        )
+        mapped = timed(LambdaMapOperator)(task_id="map", output_uri=os.environ["LAMBDAMR_TEST_OUTPUT"], **JOB)
         timed(LambdaReduceOperator)(task_id="reduce", job_dir=mapped.output["job_dir"], deferrable=True,
                                     poll_interval=POLL_S, aws_conn_id=None)
+
+    # the expanded form: the task group's launching tasks, timed the same way
+    for name in ("LambdaMapBatchOperator", "LambdaReduceGroupsOperator", "LambdaReduceOperator"):
+        setattr(tg, name, timed(getattr(tg, name)))
+    with DAG(dag_id="%(dag_id)s_expanded", schedule=None, start_date=datetime(2024, 1, 1), catchup=False):
+        tg.lambdamr_task_group("wc", output_uri=os.environ["LAMBDAMR_TEST_OUTPUT_EXPANDED"],
+                               max_parallel_instances=3, max_map_tasks=8, **JOB)
 ''') % {"dag_id": DAG_ID, "sleep": SLEEP_S, "poll": POLL_S}
 
 
@@ -177,6 +187,7 @@ def airflow_stack(tmp_path):
         "LAMBDAMR_TEST_INTERVALS": str(home / "intervals.jsonl"),
         "LAMBDAMR_TEST_INPUT": str(tmp_path / "in"),
         "LAMBDAMR_TEST_OUTPUT": str(tmp_path / "out"),
+        "LAMBDAMR_TEST_OUTPUT_EXPANDED": str(tmp_path / "out-expanded"),
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(FIXTURES)]),
     }
     af = Airflow(home, env)
@@ -225,43 +236,69 @@ def _wait(af: Airflow, what: str, check, bound: float):
 
 def test_deferrable_tasks_run_through_scheduler_triggerer_and_workers_without_holding_slots(
         airflow_stack, tmp_path):
+    """Both forms of one job, run at once: every map and reduce task (each mapped instance of
+    the expanded form) launches, defers to the triggerer and resumes in another worker
+    process; no slot is held for the job's duration; both results are exact."""
     af = airflow_stack
     expected = _words(tmp_path)
-    _wait(af, "the DAG was not parsed", lambda: af.query("SELECT 1 FROM serialized_dag WHERE dag_id = ?", DAG_ID),
-          START_S)
-    af.run("dags", "unpause", DAG_ID)
-    af.run("dags", "trigger", DAG_ID, "--run-id", "real1")
-    state = _wait(af, "the DAG run did not finish", lambda: [
-        s for (s,) in af.query("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = 'real1'", DAG_ID)
-        if s in ("success", "failed")], RUN_S)
-    tis = af.query("SELECT task_id, state, try_number FROM task_instance WHERE dag_id = ? AND run_id = 'real1'",
-                   DAG_ID)
-    assert state == ["success"], f"run {state}; task instances {tis}; triggerer: {af.log('triggerer')[-3000:]}"
-    assert sorted(tis) == [("map", "success", 1), ("reduce", "success", 1)]
-    out = tmp_path / "out"
-    assert read_counts(str(out)) == expected
-    summary = json.loads((out / "_SUCCESS").read_text())
+    expanded = f"{DAG_ID}_expanded"
+    for dag_id in (DAG_ID, expanded):
+        _wait(af, f"DAG {dag_id} was not parsed",
+              lambda d=dag_id: af.query("SELECT 1 FROM serialized_dag WHERE dag_id = ?", d), START_S)
+        af.run("dags", "unpause", dag_id)
+        af.run("dags", "trigger", dag_id, "--run-id", "real1")
+    for dag_id in (DAG_ID, expanded):
+        state = _wait(af, f"the run of {dag_id} did not finish", lambda d=dag_id: [
+            s for (s,) in af.query("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = 'real1'", d)
+            if s in ("success", "failed")], RUN_S)
+        tis = af.query("SELECT task_id, map_index, state, try_number FROM task_instance "
+                       "WHERE dag_id = ? AND run_id = 'real1'", dag_id)
+        assert state == ["success"], f"{dag_id} run {state}; task instances {tis}; triggerer: " \
+                                     f"{af.log('triggerer')[-3000:]}"
+        assert all(try_number == 1 for *_, try_number in tis), tis
+    compact = _tis(af, DAG_ID)
+    assert compact == {("map", -1): "success", ("reduce", -1): "success"}
+    tis = _tis(af, expanded)
+    # three map batches (6 map tasks, at most 3 instances), mapped; the rounds the job needs ran
+    assert [tis[("wc.map", i)] for i in range(3)] == ["success"] * 3 and ("wc.map", 3) not in tis
+    assert tis[("wc.round_1", 0)] == "success" and tis[("wc.commit", -1)] == "success"
 
-    # each task deferred and resumed (in other worker processes): several short calls each
     intervals = [json.loads(line) for line in (af.home / "intervals.jsonl").read_text().splitlines()]
     calls = collections.defaultdict(list)
-    for task_id, method, start, end in intervals:
-        calls[task_id].append((method, start, end))
+    for dag_id, task_id, map_index, method, start, end in intervals:
+        calls[(dag_id, task_id, map_index)].append((method, start, end))
+    launching = [(DAG_ID, "map", -1), (DAG_ID, "reduce", -1), *((expanded, "wc.map", i) for i in range(3)),
+                 *((expanded, t, i) for (t, i), state in tis.items() if t.startswith("wc.round_") and
+                   "_groups" not in t and state == "success")]
+    for key in launching:
+        methods = [m for m, _, _ in calls[key]]
+        # launched once, then resumed (in another worker process) after a trigger event
+        assert methods[0] == "execute" and methods.count("execute") == 1, (key, methods)
+        assert methods.count("execute_complete") >= 1, (key, methods)
+    # the triggerer ran the compact tasks' triggers: their logs hold the events (a log is named
+    # by the trigger's row id, which SQLite reuses, so a later deferral's may replace an earlier's)
+    summary = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
     for task_id in ("map", "reduce"):
-        methods = [m for m, _, _ in calls[task_id]]
-        assert methods[0] == "execute" and methods.count("execute") == 1, (task_id, methods)
-        assert methods.count("execute_complete") >= 1, (task_id, methods)
-        # the triggerer ran the task's triggers: their logs hold the events (a log is named by the
-        # trigger's row id, which SQLite reuses, so a later deferral's may replace an earlier's)
         logs = af.home / "logs" / f"dag_id={DAG_ID}" / "run_id=real1" / f"task_id={task_id}"
         fired = [line for f in sorted(logs.glob("attempt=1.log.trigger.*.log"))
                  for line in f.read_text().splitlines() if "Trigger fired event" in line]
         assert fired, f"no trigger of task {task_id} fired"
         assert all("'status': 'ready'" in line and summary["job_id"] in line for line in fired), fired
-    # the worker slots were held for a fraction of the job: the waiting happened in the triggerer
-    held = sum(end - start for task in calls.values() for _, start, end in task)
-    first = min(start for task in calls.values() for _, start, _ in task)
-    last = max(end for task in calls.values() for _, _, end in task)
-    assert last - first >= MAP_TASKS * SLEEP_S / 2, "the mappers sleep: the job cannot be this short"
-    assert held < 0.5 * (last - first), f"slots held {held:.1f} s of the tasks' {last - first:.1f} s: {calls}"
-    assert st.normalize(str(out)) == summary["output"]
+    for dag_id, out in ((DAG_ID, tmp_path / "out"), (expanded, tmp_path / "out-expanded")):
+        assert read_counts(str(out)) == expected, dag_id
+        done = json.loads((out / "_SUCCESS").read_text())
+        assert st.normalize(str(out)) == done["output"]
+        # every map invocation counted, though launched and adopted by several processes
+        assert done["invocations"]["map"]["invocations"] == MAP_TASKS, (dag_id, done["invocations"])
+        # the worker slots were held for a fraction of the job: the waiting happened in the triggerer
+        spans = [c for key, c in calls.items() if key[0] == dag_id]
+        held = sum(end - start for c in spans for _, start, end in c)
+        first = min(start for c in spans for _, start, _ in c)
+        last = max(end for c in spans for _, _, end in c)
+        assert last - first >= MAP_TASKS * SLEEP_S / 2, "the mappers sleep: the job cannot be this short"
+        assert held < 0.5 * (last - first), f"{dag_id}: slots held {held:.1f} s of {last - first:.1f} s: {spans}"
+
+
+def _tis(af: Airflow, dag_id: str) -> dict[tuple[str, int], str]:
+    return {(t, i): s for t, i, s in af.query(
+        "SELECT task_id, map_index, state FROM task_instance WHERE dag_id = ? AND run_id = 'real1'", dag_id)}
