@@ -8,8 +8,16 @@ many splits), ``map_commit``, each reduce round as ``round_N_groups`` and ``roun
 (mapped over that round's groups; a round the job does not need is skipped) and ``commit``
 (``_SUCCESS`` and the result Asset). Clearing one ``map`` instance re-runs only the map
 tasks of its batch that have no status record. ``example_lambdamr_amplab_2a`` is the same
-job in its compact form (one map task, one reduce task). Runs on the embedded default
-(local runtime, ``file://`` storage) when ``input`` and ``output`` are left empty.
+job in its compact form (one map task, one reduce task).
+
+Every ``map`` instance and every round task is deferrable: it launches its invocations and
+defers to the triggerer, which watches the job's status records and resumes the task only
+to act (retry a failed or lost task, start a straggler's twin, refill the concurrency
+window); no worker slot waits on functions. The invocations run on the local function
+service (``runtime="service"``, started on first use, shared by the user's tasks and
+``lambdamr`` commands) or on Lambda (``"aws"``). Without ``input``/``output`` a sample is
+generated and the result goes to ``file://`` storage, a directory per run. This is the DAG
+``make demo`` runs.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ with DAG(
     params={
         "input": Param("", type="string", description="uservisits URI; empty: generate a sample"),
         "output": Param("", type="string", description="result URI; empty: a directory per run"),
-        "runtime": Param("local", enum=["local", "aws"]),
+        "runtime": Param("service", enum=["service", "aws"]),
     },
     tags=["example", "lambdamr"],
     doc_md=__doc__,
@@ -68,6 +76,9 @@ with DAG(
         max_map_tasks=512,  # with fan_in=8: at most 3 reduce rounds
         split_size="8MB",
         runtime="{{ params.runtime }}",
+        deferrable=True,
+        # how often the triggers look at the job's status records (``make demo`` shortens it)
+        poll_interval=float(os.environ.get("LAMBDAMR_EXAMPLE_POLL_S", "10")),
     )
     cleanup = LambdaMapReduceCleanupOperator(
         task_id="cleanup", job_dir=amplab_2a.job_dir, trigger_rule=TriggerRule.ALL_DONE
