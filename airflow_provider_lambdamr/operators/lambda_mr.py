@@ -449,6 +449,7 @@ class LambdaMapOperator(_LambdaMapReduceBase):
         speculation: bool = True,
         speculation_factor: float = 3.0,
         speculation_min_s: float = 10.0,
+        coordinator: bool = False,
         runtime: str = "local",
         workers: int | None = None,
         role_arn: str | None = None,
