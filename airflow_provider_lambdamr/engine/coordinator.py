@@ -54,6 +54,9 @@ ENGINE = ("airflow_provider_lambdamr",)
 WATCHDOG = "lambdamr_watchdog"
 #: How often the watchdog wakes the coordinator of a job.
 WATCHDOG_INTERVAL_S = 60.0
+#: The coordinator function's memory and timeout (it reads status records and invokes).
+MEMORY_MB = 1024
+TIMEOUT_S = 900.0
 CONFIG_VERSION = 1
 
 

@@ -216,7 +216,8 @@ class Driver:
             return done
         self.prepare()
         package = packaging.build(self.spec.job_ref, tracing=self.spec.tracing, include=coordinator.ENGINE)
-        deployed = self.runtime.deploy_coordinator(package, coordinator.watchdog_event(self.job_dir))
+        deployed = self.runtime.deploy_coordinator(package, coordinator.watchdog_event(self.job_dir),
+                                                   coordinator.WATCHDOG_INTERVAL_S)
         coordinator.write_config(self.job_dir, self.runtime, deployed)
         return coordinator.step(self.job_dir, self.runtime)
 

@@ -63,7 +63,7 @@ class Bus(Runtime):
         self.deployment = {"runtime": self.name, "version": package.version}
         return self.deployment
 
-    def deploy_coordinator(self, package: CodePackage, watchdog_event: dict) -> dict:
+    def deploy_coordinator(self, package: CodePackage, watchdog_event: dict, every_s: float) -> dict:
         assert watchdog_event == coordinator.watchdog_event(watchdog_event[coordinator.WATCHDOG]["job_dir"])
         return {"version": package.version, "modules": list(package.modules)}
 

@@ -138,10 +138,10 @@ class Runtime(abc.ABC):
         raise NotImplementedError(f"the {self.name} runtime has no coordinator mode: its workers live and "
                                   f"die with the driver (use --runtime service or aws)")
 
-    def deploy_coordinator(self, package: CodePackage, watchdog_event: dict) -> dict:
+    def deploy_coordinator(self, package: CodePackage, watchdog_event: dict, every_s: float) -> dict:
         """Coordinator mode: deploy the coordinator function (``package``: its zip), make every
         task invocation's end invoke it (asynchronous-invocation destinations, on success and
-        on failure), and start a watchdog invoking it with ``watchdog_event`` now and then.
+        on failure), and start a watchdog invoking it with ``watchdog_event`` every ``every_s``.
         Returns what was deployed. Call after ``deploy``."""
         raise NotImplementedError(f"the {self.name} runtime has no coordinator mode: its workers live and "
                                   f"die with the driver (use --runtime service or aws)")
