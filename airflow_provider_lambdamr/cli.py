@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--output", action="append", default=[], metavar="S3URI", help="result location (repeatable)")
         cmd.add_argument("--function-prefix", default="lambdamr", metavar="P")
         cmd.add_argument("--no-tracing", dest="tracing", action="store_false", help="omit X-Ray permissions")
+        cmd.add_argument("--coordinator", action="store_true",
+                         help="coordinator mode: add invoking the functions and ending the job's watchdog rule")
         cmd.add_argument("--region", metavar="REGION")
     delete_role = iam_sub.add_parser("delete-role", help="delete the role and its policies")
     delete_role.add_argument("--name", required=True)
@@ -232,7 +234,7 @@ def _cmd_iam(args: argparse.Namespace) -> int:
         return 0
     policy = iam.execution_policy(
         inputs=args.input, job_root=args.job_root, outputs=args.output,
-        function_prefix=args.function_prefix, tracing=args.tracing,
+        function_prefix=args.function_prefix, tracing=args.tracing, coordinator=args.coordinator,
     )
     if args.iam_command == "policy":
         print(json.dumps(policy, indent=2))

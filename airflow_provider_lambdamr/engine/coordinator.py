@@ -278,9 +278,12 @@ def handle(event: object, lambda_client: Callable[[], Any] | None = None) -> dic
     """One coordinator invocation: the job the event names, advanced one step."""
     parsed = parse_event(event)
     spec = load_spec(parsed.job_dir)
-    runtime = attach_runtime(spec, read_config(parsed.job_dir), lambda_client)
+    config = read_config(parsed.job_dir)
+    runtime = attach_runtime(spec, config, lambda_client)
     try:
         outcome = step(parsed.job_dir, runtime, parsed)
+        if outcome.finished:
+            runtime.end_coordination(config["coordinator"])
     finally:
         runtime.close()
     log.info("coordinator: job %s %s; launched %s", spec.job_id, outcome.state, outcome.launched)

@@ -146,6 +146,10 @@ class Runtime(abc.ABC):
         raise NotImplementedError(f"the {self.name} runtime has no coordinator mode: its workers live and "
                                   f"die with the driver (use --runtime service or aws)")
 
+    def end_coordination(self, deployed: dict) -> None:  # noqa: B027 - optional
+        """Coordinator mode: the job finished; stop its watchdog (``deployed``: what
+        ``deploy_coordinator`` returned) where it does not stop by itself."""
+
     def cancel(self, request_id: str) -> None:  # noqa: B027 - optional
         """Stop caring about an invocation (a straggler whose twin already finished)."""
 
