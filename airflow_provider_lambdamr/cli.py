@@ -383,10 +383,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _print_launched(spec: JobSpec, outcome, as_json: bool) -> int:
     """What ``run --coordinator`` did: the job launched; its coordinator runs the rest."""
+    failed = outcome.state == "failed"
     if as_json:
         print(json.dumps({"job_id": spec.job_id, "job_dir": spec.job_dir, "output": spec.output,
                           **outcome.to_dict()}, indent=2, sort_keys=True))
-        return 0
+        return int(failed)
+    if failed:
+        from airflow_provider_lambdamr.engine import jobstate
+
+        print(f"lambdamr: job {spec.job_id} failed: {(jobstate.read_failure(spec.job_dir) or {}).get('message')}",
+              file=sys.stderr)
+        return 1
     print(f"job {spec.job_id} launched in coordinator mode ({len(outcome.launched)} map invocations); its "
           f"coordinator runs the rest and commits to {spec.output}; follow it with: "
           f"lambdamr status {spec.job_dir} --wait")

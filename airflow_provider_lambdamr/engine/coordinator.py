@@ -141,10 +141,12 @@ class LaunchOnce(Runtime):
 
 
 # -- the coordinator's configuration -------------------------------------------------------
-def write_config(job_dir: str, runtime: Runtime, coordinator: dict) -> dict:
-    """Record how the coordinator reaches the job's functions (``runtime.deployment``)."""
+def write_config(job_dir: str, runtime: Runtime, coordinator: dict, budget_base: dict[str, int]) -> dict:
+    """Record how the coordinator reaches the job's functions (``runtime.deployment``), and
+    the attempts of each task not counted against ``max_attempts`` (a new run of a job that
+    failed gives every task a fresh budget)."""
     config = {"version": CONFIG_VERSION, "runtime": runtime.name, "deployment": runtime.deployment,
-              "coordinator": coordinator, "written_at": time.time()}
+              "coordinator": coordinator, "budget_base": budget_base, "written_at": time.time()}
     jobstate.write_json(contract.coordinator_uri(job_dir), config)
     return config
 
@@ -160,6 +162,15 @@ def read_config(job_dir: str) -> dict:
         raise JobFailed(f"{uri} has version {config.get('version')!r}, not {CONFIG_VERSION}: written by "
                         f"another release of lambdamr", phase="coordinator", resumable=False)
     return config
+
+
+def budget_base(job_dir: str) -> dict[str, int]:
+    """The attempts the job's current run does not count (none before its first launch)."""
+    uri = contract.coordinator_uri(job_dir)
+    try:
+        return dict(json.loads(st.for_uri(uri).read_bytes(uri)).get("budget_base") or {})
+    except st.NotFound:
+        return {}
 
 
 def attach_runtime(spec: JobSpec, config: dict, lambda_client: Callable[[], Any] | None = None) -> Runtime:
@@ -247,6 +258,15 @@ class Outcome:
                 "phase": self.phase, "launched": [list(k) for k in self.launched]}
 
 
+def attempts_made(job_dir: str) -> dict[str, int]:
+    """Per status key, the highest attempt launched or recorded as failed: what a new run of
+    a failed job does not count against ``max_attempts``."""
+    made = jobstate.attempts_used(job_dir, "")
+    for key, launch in read_launches(job_dir).items():
+        made[key] = max(made.get(key, 0), launch.attempt)
+    return made
+
+
 def step(job_dir: str, runtime: Runtime, event: Event | None = None) -> Outcome:
     """Advance the job in ``job_dir`` as far as it goes without waiting, launching through
     ``runtime`` (already deployed or attached) each task attempt at most once."""
@@ -265,7 +285,7 @@ def step(job_dir: str, runtime: Runtime, event: Event | None = None) -> Outcome:
     in_flight = [InFlight(x.request_id, x.key, x.attempt, x.launched_at) for x in launches.values()]
     results = _event_results(event, launches) if event is not None else []
     try:
-        waiting = driver.advance(results, in_flight)
+        waiting = driver.advance(results, in_flight, budget_base=budget_base(job_dir))
     except JobFailed:
         if jobstate.read_failure(job_dir) is None:
             raise

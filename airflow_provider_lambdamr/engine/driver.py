@@ -218,7 +218,14 @@ class Driver:
         package = packaging.build(self.spec.job_ref, tracing=self.spec.tracing, include=coordinator.ENGINE)
         deployed = self.runtime.deploy_coordinator(package, coordinator.watchdog_event(self.job_dir),
                                                    coordinator.WATCHDOG_INTERVAL_S)
-        coordinator.write_config(self.job_dir, self.runtime, deployed)
+        # A new run of a job that failed: every task gets a fresh budget, recorded before the
+        # failure is cleared (a coordinator of the earlier run must not fail the job again);
+        # a resumed run keeps the budget its run had.
+        failed = jobstate.read_failure(self.job_dir) is not None
+        base = coordinator.attempts_made(self.job_dir) if failed else coordinator.budget_base(self.job_dir)
+        coordinator.write_config(self.job_dir, self.runtime, deployed, base)
+        if failed:
+            self._clear_failure()
         return coordinator.step(self.job_dir, self.runtime)
 
     def completed_summary(self) -> dict | None:

@@ -240,3 +240,21 @@ def test_launch_markers_make_concurrent_launches_of_one_attempt_invoke_it_once(t
     assert len(request_ids) == 1  # all name the one launched attempt
     assert bus.launches == {("map/00000", 1): 1}
     assert sum(len(x.launched) for x in launchers) == 1
+
+
+def test_launching_a_failed_job_again_gives_every_task_a_fresh_budget(tmp_path, fixture_jobs_path):
+    (tmp_path / "in.txt").write_text("a b a\n")
+    spec = JobSpec(job="userjobs.faulty:FaultyCount", inputs={"": [str(tmp_path / "in.txt")]},
+                   output=str(tmp_path / "out"), runtime="service", coordinator=True, max_attempts=1,
+                   params={"fail_once": str(tmp_path / "marker")})
+    bus = Bus()
+    Driver(spec, bus).launch()
+    with ThreadPoolExecutor(max_workers=2) as pool, pytest.raises(AssertionError, match="the job failed"):
+        _deliver(bus, spec.job_dir, random.Random(1), drop=0.0, pool=pool)
+    again = Driver(spec, bus).launch()  # the same job id: a new run of it
+    assert again.state == "running" and again.launched == (("map/00000", 2),)
+    assert jobstate.read_failure(spec.job_dir) is None
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        _deliver(bus, spec.job_dir, random.Random(2), drop=0.0, pool=pool)
+    assert (tmp_path / "out" / "part-00000").read_text().splitlines() == ["a,2", "b,1"]
+    assert coordinator.budget_base(spec.job_dir) == {"map/00000": 1}  # what the new run does not count

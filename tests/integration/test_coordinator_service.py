@@ -122,7 +122,7 @@ def test_the_service_sends_each_end_to_the_destination_and_runs_the_watchdog_unt
         drv.prepare()
         package = packaging.build(spec.job_ref, include=coordinator.ENGINE)
         deployed = rt.deploy_coordinator(package, coordinator.watchdog_event(spec.job_dir), every_s=0.2)
-        coordinator.write_config(spec.job_dir, rt, deployed)
+        coordinator.write_config(spec.job_dir, rt, deployed, {})
         with service.connect(start=False) as client:
             stats = client.request("stats")["functions"]
             assert stats[deployed["function"]]["in_flight"] == 0
