@@ -480,7 +480,9 @@ class LambdaMapOperator(_LambdaMapReduceBase):
                 inputs=normalize_inputs(self.inputs),
                 params=encode_job_params(self.job_params),
                 job_id=self.job_id or default_job_id(context),
-                keep_intermediates=True,  # the reduce operator reads them, cleanup removes them
+                # the reduce operator reads them, cleanup removes them; in coordinator mode the
+                # coordinator commits and removes them
+                keep_intermediates=not self.coordinator,
             )
             return JobSpec(**values)
         except ValueError as err:
