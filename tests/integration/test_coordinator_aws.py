@@ -139,6 +139,13 @@ def test_a_job_on_lambda_commits_through_destinations_and_the_watchdog_with_each
     assert set(client.calls.values()) == {1}  # every task attempt invoked once
     assert {q for _, q, _, _ in client.calls} == {f"v{rt.package.version}-coordinated"}
     assert not events.list_rules(NamePrefix=rule)["Rules"]  # the watchdog ended with its job
+    # pruning old versions keeps the live version's coordinated alias, and the coordinator's
+    from airflow_provider_lambdamr.engine.runtimes.aws import prune_functions
+
+    pruned = prune_functions(lambda_client, prefix)
+    assert pruned[f"{prefix}-mapper"]["aliases"] == [] and pruned[f"{prefix}-coordinator"]["aliases"] == []
+    assert {a["Name"] for a in lambda_client.list_aliases(FunctionName=f"{prefix}-mapper")["Aliases"]} == {
+        f"v{rt.package.version}", f"v{rt.package.version}-coordinated"}
 
     # The role's policy covers exactly what the coordinator mode calls, and moto accepts it.
     account = role_arn.split(":")[4]

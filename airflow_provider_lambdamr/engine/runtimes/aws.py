@@ -431,16 +431,22 @@ class AwsRuntime(Runtime):
         self._in_flight.clear()
 
 
-def prune_functions(lambda_client: Any, function_prefix: str, keep_alias: str | None = None) -> dict:
-    """Delete old aliases and versions of ``<prefix>-mapper`` / ``<prefix>-reducer``.
+#: Every function a job may deploy: the tasks' and, in coordinator mode, the coordinator.
+FUNCTION_KINDS = (*HANDLERS, coordinator.KIND)
 
-    The alias ``keep_alias`` (default: the most recently published one) and the version it
-    points to stay, as does ``$LATEST``. Returns what was deleted, by function.
+
+def prune_functions(lambda_client: Any, function_prefix: str, keep_alias: str | None = None) -> dict:
+    """Delete old aliases and versions of ``<prefix>-mapper`` / ``-reducer`` / ``-coordinator``.
+
+    The alias ``keep_alias`` (default: the most recently published one; for the coordinator,
+    whose versions its own zip names, always that) and the version it points to stay, with
+    every alias of that version (its ``-coordinated`` alias), as does ``$LATEST``. Returns
+    what was deleted, by function.
     """
     from botocore.exceptions import ClientError
 
     deleted: dict[str, dict[str, list[str]]] = {}
-    for kind in HANDLERS:
+    for kind in FUNCTION_KINDS:
         name = f"{function_prefix}-{kind}"
         try:
             aliases = [a for p in lambda_client.get_paginator("list_aliases").paginate(FunctionName=name)
@@ -451,11 +457,11 @@ def prune_functions(lambda_client: Any, function_prefix: str, keep_alias: str | 
             if err.response["Error"]["Code"] == "ResourceNotFoundException":
                 continue
             raise
-        live = keep_alias
+        live = keep_alias if kind != coordinator.KIND else None
         if live is None and aliases:
             live = max(aliases, key=lambda a: int(a["FunctionVersion"]) if a["FunctionVersion"].isdigit() else -1)["Name"]
         kept_versions = {a["FunctionVersion"] for a in aliases if a["Name"] == live}
-        gone_aliases = [a["Name"] for a in aliases if a["Name"] != live]
+        gone_aliases = [a["Name"] for a in aliases if a["FunctionVersion"] not in kept_versions]
         for alias in gone_aliases:
             lambda_client.delete_alias(FunctionName=name, Name=alias)
         gone_versions = [v for v in versions if v not in kept_versions]
@@ -470,7 +476,7 @@ def delete_log_groups(logs_client: Any, function_prefix: str) -> list[str]:
     from botocore.exceptions import ClientError
 
     gone = []
-    for kind in HANDLERS:
+    for kind in FUNCTION_KINDS:
         group = f"/aws/lambda/{function_prefix}-{kind}"
         try:
             logs_client.delete_log_group(logGroupName=group)
