@@ -258,3 +258,23 @@ def test_launching_a_failed_job_again_gives_every_task_a_fresh_budget(tmp_path, 
         _deliver(bus, spec.job_dir, random.Random(2), drop=0.0, pool=pool)
     assert (tmp_path / "out" / "part-00000").read_text().splitlines() == ["a,2", "b,1"]
     assert coordinator.budget_base(spec.job_dir) == {"map/00000": 1}  # what the new run does not count
+
+
+def test_a_failure_event_with_no_record_retries_the_attempt_at_once_and_a_late_copy_of_it_does_nothing(
+    tmp_path, fixture_jobs_path
+):
+    """A timeout or an out-of-memory end leaves no status record: the failure event says so."""
+    (tmp_path / "in.txt").write_text("x y\n")
+    spec = JobSpec(job="wordcount", inputs={"": [str(tmp_path / "in.txt")]}, output=str(tmp_path / "out"),
+                   runtime="service", coordinator=True, partitions=1)
+    bus = Bus()
+    Driver(spec, bus).launch()
+    rid, task = bus.take()  # the invocation dies: the handler never writes anything
+    killed = coordinator.parse_event(coordinator.destination_record(
+        rid, "arn:bus:mapper", task.to_event(), False,
+        {"errorType": "Runtime.OutOfMemory", "errorMessage": "Runtime exited with error: signal: killed"}))
+    assert coordinator.step(spec.job_dir, bus, killed).launched == (("map/00000", 2),)
+    assert coordinator.step(spec.job_dir, bus, killed).launched == ()  # the same event again: attempt 1 is old
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        _deliver(bus, spec.job_dir, random.Random(6), drop=0.0, pool=pool)
+    assert sorted((tmp_path / "out" / "part-00000").read_text().splitlines()) == ["x,1", "y,1"]
