@@ -170,3 +170,24 @@ def test_the_reference_driverconfig_runs_its_amplab_2a_job_from_s3_with_no_drive
     got = {r[0]: float(r[1]) for r in read_rows(launched["output"])}
     assert got.keys() == expected.keys()
     assert all(abs(got[k] - expected[k][0]) <= 1e-9 * max(1.0, abs(expected[k][0])) for k in got)
+
+
+def test_a_watchdog_whose_coordinator_keeps_failing_stops(tmp_path):
+    from airflow_provider_lambdamr.engine import packaging
+
+    package = packaging.build("lambda_src.jobs.wordcount:WordCount", include=coordinator.ENGINE)
+    with ServiceRuntime(workers=1) as rt:
+        target = rt._deploy(package, coordinator.KIND, coordinator.MEMORY_MB, coordinator.TIMEOUT_S)["function"]
+        client = rt._client
+        client.request("schedule", function=target, event=coordinator.watchdog_event(f"file://{tmp_path}/no-job"),
+                       every_s=0.05)
+        end = time.monotonic() + WAIT_S
+        before = -1
+        while True:  # the coordinator fails (there is no job there), again and again, then it stops
+            time.sleep(1.0)
+            now = client.request("stats")["invocations"]
+            if now == before and client.request("stats")["in_flight"] == 0:
+                break
+            assert time.monotonic() < end, "the watchdog keeps invoking a coordinator that always fails"
+            before = now
+    assert now >= service.MAX_WATCHDOG_FAILURES

@@ -74,6 +74,9 @@ MAX_OUTCOMES = 100_000
 MAX_MESSAGE = 64 * 1024 * 1024
 START_TIMEOUT_S = 30.0
 LOOP_S = 0.05
+#: A watchdog whose invocations fail this many times in a row stops (a broken coordinator
+#: must not keep the service from ever going idle).
+MAX_WATCHDOG_FAILURES = 10
 #: The kinds of function the service runs: the job's tasks, or a job's coordinator.
 FUNCTION_KINDS = {"tasks": HANDLERS, coordinator.KIND: {coordinator.KIND: coordinator.HANDLER}}
 _HEADER = struct.Struct(">I")
@@ -168,12 +171,13 @@ class _Function:
 @dataclass
 class _Schedule:
     """A watchdog: ``event`` sent to ``function`` every ``every_s``, until an invocation of it
-    answers ``{"finished": true}``."""
+    answers ``{"finished": true}``, or ``MAX_WATCHDOG_FAILURES`` in a row fail."""
 
     function: str
     event: dict
     every_s: float
     next_at: float
+    failures: int = 0
 
 
 def function_key(package_sha256: str, memory_mb: int, timeout_s: float, tracing: bool) -> str:
@@ -297,9 +301,16 @@ class Service:
     # -- destinations and watchdogs (Lambda's DestinationConfig and an EventBridge schedule)
     def _after(self, res: InvocationResult) -> None:
         """Send an ended invocation's destination record; end a watchdog whose job finished."""
-        schedule = self.scheduled.pop(res.request_id, None)
-        if schedule is not None and res.ok and isinstance(res.payload, dict) and res.payload.get("finished"):
-            self.schedules.pop(schedule, None)
+        sid = self.scheduled.pop(res.request_id, None)
+        schedule = self.schedules.get(sid) if sid else None
+        if schedule is not None:
+            schedule.failures = 0 if res.ok else schedule.failures + 1
+            if res.ok and isinstance(res.payload, dict) and res.payload.get("finished"):
+                del self.schedules[sid]
+            elif schedule.failures >= MAX_WATCHDOG_FAILURES:
+                log.error("watchdog %s: %d invocations in a row failed (last: %s); the watchdog stops", sid,
+                          schedule.failures, res.error_text())
+                del self.schedules[sid]
         destined = self.destined.pop(res.request_id, None)
         fn = self.functions.get(destined[0]) if destined else None
         target = fn and (fn.on_success if res.ok else fn.on_failure)
