@@ -490,6 +490,7 @@ def _job_state(job_dir: str) -> tuple[int, dict]:
     """(exit status, report) of the job in ``job_dir``: 0 succeeded, 1 failed, 3 not finished."""
     from airflow_provider_lambdamr.engine import jobdir
     from airflow_provider_lambdamr.engine.driver import phase_state
+    from lambda_src import contract
     from lambda_src import storage as st
 
     job_id = st.basename(job_dir.rstrip("/"))
@@ -503,7 +504,8 @@ def _job_state(job_dir: str) -> tuple[int, dict]:
     maps = phase_state(job_dir, "map")
     report.update(state="running" if maps.total else "pending", map={"done": maps.done, "total": maps.total})
     detached = _detached_dir() / f"{job_id}.json"
-    if detached.exists():
+    coordinated = st.for_uri(job_dir).exists(contract.coordinator_uri(job_dir))  # its driver exits at launch
+    if detached.exists() and not coordinated:
         record = json.loads(detached.read_text())
         # Read again after the pid: the driver may have committed, then exited, since the first read.
         if record["job_dir"] == job_dir and not _alive(record["pid"]) and not phase_state(job_dir, "reduce").complete:

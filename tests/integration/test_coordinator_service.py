@@ -27,6 +27,7 @@ from tests.integration.test_service import (
     WAIT_S,
     cli,
     svc_dir,  # noqa: F401 - the fixture below
+    wait_dead,
 )
 
 #: Every test runs its own service, in a private directory.
@@ -191,3 +192,19 @@ def test_a_watchdog_whose_coordinator_keeps_failing_stops(tmp_path):
             assert time.monotonic() < end, "the watchdog keeps invoking a coordinator that always fails"
             before = now
     assert now >= service.MAX_WATCHDOG_FAILURES
+
+
+def test_a_detached_coordinator_mode_run_is_followed_to_its_commit_though_its_driver_exited(tmp_path):
+    """Its driver exits at launch: ``status`` does not take that for a driver that died."""
+    (tmp_path / "in.txt").write_text("p q p\n")
+    run = cli("run", "userjobs.faulty:FaultyCount", "--input", str(tmp_path / "in.txt"), "--output",
+              str(tmp_path / "out"), "--param", "sleep_always=4", "--runtime", "service", "--workers", "1",
+              "--coordinator", "--detach", "--job-id", "det", "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    detached = json.loads(run.stdout)
+    wait_dead([detached["pid"]], "the detached driver, after launching,")
+    running = cli("status", detached["job_dir"])  # the map task sleeps: the job has not committed
+    assert running.returncode == 3 and json.loads(running.stdout)["state"] == "running", running.stdout
+    status = cli("status", detached["job_dir"], "--wait", "--timeout", "120")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert json.loads(status.stdout)["state"] == "succeeded"
