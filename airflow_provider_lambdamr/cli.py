@@ -58,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     aws = run.add_argument_group("AWS Lambda (--runtime aws)")
     for f in spec_options():
         group = aws if f.name in _AWS_OPTIONS else run
-        _add_option(group, f)
+        _add_option(group, f, **_CONFIG_GIVES.get(f.name, {}))
+    run.add_argument("--config", metavar="DRIVERCONFIG",
+                     help="the reference architecture's driverconfig.json: its input, job bucket, concurrency, "
+                          "memory and functions become the job (options given here win); see the README")
     aws.add_argument("--region", metavar="REGION", help="AWS region (default: the AWS config's)")
     run.add_argument("--prices", metavar="JSON", help="price table overrides (a JSON file)")
     run.add_argument("--json", action="store_true", help="print the _SUCCESS summary as JSON")
@@ -84,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--output", action="append", default=[], metavar="S3URI", help="result location (repeatable)")
         cmd.add_argument("--function-prefix", default="lambdamr", metavar="P")
         cmd.add_argument("--no-tracing", dest="tracing", action="store_false", help="omit X-Ray permissions")
+        cmd.add_argument("--coordinator", action="store_true",
+                         help="coordinator mode: add invoking the functions and ending the job's watchdog rule")
         cmd.add_argument("--region", metavar="REGION")
     delete_role = iam_sub.add_parser("delete-role", help="delete the role and its policies")
     delete_role.add_argument("--name", required=True)
@@ -125,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
 #: The options ``lambdamr run --help`` lists under "AWS Lambda".
 _AWS_OPTIONS = ("role_arn", "function_prefix", "architecture", "runtime_version", "tracing", "concurrency",
                 "code_uri")
+
+
+#: ``run``'s required arguments, which ``--config`` may give instead.
+_CONFIG_GIVES = {"job": {"nargs": "?", "default": argparse.SUPPRESS}, "inputs": {"required": False},
+                 "output": {"required": False}}
 
 
 def spec_options() -> list[dataclasses.Field]:
@@ -187,11 +197,13 @@ def _given_options(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def _lambda_client(region: str | None) -> Callable[[], Any]:
+def _lambda_client(region: str | None, **settings: Any) -> Callable[[], Any]:
+    """A Lambda client factory; ``settings``: botocore ``Config`` keywords."""
     def client() -> Any:
         import boto3
+        from botocore.config import Config
 
-        return boto3.session.Session(region_name=region).client("lambda")
+        return boto3.session.Session(region_name=region).client("lambda", config=Config(**settings))
 
     return client
 
@@ -222,7 +234,7 @@ def _cmd_iam(args: argparse.Namespace) -> int:
         return 0
     policy = iam.execution_policy(
         inputs=args.input, job_root=args.job_root, outputs=args.output,
-        function_prefix=args.function_prefix, tracing=args.tracing,
+        function_prefix=args.function_prefix, tracing=args.tracing, coordinator=args.coordinator,
     )
     if args.iam_command == "policy":
         print(json.dumps(policy, indent=2))
@@ -293,17 +305,33 @@ def _stop_on_signals() -> Iterator[None]:
 
 
 def _job_spec(args: argparse.Namespace) -> JobSpec:
+    return _job_and_client(args)[0]
+
+
+def _job_and_client(args: argparse.Namespace) -> tuple[JobSpec, dict[str, Any]]:
+    """The job the command line (and ``--config``) describe, and its Lambda client settings."""
     values = _given_options(args)
+    client: dict[str, Any] = {"region": args.region}
+    if getattr(args, "config", None):
+        from airflow_provider_lambdamr.engine import driverconfig
+
+        values, settings = driverconfig.spec_values(driverconfig.load(args.config), values, args.config, os.environ)
+        client = {**settings, **({"region": args.region} if args.region else {})}
+    flags = {"job": "JOB", "inputs": "--input", "output": "--output"}
+    missing = [flag for name, flag in flags.items() if name not in values]
+    if missing:
+        raise ValueError(f"lambdamr run needs {', '.join(missing)} (or --config driverconfig.json)")
     if "partitions" not in values and values.get("runtime", "local") in ("local", "service"):
         values["partitions"] = values.get("workers") or os.cpu_count() or 1
-    return JobSpec(**values)
+    return JobSpec(**values), client
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from airflow_provider_lambdamr.engine.driver import Driver, JobFailed
 
-    spec = _job_spec(args)
-    runtime = create_runtime(spec.runtime, spec.runtime_options(), lambda_client=_lambda_client(args.region))
+    spec, client = _job_and_client(args)
+    region = client.pop("region", None)
+    runtime = create_runtime(spec.runtime, spec.runtime_options(), lambda_client=_lambda_client(region, **client))
     progress = None if args.quiet else _print_progress
     started = time.time()
     try:
@@ -312,7 +340,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
             prices = PriceTable.from_file(args.prices) if args.prices else None
             driver = Driver(spec, runtime, progress=progress, prices=prices)
-            summary = driver.run()
+            summary = driver.launch() if spec.coordinator else driver.run()
     except JobFailed as err:
         print(f"lambdamr: job {spec.job_id} failed: {err}", file=sys.stderr)
         if err.resumable:
@@ -327,6 +355,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"lambdamr: job state is in {spec.job_dir}; rerun with --job-id {spec.job_id} "
               f"to resume", file=sys.stderr)
         return 128 + sig.signum
+    if not isinstance(summary, dict):  # coordinator mode: launched
+        return _print_launched(spec, summary, args.json)
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
         return 0
@@ -348,6 +378,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(format_estimate(summary["cost"]) + (" (projection for Lambda)" if spec.runtime == "local" else ""))
     print(f"output: {summary['output']} ({', '.join(summary['files'][:4])}"
           f"{', ...' if len(summary['files']) > 4 else ''})")
+    return 0
+
+
+def _print_launched(spec: JobSpec, outcome, as_json: bool) -> int:
+    """What ``run --coordinator`` did: the job launched; its coordinator runs the rest."""
+    failed = outcome.state == "failed"
+    if as_json:
+        print(json.dumps({"job_id": spec.job_id, "job_dir": spec.job_dir, "output": spec.output,
+                          **outcome.to_dict()}, indent=2, sort_keys=True))
+        return int(failed)
+    if failed:
+        from airflow_provider_lambdamr.engine import jobstate
+
+        print(f"lambdamr: job {spec.job_id} failed: {(jobstate.read_failure(spec.job_dir) or {}).get('message')}",
+              file=sys.stderr)
+        return 1
+    print(f"job {spec.job_id} launched in coordinator mode ({len(outcome.launched)} map invocations); its "
+          f"coordinator runs the rest and commits to {spec.output}; follow it with: "
+          f"lambdamr status {spec.job_dir} --wait")
     return 0
 
 
@@ -441,6 +490,7 @@ def _job_state(job_dir: str) -> tuple[int, dict]:
     """(exit status, report) of the job in ``job_dir``: 0 succeeded, 1 failed, 3 not finished."""
     from airflow_provider_lambdamr.engine import jobdir
     from airflow_provider_lambdamr.engine.driver import phase_state
+    from lambda_src import contract
     from lambda_src import storage as st
 
     job_id = st.basename(job_dir.rstrip("/"))
@@ -454,7 +504,8 @@ def _job_state(job_dir: str) -> tuple[int, dict]:
     maps = phase_state(job_dir, "map")
     report.update(state="running" if maps.total else "pending", map={"done": maps.done, "total": maps.total})
     detached = _detached_dir() / f"{job_id}.json"
-    if detached.exists():
+    coordinated = st.for_uri(job_dir).exists(contract.coordinator_uri(job_dir))  # its driver exits at launch
+    if detached.exists() and not coordinated:
         record = json.loads(detached.read_text())
         # Read again after the pid: the driver may have committed, then exited, since the first read.
         if record["job_dir"] == job_dir and not _alive(record["pid"]) and not phase_state(job_dir, "reduce").complete:

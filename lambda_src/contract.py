@@ -47,6 +47,10 @@ TASKS = "tasks"
 REPORT = "report.html"
 #: The invocation ledger: one entry per driver process that launched invocations.
 LEDGER = "invocations"
+#: Coordinator mode: how the coordinator reaches the job's functions (written at launch).
+COORDINATOR = "coordinator.json"
+#: Coordinator mode: one create-exclusive marker per task attempt launched.
+LAUNCH = "launch"
 #: The directories of intermediate data (runs, stored event lists), in every step's directory.
 INTERMEDIATE = (MAP, REDUCE, TASKS)
 #: Arrow IPC runs carry this suffix; runs without it are shuffle lines.
@@ -165,6 +169,30 @@ def failed_attempt_of(job_dir: str, uri: str) -> tuple[str, int] | None:
     return (m["key"], int(m["attempt"])) if m else None
 
 
+def coordinator_uri(job_dir: str) -> str:
+    """Coordinator mode: the job's coordinator configuration (runtime, deployed functions)."""
+    return st.join(job_dir, COORDINATOR)
+
+
+def launch_dir(job_dir: str) -> str:
+    return st.join(job_dir, LAUNCH)
+
+
+def launch_uri(job_dir: str, key: str, attempt: int) -> str:
+    """Coordinator mode: the marker of attempt ``attempt`` of the task ``key``; whoever creates
+    it (exclusively) is the one that invokes that attempt."""
+    return st.join(job_dir, LAUNCH, f"{key}.a{attempt}{_JSON}")
+
+
+_LAUNCH_MARKER = re.compile(rf"^(?P<key>.+)\.a(?P<attempt>\d+){re.escape(_JSON)}$")
+
+
+def launch_of(job_dir: str, uri: str) -> tuple[str, int] | None:
+    """(status key, attempt number) of a launch marker's URI; None for any other file."""
+    m = _LAUNCH_MARKER.match(st.relative_to(uri, launch_dir(job_dir)) or "")
+    return (m["key"], int(m["attempt"])) if m else None
+
+
 def attempt_token(attempt: int, nonce: str) -> str:
     """An attempt's token: its number (for ``failed_attempt_prefix``) and a random part."""
     return f"a{attempt}-{nonce}"
@@ -236,9 +264,9 @@ def written_by_job(rel: str) -> bool:
     if _STEP_DIR.match(parts[0]) and len(parts) > 1:
         parts = parts[1:]
         return (parts[0] in INTERMEDIATE and len(parts) > 1) or parts == [STEP_PLAN] or parts == [MAP_COMMIT]
-    if parts[0] in (*INTERMEDIATE, STATUS, LEDGER):
+    if parts[0] in (*INTERMEDIATE, STATUS, LEDGER, LAUNCH):
         return len(parts) > 1
-    return parts in ([MANIFEST], [FAILURE], [MAP_COMMIT], [REPORT])
+    return parts in ([MANIFEST], [FAILURE], [MAP_COMMIT], [REPORT], [COORDINATOR])
 
 
 # -- the event ---------------------------------------------------------------------------

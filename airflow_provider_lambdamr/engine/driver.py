@@ -16,8 +16,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from airflow_provider_lambdamr.engine import commit as commit_mod
+from airflow_provider_lambdamr.engine import (
+    coordinator,
+    failures,
+    jobdir,
+    jobstate,
+    packaging,
+    planner,
+    preflight,
+)
 from airflow_provider_lambdamr.engine import cost as cost_model
-from airflow_provider_lambdamr.engine import failures, jobdir, jobstate, packaging, planner, preflight
 from airflow_provider_lambdamr.engine import rounds as rounds_mod
 from airflow_provider_lambdamr.engine.failures import JobFailed
 from airflow_provider_lambdamr.engine.jobstate import PhaseState, phase_state  # noqa: F401 - re-exported
@@ -172,6 +180,20 @@ class Driver:
         self.map_only = len(steps) == 1 and steps[0].reducer is None
         self.tasks = TaskFactory(spec, map_only=self.map_only, step_count=self.step_count)
 
+    @classmethod
+    def attached(cls, spec: JobSpec, runtime: Runtime, manifest: dict) -> Driver:
+        """A driver of a job planned and deployed by another process (the coordinator's):
+        it builds no code package and deploys nothing (``runtime`` is attached to the
+        deployment), and its job timeout counts from when the job was planned."""
+        driver = cls(spec, runtime)
+        code = manifest["code"]
+        driver.manifest = manifest
+        driver.package = packaging.CodePackage("", code["sha256"], int(code["size"]), ())
+        driver._deployed = True
+        if spec.job_timeout_s:
+            driver._deadline = float(manifest.get("created_epoch", time.time())) + spec.job_timeout_s
+        return driver
+
     @property
     def step_count(self) -> int:
         return len(self.step_partitions)
@@ -200,6 +222,29 @@ class Driver:
             except BaseException:
                 self.close()
                 raise
+
+    def launch(self) -> coordinator.Outcome | dict:
+        """Coordinator mode: plan and deploy the job, deploy its coordinator, launch the map
+        fan-out and return; the job advances and commits without this process (follow it with
+        ``lambdamr status JOB_DIR --wait``). The ``_SUCCESS`` summary when this job id already
+        committed (see ``run``)."""
+        done = self.completed_summary()
+        if done is not None and not self.spec.recompute:
+            self.reused = True
+            return done
+        self.prepare()
+        package = packaging.build(self.spec.job_ref, tracing=self.spec.tracing, include=coordinator.ENGINE)
+        deployed = self.runtime.deploy_coordinator(package, coordinator.watchdog_event(self.job_dir),
+                                                   coordinator.WATCHDOG_INTERVAL_S)
+        # A new run of a job that failed: every task gets a fresh budget, recorded before the
+        # failure is cleared (a coordinator of the earlier run must not fail the job again);
+        # a resumed run keeps the budget its run had.
+        failed = jobstate.read_failure(self.job_dir) is not None
+        base = coordinator.attempts_made(self.job_dir) if failed else coordinator.budget_base(self.job_dir)
+        coordinator.write_config(self.job_dir, self.runtime, deployed, base)
+        if failed:
+            self._clear_failure()
+        return coordinator.step(self.job_dir, self.runtime)
 
     def completed_summary(self) -> dict | None:
         """The ``_SUCCESS`` summary when this job id already committed this output.
@@ -545,7 +590,8 @@ class Driver:
                 phase=self._phase_name("reduce", step - 1),
             )
         tasks = rounds_mod.pack_final_runs(finals, self.spec.split_size, self.spec.max_files_per_task)
-        jobstate.write_step_plan(self.job_dir, self.spec.job_id, step, tasks)
+        if not jobstate.write_step_plan(self.job_dir, self.spec.job_id, step, tasks):
+            return self._later_step_inputs(step)  # another process pinned it first: use theirs
         return tasks
 
     def commit(self, map_records: list[dict] | None = None) -> dict:

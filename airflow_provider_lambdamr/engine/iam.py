@@ -39,6 +39,11 @@ READ_ACTIONS = ("s3:GetObject",)
 WRITE_ACTIONS = ("s3:AbortMultipartUpload", "s3:DeleteObject", "s3:PutObject")
 LOG_STREAM_ACTIONS = ("logs:CreateLogStream", "logs:PutLogEvents")
 XRAY_ACTIONS = ("xray:PutTelemetryRecords", "xray:PutTraceSegments")
+#: Coordinator mode: what ending a job's watchdog (its EventBridge rule) takes.
+WATCHDOG_ACTIONS = ("events:DeleteRule", "events:RemoveTargets")
+#: The functions a coordinator-mode job's role invokes: the coordinator (as the tasks'
+#: destination) and the tasks (from the coordinator).
+COORDINATED_FUNCTIONS = ("coordinator", "mapper", "reducer")
 
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _FUNCTION_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -142,6 +147,7 @@ def execution_policy(
     function_prefix: str = "lambdamr",
     tracing: bool = True,
     partition: str = "aws",
+    coordinator: bool = False,
 ) -> dict:
     """The least-privilege IAM policy document for a job's mapper and reducer functions.
 
@@ -154,6 +160,11 @@ def execution_policy(
     :param function_prefix: Function names are ``<prefix>-mapper`` and ``<prefix>-reducer``.
     :param tracing: Grant X-Ray segment/telemetry uploads (for active tracing).
     :param partition: ``aws``, ``aws-cn``, ``aws-us-gov``...
+    :param coordinator: Coordinator mode: the role also serves ``<prefix>-coordinator``, which
+        invokes the mapper and reducer (versions and aliases only: it always names one), is
+        itself their asynchronous-invocation destination (Lambda invokes it with this role),
+        and deletes its job's watchdog rule ``<prefix>-watchdog-*``. Its S3 access is the
+        job's own (job root and outputs), which the statements above already grant.
     """
     _check(region, _REGION_RE, "region")
     _check(account_id, _ACCOUNT_RE, "account_id")
@@ -233,6 +244,20 @@ def execution_policy(
     if tracing:
         # X-Ray has no resource-level permissions for these actions: "*" is the only valid resource.
         statements.append({"Sid": "XRay", "Effect": "Allow", "Action": list(XRAY_ACTIONS), "Resource": ["*"]})
+    if coordinator:
+        functions = f"arn:{partition}:lambda:{region}:{account_id}:function:{function_prefix}"
+        statements.append({
+            "Sid": "InvokeJobFunctions",
+            "Effect": "Allow",
+            "Action": ["lambda:InvokeFunction"],
+            "Resource": [f"{functions}-{kind}:*" for kind in COORDINATED_FUNCTIONS],
+        })
+        statements.append({
+            "Sid": "EndWatchdog",
+            "Effect": "Allow",
+            "Action": list(WATCHDOG_ACTIONS),
+            "Resource": [f"arn:{partition}:events:{region}:{account_id}:rule/{function_prefix}-watchdog-*"],
+        })
     return {"Version": POLICY_VERSION, "Statement": statements}
 
 

@@ -170,9 +170,12 @@ def read_step_plan(job_dir: str, step: int) -> list[tuple[list[str], int]] | Non
     return [(list(t["runs"]), int(t["bytes"])) for t in pinned["tasks"]]
 
 
-def write_step_plan(job_dir: str, job_id: str, step: int, tasks: list[tuple[list[str], int]]) -> None:
-    write_json(contract.step_plan_uri(job_dir, step),
-               {"job_id": job_id, "step": step + 1, "tasks": [{"runs": r, "bytes": b} for r, b in tasks]})
+def write_step_plan(job_dir: str, job_id: str, step: int, tasks: list[tuple[list[str], int]]) -> bool:
+    """Pin a later step's map tasks, exclusively: False (nothing written) when another process
+    (a concurrent coordinator, a resumed driver) pinned them first."""
+    uri = contract.step_plan_uri(job_dir, step)
+    data = {"job_id": job_id, "step": step + 1, "tasks": [{"runs": r, "bytes": b} for r, b in tasks]}
+    return st.for_uri(uri).write_new(uri, json.dumps(data, sort_keys=True, indent=1).encode("utf-8"))
 
 
 @dataclass

@@ -109,9 +109,10 @@ def build_zip_bytes(job_ref: str, include: tuple[str, ...] = ()) -> tuple[bytes,
     return buf.getvalue(), tuple(sorted(tops))
 
 
-def build(job_ref: str, tracing: bool = False) -> CodePackage:
-    """Build (or find in the cache) the versioned zip for a job (with the X-Ray SDK if tracing)."""
-    data, modules = build_zip_bytes(job_ref, TRACING_MODULES if tracing else ())
+def build(job_ref: str, tracing: bool = False, include: tuple[str, ...] = ()) -> CodePackage:
+    """Build (or find in the cache) the versioned zip for a job (with the X-Ray SDK if tracing,
+    and the top-level packages ``include`` names: the coordinator's zip adds the engine)."""
+    data, modules = build_zip_bytes(job_ref, (*include, *(TRACING_MODULES if tracing else ())))
     digest = hashlib.sha256(data).hexdigest()
     target = cache_dir() / "zips" / f"lambdamr-{digest[:16]}.zip"
     if not target.exists() or target.stat().st_size != len(data):

@@ -324,6 +324,11 @@ class JobSpec:
              "gets a second attempt.")
     speculation_min_s: float = option(
         10.0, low=0, metavar="S", help="A straggler's second attempt waits at least this many seconds.")
+    coordinator: bool = option(
+        False, flag="--coordinator",
+        help="Coordinator mode (runtimes service and aws): the driver launches the map tasks and returns; a "
+             "coordinator function, invoked as each task ends, runs the rest and commits "
+             "(follow the job with: lambdamr status JOB_DIR --wait).")
     runtime: str = option("local", choices=_runtime_names, runtime=True, templated=True,
                           help="Where functions run: local (worker processes) or aws (Lambda).")
     workers: int | None = option(None, low=1, metavar="N", runtime=True,
@@ -358,6 +363,9 @@ class JobSpec:
         for f in dataclasses.fields(self):
             setattr(self, f.name, check_option(f, getattr(self, f.name)))
         _refuse_overlaps(self.inputs, self.output, self.job_root, self.job_dir)
+        if self.coordinator and self.runtime == "local":
+            raise ValueError("coordinator mode needs a runtime whose functions outlive the driver: "
+                             "--runtime service or aws, not local")
 
     def runtime_options(self) -> dict[str, Any]:
         """What ``engine.runtimes.create_runtime`` takes: the fields marked ``runtime``."""

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,11 @@ from airflow_provider_lambdamr.operators.base import (
     documents_connection,
     lambdamr_template_fields,
 )
-from airflow_provider_lambdamr.triggers.lambda_mr import LambdaMapReduceWaveTrigger, cancel_invocations
+from airflow_provider_lambdamr.triggers.lambda_mr import (
+    LambdaMapReducePhaseTrigger,
+    LambdaMapReduceWaveTrigger,
+    cancel_invocations,
+)
 from lambda_src import storage as st
 from lambda_src.contract import MAP
 
@@ -226,6 +231,9 @@ def options_doc(cls: type, fields: Sequence[dataclasses.Field], overrides: Mappi
 def _templated(fields: Sequence[dataclasses.Field], *extra: str) -> tuple[str, ...]:
     return lambdamr_template_fields(*{_kwarg(f) for f in fields if f.metadata["option"].templated}, *extra)
 
+
+#: How long a map task in coordinator mode waits for the job's commit without a job timeout.
+COORDINATED_WAIT_S = 24 * 3600.0
 
 #: Runtimes whose invocations outlive the task process that launched them (deferral needs one).
 DEFERRABLE_RUNTIMES = ("aws", "service")
@@ -458,6 +466,7 @@ class LambdaMapOperator(_LambdaMapReduceBase):
         speculation: bool = True,
         speculation_factor: float = 3.0,
         speculation_min_s: float = 10.0,
+        coordinator: bool = False,
         runtime: str = "local",
         workers: int | None = None,
         role_arn: str | None = None,
@@ -480,7 +489,9 @@ class LambdaMapOperator(_LambdaMapReduceBase):
                 inputs=normalize_inputs(self.inputs),
                 params=encode_job_params(self.job_params),
                 job_id=self.job_id or default_job_id(context),
-                keep_intermediates=True,  # the reduce operator reads them, cleanup removes them
+                # the reduce operator reads them, cleanup removes them; in coordinator mode the
+                # coordinator commits and removes them
+                keep_intermediates=not self.coordinator,
             )
             return JobSpec(**values)
         except ValueError as err:
@@ -500,6 +511,8 @@ class LambdaMapOperator(_LambdaMapReduceBase):
                         "already_succeeded": True}
             return None
 
+        if spec.coordinator:
+            return self._coordinated(context, spec, committed)
         if self.deferrable or not self.wait_for_completion:
             def before(driver: Driver) -> dict | None:
                 early = committed(driver)
@@ -519,6 +532,40 @@ class LambdaMapOperator(_LambdaMapReduceBase):
             return self._summary(spec, manifest, records, driver.stats["map"].summary()["invocations"])
 
         return self._run(spec, phase, context)
+
+    # -- coordinator mode: this task launches; the coordinator runs the job to its commit
+    def _coordinated(self, context: Context, spec: JobSpec, committed: Any) -> dict:
+        """Launch the job and wait for its commit: deferred (the triggerer watches ``_SUCCESS``),
+        in this worker, or not at all (``wait_for_completion=False``). No reduce task follows:
+        the job's coordinator runs the reduce rounds and later steps, and commits."""
+        launched = self._run(spec, lambda driver: committed(driver) or driver.launch(), context)
+        if isinstance(launched, dict):
+            return launched
+        self.log.info("job %s launched in coordinator mode (%d map invocations)", spec.job_id, len(launched.launched))
+        if not self.wait_for_completion:
+            return {"job_id": spec.job_id, "job_dir": spec.job_dir, "output": spec.output, "coordinator": True}
+        timeout = spec.job_timeout_s or COORDINATED_WAIT_S
+        if self.deferrable:
+            self.defer(trigger=LambdaMapReducePhaseTrigger(
+                job_dir=spec.job_dir, phase="reduce", poll_interval=self.poll_interval, timeout=timeout,
+                **self.hook_parameters), method_name="execute_coordinated_complete")
+        deadline = time.monotonic() + timeout
+        while True:
+            state = jobstate.phase_state(spec.job_dir, "reduce")
+            if state.failure or state.complete or time.monotonic() > deadline:
+                return self.execute_coordinated_complete(context, {
+                    "status": "error" if state.failure else "success" if state.complete else "timeout",
+                    "message": (state.failure or {}).get("message", f"the job did not commit within {timeout:.0f} s"),
+                    "job_dir": spec.job_dir})
+            time.sleep(self.poll_interval)
+
+    def execute_coordinated_complete(self, context: Context, event: dict | None = None) -> dict:
+        """The job in coordinator mode committed (or failed): its ``_SUCCESS`` summary."""
+        if not event or event.get("status") != "success":
+            raise AirflowException(f"LambdaMR job {(event or {}).get('job_dir')}: {(event or {}).get('message', event)}")
+        summary = jobdir.read_success(jobstate.read_manifest(event["job_dir"])["spec"]["output"]).summary
+        self.log.info("job %s committed by its coordinator: %s", summary["job_id"], summary["counters"])
+        return summary
 
     def _summary(self, spec: JobSpec, manifest: dict, records: list[dict], invocations: int) -> dict:
         stats = [r.get("stats", {}) for r in records]

@@ -16,6 +16,7 @@ import pytest
 from lambda_src import storage as st
 from tests.helpers import mapped_job, read_counts, read_rows
 from tests.integration.test_amplab_duckdb import assert_equal_to_duckdb
+from tests.integration.test_service import svc_dir  # noqa: F401 - the fixture
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
 
@@ -286,3 +287,19 @@ def test_extra_links_are_stored_for_a_traced_run(airflow_db, tmp_path, monkeypat
     assert rows[("reduce", "_link_LambdaMapReduceTraceLink")].startswith("https://")
     assert rows[("reduce", "_link_LambdaMapReduceResultLink")] == ""  # a file:// result: the UI renders no link
     assert rows[("map", "_link_LambdaMapReduceFunctionLink")] == ""  # local runtime: no function
+
+
+def test_coordinator_example_dag_one_deferred_task_covers_the_job_its_coordinator_commits(
+    airflow_db, tmp_path, svc_dir  # noqa: F811 - the fixture
+):
+    from airflow_provider_lambdamr.engine import amplab_gen
+
+    files = amplab_gen.generate(str(tmp_path / "uv"), table="uservisits", rows=20_000, files=3, seed=3)
+    out = str(tmp_path / "result")
+    dr = _dag("example_lambdamr_coordinator").test(run_conf={"input": str(tmp_path / "uv"), "output": out})
+    assert _state(dr) == "success"
+    success = json.loads((tmp_path / "result" / "_SUCCESS").read_text())
+    assert_equal_to_duckdb(out, [st.local_path(f["uri"]) for f in files], success)
+    job_dir = tmp_path / "result" / "_jobs" / success["job_id"]
+    assert (job_dir / "coordinator.json").exists() and (job_dir / "launch").is_dir()
+    assert not (job_dir / "map").exists(), "the coordinator's commit removed the intermediates"

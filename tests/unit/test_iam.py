@@ -521,3 +521,28 @@ def test_moto_accepts_every_policy_shape(iam, role_name):
             == policy
         )
     assert delete_role(iam, role_name=role_name) is True
+
+
+def test_coordinator_mode_adds_only_invoking_the_job_functions_and_ending_its_watchdog():
+    plain = execution_policy(**EXAMPLE, region="us-east-1", account_id="123456789012")["Statement"]
+    coordinated = execution_policy(**EXAMPLE, region="us-east-1", account_id="123456789012",
+                                   coordinator=True)["Statement"]
+    assert coordinated[: len(plain)] == plain  # S3, logs and X-Ray: the job's own, unchanged
+    assert coordinated[len(plain):] == [
+        {
+            "Sid": "InvokeJobFunctions",
+            "Effect": "Allow",
+            "Action": ["lambda:InvokeFunction"],
+            "Resource": [
+                "arn:aws:lambda:us-east-1:123456789012:function:lambdamr-coordinator:*",
+                "arn:aws:lambda:us-east-1:123456789012:function:lambdamr-mapper:*",
+                "arn:aws:lambda:us-east-1:123456789012:function:lambdamr-reducer:*",
+            ],
+        },
+        {
+            "Sid": "EndWatchdog",
+            "Effect": "Allow",
+            "Action": ["events:DeleteRule", "events:RemoveTargets"],
+            "Resource": ["arn:aws:events:us-east-1:123456789012:rule/lambdamr-watchdog-*"],
+        },
+    ]

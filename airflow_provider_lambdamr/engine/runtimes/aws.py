@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_provider_lambdamr.engine import coordinator
 from airflow_provider_lambdamr.engine.packaging import CodePackage
 from airflow_provider_lambdamr.engine.runtimes.base import (
     HANDLERS,
@@ -40,6 +41,8 @@ DIRECT_UPLOAD_LIMIT = 50 * 1024 * 1024
 ARCHITECTURES = ("x86_64", "arm64")
 RUNTIME_VERSIONS = ("python3.11", "python3.12", "python3.13")
 THROTTLE_CODES = ("TooManyRequestsException", "ThrottlingException", "EC2ThrottledException")
+#: The suffix of the task functions' aliases whose ends go to the coordinator.
+COORDINATED = "-coordinated"
 
 
 class DeployError(Exception):
@@ -134,12 +137,13 @@ class AwsRuntime(Runtime):
 
     # -- deploy ------------------------------------------------------------------------
     def _configuration(self, kind: str) -> dict:
+        coordinating = kind == coordinator.KIND
         return {
             "Role": self.role_arn,
-            "Handler": HANDLERS[kind],
+            "Handler": coordinator.HANDLER if coordinating else HANDLERS[kind],
             "Runtime": self.runtime_version,
-            "MemorySize": int(self.memory_mb),
-            "Timeout": math.ceil(self.timeout_s),
+            "MemorySize": coordinator.MEMORY_MB if coordinating else int(self.memory_mb),
+            "Timeout": math.ceil(coordinator.TIMEOUT_S if coordinating else self.timeout_s),
             "TracingConfig": {"Mode": "Active" if self.tracing else "PassThrough"},
             "Environment": {"Variables": {**self.environment, "LAMBDAMR_TRACING": "1" if self.tracing else "0"}},
         }
@@ -228,23 +232,19 @@ class AwsRuntime(Runtime):
                 log.info("updating the configuration of %s", name)
                 self.client.update_function_configuration(FunctionName=name, **wanted)
                 self._wait("function_updated_v2", name)
-        # Async retries off: the driver retries, with the error in hand.
+        # Async retries off: the driver (or the coordinator) retries, with the error in hand. A
+        # coordinator invocation that failed is worth Lambda's retries: it only reads and launches.
         self.client.put_function_event_invoke_config(
-            FunctionName=name, MaximumRetryAttempts=0, MaximumEventAgeInSeconds=21600
+            FunctionName=name, MaximumRetryAttempts=2 if kind == coordinator.KIND else 0,
+            MaximumEventAgeInSeconds=21600,
         )
         version = self._published_version(name, alias, sha, wanted)
         return {"name": name, "alias": alias, "version": version, "code_sha256": sha}
 
     def _published_version(self, name: str, alias: str, sha: str, wanted: dict) -> str:
         """The alias's version when it already runs this code and configuration; else publish."""
-        from botocore.exceptions import ClientError
 
-        try:
-            current = self.client.get_alias(FunctionName=name, Name=alias)
-        except ClientError as err:
-            if err.response["Error"]["Code"] != "ResourceNotFoundException":
-                raise
-            current = None
+        current = self._get_alias(name, alias)
         if current is not None:
             cfg = self.client.get_function_configuration(FunctionName=name, Qualifier=current["FunctionVersion"])
             if cfg.get("CodeSha256") == sha and not self._config_differs(cfg, wanted):
@@ -252,12 +252,27 @@ class AwsRuntime(Runtime):
         published = self.client.publish_version(FunctionName=name, CodeSha256=sha, Description=alias)
         version = published["Version"]
         self._wait("published_version_active", name, qualifier=version)
-        if current is None:
-            self.client.create_alias(FunctionName=name, Name=alias, FunctionVersion=version)
-        else:
-            self.client.update_alias(FunctionName=name, Name=alias, FunctionVersion=version)
+        self._point_alias(name, alias, version, current)
         log.info("published %s version %s as alias %s", name, version, alias)
         return version
+
+    def _point_alias(self, name: str, alias: str, version: str, current: dict | None) -> dict:
+        """Create the alias, or point it at ``version`` (``current``: its ``get_alias``)."""
+        if current is None:
+            return self.client.create_alias(FunctionName=name, Name=alias, FunctionVersion=version)
+        if current["FunctionVersion"] != version:
+            return self.client.update_alias(FunctionName=name, Name=alias, FunctionVersion=version)
+        return current
+
+    def _get_alias(self, name: str, alias: str) -> dict | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_alias(FunctionName=name, Name=alias)
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise
+            return None
 
     def deploy(self, package: CodePackage) -> dict:
         sha = self.lambda_sha256(package)
@@ -275,6 +290,74 @@ class AwsRuntime(Runtime):
             "tracing": self.tracing,
         }
         return self.deployment
+
+    # -- coordinator mode --------------------------------------------------------------
+    def deploy_coordinator(self, package: CodePackage, watchdog_event: dict, every_s: float) -> dict:
+        """``<prefix>-coordinator`` (``package``: the coordinator's zip, published and aliased
+        like the tasks' functions); the mapper and reducer get an alias of their own,
+        ``v<version>-coordinated``, whose asynchronous-invocation destinations (on success
+        and on failure) are the coordinator, and the job's invocations go through it (other
+        jobs' through the plain alias, with no destination); an EventBridge rule
+        ``<prefix>-watchdog-<job hash>`` invokes the coordinator every ``every_s`` (rounded up
+        to whole minutes) until its job finished (``end_coordination``)."""
+        if self.deployment is None:
+            raise RuntimeError("deploy() the job's code package before its coordinator")
+        deployed = self._deploy_function(coordinator.KIND, package, self.lambda_sha256(package))
+        target = self.client.get_alias(FunctionName=deployed["name"], Name=deployed["alias"])["AliasArn"]
+        for kind in HANDLERS:
+            fn = self.deployment["functions"][kind]
+            alias = f"{fn['alias']}{COORDINATED}" if not fn["alias"].endswith(COORDINATED) else fn["alias"]
+            self._point_alias(fn["name"], alias, fn["version"], self._get_alias(fn["name"], alias))
+            self.client.put_function_event_invoke_config(
+                FunctionName=fn["name"], Qualifier=alias, MaximumRetryAttempts=0, MaximumEventAgeInSeconds=21600,
+                DestinationConfig={"OnSuccess": {"Destination": target}, "OnFailure": {"Destination": target}},
+            )
+            fn["alias"] = alias
+        deployed.update(arn=target, watchdog_rule=self._start_watchdog(deployed, target, watchdog_event, every_s))
+        self.deployment["coordinator"] = deployed
+        return deployed
+
+    def _events(self) -> Any:
+        import boto3
+
+        return boto3.client("events", region_name=self.client.meta.region_name)
+
+    def _start_watchdog(self, deployed: dict, target: str, event: dict, every_s: float) -> str:
+        from botocore.exceptions import ClientError
+
+        job_dir = event[coordinator.WATCHDOG]["job_dir"]
+        rule = f"{self.function_prefix}-watchdog-{hashlib.sha256(job_dir.encode()).hexdigest()[:16]}"
+        minutes = max(1, math.ceil(every_s / 60))
+        events = self._events()
+        events.put_rule(Name=rule, ScheduleExpression=f"rate({minutes} minute{'s' if minutes > 1 else ''})",
+                        State="ENABLED", Description=f"lambdamr watchdog of {job_dir}"[:512])
+        events.put_targets(Rule=rule, Targets=[{"Id": "coordinator", "Arn": target, "Input": json.dumps(event)}])
+        account = self.role_arn.split(":")[4]
+        try:  # one grant for every watchdog rule of the account (not one per job: the policy's size is bounded)
+            self.client.add_permission(
+                FunctionName=deployed["name"], Qualifier=deployed["alias"], StatementId="lambdamr-watchdog",
+                Action="lambda:InvokeFunction", Principal="events.amazonaws.com", SourceAccount=account)
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "ResourceConflictException":
+                raise
+        return rule
+
+    def end_coordination(self, deployed: dict) -> None:
+        """The job finished: delete its watchdog rule (already gone is fine)."""
+        from botocore.exceptions import ClientError
+
+        events, rule = self._events(), deployed["watchdog_rule"]
+        for call, kwargs in ((events.remove_targets, {"Rule": rule, "Ids": ["coordinator"]}),
+                             (events.delete_rule, {"Name": rule})):
+            try:
+                call(**kwargs)
+            except ClientError as err:
+                if err.response["Error"]["Code"] != "ResourceNotFoundException":
+                    raise
+
+    def attach(self, deployment: dict) -> None:
+        """Invoke the functions (aliases) another process deployed; deploy nothing."""
+        self.deployment = deployment
 
     # -- invoke ------------------------------------------------------------------------
     def invoke(self, spec: TaskSpec, trace_header: str | None = None) -> str:
@@ -348,16 +431,22 @@ class AwsRuntime(Runtime):
         self._in_flight.clear()
 
 
-def prune_functions(lambda_client: Any, function_prefix: str, keep_alias: str | None = None) -> dict:
-    """Delete old aliases and versions of ``<prefix>-mapper`` / ``<prefix>-reducer``.
+#: Every function a job may deploy: the tasks' and, in coordinator mode, the coordinator.
+FUNCTION_KINDS = (*HANDLERS, coordinator.KIND)
 
-    The alias ``keep_alias`` (default: the most recently published one) and the version it
-    points to stay, as does ``$LATEST``. Returns what was deleted, by function.
+
+def prune_functions(lambda_client: Any, function_prefix: str, keep_alias: str | None = None) -> dict:
+    """Delete old aliases and versions of ``<prefix>-mapper`` / ``-reducer`` / ``-coordinator``.
+
+    The alias ``keep_alias`` (default: the most recently published one; for the coordinator,
+    whose versions its own zip names, always that) and the version it points to stay, with
+    every alias of that version (its ``-coordinated`` alias), as does ``$LATEST``. Returns
+    what was deleted, by function.
     """
     from botocore.exceptions import ClientError
 
     deleted: dict[str, dict[str, list[str]]] = {}
-    for kind in HANDLERS:
+    for kind in FUNCTION_KINDS:
         name = f"{function_prefix}-{kind}"
         try:
             aliases = [a for p in lambda_client.get_paginator("list_aliases").paginate(FunctionName=name)
@@ -368,11 +457,11 @@ def prune_functions(lambda_client: Any, function_prefix: str, keep_alias: str | 
             if err.response["Error"]["Code"] == "ResourceNotFoundException":
                 continue
             raise
-        live = keep_alias
+        live = keep_alias if kind != coordinator.KIND else None
         if live is None and aliases:
             live = max(aliases, key=lambda a: int(a["FunctionVersion"]) if a["FunctionVersion"].isdigit() else -1)["Name"]
         kept_versions = {a["FunctionVersion"] for a in aliases if a["Name"] == live}
-        gone_aliases = [a["Name"] for a in aliases if a["Name"] != live]
+        gone_aliases = [a["Name"] for a in aliases if a["FunctionVersion"] not in kept_versions]
         for alias in gone_aliases:
             lambda_client.delete_alias(FunctionName=name, Name=alias)
         gone_versions = [v for v in versions if v not in kept_versions]
@@ -387,7 +476,7 @@ def delete_log_groups(logs_client: Any, function_prefix: str) -> list[str]:
     from botocore.exceptions import ClientError
 
     gone = []
-    for kind in HANDLERS:
+    for kind in FUNCTION_KINDS:
         group = f"/aws/lambda/{function_prefix}-{kind}"
         try:
             logs_client.delete_log_group(logGroupName=group)

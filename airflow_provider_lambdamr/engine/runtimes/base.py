@@ -136,6 +136,26 @@ class Runtime(abc.ABC):
     def poll(self, timeout: float) -> list[InvocationResult]:
         """Wait up to ``timeout`` seconds; return the invocations that finished."""
 
+    def attach(self, deployment: dict) -> None:
+        """Invoke the functions another process deployed (its ``deploy`` summary), deploying
+        nothing: how the coordinator of a job reaches the job's functions."""
+        raise self._no_coordinator_mode()
+
+    def deploy_coordinator(self, package: CodePackage, watchdog_event: dict, every_s: float) -> dict:
+        """Coordinator mode: deploy the coordinator function (``package``: its zip), make every
+        task invocation's end invoke it (asynchronous-invocation destinations, on success and
+        on failure), and start a watchdog invoking it with ``watchdog_event`` every ``every_s``.
+        Returns what was deployed. Call after ``deploy``."""
+        raise self._no_coordinator_mode()
+
+    def _no_coordinator_mode(self) -> NotImplementedError:
+        return NotImplementedError(f"the {self.name} runtime has no coordinator mode: its workers live and "
+                                   f"die with the driver (use --runtime service or aws)")
+
+    def end_coordination(self, deployed: dict) -> None:  # noqa: B027 - optional
+        """Coordinator mode: the job finished; stop its watchdog (``deployed``: what
+        ``deploy_coordinator`` returned) where it does not stop by itself."""
+
     def cancel(self, request_id: str) -> None:  # noqa: B027 - optional
         """Stop caring about an invocation (a straggler whose twin already finished)."""
 

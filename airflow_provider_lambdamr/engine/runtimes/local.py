@@ -51,7 +51,11 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 @dataclass
 class _Pending:
     request_id: str
-    spec: TaskSpec
+    #: The function kind (a key of the runtime's handlers) and its event.
+    function: str
+    event: dict
+    #: The task the event describes (None for a coordinator's event).
+    spec: TaskSpec | None = None
     trace_header: str | None = None
 
 
@@ -92,7 +96,11 @@ class LocalRuntime(Runtime):
         function_prefix: str = "lambdamr",
         env: dict[str, str] | None = None,
         tracing: bool = False,
+        handlers: dict[str, str] | None = None,
     ) -> None:
+        """``handlers``: function kind → handler, of the functions these workers serve
+        (default: the mapper and reducer, ``HANDLERS``)."""
+        self.handlers = dict(handlers or HANDLERS)
         self.workers = workers or os.cpu_count() or 1
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -136,7 +144,7 @@ class LocalRuntime(Runtime):
             "runtime": self.name,
             "version": package.version,
             "sha256": package.sha256,
-            "functions": {kind: self.function_name(kind) for kind in HANDLERS},
+            "functions": {kind: self.function_name(kind) for kind in self.handlers},
             "code_dir": str(self.code_dir),
         }
 
@@ -157,7 +165,7 @@ class LocalRuntime(Runtime):
         }
         proc = subprocess.Popen(
             [sys.executable, "-I", BOOTSTRAP, str(child.fileno()), str(self.code_dir),
-             *HANDLERS.values()],
+             *self.handlers.values()],
             pass_fds=(child.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else None,
@@ -196,16 +204,23 @@ class LocalRuntime(Runtime):
 
     # -- invocations -------------------------------------------------------------------
     def invoke(self, spec: TaskSpec, trace_header: str | None = None) -> str:
-        if spec.function not in HANDLERS:
-            raise ValueError(f"unknown function {spec.function!r}: expected one of {sorted(HANDLERS)}")
+        return self._enqueue(_Pending("", spec.function, spec.to_event(), spec, trace_header))
+
+    def invoke_event(self, function: str, event: dict) -> str:
+        """Invoke the function ``function`` (a key of ``handlers``) with any event (a coordinator's)."""
+        return self._enqueue(_Pending("", function, event))
+
+    def _enqueue(self, pending: _Pending) -> str:
+        if pending.function not in self.handlers:
+            raise ValueError(f"unknown function {pending.function!r}: expected one of {sorted(self.handlers)}")
         if self._closed:
             raise RuntimeError("the local runtime was stopped")
         if self.package is None:
             raise RuntimeError("deploy() a code package before invoking")
-        request_id = str(uuid.uuid4())
-        self._queue.append(_Pending(request_id, spec, trace_header))
+        pending.request_id = str(uuid.uuid4())
+        self._queue.append(pending)
         self._dispatch()
-        return request_id
+        return pending.request_id
 
     def cancel(self, request_id: str) -> None:
         self._queue = collections.deque(p for p in self._queue if p.request_id != request_id)
@@ -228,12 +243,12 @@ class LocalRuntime(Runtime):
                 worker.killed_for = None
                 request = {
                     "request_id": pending.request_id,
-                    "handler": HANDLERS[pending.spec.function],
-                    "function_name": self.function_name(pending.spec.function),
+                    "handler": self.handlers[pending.function],
+                    "function_name": self.function_name(pending.function),
                     "memory_mb": self.memory_mb,
                     "deadline_ms": worker.deadline * 1000,
                     "trace_header": pending.trace_header,
-                    "event": pending.spec.to_event(),
+                    "event": pending.event,
                 }
                 try:
                     worker.conn.send_bytes(json.dumps(request).encode())
@@ -284,7 +299,7 @@ class LocalRuntime(Runtime):
         ok = bool(message.get("ok"))
         # A handler that failed wrote the failed attempt's record (unless the event could not
         # be parsed, or storage failed too): that record says how it failed.
-        record = None if ok else read_failed_attempt(pending.spec, pending.request_id)
+        record = None if ok or pending.spec is None else read_failed_attempt(pending.spec, pending.request_id)
         self._results.append(
             InvocationResult(
                 request_id=pending.request_id,

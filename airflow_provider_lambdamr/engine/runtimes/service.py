@@ -45,8 +45,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from airflow_provider_lambdamr.engine import coordinator
 from airflow_provider_lambdamr.engine.packaging import CodePackage
 from airflow_provider_lambdamr.engine.runtimes.base import (
+    HANDLERS,
     InvocationResult,
     Runtime,
     list_status_dirs,
@@ -72,6 +74,11 @@ MAX_OUTCOMES = 100_000
 MAX_MESSAGE = 64 * 1024 * 1024
 START_TIMEOUT_S = 30.0
 LOOP_S = 0.05
+#: A watchdog whose invocations fail this many times in a row stops (a broken coordinator
+#: must not keep the service from ever going idle).
+MAX_WATCHDOG_FAILURES = 10
+#: The kinds of function the service runs: the job's tasks, or a job's coordinator.
+FUNCTION_KINDS = {"tasks": HANDLERS, coordinator.KIND: {coordinator.KIND: coordinator.HANDLER}}
 _HEADER = struct.Struct(">I")
 
 
@@ -153,6 +160,24 @@ class _Function:
     runtime: LocalRuntime
     #: Request ids accepted and not yet ended.
     running: set[str] = field(default_factory=set)
+    #: ``tasks`` (the mapper and reducer) or ``coordinator``.
+    kind: str = "tasks"
+    #: Asynchronous-invocation destinations, as Lambda's ``DestinationConfig``: the function
+    #: invoked with the destination record when an invocation succeeds / fails.
+    on_success: str | None = None
+    on_failure: str | None = None
+
+
+@dataclass
+class _Schedule:
+    """A watchdog: ``event`` sent to ``function`` every ``every_s``, until an invocation of it
+    answers ``{"finished": true}``, or ``MAX_WATCHDOG_FAILURES`` in a row fail."""
+
+    function: str
+    event: dict
+    every_s: float
+    next_at: float
+    failures: int = 0
 
 
 def function_key(package_sha256: str, memory_mb: int, timeout_s: float, tracing: bool) -> str:
@@ -180,6 +205,11 @@ class Service:
         self.stopping = False
         self._lock_fh = None
         self._listener: socket.socket | None = None
+        #: Request id -> (function key, event) of invocations whose end goes to a destination.
+        self.destined: dict[str, tuple[str, dict]] = {}
+        self.schedules: dict[str, _Schedule] = {}
+        #: Request id -> schedule id of the watchdog invocations in flight.
+        self.scheduled: dict[str, str] = {}
 
     # -- lifecycle
     def serve(self) -> int:
@@ -229,6 +259,7 @@ class Service:
     def _loop(self) -> None:
         while not self.stopping:
             self._handle_requests()
+            self._fire_schedules()
             busy = [fn for fn in self.functions.values() if fn.running]
             for fn in busy:
                 self._poll(fn, LOOP_S / len(busy))
@@ -236,7 +267,7 @@ class Service:
                 with contextlib.suppress(queue.Empty):
                     request, future = self.requests.get(timeout=LOOP_S)
                     self._answer(request, future)
-            if any(fn.running for fn in self.functions.values()):
+            if self.schedules or any(fn.running for fn in self.functions.values()):
                 self.last_active = time.monotonic()
             elif time.monotonic() - self.last_active > self.idle_timeout_s:
                 log.info("lambdamr service idle for %.0f s: exiting", self.idle_timeout_s)
@@ -264,6 +295,47 @@ class Service:
             while len(self.outcomes) > MAX_OUTCOMES:
                 self.outcomes.popitem(last=False)
             self.changed.notify_all()
+        for res in results:
+            self._after(res)
+
+    # -- destinations and watchdogs (Lambda's DestinationConfig and an EventBridge schedule)
+    def _after(self, res: InvocationResult) -> None:
+        """Send an ended invocation's destination record; end a watchdog whose job finished."""
+        sid = self.scheduled.pop(res.request_id, None)
+        schedule = self.schedules.get(sid) if sid else None
+        if schedule is not None:
+            schedule.failures = 0 if res.ok else schedule.failures + 1
+            if res.ok and isinstance(res.payload, dict) and res.payload.get("finished"):
+                del self.schedules[sid]
+            elif schedule.failures >= MAX_WATCHDOG_FAILURES:
+                log.error("watchdog %s: %d invocations in a row failed (last: %s); the watchdog stops", sid,
+                          schedule.failures, res.error_text())
+                del self.schedules[sid]
+        destined = self.destined.pop(res.request_id, None)
+        fn = self.functions.get(destined[0]) if destined else None
+        target = fn and (fn.on_success if res.ok else fn.on_failure)
+        if not target:
+            return
+        if target not in self.functions:
+            log.error("the destination %s of function %s is not deployed: the end of %s is not sent",
+                      target, fn.key, res.request_id)
+            return
+        record = coordinator.destination_record(res.request_id, f"arn:lambdamr:local:function:{fn.key}", destined[1],
+                                    res.ok, res.payload if res.ok else res.error)
+        self._invoke(self.functions[target], record)
+
+    def _fire_schedules(self) -> None:
+        now = time.monotonic()
+        for sid, schedule in list(self.schedules.items()):
+            if now < schedule.next_at:
+                continue
+            fn = self.functions.get(schedule.function)
+            if fn is None:
+                log.warning("watchdog %s: function %s is gone; the watchdog stops", sid, schedule.function)
+                del self.schedules[sid]
+                continue
+            schedule.next_at = now + schedule.every_s
+            self.scheduled[self._invoke(fn, schedule.event)] = sid
 
     # -- connections (one thread each)
     def _accept(self) -> None:
@@ -307,11 +379,12 @@ class Service:
             return {"ok": True, "pid": os.getpid()}
         if op == "wait":
             return {"ok": True, "outcomes": self._wait(request["request_ids"], float(request.get("timeout", 0)))}
-        if op in ("health", "deploy", "invoke", "cancel", "stats"):
+        if op in ("health", "deploy", "invoke", "cancel", "stats", "put_event_invoke_config", "schedule"):
             future: Future = Future()
             self.requests.put((request, future))
             return future.result()
-        raise ServiceError(f"unknown request {op!r}: one of health, deploy, invoke, wait, cancel, stats, shutdown")
+        raise ServiceError(f"unknown request {op!r}: one of health, deploy, invoke, wait, cancel, stats, "
+                           f"put_event_invoke_config, schedule, shutdown")
 
     def _wait(self, request_ids: list[str], timeout: float) -> dict[str, dict]:
         """The outcomes of those of ``request_ids`` that ended (``unknown`` for ids this
@@ -355,37 +428,74 @@ class Service:
         if digest != package.sha256:
             raise ServiceError(f"{package.path} has SHA-256 {digest}, not the deployed {package.sha256}")
         memory_mb, timeout_s, tracing = int(request["memory_mb"]), float(request["timeout_s"]), bool(request["tracing"])
-        key = function_key(package.sha256, memory_mb, timeout_s, tracing)
+        kind = str(request.get("kind", "tasks"))
+        if kind not in FUNCTION_KINDS:
+            raise ServiceError(f"unknown function kind {kind!r}: one of {', '.join(FUNCTION_KINDS)}")
+        key = function_key(package.sha256, memory_mb, timeout_s, tracing) + ("" if kind == "tasks" else f"-{kind}")
         fn = self.functions.get(key)
         if fn is None:
             self._evict()
             fn = _Function(key, LocalRuntime(workers=self.workers, memory_mb=memory_mb, timeout_s=timeout_s,
-                                             tracing=tracing))
+                                             tracing=tracing, handlers=FUNCTION_KINDS[kind]), kind=kind)
             self.functions[key] = fn
         self.functions.move_to_end(key)
         summary = fn.runtime.deploy(package)
         return {"ok": True, "function": key, "workers": self.workers, "summary": summary}
 
     def _evict(self) -> None:
-        idle = [fn for fn in self.functions.values() if not fn.running]
+        needed = {f.on_success for f in self.functions.values()} | {f.on_failure for f in self.functions.values()}
+        needed |= {s.function for s in self.schedules.values()}
+        idle = [fn for fn in self.functions.values() if not fn.running and fn.key not in needed]
         while len(self.functions) >= MAX_FUNCTIONS and idle:
             fn = idle.pop(0)
             fn.runtime.close()
             del self.functions[fn.key]
 
     def _op_invoke(self, request: dict) -> dict:
-        fn = self.functions.get(str(request["function"]))
-        if fn is None:
-            raise ServiceError(f"function {request['function']!r} is not deployed (the service restarted?): "
-                               f"deploy it again")
-        spec = task_from_event(request["event"])
-        rid = fn.runtime.invoke(spec, request.get("trace_header"))
+        fn = self._deployed(request["function"])
+        return {"ok": True, "status": 202, "request_id": self._invoke(fn, request["event"], request.get("trace_header"))}
+
+    def _invoke(self, fn: _Function, event: dict, trace_header: str | None = None) -> str:
+        if fn.kind == "tasks":
+            rid = fn.runtime.invoke(task_from_event(event), trace_header)
+        else:
+            rid = fn.runtime.invoke_event(fn.kind, event)
         with self.changed:
             fn.running.add(rid)
             self.owner[rid] = fn.key
+        if fn.on_success or fn.on_failure:
+            self.destined[rid] = (fn.key, event)
         self.last_active = time.monotonic()
         self.invocations += 1
-        return {"ok": True, "status": 202, "request_id": rid}
+        return rid
+
+    def _op_put_event_invoke_config(self, request: dict) -> dict:
+        """Lambda's ``put_function_event_invoke_config`` with a ``DestinationConfig``: where the
+        ends of ``function``'s invocations go (a deployed function's key, or None)."""
+        fn = self._deployed(request["function"])
+        targets = {name: request.get(name) for name in ("on_success", "on_failure")}
+        for target in targets.values():
+            if target is not None:
+                self._deployed(target)
+        fn.on_success, fn.on_failure = targets["on_success"], targets["on_failure"]
+        return {"ok": True, "function": fn.key, **targets}
+
+    def _op_schedule(self, request: dict) -> dict:
+        """A watchdog: invoke ``function`` with ``event`` every ``every_s`` seconds (the first
+        time after one interval) until an invocation answers ``{"finished": true}``."""
+        fn = self._deployed(request["function"])
+        every_s = float(request["every_s"])
+        if every_s <= 0:
+            raise ServiceError(f"a schedule's every_s must be positive, got {every_s}")
+        sid = hashlib.sha256(json.dumps([fn.key, request["event"]], sort_keys=True).encode()).hexdigest()[:16]
+        self.schedules[sid] = _Schedule(fn.key, request["event"], every_s, time.monotonic() + every_s)
+        return {"ok": True, "schedule": sid}
+
+    def _deployed(self, key: object) -> _Function:
+        fn = self.functions.get(str(key))
+        if fn is None:
+            raise ServiceError(f"function {key!r} is not deployed (the service restarted?): deploy it again")
+        return fn
 
     def _op_cancel(self, request: dict) -> dict:
         rid = str(request["request_id"])
@@ -412,6 +522,10 @@ class Service:
             },
             "worker_pids": sorted(pid for fn in self.functions.values() for pid in fn.runtime.worker_pids()),
         }
+
+
+def _package_dict(package: CodePackage) -> dict:
+    return {"path": package.path, "sha256": package.sha256, "size": package.size, "modules": list(package.modules)}
 
 
 def _result_to_dict(res: InvocationResult) -> dict:
@@ -599,13 +713,35 @@ class ServiceRuntime(Runtime):
         return self._capacity
 
     def deploy(self, package: CodePackage) -> dict:
-        reply = self._request("deploy", package={"path": package.path, "sha256": package.sha256,
-                                                 "size": package.size, "modules": list(package.modules)},
-                              memory_mb=self.memory_mb, timeout_s=self.timeout_s, tracing=self.tracing)
+        reply = self._deploy(package, "tasks", self.memory_mb, self.timeout_s)
         self.function = reply["function"]
         self._capacity = int(reply["workers"])
-        self.deployment = {**reply["summary"], "runtime": self.name, "function": self.function}
+        self.deployment = {**reply["summary"], "runtime": self.name, "function": self.function,
+                           "package": _package_dict(package), "service_dir": str(self._client.dir)}
         return self.deployment
+
+    def _deploy(self, package: CodePackage, kind: str, memory_mb: int, timeout_s: float) -> dict:
+        return self._request("deploy", package=_package_dict(package), memory_mb=memory_mb, timeout_s=timeout_s,
+                             tracing=self.tracing, kind=kind)
+
+    def deploy_coordinator(self, package: CodePackage, watchdog_event: dict, every_s: float) -> dict:
+        """The coordinator as a function of the service; the tasks' ends go to it (emulated
+        destinations), and a timer invokes it every ``every_s`` until its job finished."""
+        if self.function is None:
+            raise RuntimeError("deploy() the job's code package before its coordinator")
+        target = self._deploy(package, coordinator.KIND, coordinator.MEMORY_MB, coordinator.TIMEOUT_S)["function"]
+        self._request("put_event_invoke_config", function=self.function, on_success=target, on_failure=target)
+        schedule = self._request("schedule", function=target, event=watchdog_event, every_s=every_s)["schedule"]
+        deployed = {"function": target, "package": _package_dict(package), "watchdog": schedule,
+                    "watchdog_every_s": every_s}
+        self.deployment = {**(self.deployment or {}), "coordinator": deployed}
+        return deployed
+
+    def attach(self, deployment: dict) -> None:
+        """Reach the functions another process deployed: deploy them again (the same code and
+        configuration: the service keeps them; a restarted service gets them back)."""
+        self.directory = Path(deployment["service_dir"])
+        self.deploy(CodePackage(**{**deployment["package"], "modules": tuple(deployment["package"]["modules"])}))
 
     def invoke(self, spec: TaskSpec, trace_header: str | None = None) -> str:
         if self.function is None:
