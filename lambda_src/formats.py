@@ -52,10 +52,17 @@ class VectorFallback(Exception):
     the split instead (and reports any bad record)."""
 
 
+#: ``on_bad(offset, raw, reason)``: a record that cannot be read (it raises to fail the task,
+#: or returns to skip the record).
+BadRecordSink = Callable[[int, "bytes | str", str], None]
+
+
 class RecordBlock(Protocol):
     """Consecutive records of one split, as the record path's mapper receives them."""
 
     records: list[Any]
+    #: What ``offset`` counts: ``"byte"`` (of the object, decompressed) or ``"row"``.
+    unit: str
 
     @property
     def size(self) -> int:
@@ -92,9 +99,10 @@ class InputFormat:
         """Refuse (``ValueError``) a segment this format cannot have planned."""
 
     def read_blocks(
-        self, store: st.Storage, seg: Segment, on_bad_bytes: BadBytes, max_line_bytes: int
+        self, store: st.Storage, seg: Segment, on_bad: BadRecordSink, max_line_bytes: int, job: Any
     ) -> Iterator[RecordBlock]:
-        """The segment's records for the record path, in blocks."""
+        """The segment's records for the record path, in blocks, shaped as ``job`` declares
+        (``input_columns``, ``input_filter``); ``on_bad`` gets the records that cannot be read."""
         raise NotImplementedError
 
     def read_tables(self, seg: Segment, job: Any, max_line_bytes: int) -> tuple[int, Iterator[Any]]:
@@ -432,6 +440,7 @@ class Block:
     base: int
     raw: bytes
     records: list[str]
+    unit: ClassVar[str] = "byte"
 
     @property
     def size(self) -> int:
@@ -563,13 +572,23 @@ class TextFormat(InputFormat):
             raise ValueError(f"unsupported compression {seg.compression!r} for {seg.uri}")
 
     def read_blocks(
-        self, store: st.Storage, seg: Segment, on_bad_bytes: BadBytes, max_line_bytes: int
+        self, store: st.Storage, seg: Segment, on_bad: BadRecordSink, max_line_bytes: int, job: Any
     ) -> Iterator[Block]:
+        if job is not None and (job.input_filter or job.input_columns):
+            raise InputError(f"{seg.uri}: the job declares input columns or an input_filter, but the object is "
+                             f"read as {self.name}, which has no columns: name its format (--input-format)",
+                             uri=seg.uri)
+
+        def on_bad_bytes(offset: int, raw: bytes, err: UnicodeDecodeError) -> None:
+            on_bad(offset, raw, f"invalid UTF-8 ({err.reason} at byte {offset + err.start})")
+
         return iter_blocks(store, seg, on_bad_bytes, max_line_bytes)
 
     def read_tables(self, seg: Segment, job: Any, max_line_bytes: int) -> tuple[int, Iterator[Any]]:
         """The rows of the job's ``table_columns``, split at ``table_delimiter``, converted to
         ``table_types``; anything the record mapper would see otherwise falls back."""
+        if not job.table_columns:
+            raise VectorFallback(f"{seg.describe()}: the job declares no table_columns to cut text lines into")
         start, end = aligned_range(st.for_uri(seg.uri), seg, max_line_bytes)
         if end <= start:
             return 0, iter(())
@@ -744,3 +763,6 @@ class _RecordLines:
     def close(self) -> None:
         self._raw.close()
         self.closed = True
+
+
+from lambda_src import rowformats  # noqa: E402,F401 - registers jsonl, csv and parquet

@@ -24,6 +24,7 @@ class _Records:
     records: list
     size: int
     base: int
+    unit = "byte"
 
     def offset(self, index: int) -> int:
         return self.base
@@ -44,7 +45,7 @@ class PipeFormat(formats.InputFormat):
         return [reader.Segment(info.uri, a, b, info.size, None, input_name, info.version, self.name)
                 for a, b in itertools.pairwise(cuts)]
 
-    def read_blocks(self, store, seg, on_bad_bytes, max_line_bytes):
+    def read_blocks(self, store, seg, on_bad, max_line_bytes, job):
         raw = store.read_bytes(seg.uri, seg.start, seg.end)
         records = []
         for item in raw.decode().strip("|").split("|"):
