@@ -322,8 +322,11 @@ class ParquetFormat(fm.InputFormat):
         if compression:
             raise InputError(f"{info.uri}: a Parquet object compressed as a whole ({compression}) cannot be read: "
                              f"Parquet compresses its pages itself", uri=info.uri)
-        meta = _open(info.uri, info.size).metadata
-        spans = [_row_group_span(meta.row_group(i)) for i in range(meta.num_row_groups)]
+        if info.size == 0:  # an empty object is empty, whatever its name
+            spans = []
+        else:
+            meta = _open(info.uri, info.size).metadata
+            spans = [_row_group_span(meta.row_group(i)) for i in range(meta.num_row_groups)]
         if not spans:  # a schema and no row group
             return [Segment(info.uri, 0, 0, info.size, None, input_name, info.version, self.name, (0, 0))]
         out: list[Segment] = []
@@ -491,9 +494,11 @@ def _row_groups(seg: Segment, columns: list[str] | None, filters: list) -> Itera
     not read (nor yielded)."""
     import pyarrow as pa
 
+    first, stop = seg.row_groups
+    if first == stop:
+        return
     pf = _open(seg.uri, seg.size)
     meta = pf.metadata
-    first, stop = seg.row_groups
     if stop > meta.num_row_groups:
         raise InputError(f"{seg.uri}: has {meta.num_row_groups} row groups, the split names {first}-{stop - 1}",
                          uri=seg.uri)
