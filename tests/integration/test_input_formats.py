@@ -298,3 +298,57 @@ def test_columns_the_job_reads_must_exist(tmp_path, fixture_jobs_path):
         with pytest.raises(JobFailed, match=rf"{st.normalize(str(path))}: the .* has no column amount that the job reads"):
             run_job(job=SALES, inputs={"": [str(path)]}, output=str(tmp_path / f"out-{name}"), input_format=fmt,
                     vectorized=False)
+
+
+# -- naming the format: the CLI and the operators (both generated from JobSpec) --------------------
+def test_the_cli_names_the_format_per_input(tmp_path, reference):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import FIXTURES, ROOT
+
+    tables, paths = reference
+    _write(tmp_path / "a", tables[:2], "jsonl")
+    _write(tmp_path / "b", tables[2:], "csv", ".xz")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(FIXTURES)])}
+    res = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_lambdamr.cli", "run", SALES, "--input", f"rows={tmp_path / 'a'}",
+         "--input", f"sheet={tmp_path / 'b'}", "--input-format", "sheet=csv", "--output", str(tmp_path / "out"),
+         "--workers", "2"], capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr
+    assert _sums(str(tmp_path / "out")) == duckdb_sums(paths)
+    res = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_lambdamr.cli", "run", SALES, "--input", f"rows={tmp_path / 'a'}",
+         "--input-format", "other=csv", "--output", str(tmp_path / "out2")],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode != 0 and "--input-format other=csv names no input (the inputs: rows)" in res.stderr
+
+
+def test_the_map_operator_takes_a_format_or_formats_by_input(tmp_path):
+    from airflow_provider_lambdamr.operators.lambda_mr import LambdaMapOperator
+
+    for given, spec_value in (("parquet", {"": "parquet"}), ({"a": "csv"}, {"a": "csv"}), (None, {})):
+        op = LambdaMapOperator(task_id="m", job="wordcount", inputs={"a": str(tmp_path / "i")}, output_uri=str(tmp_path / "o"),
+                               job_id="j", input_format=given)
+        assert op.build_spec({}).input_format == spec_value
+    assert "input_format" in LambdaMapOperator.template_fields
+
+
+def test_a_job_or_its_first_step_declares_the_format_and_the_input_format_option_overrides_it(
+        tmp_path, fixture_jobs_path):
+    rows = [{"region": r} for r in ("a", "b", "a", "c", "a", "b")]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rows.txt").write_text("".join(json.dumps(r) + "\n" for r in rows))  # the name says text
+    run_job(job="userjobs.rows:DeclaredJsonLines", inputs={"": [str(tmp_path / "in")]}, output=str(tmp_path / "o1"))
+    assert _counts(str(tmp_path / "o1")) == {"a": 3, "b": 2, "c": 1}
+    run_job(job="userjobs.rows:TwoStepsOverJsonLines", inputs={"": [str(tmp_path / "in")]},
+            output=str(tmp_path / "o2"))
+    assert sorted(read_rows(str(tmp_path / "o2"))) == [["1", "c"], ["2", "b"], ["3", "a"]]  # a list: columns
+    # Read as CSV, the first line is a header of one column named '{"region": "a"}'.
+    with pytest.raises(JobFailed, match=r"bad record in \S+/rows\.txt at byte 16: KeyError: 'region'"):
+        run_job(job="userjobs.rows:DeclaredJsonLines", inputs={"": [str(tmp_path / "in")]},
+                output=str(tmp_path / "o3"), input_format="csv", vectorized=False)
+    with pytest.raises(TypeError, match="step 2 declares an input_format, but only the first step reads"):
+        run_job(job="userjobs.rows:LaterStepDeclaresAFormat", inputs={"": [str(tmp_path / "in")]},
+                output=str(tmp_path / "o4"))
