@@ -146,7 +146,7 @@ class JsonLinesFormat(fm.TextFormat):
         for block in fm.TextFormat.read_blocks(self, store, seg, on_bad, max_line_bytes, None):
             rows = RowBlock(block)
             for i, line in enumerate(block.records):
-                if not line.strip():
+                if not line.strip(" \t\r"):  # JSON whitespace only
                     continue
                 try:
                     value = decode(line)
@@ -180,7 +180,7 @@ def _json_tables(seg: Segment, start: int, end: int, job: Any, max_line_bytes: i
     columns = _vector_columns(job)
     types = {name: pa.type_for_alias(t) for name, t in job.table_types.items()}
     parse = pajson.ParseOptions(explicit_schema=pa.schema(list(types.items())) if types else None)
-    lines = fm._RecordLines(fm._arrow_stream(seg, start, end), where, start == 0, max_line_bytes)
+    lines = fm.RecordLines(fm.arrow_stream(seg, start, end), where, start == 0, max_line_bytes)
     try:
         with pajson.open_json(pa.PythonFile(lines, "r"), parse_options=parse,
                               read_options=pajson.ReadOptions(block_size=16 * 1024 * 1024, use_threads=False)) as batches:
