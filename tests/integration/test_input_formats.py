@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st_
 
 from airflow_provider_lambdamr.engine.failures import JobFailed
 from lambda_src import storage as st
@@ -160,11 +162,12 @@ def test_text_by_magic_bytes_alone_equals_the_plain_text(tmp_path, codec):
 def test_formats_on_s3_equal_duckdb(s3_bucket, tmp_path, fixture_jobs_path, reference):
     tables, paths = reference
     s3 = boto3.client("s3")
-    layouts = {"pq": ("parquet", ""), "jl": ("jsonl", ".zst"), "cs": ("csv", ".bz2")}
+    layouts = {"pq": ("parquet", ""), "jl": ("jsonl", ".zst"), "cs": ("csv", ".bz2"), "jg": ("jsonl", ".GZ"),
+               "cx": ("csv", ".xz")}
     for prefix, (fmt, codec) in layouts.items():
         for i, table in enumerate(tables):
             s3.put_object(Bucket=s3_bucket, Key=f"{prefix}/part-{i}{EXT[fmt]}{codec}",
-                          Body=CODECS[codec](encode(table, fmt, row_group_size=250)))
+                          Body=CODECS[codec.lower()](encode(table, fmt, row_group_size=250)))
     for prefix, (fmt, _) in layouts.items():
         for vectorized in (True, False):
             out = f"s3://{s3_bucket}/out-{prefix}-{vectorized}"
@@ -174,6 +177,19 @@ def test_formats_on_s3_equal_duckdb(s3_bucket, tmp_path, fixture_jobs_path, refe
             assert _sums(out) == duckdb_sums(paths, "region IN ('north', 'east')"), (prefix, vectorized)
             if fmt == "parquet":
                 assert summary["tasks"]["map"] > 3
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(row_group_size=st_.integers(50, 3000), split_size=st_.integers(2_000, 200_000), workers=st_.integers(1, 3))
+def test_the_parquet_result_is_independent_of_row_groups_and_split_size(tmp_path_factory, fixture_jobs_path,
+                                                                        row_group_size, split_size, workers):
+    tmp = tmp_path_factory.mktemp("pq")
+    tables = [sales(n, seed) for seed, n in enumerate((1500, 2600))]
+    _write(tmp / "in", tables, "parquet", row_group_size=row_group_size)
+    out = str(tmp / "out")
+    run_job(workers=workers, job=SALES, inputs={"": [str(tmp / "in")]}, output=out, split_size=split_size,
+            partitions=2)
+    assert _sums(out) == duckdb_sums(sorted(str(p) for p in (tmp / "in").iterdir()))
 
 
 def test_mixed_formats_in_one_job(tmp_path, fixture_jobs_path, reference):
@@ -328,9 +344,9 @@ def test_the_cli_names_the_format_per_input(tmp_path, reference):
 def test_the_map_operator_takes_a_format_or_formats_by_input(tmp_path):
     from airflow_provider_lambdamr.operators.lambda_mr import LambdaMapOperator
 
-    for given, spec_value in (("parquet", {"": "parquet"}), ({"a": "csv"}, {"a": "csv"}), (None, {})):
+    for value, spec_value in (("parquet", {"": "parquet"}), ({"a": "csv"}, {"a": "csv"}), (None, {})):
         op = LambdaMapOperator(task_id="m", job="wordcount", inputs={"a": str(tmp_path / "i")}, output_uri=str(tmp_path / "o"),
-                               job_id="j", input_format=given)
+                               job_id="j", input_format=value)
         assert op.build_spec({}).input_format == spec_value
     assert "input_format" in LambdaMapOperator.template_fields
 
