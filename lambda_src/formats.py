@@ -8,9 +8,10 @@ each input object: by name, or else by the object's name. Each Segment carries t
 the format that planned it, and the map task reads it with that format.
 
 :class:`TextFormat` (the default) reads line-oriented UTF-8 text: its records are ``str``
-lines. Any format but Parquet may be compressed (:data:`CODECS`: gzip, bz2, xz, zstd), known
-by the object's extension (any case) or, for a name that says nothing, by its first bytes. A format whose records are dicts or tuples, or whose splits are
-row groups rather than byte ranges, fits the same interface.
+lines. :mod:`lambda_src.rowformats` adds formats whose records are rows (JSON Lines, CSV with
+a header, Parquet, whose splits are row groups rather than byte ranges). Any format but
+Parquet may be compressed (:data:`CODECS`: gzip, bz2, xz, zstd), known by the object's
+extension (any case) or, for a name that says nothing, by its first bytes.
 
 Text splits: a split is a byte range ``[start, end)`` of an object. The split owns every line
 whose first byte lies in that range: the reader skips a partial first line (unless the byte
