@@ -16,7 +16,8 @@ its byte offset. CSV (RFC 4180: quoted fields may hold the delimiter, quotes and
 read one whole object per split: a byte in the middle of a CSV file does not tell whether it
 lies inside a quoted field, so no split boundary there can be proven safe without reading
 the object from its start; and the header row is read once per object, by the split that
-holds it all. Parquet is split by row group: consecutive row groups up to the split size make
+holds it all. A line break inside a quoted field reads as ``\n`` whatever its ending, and a
+field may be as long as ``max_line_bytes``. Parquet is split by row group: consecutive row groups up to the split size make
 one split, so small row groups share a task and a large file makes many.
 """
 
@@ -233,6 +234,8 @@ class CsvFormat(fm.TextFormat):
                     pending.append((block, i))
                     yield line + "\n"
 
+        if csv.field_size_limit() < max_line_bytes:  # a field as long as a line may be (process-wide)
+            csv.field_size_limit(max_line_bytes)
         rows = csv.reader(lines(), strict=True)
         header: list[str] | None = None
         picks: list[int] | None = None

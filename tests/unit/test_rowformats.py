@@ -209,3 +209,11 @@ def test_the_arrow_filter_mask_is_the_python_filter(tmp_path):
     assert mask.to_pylist() == [True, False, False, True]
     assert [rowformats._matches(r.get, [("x", "not in", (3,)), ("x", ">", 0)]) for r in table.to_pylist()] == \
         mask.to_pylist()
+
+
+def test_a_csv_field_may_be_as_long_as_a_line(tmp_path):
+    long = "x" * 300_000  # above the csv module's default field limit (128 KiB)
+    path = tmp_path / "t.csv"
+    path.write_text(f'a,b\n1,"{long}"\n')
+    _, records, bad = _read(path, 100, _job(), "csv")
+    assert [r for r, _, _ in records] == [{"a": "1", "b": long}] and not bad
