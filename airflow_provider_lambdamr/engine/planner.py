@@ -179,18 +179,45 @@ def _equal_shares(segments: list[Segment], count: int, max_files: int) -> list[M
     return [MapTask(i, splits) for i, splits in enumerate(merged)]
 
 
+def read_heads(infos: list[st.ObjectInfo]) -> dict[str, bytes]:
+    """The first bytes of each non-empty object whose name says neither its format nor its
+    codec (``formats.wants_head``), by URI."""
+    wanted = [info for info in infos if info.size and formats.wants_head(info.uri)]
+
+    def head(info: st.ObjectInfo) -> bytes:
+        return st.for_uri(info.uri).read_bytes(info.uri, 0, min(info.size, formats.HEAD_BYTES))
+
+    return dict(zip((info.uri for info in wanted), st.per_object(head, wanted, _uri), strict=True))
+
+
+def _uri(item: st.ObjectInfo | tuple[st.ObjectInfo, str | None]) -> str:
+    return (item[0] if isinstance(item, tuple) else item).uri
+
+
 def plan(
-    inputs: dict[str, list[str]], split_size: int, max_files_per_task: int, parallelism: int = 1
+    inputs: dict[str, list[str]], split_size: int, max_files_per_task: int, parallelism: int = 1,
+    input_formats: dict[str, str] | None = None,
 ) -> tuple[list[MapTask], dict]:
-    """The map tasks of a job and a summary of its input."""
+    """The map tasks of a job and a summary of its input.
+
+    ``input_formats`` names the format of an input (by input name, ``""`` for an unnamed
+    one); the others' formats and codecs come from their names and first bytes.
+    """
     listed: list[tuple[st.ObjectInfo, str | None]] = []
     for name, uris in inputs.items():
         listed.extend((info, name or None) for info in list_inputs(name, uris))
     total = sum(info.size for info, _ in listed)
     effective = balanced_split_size(total, split_size, parallelism)
-    segments: list[Segment] = []
-    for info, name in listed:
-        segments.extend(formats.for_object(info.uri).split(info, effective, name))
+    heads = read_heads([info for info, _ in listed])
+
+    def split(item: tuple[st.ObjectInfo, str | None]) -> list[Segment]:
+        info, name = item
+        head = heads.get(info.uri, b"")
+        fmt = formats.for_object(info.uri, (input_formats or {}).get(name or ""), head)
+        return fmt.split(info, effective, name, formats.compression_of(info.uri, head))
+
+    # A format may read the object to split it (Parquet's footer): several at once on S3.
+    segments = [seg for segs in st.per_object(split, listed, _uri) for seg in segs]
     count = -(-total // effective)
     if parallelism > 1 and 0 < count < 8 * parallelism:
         tasks = _equal_shares(segments, count, max_files_per_task)
