@@ -34,5 +34,6 @@ def get_provider_info() -> dict:
             "airflow_provider_lambdamr.operators.lambda_mr.LambdaMapReduceResultLink",
             "airflow_provider_lambdamr.operators.lambda_mr.LambdaMapReduceFunctionLink",
             "airflow_provider_lambdamr.operators.lambda_mr.LambdaMapReduceTraceLink",
+            "airflow_provider_lambdamr.operators.lambda_mr.LambdaMapReduceReportLink",
         ],
     }

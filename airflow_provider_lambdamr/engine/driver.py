@@ -370,9 +370,11 @@ class Driver:
         while True:
             if self._current is None:
                 if stop_after_map and jobstate.read_map_commit(self.job_dir, 0) is not None:
+                    self._count_committed_in_flight(in_flight)
                     return JobWaiting(MAP, None, None)
                 self._current = self._next_phase(in_flight, budget_base)
-                if self._current is None:
+                if self._current is None:  # what was in flight committed the last tasks
+                    self._count_committed_in_flight(in_flight)
                     return JobWaiting(None, None, self.completed_summary() or self.commit())
                 results += self._adopted_outcomes(self._current.scheduler, in_flight)
                 in_flight = []

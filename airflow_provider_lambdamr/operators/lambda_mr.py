@@ -15,6 +15,7 @@ from airflow.sdk import Asset, AssetAlias, BaseOperator, BaseOperatorLink, conf
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_lambdamr.engine import jobdir, jobstate
+from airflow_provider_lambdamr.engine import report as report_mod
 from airflow_provider_lambdamr.engine.driver import Driver, JobFailed, JobWaiting, Progress
 from airflow_provider_lambdamr.engine.scheduler import InFlight
 from airflow_provider_lambdamr.engine.spec import JobSpec, default_text, load_spec
@@ -180,6 +181,24 @@ class LambdaMapReduceTraceLink(_AwsConsoleLink):
     def url(self, value: dict, region: str) -> str:
         return (f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}"
                 f"#xray:traces/{value['trace_id']}")
+
+
+class LambdaMapReduceReportLink(_AwsConsoleLink):
+    """The job's HTML report (``lambdamr report``), written by the task that committed it,
+    in the S3 console when the job directory is on S3. A local report has no link: the
+    Airflow UI renders no ``file://`` link (the task's log names its path)."""
+
+    name = "LambdaMR Report"
+    key = "lambdamr_report"
+    field = "uri"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        value = _xcom_link_value(ti_key, self.key)
+        return super().get_link(operator, ti_key=ti_key) if value and st.is_s3(value.get("uri", "")) else ""
+
+    def url(self, value: dict, region: str) -> str:
+        bucket, key = st.split_s3(value["uri"])
+        return f"https://{region}.console.aws.amazon.com/s3/object/{bucket}?region={region}&prefix={key}"
 
 
 def _xcom_link_value(ti_key: TaskInstanceKey, key: str) -> dict | None:
@@ -663,6 +682,7 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
         [f for f in REDUCE_OPTIONS if f.metadata["option"].runtime], "job_dir", "launched")
     operator_extra_links = (
         LambdaMapReduceResultLink(),
+        LambdaMapReduceReportLink(),
         LambdaMapReduceFunctionLink(),
         LambdaMapReduceTraceLink(),
     )
@@ -687,8 +707,10 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
         concurrency: int | None = None,
         code_uri: str | None = None,
         launched: Mapping[str, Any] | None = None,
+        report: bool = True,
         **kwargs: Any,
     ) -> None:
+        self.report = report
         self._result_asset = Asset(result_asset) if result_asset else None  # validated at parse time
         outlets_given = "outlets" in kwargs
         super().__init__(**kwargs)
@@ -773,10 +795,23 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
             value={"output": summary["output"], "region": self.region_name},
         )
         if computed:
+            self._write_report(context, summary["job_dir"])
             asset = self._result_asset or Asset(summary["output"])
             context["outlet_events"][self.alias].add(asset, extra=result)
             self.log.info("LambdaMR job %s succeeded: %s", summary["job_id"], result)
         return result
+
+    def _write_report(self, context: Context, job_dir: str) -> None:
+        """Write the job's HTML report into its directory (``report=True``) and link to it."""
+        if not self.report:
+            return
+        try:
+            uri = report_mod.write(job_dir)
+        except Exception as err:  # the job committed: a report it cannot write does not fail it
+            self.log.warning("could not write the job's report into %s: %s: %s", job_dir, type(err).__name__, err)
+            return
+        self.log.info("the job's report (timeline of every task attempt, records, bytes, cost): %s", uri)
+        context["ti"].xcom_push(key=LambdaMapReduceReportLink.key, value={"uri": uri, "region": self.region_name})
 
 
 #: What a reduce task's keywords mean beyond the spec's help.
@@ -799,6 +834,9 @@ LambdaReduceOperator.__doc__ += DEFERRAL_DOC.strip("\n") + """
     :param launched: The result of a map task that did not wait (``wait_for_completion=False``),
         e.g. ``map_task.output``: this task adopts the map invocations still in flight and
         drives the whole job on, its map phase included. (templated)
+    :param report: When this task commits the job, write its HTML report (``lambdamr report``:
+        a timeline of every task attempt, records and bytes per phase, cost) into the job
+        directory, linked from the task (``LambdaMR Report``) when the directory is on S3.
     """
 
 

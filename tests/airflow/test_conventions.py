@@ -234,6 +234,25 @@ def test_result_link_is_an_https_console_url_for_s3_and_absent_for_local_outputs
     assert link.get_link(None, ti_key=None) == ""
 
 
+def test_report_link_is_the_s3_console_object_for_an_s3_job_dir_and_absent_for_a_local_one(monkeypatch):
+    from airflow.sdk.execution_time.xcom import XCom
+
+    from airflow_provider_lambdamr.operators.lambda_mr import LambdaMapReduceReportLink
+
+    pushed = {}
+    monkeypatch.setattr(XCom, "get_value", classmethod(lambda cls, *, ti_key, key: pushed.get(key)))
+    link = LambdaMapReduceReportLink()
+    pushed["lambdamr_report"] = {"uri": "s3://jobs-bucket/_jobs/j1/report.html", "region": "eu-west-1"}
+    url = urlsplit(link.get_link(None, ti_key=None))
+    assert (url.scheme, url.netloc, url.path) == ("https", "eu-west-1.console.aws.amazon.com", "/s3/object/jobs-bucket")
+    assert "prefix=_jobs/j1/report.html" in url.query
+    for uri in ("file:///tmp/j1/report.html", "/tmp/j1/report.html"):
+        pushed["lambdamr_report"] = {"uri": uri, "region": None}
+        assert link.get_link(None, ti_key=None) == ""
+    pushed.clear()
+    assert link.get_link(None, ti_key=None) == ""
+
+
 #: The schemes the Airflow 3.3 UI renders as an extra link (ui/dist: ``kft``/``Aft``);
 #: other links it drops, and the API turns "" into no link.
 UI_SCHEMES = {"http", "https", "mailto"}

@@ -287,6 +287,16 @@ def test_extra_links_are_stored_for_a_traced_run(airflow_db, tmp_path, monkeypat
     assert rows[("reduce", "_link_LambdaMapReduceTraceLink")].startswith("https://")
     assert rows[("reduce", "_link_LambdaMapReduceResultLink")] == ""  # a file:// result: the UI renders no link
     assert rows[("map", "_link_LambdaMapReduceFunctionLink")] == ""  # local runtime: no function
+    assert rows[("reduce", "_link_LambdaMapReduceReportLink")] == ""  # a local report: no link
+    # the reduce task that committed wrote the job's report, with every task attempt on its timeline
+    from tests.integration.test_report import _parse
+
+    jobs = Path(st.local_path(st.join(st.normalize(str(tmp_path / "out")), "_jobs")))
+    (page,) = jobs.glob("*/report.html")
+    success = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
+    attempts = _parse(str(page)).attempts
+    assert len(attempts) == success["tasks"]["map"] + success["tasks"]["reduce"] == 2
+    assert {a["data-state"] for a in attempts} == {"committed"}
 
 
 def test_coordinator_example_dag_one_deferred_task_covers_the_job_its_coordinator_commits(

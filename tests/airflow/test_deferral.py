@@ -18,6 +18,7 @@ import pytest
 
 from lambda_src import storage as st
 from tests.helpers import read_counts
+from tests.integration.test_aws_runtime import lambda_client, role_arn  # noqa: F401 - fixtures
 from tests.integration.test_service import svc_dir  # noqa: F401 - the fixture
 
 JOB = "userjobs.faulty:FaultyCount"
@@ -264,3 +265,43 @@ def test_not_waiting_refuses_the_local_runtime_too(tmp_path):
     with pytest.raises(AirflowException, match=r"wait_for_completion=False needs a runtime whose invocations "
                                                r"outlive the task process.*or wait_for_completion=True"):
         op.execute(_context())
+
+
+def test_deferrable_operators_on_the_aws_runtime_launch_defer_retry_and_commit_exactly(
+        lambda_client, role_arn, s3_bucket, tmp_path, fixture_jobs_path, monkeypatch):  # noqa: F811
+    """The aws runtime's deferral path: moto answers the deploy (functions, versions, aliases)
+    and S3; Lambda's asynchronous invoke is the tests' stub (the handlers run on threads of
+    this process). Each resume is a fresh operator; the triggers read the status records
+    through their own aiobotocore client."""
+    import boto3
+
+    from airflow_provider_lambdamr.hooks.lambda_mr import LambdaMapReduceHook
+    from tests.integration.test_aws_runtime import AsyncLambda
+
+    stub = AsyncLambda(lambda_client)
+    monkeypatch.setattr(LambdaMapReduceHook, "lambda_hook", property(lambda self: SimpleNamespace(conn=stub)))
+    local, expected = _words(tmp_path)
+    s3 = boto3.client("s3")
+    for path in sorted(Path(local).iterdir()):
+        s3.put_object(Bucket=s3_bucket, Key=f"in/{path.name}", Body=path.read_bytes())
+    marker = tmp_path / "failed-once"
+    output = f"s3://{s3_bucket}/out"
+    make_map = _map_op(tmp_path, f"s3://{s3_bucket}/in/", output_uri=output, runtime="aws", workers=None,
+                       role_arn=role_arn, function_prefix="lmr-defer", timeout_s=30, concurrency=3,
+                       job_params={"fail_once": str(marker)})
+    summary, deferrals = _drive(make_map, _context())
+    map_deferrals = [d.trigger.serialize()[1] for d in deferrals]
+    assert marker.exists() and len(map_deferrals) >= 2
+    assert all(d["runtime"] == "aws" and d["job_dir"].startswith(f"s3://{s3_bucket}/") for d in map_deferrals)
+    assert any(f["attempt"] == 2 for d in map_deferrals[1:] for f in d["in_flight"]), "the retry was not deferred on"
+    assert max(len(d["in_flight"]) for d in map_deferrals) <= 3, "the concurrency window was not kept"
+
+    result, deferrals = _drive(_reduce_op(summary["job_dir"]), _context())
+    assert deferrals and all(d.trigger.serialize()[1]["runtime"] == "aws" for d in deferrals)
+    assert read_counts(output) == expected and result["output_records"] == len(expected)
+    success = json.loads(s3.get_object(Bucket=s3_bucket, Key="out/_SUCCESS")["Body"].read())
+    # every map invocation counted (one failed and was retried), however many resumes launched them
+    assert success["invocations"]["map"]["invocations"] == summary["map_tasks"] + 1
+    assert success["invocations"]["map"]["failed_invocations"] == 1
+    assert sum(stub.calls.values()) == success["invocations"]["map"]["invocations"] + \
+        success["invocations"]["reduce"]["invocations"]

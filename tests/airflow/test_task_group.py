@@ -14,6 +14,7 @@ from lambda_src import storage as st
 from tests.airflow.test_dag_runs import _TI, _dag, _register, _state
 from tests.helpers import read_counts, read_rows
 from tests.integration.test_amplab_duckdb import assert_equal_to_duckdb
+from tests.integration.test_service import svc_dir  # noqa: F401 - the fixture
 
 
 def _tis(dr) -> dict[str, list]:
@@ -52,7 +53,10 @@ def test_max_rounds_is_what_a_partition_of_that_many_runs_needs():
         assert slices.max_rounds(runs, fan_in) == needed, (runs, fan_in)
 
 
-def test_expanded_2a_example_equals_duckdb_and_the_compact_form_byte_for_byte(airflow_db, tmp_path):
+def test_expanded_2a_example_equals_duckdb_and_the_compact_form_byte_for_byte(airflow_db, tmp_path,
+                                                                               svc_dir):  # noqa: F811
+    """The expanded example (deferrable, on a test-private local function service) against
+    DuckDB and, byte for byte, against the compact example (the in-process local runtime)."""
     from airflow_provider_lambdamr.engine import amplab_gen
 
     files = amplab_gen.generate(str(tmp_path / "uv"), table="uservisits", rows=20_000, files=3, seed=8)
