@@ -35,7 +35,6 @@ Writes ``benchmarks/results/record_mode.json``.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import os
@@ -50,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_engine import ensure_data as ensure_uservisits
-from bench_lithops import LITHOPS_RUNNER, ensure_lithops_venv, write_lithops_config
+from bench_lithops import LITHOPS_RUNNER, ensure_lithops_venv, read_csv, write_lithops_config
 from bench_lithops import ensure_data as ensure_words
 
 HERE = Path(__file__).resolve().parent
@@ -100,17 +99,6 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, flo
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
     return wall, _children_cpu() - cpu
-
-
-def read_csv(paths: list[Path], kind: type) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for path in paths:
-        with open(path, newline="", encoding="utf-8") as fh:
-            for key, value in csv.reader(fh):
-                if key in out:
-                    raise SystemExit(f"{path}: key {key!r} appears twice")
-                out[key] = kind(value)
-    return out
 
 
 def check(name: str, got: dict[str, Any], expected: dict[str, Any]) -> None:
