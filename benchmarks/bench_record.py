@@ -119,11 +119,13 @@ class Contenders:
         self.kind = float if job == "2a" else int
         self.reference: dict[str, Any] | None = None
 
-    def ours(self, workers: int, round_: int) -> tuple[float, float]:
-        out = self.work / f"{self.job}-ours{workers}-{round_}"
+    def ours(self, workers: int, round_: int, tree: Path | None = None) -> tuple[float, float]:
+        """Our command; with ``tree``, that source tree's code (PYTHONPATH) instead of ours."""
+        out = self.work / f"{self.job}-ours{workers}-{round_}{'-tree' if tree else ''}"
+        env = {**os.environ, "PYTHONPATH": str(tree)} if tree else None
         took = timed([str(BIN / "lambdamr"), "run", JOBS[self.job], "--runtime", "local", "--workers",
-                         str(workers), "--input", str(self.data), "--output", str(out), "--no-vectorized",
-                         "--quiet"])
+                      str(workers), "--input", str(self.data), "--output", str(out), "--no-vectorized",
+                      "--quiet"], env)
         self._check(f"ours ({workers} workers)", read_csv(sorted(out.glob("part-*")), self.kind))
         shutil.rmtree(out)
         return took
@@ -161,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=HERE / "data")
     parser.add_argument("--lithops-venv", type=Path, default=HERE / ".venv-lithops")
     parser.add_argument("--results", type=Path, default=HERE / "results" / "record_mode.json")
+    parser.add_argument("--compare-tree", type=Path,
+                        help="also run another checkout's code (2 workers), e.g. the main branch's, "
+                             "as the contender 'tree 2w'")
     args = parser.parse_args(argv)
     jobs = args.jobs.split(",")
     if args.repeat < 1 or args.warmup < 0 or not set(jobs) <= set(JOBS):
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 pass
         data[job] = path
 
-    names = ["ours 2w", "ours 1w", "lithops 2w", "plain"]
+    names = ["ours 2w", "ours 1w", "lithops 2w", "plain"] + (["tree 2w"] if args.compare_tree else [])
     times: dict[str, dict[str, list[float]]] = {job: {n: [] for n in names} for job in jobs}
     cpus: dict[str, dict[str, list[float]]] = {job: {n: [] for n in names} for job in jobs}
     with tempfile.TemporaryDirectory(prefix="bench-record-") as tmp:
@@ -194,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             for job, c in contenders.items():
                 took = {"plain": c.plain(rnd), "ours 2w": c.ours(2, rnd), "lithops 2w": c.lithops_run(rnd),
                         "ours 1w": c.ours(1, rnd)}
+                if args.compare_tree:
+                    took["tree 2w"] = c.ours(2, rnd, args.compare_tree.resolve())
                 print(f"{'warm-up' if rnd < 1 else 'round'} {rnd} {job} (wall/cpu s): "
                       + ", ".join(f"{n} {w:.2f}/{u:.2f}" for n, (w, u) in took.items()), flush=True)
                 if rnd >= 1:
@@ -213,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_ours_2w_over_lithops": round(cpu["ours 2w"] / cpu["lithops 2w"], 3),
             "cpu_ours_2w_over_plain": round(cpu["ours 2w"] / cpu["plain"], 3),
         }
+        if "tree 2w" in best:
+            ratios["ours_2w_over_tree_2w"] = round(best["ours 2w"] / best["tree 2w"], 3)
+            ratios["cpu_ours_2w_over_tree_2w"] = round(cpu["ours 2w"] / cpu["tree 2w"], 3)
         summary[job] = {"input_bytes": data[job].stat().st_size,
                         "min_wall_s": {n: round(v, 3) for n, v in best.items()},
                         "min_cpu_s": {n: round(v, 3) for n, v in cpu.items()},
