@@ -24,15 +24,29 @@ IN_MEMORY_MERGE = 64 * 1024 * 1024
 
 
 def lambda_handler(event: dict, context: Any) -> dict:
-    return task.run(event, context, contract.ReduceTask, _run)
+    in_memory = in_memory_merge_bytes(context)
+
+    def run(ev: task.TaskEvent, token: str) -> dict:
+        with shuffle.bulk_gc():
+            return _run_task(ev, token, in_memory)
+
+    return task.run(event, context, contract.ReduceTask, run)
 
 
-def _run(ev: task.TaskEvent, token: str) -> dict:
-    with shuffle.bulk_gc():
-        return _run_task(ev, token)
+def in_memory_merge_bytes(context: Any) -> int:
+    """The most run bytes merged in memory: :data:`IN_MEMORY_MERGE`, and at most an eighth
+    of the function's memory (held as one bytes object a line, runs take about four times
+    their size)."""
+    try:
+        memory_mb = int(getattr(context, "memory_limit_in_mb", 0))
+    except (TypeError, ValueError):
+        memory_mb = 0
+    if memory_mb <= 0:
+        return IN_MEMORY_MERGE
+    return min(IN_MEMORY_MERGE, memory_mb * 1024 * 1024 // 8)
 
 
-def _run_task(ev: task.TaskEvent, token: str) -> dict:
+def _run_task(ev: task.TaskEvent, token: str, in_memory: int) -> dict:
     spec = ev.spec
     inputs = [ev.inside_job_dir(uri, "a reduce input") for uri in ev.load_list()]
     job = task.load_job_class(ev.job.ref)(ev.job.params)
@@ -44,18 +58,18 @@ def _run_task(ev: task.TaskEvent, token: str) -> dict:
         if arrow_runs and job.has_table_shuffle() and len(arrow_runs) == len(inputs):
             result = _run_tables(spec, job, inputs, token)
         else:
-            result = _run_lines(spec, ctx, inputs, input_bytes, token)
+            result = _run_lines(spec, ctx, inputs, input_bytes <= in_memory, token)
     result["stats"].update(inputs=len(inputs), input_bytes=input_bytes)
     return result
 
 
-def _run_lines(spec: contract.ReduceTask, ctx: task.StepContext, inputs, input_bytes: int, token) -> dict:
+def _run_lines(spec: contract.ReduceTask, ctx: task.StepContext, inputs, in_memory: bool, token) -> dict:
     """The record path: merge the sorted runs, then group, combine or reduce.
 
     The final round of the last step writes the CSV part file; the final round of an
     earlier step writes the reducer's pairs as a run for the next step's mappers.
     """
-    lines = _merged_lines(inputs, input_bytes)
+    lines = _merged_lines(inputs, in_memory)
     step = ctx.step
     part = spec.partition
     keys = None
@@ -84,11 +98,11 @@ def _run_lines(spec: contract.ReduceTask, ctx: task.StepContext, inputs, input_b
     return {"outputs": [{"partition": part, "uri": uri, "records": records, "bytes": size}], "stats": stats}
 
 
-def _merged_lines(inputs: list[str], input_bytes: int) -> Iterable[bytes]:
-    """The lines of the sorted runs, in order: sorted in memory when they fit
-    :data:`IN_MEMORY_MERGE` (the sort finds the runs and merges them, in C), else a streamed
-    k-way merge with bounded read buffers."""
-    if input_bytes <= IN_MEMORY_MERGE:
+def _merged_lines(inputs: list[str], in_memory: bool) -> Iterable[bytes]:
+    """The lines of the sorted runs, in order: ``in_memory``, read whole and sorted at once
+    (the sort finds the runs and merges them, in C), else a streamed k-way merge with
+    bounded read buffers."""
+    if in_memory:
         lines: list[bytes] = []
         for uri in inputs:
             if contract.is_arrow_run(uri):  # a mix of run kinds: read the Arrow ones as lines

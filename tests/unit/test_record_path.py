@@ -62,8 +62,7 @@ def _runs(tmp_path, tasks, partitions, combiner, flush_values, spill_bytes) -> l
 
 
 def _reduce(uris: list[str], reduce_fn, in_memory: bool, batch: int) -> list[tuple]:
-    size = sum(st.for_uri(u).size(u) for u in uris)
-    lines = reducer._merged_lines(uris, size if in_memory else reducer.IN_MEMORY_MERGE + 1)
+    lines = reducer._merged_lines(uris, in_memory)
     got: list[tuple] = []
     reducer._reduce(shuffle.KeyGroups(lines, batch=batch), reduce_fn, got.extend)
     return got
@@ -259,8 +258,8 @@ def test_in_memory_and_streamed_merges_give_the_same_lines(tmp_path):
         uri = st.normalize(str(tmp_path / f"run{i}"))
         st.for_uri(uri).write_bytes(uri, body)
         uris.append(uri)
-    in_memory = reducer._merged_lines(uris, 10)
-    streamed = list(reducer._merged_lines(uris, reducer.IN_MEMORY_MERGE + 1))
+    in_memory = reducer._merged_lines(uris, True)
+    streamed = list(reducer._merged_lines(uris, False))
     assert isinstance(in_memory, list) and in_memory == streamed == sorted(streamed)
     assert len(streamed) == 6
 
@@ -277,6 +276,16 @@ def test_csv_batches_are_written_as_the_csv_module_writes_their_rows(tmp_path, p
     expected = io.StringIO()
     csv.writer(expected, lineterminator="\n").writerows(output.csv_fields(k, v) for k, v in pairs)
     assert (tmp_path / "part").read_text() == expected.getvalue()
+
+
+def test_runs_are_merged_in_memory_only_within_an_eighth_of_the_function_memory():
+    class Context:
+        memory_limit_in_mb = "128"
+
+    assert reducer.in_memory_merge_bytes(Context()) == 16 * 1024 * 1024
+    Context.memory_limit_in_mb = "10240"
+    assert reducer.in_memory_merge_bytes(Context()) == reducer.IN_MEMORY_MERGE
+    assert reducer.in_memory_merge_bytes(object()) == reducer.IN_MEMORY_MERGE
 
 
 def test_bulk_gc_restores_the_collector_thresholds():
