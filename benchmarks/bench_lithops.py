@@ -178,15 +178,20 @@ def write_lithops_config(path: Path, python: Path, workers: int) -> None:
     )
 
 
+def read_csv(paths: list[Path], kind: type = int) -> dict[str, Any]:
+    """Two-column CSV files as one dict (values converted by ``kind``); a key twice fails."""
+    out: dict[str, Any] = {}
+    for path in paths:
+        with open(path, encoding="utf-8", newline="") as fh:
+            for key, value in csv.reader(fh):
+                if key in out:
+                    raise SystemExit(f"{path}: key {key!r} appears twice")
+                out[key] = kind(value)
+    return out
+
+
 def read_part_files(output: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for part in sorted(output.glob("part-*")):
-        with open(part, encoding="utf-8", newline="") as fh:
-            for word, n in csv.reader(fh):
-                if word in counts:
-                    raise SystemExit(f"ours: word {word!r} appears twice in the output")
-                counts[word] = int(n)
-    return counts
+    return read_csv(sorted(output.glob("part-*")))
 
 
 def run_ours(

@@ -34,6 +34,11 @@ def lambda_handler(event: dict, context: Any) -> dict:
     return task.run(event, context, contract.MapTask, _run)
 
 
+def _run(ev: task.TaskEvent, token: str) -> dict:
+    with shuffle.bulk_gc():
+        return _run_task(ev, token)
+
+
 class BadRecords:
     """Counts records that cannot be parsed; fails the task past the allowed number."""
 
@@ -65,7 +70,7 @@ class BadRecords:
         log.warning("%s: skipped bad record in %s at %s %d: %s", self.where, uri, unit, offset, reason)
 
 
-def _run(ev: task.TaskEvent, token: str) -> dict:
+def _run_task(ev: task.TaskEvent, token: str) -> dict:
     cfg = ev.job
     job = task.load_job_class(cfg.ref)(cfg.params)
     ctx = task.step_context(ev, job)
@@ -186,12 +191,17 @@ def _map_records(
     job: MapReduceJob,
     step: Step,
     splits: list[reader.Segment],
-    buffer: shuffle.MapOutputBuffer,
+    buffer: shuffle.MapOutputBuffer | output.CsvWriter,
     cfg: task.JobConfig,
     bad: BadRecords,
 ) -> dict:
+    """Run the mapper over every line of the splits, block by block.
+
+    Each line's pairs are materialised (a line that fails midway adds nothing) and a
+    block's worth goes to ``buffer.add_records`` at once; a failure is handled at its line,
+    in line order, after the lines before it were added.
+    """
     mapper = step.mapper if step.mapper is not None else step.map_pairs
-    add = buffer.add
     records = 0
     input_bytes = 0
     if step.mapper_init is not None:
@@ -202,36 +212,61 @@ def _map_records(
         def on_bad(offset: int, raw: Any, reason: str, seg=seg) -> None:
             bad.add(seg.uri, offset, raw, reason)
 
+        def failed(block: formats.Block, i: int, err: Exception, seg=seg) -> None:
+            """Line ``i`` of ``block`` raised ``err`` (in its mapper, or as its pairs were added)."""
+            unit = block.unit
+            if isinstance(err, RECORD_ERRORS):
+                bad.add(seg.uri, block.offset(i), block.records[i], f"{type(err).__name__}: {err}", unit)
+                return
+            # a job bug no retry can fix fails at once
+            raise task.failure_class(err)(
+                f"the mapper raised {type(err).__name__}: {err} on the "
+                f"{'line' if unit == 'byte' else 'record'} at {unit} {block.offset(i)} of {seg.uri} "
+                f"(line: {reader.sample(block.records[i])!r})"
+            ) from err
+
         store = st.for_uri(seg.uri)
         for block in formats.of(seg).read_blocks(store, seg, on_bad, cfg.max_line_bytes, job):
             lines = block.records
-            unit = block.unit
             records += len(lines)
             input_bytes += block.size
             i = 0
             n = len(lines)
             while i < n:
+                start = i
+                mapped: list[list[Any]] = []
+                append = mapped.append
+                error = None
                 try:
-                    for i in range(i, n):  # noqa: B020 - resumes after a skipped record
-                        pairs = mapper(key, lines[i])
-                        # Materialised before adding, so a record that fails midway adds nothing.
-                        if type(pairs) is not list:
-                            pairs = list(pairs)
-                        if pairs:  # most lines of a filtering job emit nothing
-                            add(pairs)
+                    for i in range(i, n):  # noqa: B020 - resumes after a failed record
+                        append(list(mapper(key, lines[i])))
                     i = n
-                except RECORD_ERRORS as err:
-                    bad.add(seg.uri, block.offset(i), lines[i], f"{type(err).__name__}: {err}", unit)
+                except Exception as err:  # handled below, after the lines before it were added
+                    error = err
+                _add_records(buffer, mapped, lambda j, err, block=block, start=start: failed(block, start + j, err))
+                if error is not None:
+                    failed(block, i, error)
                     i += 1
-                except Exception as err:  # a job bug no retry can fix fails at once
-                    raise task.failure_class(err)(
-                        f"the mapper raised {type(err).__name__}: {err} on the "
-                        f"{'line' if unit == 'byte' else 'record'} at {unit} {block.offset(i)} of {seg.uri} "
-                        f"(line: {reader.sample(lines[i])!r})"
-                    ) from err
     if step.mapper_final is not None:
-        add(list(step.mapper_final()))
+        buffer.add(list(step.mapper_final()))
     return {"input_records": records, "input_bytes": input_bytes}
+
+
+def _add_records(
+    buffer: shuffle.MapOutputBuffer | output.CsvWriter,
+    mapped: list[list[Any]],
+    failed: Callable[[int, Exception], None],
+) -> None:
+    """``buffer.add_records(mapped)``; each refused record goes to ``failed`` (which raises
+    to stop), and the records after it are added."""
+    first = 0
+    while first < len(mapped):
+        try:
+            buffer.add_records(mapped, first)
+            return
+        except shuffle.RejectedRecord as rejected:
+            failed(rejected.index, rejected.error)
+            first = rejected.index + 1
 
 
 def _arrow_available() -> bool:

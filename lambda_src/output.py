@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterable
 from typing import IO, Any
 
+from lambda_src import shuffle
 from lambda_src import storage as st
 
 WRITE_BUFFER = 1024 * 1024
@@ -82,10 +83,32 @@ class CsvWriter:
         return self
 
     def add(self, pairs: Iterable[tuple[Any, Any]]) -> None:
-        writerow = self._csv.writerow
-        for key, value in pairs:
-            writerow(csv_fields(key, value))
-            self.records += 1
+        rows = pairs if type(pairs) is list else list(pairs)
+        keys = [key for key, _ in rows]
+        values = [value for _, value in rows]
+        if _SCALARS.issuperset(map(type, keys)) and _SCALARS.issuperset(map(type, values)):
+            self._text.write(columns_text([keys, values]))  # no list to spread over columns
+        else:
+            self._csv.writerows([csv_fields(key, value) for key, value in rows])
+        self.records += len(rows)
+        if self._text.tell() >= WRITE_BUFFER:
+            self._drain()
+
+    def add_records(self, records: list[list[Any]], first: int = 0) -> None:
+        """Write the pairs of ``records[first:]``, one record's rows at a time.
+
+        A record holding something other than a (key, value) pair writes nothing:
+        ``shuffle.RejectedRecord`` is raised with its index, after the records before it.
+        """
+        writerows = self._csv.writerows
+        for index in range(first, len(records)):
+            pairs = records[index]
+            try:
+                rows = [csv_fields(key, value) for key, value in pairs]
+            except (TypeError, ValueError) as err:
+                raise shuffle.RejectedRecord(index, shuffle.not_a_pair(pairs) or err) from None
+            writerows(rows)
+            self.records += len(rows)
         if self._text.tell() >= WRITE_BUFFER:
             self._drain()
 
@@ -106,23 +129,32 @@ class CsvWriter:
 _NEEDS_QUOTES = re.compile(r'[,"\r\n]')
 
 
+#: Types that are one CSV field each (a list or tuple is spread over several).
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def columns_to_csv(columns: list[list[Any]]) -> bytes:
     """CSV bytes for result columns, formatted exactly as ``CsvWriter`` formats rows."""
+    return columns_text(columns).encode("utf-8")
+
+
+def columns_text(columns: list[list[Any]]) -> str:
+    """:func:`columns_to_csv`'s text."""
     if not columns or not columns[0]:
-        return b""
+        return ""
     texts = []
     for col in columns:
-        if all(type(v) is str for v in col):
+        kinds = set(map(type, col))
+        if kinds == {str}:
             texts.append(col)
-        elif all(type(v) is float for v in col):
+        elif kinds == {float}:
             texts.append(list(map(repr, col)))
         else:
             texts.append([_field(v) for v in col])
-    if any(_NEEDS_QUOTES.search(v) for col in texts for v in col) or (
-        len(texts) == 1 and "" in texts[0]
-    ):
+    # One search per column: joining texts cannot make a match of one character.
+    if any(_NEEDS_QUOTES.search("".join(col)) for col in texts) or (len(texts) == 1 and "" in texts[0]):
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows(zip(*texts, strict=True))
-        return buf.getvalue().encode("utf-8")
-    lines = texts[0] if len(texts) == 1 else [",".join(row) for row in zip(*texts, strict=True)]
-    return ("\n".join(lines) + "\n").encode("utf-8")
+        return buf.getvalue()
+    lines = texts[0] if len(texts) == 1 else map(",".join, zip(*texts, strict=True))
+    return "\n".join(lines) + "\n"

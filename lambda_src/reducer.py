@@ -9,22 +9,44 @@ next step's mappers read.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from lambda_src import contract, output, shuffle, task
 from lambda_src import storage as st
-from lambda_src.job import Reduce
+from lambda_src.job import Pair, Reduce
 
 READ_CHUNK = 1024 * 1024
 #: Total read-ahead across all the runs one reduce task merges.
 MERGE_BUFFER = 64 * 1024 * 1024
+#: Runs of at most this many bytes in all are read whole and merged by one sort.
+IN_MEMORY_MERGE = 64 * 1024 * 1024
 
 
 def lambda_handler(event: dict, context: Any) -> dict:
-    return task.run(event, context, contract.ReduceTask, _run)
+    in_memory = in_memory_merge_bytes(context)
+
+    def run(ev: task.TaskEvent, token: str) -> dict:
+        with shuffle.bulk_gc():
+            return _run_task(ev, token, in_memory)
+
+    return task.run(event, context, contract.ReduceTask, run)
 
 
-def _run(ev: task.TaskEvent, token: str) -> dict:
+def in_memory_merge_bytes(context: Any) -> int:
+    """The most run bytes merged in memory: :data:`IN_MEMORY_MERGE`, and at most an eighth
+    of the function's memory (held as one bytes object a line, runs take about four times
+    their size)."""
+    try:
+        memory_mb = int(getattr(context, "memory_limit_in_mb", 0))
+    except (TypeError, ValueError):
+        memory_mb = 0
+    if memory_mb <= 0:
+        return IN_MEMORY_MERGE
+    return min(IN_MEMORY_MERGE, memory_mb * 1024 * 1024 // 8)
+
+
+def _run_task(ev: task.TaskEvent, token: str, in_memory: int) -> dict:
     spec = ev.spec
     inputs = [ev.inside_job_dir(uri, "a reduce input") for uri in ev.load_list()]
     job = task.load_job_class(ev.job.ref)(ev.job.params)
@@ -36,50 +58,84 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
         if arrow_runs and job.has_table_shuffle() and len(arrow_runs) == len(inputs):
             result = _run_tables(spec, job, inputs, token)
         else:
-            result = _run_lines(spec, ctx, inputs, token)
+            result = _run_lines(spec, ctx, inputs, input_bytes <= in_memory, token)
     result["stats"].update(inputs=len(inputs), input_bytes=input_bytes)
     return result
 
 
-def _run_lines(spec: contract.ReduceTask, ctx: task.StepContext, inputs, token) -> dict:
-    """The record path: a streamed k-way merge of sorted runs.
+def _run_lines(spec: contract.ReduceTask, ctx: task.StepContext, inputs, in_memory: bool, token) -> dict:
+    """The record path: merge the sorted runs, then group, combine or reduce.
 
     The final round of the last step writes the CSV part file; the final round of an
     earlier step writes the reducer's pairs as a run for the next step's mappers.
     """
-    # Read buffers are bounded in total, whatever the fan-in.
-    chunk = max(64 * 1024, min(READ_CHUNK, MERGE_BUFFER // max(1, len(inputs))))
-    runs = []
-    for uri in inputs:
-        if contract.is_arrow_run(uri):  # a mix of run kinds: read the Arrow ones as lines
-            from lambda_src import arrow_shuffle as ash
-
-            runs.append(ash.as_lines(ash.read_run(uri)))
-        else:
-            runs.append(shuffle.CODEC.iter_lines(st.for_uri(uri).iter_range(uri, chunk_size=chunk)))
-    counter = _Counter(shuffle.merge(runs))
+    lines = _merged_lines(inputs, in_memory)
     step = ctx.step
     part = spec.partition
+    keys = None
+    if spec.final or step.combiner is not None:
+        groups = shuffle.KeyGroups(lines)
     if spec.final and ctx.last:
         uri = spec.part_uri(_final_output(spec))
         with output.CsvWriter(uri) as writer:
-            for key, values in _key_groups(counter):
-                writer.add(step.reducer(key, values))
+            _reduce(groups, step.reducer, writer.add)
         records, size = writer.records, writer.bytes
     elif spec.final:
         uri = spec.run_uri(token, "pairs")
-        records, size = output.write_lines(uri, _encoded_pairs(_key_groups(counter), step.reducer))
+        records, size = output.write_lines(uri, _encoded_pairs(groups, step.reducer))
     else:
         uri = spec.run_uri(token, "run")
-        lines = counter
         if step.combiner is not None:
-            lines = shuffle.combine_stream(counter, step.combiner, f"reduce round {spec.round}, partition {part}")
+            lines = shuffle.combine_stream(groups, step.combiner, f"reduce round {spec.round}, partition {part}")
         records, size = output.write_lines(uri, lines)
-    return {
-        "outputs": [{"partition": part, "uri": uri, "records": records, "bytes": size}],
-        "stats": {"input_records": counter.records, "keys": counter.keys, "output_records": records,
-                  "output_bytes": size, "mode": "record"},
-    }
+    if spec.final or step.combiner is not None:
+        input_records, keys = groups.records, groups.keys
+    else:
+        input_records = records  # the merged lines, written as they are
+    stats = {"input_records": input_records, "output_records": records, "output_bytes": size, "mode": "record"}
+    if keys is not None:
+        stats["keys"] = keys
+    return {"outputs": [{"partition": part, "uri": uri, "records": records, "bytes": size}], "stats": stats}
+
+
+def _merged_lines(inputs: list[str], in_memory: bool) -> Iterable[bytes]:
+    """The lines of the sorted runs, in order: ``in_memory``, read whole and sorted at once
+    (the sort finds the runs and merges them, in C), else a streamed k-way merge with
+    bounded read buffers."""
+    if in_memory:
+        lines: list[bytes] = []
+        for uri in inputs:
+            if contract.is_arrow_run(uri):  # a mix of run kinds: read the Arrow ones as lines
+                lines += _arrow_lines(uri)
+            else:
+                lines += st.for_uri(uri).read_bytes(uri).splitlines(keepends=True)
+        lines.sort()
+        return lines
+    # Read buffers are bounded in total, whatever the fan-in.
+    chunk = max(64 * 1024, min(READ_CHUNK, MERGE_BUFFER // max(1, len(inputs))))
+    runs = [
+        _arrow_lines(uri) if contract.is_arrow_run(uri)
+        else shuffle.CODEC.iter_lines(st.for_uri(uri).iter_range(uri, chunk_size=chunk))
+        for uri in inputs
+    ]
+    return shuffle.merge(runs)
+
+
+def _arrow_lines(uri: str) -> Iterator[bytes]:
+    from lambda_src import arrow_shuffle as ash
+
+    return ash.as_lines(ash.read_run(uri))
+
+
+def _reduce(groups: shuffle.KeyGroups, reducer: Reduce, add: Callable[[list[Pair]], None]) -> None:
+    """The reducer on each key's values; its pairs go to ``add`` a batch at a time."""
+    pairs: list[Pair] = []
+    for _, key, values in groups:
+        pairs += reducer(key, values)
+        if len(pairs) >= shuffle.GROUP_BATCH:
+            add(pairs)
+            pairs = []
+    add(pairs)
 
 
 def _run_tables(spec: contract.ReduceTask, job, inputs, token) -> dict:
@@ -106,18 +162,10 @@ def _run_tables(spec: contract.ReduceTask, job, inputs, token) -> dict:
     }
 
 
-def _key_groups(counter: _Counter):
-    """(key, lazy values) for each key of a merged stream, counting the keys."""
-    decode, value_of = shuffle.CODEC.decode, shuffle.CODEC.value_of
-    for key_bytes, lines in shuffle.groups(counter):
-        counter.keys += 1
-        yield decode(key_bytes), (value_of(line) for line in lines)
-
-
-def _encoded_pairs(groups, reducer: Reduce):
+def _encoded_pairs(groups: shuffle.KeyGroups, reducer: Reduce) -> Iterator[bytes]:
     """The reducer's pairs, encoded as intermediate lines (what the next step reads)."""
     codec = shuffle.CODEC
-    for key, values in groups:
+    for _, key, values in groups:
         for out_key, out_value in reducer(key, values):
             yield codec.line(codec.encode_key(out_key), codec.encode_value(out_value))
 
@@ -126,20 +174,3 @@ def _final_output(spec: contract.ReduceTask) -> str:
     if spec.output is None:
         raise task.EventError("a final reduce task needs the event field 'output'")
     return spec.output
-
-
-class _Counter:
-    """Counts the lines that flow through it."""
-
-    def __init__(self, lines) -> None:
-        self._lines = iter(lines)
-        self.records = 0
-        self.keys = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> bytes:
-        line = next(self._lines)
-        self.records += 1
-        return line

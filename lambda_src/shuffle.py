@@ -16,6 +16,8 @@ partitioner and the run names, for the record shuffle here and the Arrow one ali
 from __future__ import annotations
 
 import collections
+import contextlib
+import gc
 import heapq
 import itertools
 import json
@@ -42,11 +44,18 @@ def _make_encode() -> Any:
     iterencode = make(None, _encoder.default, json.encoder.encode_basestring, None, ":", ",",
                       True, False, True)
     encode_str = json.encoder.encode_basestring
+    float_repr, int_repr = float.__repr__, int.__repr__
     join = "".join
 
     def encode(obj: Any) -> str:
-        if type(obj) is str:
+        kind = type(obj)
+        if kind is str:
             return encode_str(obj)
+        # The C encoder writes a finite float as float.__repr__ and an int as int.__repr__.
+        if kind is float and obj - obj == 0.0:  # not NaN or an infinity
+            return float_repr(obj)
+        if kind is int:
+            return int_repr(obj)
         return join(iterencode(obj, 0))
 
     return encode
@@ -174,38 +183,179 @@ def merge(runs: list[Iterable[bytes]]) -> Iterator[bytes]:
     return heapq.merge(*runs)
 
 
-def groups(lines: Iterable[bytes]) -> Iterator[tuple[bytes, Iterator[bytes]]]:
-    """(encoded key, its lines) for each key of a sorted stream, lazily."""
-    yield from itertools.groupby(lines, CODEC.key_of)
+#: Values decoded together: one call of the JSON decoder for a batch of lines.
+GROUP_BATCH = 4096
 
 
-def combine_stream(
-    lines: Iterable[bytes], combiner: Reduce, where: str
-) -> Iterator[bytes]:
+def decode_all(items: list[bytes], what: str) -> list[Any]:
+    """Decode encoded values (each optionally followed by its newline) in one decoder call.
+
+    Each item is wrapped in its own brackets, so an item that is not one JSON value changes
+    the count or the shape of what comes back; then each one is decoded alone, to name it.
+    """
+    if not items:
+        return []
+    try:
+        wrapped = json.loads(b"[[" + b"],[".join(items) + b"]]")
+        if len(wrapped) == len(items):
+            return [value for (value,) in wrapped]
+    except ValueError:
+        pass
+    for n, item in enumerate(items, 1):
+        try:
+            CODEC.decode(item)
+        except ValueError as err:
+            raise ValueError(f"{what} {n} of a batch of {len(items)}: {err}") from None
+    raise ValueError(f"a batch of {len(items)} {what}s does not decode item by item")
+
+
+class KeyGroups:
+    """``(encoded key, key, values)`` for each key of a sorted stream of lines, in order.
+
+    Lines are grouped by their key bytes and decoded in batches (:func:`decode_all`); a key
+    with more than ``batch`` values has the rest of them streamed, decoded one by one, so a
+    hot key never has to fit in memory. Counts the lines (``records``) and keys seen.
+    """
+
+    def __init__(self, lines: Iterable[bytes], batch: int = GROUP_BATCH) -> None:
+        self.lines = lines
+        self.batch = batch
+        self.records = 0
+        self.keys = 0
+
+    def __iter__(self) -> Iterator[tuple[bytes, Any, Iterator[Any]]]:
+        batch = self.batch
+        lines = iter(self.lines)
+        keys: list[bytes] = []  # the batch's encoded keys
+        starts: list[int] = []  # where each key's values start in ``values``
+        values: list[bytes] = []  # encoded values
+        prev = None
+        while True:
+            hot = None
+            for line in lines:
+                key, _, value = line.partition(b"\t")
+                if key != prev:
+                    if len(values) >= batch:
+                        yield from self._decoded(keys, starts, values)
+                        keys, starts, values = [], [], []
+                    keys.append(key)
+                    starts.append(len(values))
+                    prev = key
+                elif len(values) - starts[-1] >= batch:
+                    values.append(value)
+                    hot = key
+                    break
+                values.append(value)
+            if hot is None:
+                yield from self._decoded(keys, starts, values)
+                return
+            # A hot key: the keys before it go as a batch, its values are streamed.
+            first = starts.pop()
+            keys.pop()
+            held = values[first:]
+            del values[first:]
+            yield from self._decoded(keys, starts, values)
+            keys, starts, values = [], [], []
+            tail = _KeyTail(lines, hot)
+            self.records += len(held)
+            self.keys += 1
+            yield hot, CODEC.decode(hot), itertools.chain(decode_all(held, "value"), tail)
+            for _ in tail:  # what the function left unread
+                pass
+            self.records += tail.count
+            if tail.next_line is None:
+                return
+            lines = itertools.chain((tail.next_line,), lines)
+
+    def _decoded(
+        self, keys: list[bytes], starts: list[int], values: list[bytes]
+    ) -> Iterator[tuple[bytes, Any, Iterator[Any]]]:
+        if not keys:
+            return
+        self.records += len(values)
+        self.keys += len(keys)
+        decoded = decode_all(values, "value")
+        ends = starts[1:]
+        ends.append(len(values))
+        for key_bytes, key, start, end in zip(keys, decode_all(keys, "key"), starts, ends, strict=True):
+            yield key_bytes, key, iter(decoded[start:end])
+
+
+class _KeyTail:
+    """The rest of one key's values from a sorted stream, decoded one by one; the first line
+    of the next key is kept in ``next_line``."""
+
+    def __init__(self, lines: Iterator[bytes], key: bytes) -> None:
+        self.lines = lines
+        self.key = key
+        self.next_line: bytes | None = None
+        self.count = 0
+        self.done = False
+
+    def __iter__(self) -> _KeyTail:
+        return self
+
+    def __next__(self) -> Any:
+        if self.done:
+            raise StopIteration
+        for line in self.lines:
+            key, _, value = line.partition(b"\t")
+            if key != self.key:
+                self.next_line = line
+                break
+            self.count += 1
+            return CODEC.decode(value)
+        self.done = True
+        raise StopIteration
+
+
+def combine_stream(groups: KeyGroups, combiner: Reduce, where: str) -> Iterator[bytes]:
     """Apply a combiner to every key group of a sorted stream; output stays sorted."""
-    decode, value_of, encode_key, encode_value = CODEC.decode, CODEC.value_of, CODEC.encode_key, CODEC.encode_value
-    for key_bytes, grp in groups(lines):
-        key = decode(key_bytes)
-        values = (value_of(line) for line in grp)
+    encode_key, encode_value = CODEC.encode_key, CODEC.encode_value
+    for key_bytes, key, values in groups:
+        prefix = key_bytes + b"\t"
         for out_key, out_value in combiner(key, values):
-            out_key_bytes = encode_key(out_key)
-            if out_key_bytes != key_bytes:
-                raise CombinerKeyError(
-                    f"the combiner changed key {key_bytes.decode()} into "
-                    f"{out_key_bytes.decode()} ({where}); a combiner must emit the key it is "
-                    f"given, because it may run in any round"
-                )
-            yield CODEC.line(key_bytes, encode_value(out_value))
+            if out_key is not key:
+                out_key_bytes = encode_key(out_key)
+                if out_key_bytes != key_bytes:
+                    raise CombinerKeyError(
+                        f"the combiner changed key {key_bytes.decode()} into "
+                        f"{out_key_bytes.decode()} ({where}); a combiner must emit the key it is "
+                        f"given, because it may run in any round"
+                    )
+            yield prefix + encode_value(out_value) + b"\n"
+
+
+class RejectedRecord(Exception):
+    """A record's pairs were refused (none of them was added): ``error`` says why.
+
+    ``index`` is the record's position in the list given to ``add_records``; the records
+    before it were added, the ones after it were not looked at.
+    """
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
+def not_a_pair(pairs: list[Any]) -> ValueError | None:
+    """The error for the first item of a record's ``pairs`` that is not a (key, value) pair."""
+    bad = next((p for p in pairs if not (isinstance(p, tuple | list) and len(p) == 2)), None)
+    if bad is None:
+        return None
+    return ValueError(f"the mapper emitted {bad!r}, not a (key, value) pair")
 
 
 class MapOutputBuffer:
-    """Collects a mapper's pairs, combines them, and spills sorted runs when large.
+    """Collects a mapper's pairs grouped by key, combines them, and spills sorted runs.
 
-    With a combiner, pairs are grouped by key in memory and combined; without one they are
-    only collected (the sort groups them). When ``flush_values`` values are held they become
-    sorted, encoded runs, one per partition. Runs stay in memory until they pass
-    ``spill_bytes``, then go to temporary files, so a mapper's memory stays bounded whatever
-    its output size.
+    Pairs are held in a hash table by key (the key's canonical encoding decides identity).
+    With a combiner, each key's values are combined in place when ``flush_values`` values
+    are held, so only combined pairs are ever encoded, partitioned and sorted; when still
+    half that many are held, or without a combiner, they become sorted, encoded runs, one
+    per partition. Runs stay in memory until they pass ``spill_bytes``, then go to
+    temporary files, so a mapper's memory stays bounded whatever its output size.
     """
 
     def __init__(
@@ -221,8 +371,8 @@ class MapOutputBuffer:
         self.flush_values = flush_values
         self.spill_bytes = spill_bytes
         self.spill_dir = spill_dir
+        #: key (str or int as itself, any other key as its _Encoded form) -> values
         self.groups: collections.defaultdict[Any, list[Any]] = collections.defaultdict(list)
-        self.pairs: list[tuple[Any, Any]] = []  # without a combiner: the pairs as they come
         self.held = 0
         self.records_in = 0
         # runs[p] is a list of runs: bytes in memory or an open temporary file
@@ -231,87 +381,102 @@ class MapOutputBuffer:
         self.spills = 0
 
     def add(self, pairs: Iterable[tuple[Any, Any]]) -> None:
-        if type(pairs) is not list:
-            pairs = list(pairs)
-        # The shape is checked before anything is added: a bad pair is blamed on the record
-        # that made it, and a skipped record adds none of its pairs.
+        """Add one record's pairs: all of them, or none (the refusal is raised)."""
         try:
-            for _key, _value in pairs:
-                pass
-        except (TypeError, ValueError):
-            bad = next(p for p in pairs if not (isinstance(p, tuple | list) and len(p) == 2))
-            raise ValueError(f"the mapper emitted {bad!r}, not a (key, value) pair") from None
-        if self.combiner is None:
-            self.pairs += pairs
-            count = len(pairs)
-            self.records_in += count
-            self.held += count
-            if self.held >= self.flush_values:
-                self._write_runs()
-            return
-        groups = self.groups
-        for key, value in pairs:
-            # str and int keys are equal in Python exactly when their encodings are; any
-            # other key (1.0, True, -0.0, a dict or list) is held by its canonical encoding.
-            if type(key) not in _PLAIN_KEYS:
-                key = _Encoded(CODEC.encode_key(key))
-            groups[key].append(value)
-        count = len(pairs)
-        self.records_in += count
-        self.held += count
-        if self.held >= self.flush_values:
-            self._compact()
+            self.add_records([list(pairs)])
+        except RejectedRecord as rejected:
+            raise rejected.error from None
 
-    def _compact(self) -> None:
-        """Combine in place; when still too many values are held, write runs."""
-        if self.combiner is not None:
-            self._combine_groups()
-        if self.held >= self.flush_values // 2:
-            self._write_runs()
+    def add_records(self, records: list[list[Any]], first: int = 0) -> None:
+        """Add the pairs of ``records[first:]``, each a list of one record's pairs.
+
+        A record holding something other than a (key, value) pair, or a key that is not a
+        JSON value, is refused whole: :class:`RejectedRecord` is raised with its index,
+        after the records before it were added.
+        """
+        groups = self.groups
+        pairs: list[Any] = []
+        try:
+            for pairs in itertools.islice(records, first, None):
+                for key, value in pairs:
+                    # str and int keys are equal in Python exactly when their encodings are;
+                    # any other key (1.0, True, -0.0, a dict or list) is held by its encoding.
+                    if type(key) in _PLAIN_KEYS:
+                        groups[key].append(value)
+                    else:
+                        groups[_Encoded(CODEC.encode_key(key))].append(value)
+        except (TypeError, ValueError) as err:
+            index = next(i for i in range(first, len(records)) if records[i] is pairs)
+            added = sum(map(len, itertools.islice(records, first, index)))
+            self._take_back(pairs)
+            self._count(added)
+            raise RejectedRecord(index, not_a_pair(pairs) or err) from None
+        self._count(sum(map(len, itertools.islice(records, first, None))))
+
+    def _take_back(self, pairs: list[Any]) -> None:
+        """Remove what a refused record added before its bad pair: the same steps, undone."""
+        groups = self.groups
+        for pair in pairs:
+            try:
+                key, _ = pair
+                group = key if type(key) in _PLAIN_KEYS else _Encoded(CODEC.encode_key(key))
+            except (TypeError, ValueError):
+                return
+            values = groups[group]
+            values.pop()
+            if not values:
+                del groups[group]
+
+    def _count(self, added: int) -> None:
+        self.records_in += added
+        self.held += added
+        if self.held >= self.flush_values:
+            if self.combiner is not None:
+                self._combine_groups()
+            if self.held >= self.flush_values // 2:
+                self._write_runs()
 
     def _combine_groups(self) -> None:
-        combined: collections.defaultdict[Any, list[Any]] = collections.defaultdict(list)
+        """Replace each key's values by the combiner's output for them (only where it can
+        change anything: a key with a single value keeps it)."""
+        combiner = self.combiner
+        emptied = []
         held = 0
         for key, values in self.groups.items():
             if len(values) == 1:
-                combined[key] = values
                 held += 1
                 continue
-            if isinstance(key, _Encoded):
-                real_key, key_bytes = key.value, key.encoded
-            else:
-                real_key, key_bytes = key, None
+            real_key = key.value if type(key) is _Encoded else key
             out = []
-            for out_key, out_value in self.combiner(real_key, iter(values)):
-                if not (type(out_key) is type(real_key) and type(out_key) in _PLAIN_KEYS
-                        and out_key == real_key):
-                    key_bytes = key_bytes or CODEC.encode_key(real_key)
+            for out_key, out_value in combiner(real_key, iter(values)):
+                if out_key is not real_key and not (
+                    type(out_key) is type(real_key) and type(out_key) in _PLAIN_KEYS and out_key == real_key
+                ):
+                    key_bytes = key.encoded if type(key) is _Encoded else CODEC.encode_key(real_key)
                     if CODEC.encode_key(out_key) != key_bytes:
                         raise CombinerKeyError(
                             f"the combiner changed key {key_bytes.decode()} into "
                             f"{CODEC.encode_key(out_key).decode()}; a combiner must emit the key it is given"
                         )
                 out.append(out_value)
-            combined[key] = out
+            values[:] = out
             held += len(out)
-        self.groups = combined
+            if not out:
+                emptied.append(key)
+        for key in emptied:
+            del self.groups[key]
         self.held = held
 
     def _write_runs(self) -> None:
         parts: list[list[bytes]] = [[] for _ in range(self.partitions)]
         encode_key, encode_value, partition_of = CODEC.encode_key, CODEC.encode_value, CODEC.partition_of
-        for pair in self.pairs:
-            try:
-                key, value = pair
-            except (TypeError, ValueError):
-                raise EncodeError(f"the mapper emitted {pair!r}, not a (key, value) pair") from None
-            kb = encode_key(key)
-            parts[partition_of(kb, self.partitions)].append(kb + b"\t" + encode_value(value) + b"\n")
-        self.pairs = []
+        partitions = self.partitions
+        target = parts[0]
         for key, values in self.groups.items():
-            kb = key.encoded if isinstance(key, _Encoded) else encode_key(key)
+            kb = key.encoded if type(key) is _Encoded else encode_key(key)
             prefix = kb + b"\t"
-            target = parts[partition_of(kb, self.partitions)]
+            if partitions > 1:
+                target = parts[partition_of(kb, partitions)]
             for value in values:
                 target.append(prefix + encode_value(value) + b"\n")
         self.groups = collections.defaultdict(list)
@@ -343,11 +508,11 @@ class MapOutputBuffer:
 
         A partition that fits one in-memory run comes back as that run's bytes.
         """
-        if self.groups or self.pairs:
+        if self.groups:
             if self.combiner is not None:
                 self._combine_groups()
             self._write_runs()
-        out: list[Iterator[bytes] | None] = []
+        out: list[bytes | Iterator[bytes] | None] = []
         for p, runs in enumerate(self.runs):
             if not runs:
                 out.append(None)
@@ -358,7 +523,7 @@ class MapOutputBuffer:
             streams = [_run_lines(run) for run in runs]
             merged = merge(streams)
             if self.combiner is not None and len(runs) > 1:
-                merged = combine_stream(merged, self.combiner, f"map output partition {p}")
+                merged = combine_stream(KeyGroups(merged), self.combiner, f"map output partition {p}")
             out.append(merged)
         return out
 
@@ -373,17 +538,20 @@ class MapOutputBuffer:
 class _Encoded:
     """A key held by its canonical encoding (its decoded value is what a combiner sees)."""
 
-    __slots__ = ("encoded", "value")
+    __slots__ = ("encoded",)
 
     def __init__(self, encoded: bytes) -> None:
         self.encoded = encoded
-        self.value = CODEC.decode(encoded)
+
+    @property
+    def value(self) -> Any:
+        return CODEC.decode(self.encoded)
 
     def __hash__(self) -> int:
         return hash(self.encoded)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Encoded) and other.encoded == self.encoded
+        return type(other) is _Encoded and other.encoded == self.encoded
 
 
 def _run_lines(run: bytes | IO[bytes]) -> Iterator[bytes]:
@@ -391,6 +559,24 @@ def _run_lines(run: bytes | IO[bytes]) -> Iterator[bytes]:
         return iter(run.splitlines(keepends=True))
     run.seek(0)
     return CODEC.iter_lines(iter(lambda: run.read(1024 * 1024), b""))
+
+
+#: Collector thresholds while a task holds its data: a young collection every 200,000
+#: allocations rather than 700, and almost never a full one. With the default ones, the
+#: collector rescans the task's growing tables of live keys and values over and over: a
+#: third of a record-mode map task's time. Cycles of garbage are still collected.
+BULK_GC_THRESHOLDS = (200_000, 20, 1000)
+
+
+@contextlib.contextmanager
+def bulk_gc() -> Iterator[None]:
+    """Run the body with :data:`BULK_GC_THRESHOLDS`, then restore the collector's."""
+    before = gc.get_threshold()
+    gc.set_threshold(*BULK_GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 def spill_dir() -> str | None:

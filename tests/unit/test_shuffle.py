@@ -78,22 +78,36 @@ def test_unencodable_values_are_refused_clearly():
         shuffle.CODEC.encode_value({1, 2})
 
 
-def test_sorting_lines_groups_each_key_together():
+@pytest.mark.parametrize("batch", [1, 3, 64, 4096])
+def test_sorting_lines_groups_each_key_together(batch):
+    """Every line lands in its key's group once, in order, decoded; whatever the batch size
+    (a key with more values than a batch has the rest streamed)."""
     rng = random.Random(3)
-    keys = ["a", "ab", "a\tb", "b", 1, 10, 2, -1, [1], [1, 2], "", None, True]
+    keys = ["a", "ab", "a\tb", "b", 1, 10, 2, -1, [1], [1, 2], "", None, True, 1.0]
     lines = [_line(rng.choice(keys), rng.randint(0, 9)) for _ in range(500)]
+    lines += [_line("hot", n) for n in range(50)]
     lines.sort()
+    groups = shuffle.KeyGroups(lines, batch=batch)
     seen = []
     grouped = []
-    for key_bytes, grp in shuffle.groups(lines):
+    for key_bytes, key, values in groups:
         assert key_bytes not in seen, "a key appeared in two groups"
         seen.append(key_bytes)
-        members = list(grp)
+        assert shuffle.CODEC.encode_key(key) == key_bytes
+        members = [_line(key, v) for v in values]
         assert members, f"an empty group for key {key_bytes!r}"
-        assert all(shuffle.CODEC.key_of(line) == key_bytes for line in members)
         grouped.extend(members)
     assert grouped == lines, "every line lands in its key's group, once and in order"
     assert sorted(seen) == sorted({shuffle.CODEC.key_of(line) for line in lines})
+    assert (groups.records, groups.keys) == (len(lines), len(seen))
+
+
+def test_a_group_left_half_read_does_not_leak_into_the_next():
+    lines = sorted([_line("a", n) for n in range(10)] + [_line("b", n) for n in range(3)])
+    got = []
+    for _, key, values in shuffle.KeyGroups(lines, batch=2):
+        got.append((key, next(values)))
+    assert got == [("a", 0), ("b", 0)]
 
 
 def test_merge_of_sorted_runs_is_sorted():
