@@ -38,7 +38,7 @@ log = logging.getLogger("lambdamr")
 SIDE = "side"
 PREFIX = ("l.", "r.")
 KEY = ("key.l", "key.r")
-#: The broadcast side of the last join this process ran: (identity, table).
+#: The broadcast side of the last join this process ran: its identity, and what read_side gave.
 _broadcast_cache: dict[str, Any] = {}
 
 
@@ -52,7 +52,7 @@ def _key_kind(t: pa.DataType) -> str:
         return "boolean"
     if pa.types.is_null(t):
         return "null"
-    raise TypeError(f"a join key must be text, an integer or a boolean, not {t}")
+    raise task.TaskJobError(f"a join key must be text, an integer or a boolean, not {t}")
 
 
 def _normal_keys(table: pa.Table, kind: str) -> pa.Table:
@@ -71,8 +71,8 @@ def join_tables(left: pa.Table, right: pa.Table) -> pa.Table:
     others = [c for c in left.column_names[1:]], [c for c in right.column_names[1:]]
     clash = set(others[0]) & set(others[1])
     if clash:
-        raise ValueError(f"both sides of the join have the columns {sorted(clash)}; rename one side's "
-                         f"in its select")
+        raise task.TaskJobError(f"both sides of the join have the columns {sorted(clash)}; rename one side's "
+                                f"in its select")
     kinds = {_key_kind(left.schema.field("key").type), _key_kind(right.schema.field("key").type)} - {"null"}
     columns = ["key", *others[0], *others[1]]
     if len(kinds) > 1:  # 1 and "1" differ as keys: nothing matches, except null with null
@@ -93,21 +93,16 @@ def join_tables(left: pa.Table, right: pa.Table) -> pa.Table:
 
 def _null_matches(left: pa.Table, right: pa.Table, columns: list[str]) -> pa.Table:
     """Every pair of a left and a right row whose keys are both null (the codec's ``null``)."""
-    ln = left.filter(pc.is_null(left.column("key")))
-    rn = right.filter(pc.is_null(right.column("key")))
     one = "__lambdamr_one"
-    lt = ln.drop_columns(["key"]).append_column(one, pa.array([1] * ln.num_rows, pa.int8()))
-    rt = rn.drop_columns(["key"]).append_column(one, pa.array([1] * rn.num_rows, pa.int8()))
-    if ln.num_rows and rn.num_rows:
-        crossed = lt.join(rt, one, join_type="inner", use_threads=False)
-    else:  # an empty product, with the columns' types (an all-null key column has none)
-        crossed = pa.table({c: pa.array([], lt.schema.field(c).type if c in lt.column_names else
-                                        rt.schema.field(c).type) for c in [*lt.column_names, *rt.column_names]
-                            if c != one})
-        crossed = crossed.append_column(one, pa.array([], pa.int8()))
-    key = pa.nulls(crossed.num_rows, left.schema.field("key").type if not pa.types.is_null(
-        left.schema.field("key").type) else right.schema.field("key").type)
-    return crossed.drop_columns([one]).add_column(0, "key", key).select(columns)
+    crossed = []
+    for table in (left, right):
+        nulls = table.filter(pc.is_null(table.column("key")))
+        crossed.append(nulls.drop_columns(["key"]).append_column(one, pa.array([1] * nulls.num_rows, pa.int8())))
+    product = crossed[0].join(crossed[1], one, join_type="inner", use_threads=False).drop_columns([one])
+    key_type = left.schema.field("key").type
+    if pa.types.is_null(key_type):  # a side without rows in the partition has no key type
+        key_type = right.schema.field("key").type
+    return product.add_column(0, "key", pa.nulls(product.num_rows, key_type)).select(columns)
 
 
 def pair_lines(table: pa.Table) -> list[bytes]:
@@ -116,9 +111,6 @@ def pair_lines(table: pa.Table) -> list[bytes]:
     The value is the ``value`` column's when that is the only other column, else the list of
     the other columns' values.
     """
-    if "key" not in table.column_names or table.num_columns < 2:
-        raise TypeError(f"emit must return a pyarrow.Table with a 'key' column and value columns, "
-                        f"got columns {table.column_names}")
     codec = shuffle.CODEC
     encode_key, encode_value, line = codec.encode_key, codec.encode_value, codec.line
     keys = table.column("key").to_pylist()
@@ -136,7 +128,9 @@ def emit_pairs(join: Join, joined: pa.Table) -> pa.Table | None:
         return None
     result = join.emit(joined)
     if not isinstance(result, pa.Table) or "key" not in result.column_names or result.num_columns < 2:
-        raise TypeError("the join's emit must return a pyarrow.Table with a 'key' column and value columns")
+        got = result.column_names if isinstance(result, pa.Table) else type(result).__name__
+        raise task.TaskJobError(f"the join's emit must return a pyarrow.Table with a 'key' column and value "
+                                f"columns, got {got}")
     return result.select(["key", *(c for c in result.column_names if c != "key")])
 
 
