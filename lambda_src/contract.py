@@ -302,6 +302,9 @@ class JobConfig:
     max_bad_records: int = 0
     vectorized: bool = True
     max_line_bytes: int = 1024 * 1024
+    #: A Join step's strategy, chosen by the planner: the input broadcast to every map
+    #: task, or None for a partitioned join (and for a job without a Join).
+    broadcast: str | None = None
 
     @classmethod
     def from_event(cls, data: object) -> JobConfig:
@@ -315,6 +318,7 @@ class JobConfig:
                 max_bad_records=int(data.get("max_bad_records", 0)),
                 vectorized=bool(data.get("vectorized", True)),
                 max_line_bytes=int(data.get("max_line_bytes", 1024 * 1024)),
+                broadcast=data.get("broadcast"),
             )
         except KeyError as err:
             raise EventError(f"event field 'job' lacks {err}") from None
@@ -324,6 +328,8 @@ class JobConfig:
             raise EventError(f"partitions must be between 1 and 100000, got {cfg.partitions}")
         if cfg.max_bad_records < 0:
             raise EventError(f"max_bad_records must be >= 0, got {cfg.max_bad_records}")
+        if cfg.broadcast is not None and (not isinstance(cfg.broadcast, str) or not cfg.broadcast):
+            raise EventError(f"broadcast must name an input, got {cfg.broadcast!r}")
         return cfg
 
     def to_event(self) -> dict:
@@ -334,6 +340,7 @@ class JobConfig:
             "max_bad_records": self.max_bad_records,
             "vectorized": self.vectorized,
             "max_line_bytes": self.max_line_bytes,
+            **({"broadcast": self.broadcast} if self.broadcast is not None else {}),
         }
 
 

@@ -50,12 +50,36 @@ without a mapper passes the pairs through). Only the last step's reducer output 
 the job's CSV result; the pairs between steps stay in the compact intermediate encoding.
 A step may set ``partitions`` (for example 1 for a global top-N). The vectorized methods
 apply to single-step jobs.
+
+The first step of a job over two named inputs may instead be a ``Join``: an inner
+equi-join in Arrow (it needs pyarrow). Each side is a ``TableInput``: the input's
+delimited text columns, the join column, and an optional ``select(table)`` that filters
+and projects the side's rows before the join. ``emit(table)`` turns joined rows (the
+column ``key``, then the left side's other columns, then the right side's) into a table
+with a ``key`` column and value columns: each of its rows is a (key, value) pair for the
+next step, the value being the ``value`` column's, or the list of the value columns'.
+``emit`` may be called on any subset of the joined rows (like a combiner), so what it
+aggregates the next step must combine again. A Join is returned by ``table_steps()``, the
+vectorized variant of ``steps()`` (same number of steps), which the job uses when it runs
+vectorized; ``steps()`` stays the record-mode reference.
+
+.. code-block:: python
+
+    Join(left=TableInput("visits", VISIT_COLUMNS, key="destURL", select=self.in_window),
+         right=TableInput("pages", PAGE_COLUMNS, key="pageURL", types={"pageRank": "int64"}),
+         emit=self.revenue_by_ip)
+
+The planner picks how the join runs from the input sizes: a broadcast hash join (every
+map task over the larger input reads the whole smaller one, cached per warm worker) when
+the smaller input fits the function's memory, else a partitioned join (both sides
+shuffled on the join key). The result is the same either way.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -95,6 +119,87 @@ class Step:
         return self.mapper(key, value)
 
 
+@dataclass(frozen=True)
+class TableInput:
+    """One side of a ``Join``: a named input's delimited text read as a ``pyarrow.Table``.
+
+    ``columns`` name the fields of a line, ``key`` is the join column, ``include`` the
+    columns to keep (default: all), ``types`` pyarrow type names by column (default
+    ``"string"``). ``select(table)`` (optional) filters and projects the rows; it must keep
+    the ``key`` column.
+    """
+
+    name: str
+    columns: tuple[str, ...]
+    key: str
+    include: tuple[str, ...] | None = None
+    types: Mapping[str, str] = field(default_factory=dict)
+    delimiter: str = ","
+    select: Callable[[Any], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.key not in (self.include or self.columns):
+            raise ValueError(f"join input {self.name!r}: the key column {self.key!r} is not read "
+                             f"(columns {list(self.include or self.columns)})")
+
+    def parse_line(self, line: str) -> list[Any] | None:
+        """The record path's reading of one line: the included columns, converted as Python
+        converts them (``int``, ``float``), or None for an empty line; ``BadRecord`` when
+        the line does not parse. Used for splits the vectorized reader gives up on."""
+        if not line:
+            return None
+        cols = split_columns(line, self.columns, self.delimiter)
+        return [parse_value(cols[i], name, self.types.get(name, "string")) for i, name in self._included]
+
+    @functools.cached_property
+    def _included(self) -> tuple[tuple[int, str], ...]:
+        return tuple((self.columns.index(name), name) for name in (self.include or self.columns))
+
+    # The names the text reader looks for (a job's table_* attributes).
+    @property
+    def table_columns(self) -> tuple[str, ...]:
+        return self.columns
+
+    @property
+    def table_include(self) -> tuple[str, ...] | None:
+        return self.include
+
+    @property
+    def table_types(self) -> Mapping[str, str]:
+        return self.types
+
+    @property
+    def table_delimiter(self) -> str:
+        return self.delimiter
+
+
+@dataclass(frozen=True)
+class Join:
+    """A first step that joins two named inputs in Arrow; see the module docstring."""
+
+    left: TableInput
+    right: TableInput
+    emit: Callable[[Any], Any]
+    partitions: int | None = None
+
+    #: A join has no record-mode functions; these keep the Step interface.
+    reducer = None
+    combiner = None
+
+    def __post_init__(self) -> None:
+        if self.left.name == self.right.name:
+            raise ValueError(f"a join needs two different inputs, got {self.left.name!r} twice")
+        if self.partitions is not None and not 1 <= self.partitions <= 100_000:
+            raise ValueError(f"a step's partitions must be between 1 and 100000, got {self.partitions}")
+
+    def side(self, name: str | None) -> TableInput:
+        """The side reading input ``name``."""
+        for side in (self.left, self.right):
+            if side.name == name:
+                return side
+        raise ValueError(f"the join reads inputs {self.left.name!r} and {self.right.name!r}, not {name!r}")
+
+
 class BadRecord(ValueError):
     """Raised by a mapper for an input record it cannot parse.
 
@@ -102,6 +207,30 @@ class BadRecord(ValueError):
     allows some bad records (``--max-bad-records``), in which case the record is skipped
     and counted.
     """
+
+
+def split_columns(line: str, columns: tuple[str, ...], delimiter: str = ",") -> list[str]:
+    """A delimited line's fields; ``BadRecord`` unless there is one per column."""
+    cols = line.split(delimiter)
+    if len(cols) != len(columns):
+        kind = "comma-separated" if delimiter == "," else f"{delimiter!r}-separated"
+        raise BadRecord(f"expected {len(columns)} {kind} columns, found {len(cols)}")
+    return cols
+
+
+def parse_value(text: str, column: str, type_name: str) -> Any:
+    """A field as the pyarrow type named ``type_name`` reads it, converted by Python."""
+    if type_name.startswith(("float", "double", "halffloat")):
+        try:
+            return float(text)
+        except ValueError:
+            raise BadRecord(f"column {column} is not a number: {text!r}") from None
+    if type_name.startswith(("int", "uint")):
+        try:
+            return int(text)
+        except ValueError:
+            raise BadRecord(f"column {column} is not an integer: {text!r}") from None
+    return text
 
 
 class MapReduceJob:
@@ -186,13 +315,30 @@ class MapReduceJob:
             return declared.get(input_name)
         return declared
 
-    def checked_steps(self) -> list[Step]:
-        """``steps()``, checked: a clear error for a malformed multi-step definition."""
+    def table_steps(self) -> list[Step | Join]:
+        """The vectorized variant of ``steps()`` (its first step may be a ``Join``), used
+        when the job runs vectorized; ``steps()`` stays the reference. Same number of steps."""
+        raise NotImplementedError
+
+    def checked_steps(self, vectorized: bool = False) -> list[Step | Join]:
+        """``steps()`` (``table_steps()`` when ``vectorized`` and defined), checked: a clear
+        error for a malformed multi-step definition."""
         name = type(self).__name__
         steps = self.steps()
+        if vectorized and self._defines("table_steps"):
+            reference = len(steps)
+            steps = self.table_steps()
+            if isinstance(steps, list | tuple) and len(steps) != reference:
+                raise TypeError(f"{name}.table_steps() has {len(steps)} steps, steps() {reference}: "
+                                f"they must have as many")
         if not isinstance(steps, list | tuple) or not steps:
             raise TypeError(f"{name}.steps() must return a non-empty list of Step objects")
         for n, step in enumerate(steps, 1):
+            if isinstance(step, Join):
+                if n != 1 or len(steps) == 1:
+                    raise TypeError(f"{name}: a Join must be the first step of several (it is "
+                                    f"step {n} of {len(steps)})")
+                continue
             if not isinstance(step, Step):
                 raise TypeError(f"{name}.steps() item {n} is {type(step).__name__}, not a Step")
             if n > 1 and step.input_format is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from lambda_src import contract, formats, output, reader, shuffle, task
 from lambda_src import storage as st
-from lambda_src.job import MapReduceJob, Step
+from lambda_src.job import Join, MapReduceJob, Step
 
 log = logging.getLogger("lambdamr")
 
@@ -79,6 +79,10 @@ def _run_task(ev: task.TaskEvent, token: str) -> dict:
         return _run_later_step(ev, ctx, token)
     splits = [reader.Segment.from_dict(s) for s in ev.load_list()]
     reader.check_unchanged(splits)
+    if isinstance(ctx.step, Join):
+        from lambda_src import arrow_join
+
+        return arrow_join.run_map(ev, ctx.step, ctx.partitions, splits, token)
     if ctx.step.reducer is None:
         return _run_map_only(ev, job, splits, where)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from lambda_src import contract, output, shuffle, task
 from lambda_src import storage as st
-from lambda_src.job import Pair, Reduce
+from lambda_src.job import Join, Pair, Reduce
 
 READ_CHUNK = 1024 * 1024
 #: Total read-ahead across all the runs one reduce task merges.
@@ -55,7 +55,11 @@ def _run_task(ev: task.TaskEvent, token: str, in_memory: int) -> dict:
     arrow_runs = [uri for uri in inputs if contract.is_arrow_run(uri)]
     # Reading, merging, reducing and writing stream together: one subsegment.
     with task.traced("read+reduce+write", inputs=len(inputs)):
-        if arrow_runs and job.has_table_shuffle() and len(arrow_runs) == len(inputs):
+        if isinstance(ctx.step, Join):
+            from lambda_src import arrow_join
+
+            result = arrow_join.run_reduce(spec, ev.job, ctx.step, inputs, token)
+        elif arrow_runs and job.has_table_shuffle() and len(arrow_runs) == len(inputs):
             result = _run_tables(spec, job, inputs, token)
         else:
             result = _run_lines(spec, ctx, inputs, input_bytes <= in_memory, token)

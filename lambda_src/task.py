@@ -184,7 +184,7 @@ class StepContext:
 
 def step_context(ev: TaskEvent, job: MapReduceJob) -> StepContext:
     """The task's step of ``job``; an event naming a step the job lacks is an EventError."""
-    steps = job.checked_steps()
+    steps = job.checked_steps(ev.job.vectorized)
     index = ev.spec.step
     if index >= len(steps):
         raise EventError(f"the event names step {index + 1}, but {ev.job.ref} has {len(steps)} step(s)")

@@ -103,6 +103,8 @@ def summary(spec: JobSpec, manifest: dict, step_partitions: list[int], done: Com
         "lambdamr_version": __version__,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if manifest["plan"].get("join"):
+        result["join"] = manifest["plan"]["join"]  # the strategy the planner chose, and why
     if len(step_partitions) > 1:
         result["tasks"]["by_step"] = [
             {"map": len(m), "reduce": len(r), "partitions": step_partitions[k]}

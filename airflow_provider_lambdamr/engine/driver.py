@@ -52,7 +52,7 @@ from airflow_provider_lambdamr.engine.tracing import JobTracer
 from lambda_src import contract, formats, rowformats
 from lambda_src import storage as st
 from lambda_src.contract import MAP, REDUCE, SUCCESS
-from lambda_src.job import MapReduceJob
+from lambda_src.job import Join, MapReduceJob
 from lambda_src.reader import InputError
 from lambda_src.task import load_job_class
 
@@ -176,9 +176,11 @@ class Driver:
                 phase="prepare",
             )
         job = job_class(spec.params)
-        steps = job.checked_steps()
+        steps = job.checked_steps(spec.vectorized)
         #: The format each input is read in, where the spec or the job names one (by input name).
         self.input_formats = self._input_formats(job)
+        #: A job whose first step is a Join has the planner choose the join's strategy.
+        self.has_join = isinstance(steps[0], Join)
         #: Partitions of each step (a step may override the job's --partitions).
         self.step_partitions = [s.partitions or spec.partitions for s in steps]
         self.map_only = len(steps) == 1 and steps[0].reducer is None
@@ -314,7 +316,7 @@ class Driver:
             self.reset()
         preflight.check_output(self.spec)
         self._deploy()  # workers start (cold) while the inputs are listed
-        self.manifest = self._load_or_plan()
+        self.manifest = self.tasks.use_plan(self._load_or_plan())
         self.timings["plan"] = round(time.time() - t0, 3)
         return self.manifest
 
@@ -684,6 +686,7 @@ class Driver:
             tasks, summary = planner.plan(
                 self.spec.inputs, self.spec.split_size, self.spec.max_files_per_task, self.runtime.capacity,
                 self.input_formats,
+                join_memory_mb=self.spec.memory_mb if self.has_join else None,
             )
         except InputError as err:
             raise JobFailed(str(err), phase="prepare", input=err.uri, resumable=False) from None
@@ -747,10 +750,11 @@ class Driver:
 
     def _require_manifest(self) -> dict:
         if self.manifest is None:
-            self.manifest = jobstate.read_manifest(self.job_dir)
-            if self.manifest is None:
+            manifest = jobstate.read_manifest(self.job_dir)
+            if manifest is None:
                 raise JobFailed(f"job {self.spec.job_id} has no manifest in {self.job_dir}: plan it first",
                                 phase="prepare")
+            self.manifest = self.tasks.use_plan(manifest)
         return self.manifest
 
     def _load_map_commit(self, step: int = 0) -> list[dict]:

@@ -194,18 +194,50 @@ def _uri(item: st.ObjectInfo | tuple[st.ObjectInfo, str | None]) -> str:
     return (item[0] if isinstance(item, tuple) else item).uri
 
 
+#: A broadcast join holds the smaller input in each function's memory as an Arrow table (about
+#: its text size), beside Arrow's hash table and the other input's rows: it is chosen when the
+#: smaller input's bytes times this factor fit the function's memory.
+BROADCAST_MEMORY_FACTOR = 4
+
+
+def join_strategy(sizes: dict[str, int], memory_mb: int) -> dict:
+    """How a Join step runs, from its two inputs' sizes: broadcast the smaller input when it
+    fits a function's memory (``BROADCAST_MEMORY_FACTOR``), else partition both."""
+    small = min(sorted(sizes), key=lambda name: sizes[name])
+    fits = sizes[small] * BROADCAST_MEMORY_FACTOR <= memory_mb * 1024 * 1024
+    return {"strategy": "broadcast" if fits else "partitioned", "broadcast": small if fits else None,
+            "input_bytes": dict(sizes), "memory_mb": memory_mb}
+
+
 def plan(
     inputs: dict[str, list[str]], split_size: int, max_files_per_task: int, parallelism: int = 1,
     input_formats: dict[str, str] | None = None,
+    join_memory_mb: int | None = None,
 ) -> tuple[list[MapTask], dict]:
     """The map tasks of a job and a summary of its input.
 
     ``input_formats`` names the format of an input (by input name, ``""`` for an unnamed
     one); the others' formats and codecs come from their names and first bytes.
+
+    ``join_memory_mb`` (a job whose first step is a Join of its two inputs) plans the join:
+    for a broadcast join, the tasks cover the larger input and each also reads all of the
+    smaller one; the summary's ``join`` says which strategy the planner chose.
     """
     listed: list[tuple[st.ObjectInfo, str | None]] = []
     for name, uris in inputs.items():
         listed.extend((info, name or None) for info in list_inputs(name, uris))
+    join = None
+    broadcast: list[tuple[st.ObjectInfo, str | None]] = []
+    if join_memory_mb is not None:
+        sizes = {name: 0 for name in inputs}
+        for info, name in listed:
+            sizes[name or ""] += info.size
+        join = join_strategy(sizes, join_memory_mb)
+        log.info("join of %s: %s%s", " and ".join(f"{n} ({b:,} bytes)" for n, b in sizes.items()),
+                 join["strategy"], f" (broadcasting {join['broadcast']})" if join["broadcast"] else "")
+        if join["broadcast"] is not None:
+            broadcast = [item for item in listed if item[1] == join["broadcast"]]
+            listed = [item for item in listed if item[1] != join["broadcast"]]
     total = sum(info.size for info, _ in listed)
     effective = balanced_split_size(total, split_size, parallelism)
     heads = read_heads([info for info, _ in listed])
@@ -223,6 +255,11 @@ def plan(
         tasks = _equal_shares(segments, count, max_files_per_task)
     else:
         tasks = pack(segments, effective, max_files_per_task)
-    summary = {"objects": len(listed), "bytes": total, "splits": len(segments), "tasks": len(tasks),
-               "split_size": effective}
+    shared = [seg for info, name in broadcast for seg in formats.for_object(info.uri).split(info, info.size, name)]
+    if shared:
+        tasks = [MapTask(t.index, [*t.splits, *shared]) for t in tasks] or [MapTask(0, shared)]
+    summary = {"objects": len(listed) + len(broadcast), "bytes": total + sum(i.size for i, _ in broadcast),
+               "splits": len(segments) + len(shared), "tasks": len(tasks), "split_size": effective}
+    if join is not None:
+        summary["join"] = join
     return tasks, summary

@@ -300,6 +300,11 @@ def _summary(report: JobReport) -> str:
         ("attempts", f"{len(attempts)}: " + ", ".join(f"{n} {s}" for s, n in by_state.items() if n)),
         ("retried tasks", sum(len(t.attempts) > 1 for t in report.tasks)),
     ]
+    join = report.manifest["plan"].get("join")
+    if join:  # the strategy the planner chose for a Join step, and from what
+        sizes = ", ".join(f"{name} {_bytes(size)}" for name, size in join["input_bytes"].items())
+        how = f"broadcast of {join['broadcast']}" if join["broadcast"] else "partitioned"
+        facts.append(("join", f"{how} (inputs {sizes}; function memory {join['memory_mb']} MB)"))
     if report.summary is not None:
         s = report.summary
         facts += [("finished", s.get("finished_at", "?")),

@@ -3,6 +3,7 @@ would be too large), with what a failure message says about each."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from airflow_provider_lambdamr.engine import jobstate
@@ -31,6 +32,12 @@ class TaskFactory:
             vectorized=spec.vectorized,
             max_line_bytes=spec.max_line_bytes,
         )
+
+    def use_plan(self, manifest: dict) -> dict:
+        """Take the strategy the plan pinned for a Join step (every task's event carries it)."""
+        join = manifest["plan"].get("join") or {}
+        self.job = dataclasses.replace(self.job, broadcast=join.get("broadcast"))
+        return manifest
 
     def map_task(self, index: int, count: int, splits: list[dict]) -> Task:
         segs = [Segment.from_dict(s) for s in splits]

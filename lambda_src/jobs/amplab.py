@@ -17,7 +17,7 @@ import heapq
 from collections.abc import Iterator
 from typing import Any
 
-from lambda_src.job import BadRecord, MapReduceJob, Step
+from lambda_src.job import Join, MapReduceJob, Step, TableInput, parse_value, split_columns
 
 USERVISITS_COLUMNS = (
     "sourceIP",
@@ -34,24 +34,15 @@ RANKINGS_COLUMNS = ("pageURL", "pageRank", "avgDuration")
 
 
 def split_row(line: str, columns: tuple[str, ...]) -> list[str]:
-    cols = line.split(",")
-    if len(cols) != len(columns):
-        raise BadRecord(f"expected {len(columns)} comma-separated columns, found {len(cols)}")
-    return cols
+    return split_columns(line, columns)
 
 
 def parse_float(text: str, column: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise BadRecord(f"column {column} is not a number: {text!r}") from None
+    return parse_value(text, column, "float64")
 
 
 def parse_rank(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise BadRecord(f"column pageRank is not an integer: {text!r}") from None
+    return parse_value(text, "pageRank", "int64")
 
 
 class RevenueByIpPrefix(MapReduceJob):
@@ -169,6 +160,11 @@ class Query3a(MapReduceJob):
     3. the top row: each map task keeps its best row (in-mapper combining) and one reducer
        picks the best of those. Ties in revenue go to the smallest sourceIP.
 
+    Vectorized (``table_steps``), step 1 is a ``Join`` in Arrow instead: the visits in the
+    window joined with the rankings on the URL, summed per sourceIP (the planner broadcasts
+    the smaller table when it fits a function's memory, else partitions both on the URL);
+    steps 2 and 3 are the same.
+
     ``--param start=YYYY-MM-DD --param end=YYYY-MM-DD`` change the (inclusive) window and
     ``--param top=N`` the number of rows.
     """
@@ -183,6 +179,31 @@ class Query3a(MapReduceJob):
             Step(mapper_init=self.top_init, mapper=self.top_map, mapper_final=self.top_final,
                  combiner=self.top_rows, reducer=self.top_result, partitions=1),
         ]
+
+    def table_steps(self) -> list[Step | Join]:
+        later = self.steps()[1:]
+        self.join_init()
+        visits = TableInput("uservisits", USERVISITS_COLUMNS, key="destURL",
+                            include=("sourceIP", "destURL", "visitDate", "adRevenue"),
+                            types={"adRevenue": "float64"}, select=self.visits_in_window)
+        pages = TableInput("rankings", RANKINGS_COLUMNS, key="pageURL", include=("pageURL", "pageRank"),
+                           types={"pageRank": "int64"})
+        return [Join(left=visits, right=pages, emit=self.totals_table), *later]
+
+    # -- step 1 vectorized: the join in Arrow ------------------------------------------------
+    def visits_in_window(self, table: Any) -> Any:
+        import pyarrow.compute as pc
+
+        date = table.column("visitDate")
+        kept = table.filter(pc.and_(pc.greater_equal(date, self._start), pc.less_equal(date, self._end)))
+        return kept.select(["destURL", "sourceIP", "adRevenue"])
+
+    def totals_table(self, joined: Any) -> Any:
+        """sourceIP -> [revenue, rank sum, visits] of joined rows (step 2 adds them up)."""
+        grouped = joined.group_by("sourceIP", use_threads=False).aggregate(
+            [("adRevenue", "sum"), ("pageRank", "sum"), ("pageRank", "count")])
+        return grouped.select(["sourceIP", "adRevenue_sum", "pageRank_sum", "pageRank_count"]).rename_columns(
+            ["key", "revenue", "rank_sum", "visits"])
 
     # -- step 1: the join ----------------------------------------------------------------
     def join_init(self) -> None:

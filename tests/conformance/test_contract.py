@@ -23,13 +23,14 @@ def _uri(path: Path) -> str:
     return path.resolve().as_uri()
 
 
-def _event(tmp_path: Path, task: dict, partitions: int = 1, job: str = JOB, **fields) -> dict:
+def _event(tmp_path: Path, task: dict, partitions: int = 1, job: str = JOB, config: dict | None = None,
+           **fields) -> dict:
     event = {
         "version": 1,
         "job_id": "conformance-1",
         "job_dir": _uri(tmp_path / "job"),
         "job": {"ref": job, "params": {}, "partitions": partitions, "max_bad_records": 0,
-                "vectorized": False, "max_line_bytes": 1 << 20},
+                "vectorized": False, "max_line_bytes": 1 << 20, **(config or {})},
         "task": task,
         **fields,
     }
@@ -212,3 +213,80 @@ def test_a_json_lines_split_owns_the_lines_starting_in_its_range(tmp_path, imple
     result = implementation.invoke(event)
     assert result.ok, result.error
     assert _runs(_record(tmp_path / "job" / "status" / "map" / "00000.json")) == [b'"b"\t1', b'"c"\t1']
+
+
+# -- Join steps (docs/contract.md, "Join steps"): userjobs.joins:JoinPairs joins left (k,a) with
+# right (k2,b); its emit writes key -> [a, b].
+JOIN = "userjobs.joins:JoinPairs"
+LEFT = ["k1,x", "k2,y", "k1,w", "", "k9,q"]
+RIGHT = ["k1,z", "k3,y", "k2,v"]
+
+
+def _join_splits(tmp_path: Path) -> list[dict]:
+    splits = []
+    for name, lines in (("left", LEFT), ("right", RIGHT)):
+        data = "".join(line + "\n" for line in lines).encode()
+        src = tmp_path / f"{name}.csv"
+        src.write_bytes(data)
+        splits.append({"uri": _uri(src), "start": 0, "end": len(data), "size": len(data), "input": name})
+    return splits
+
+
+def _arrow_rows(path: Path) -> list[dict]:
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(pa.py_buffer(path.read_bytes())).read_all().to_pylist()
+
+
+def _joined_pairs() -> list[tuple]:
+    return sorted((lk, (a, b)) for lk, a in (ln.split(",") for ln in LEFT if ln)
+                  for rk, b in (ln.split(",") for ln in RIGHT) if lk == rk)
+
+
+def _join_reduce(tmp_path: Path, implementation, runs: list[str], partition: int, config: dict) -> list[tuple]:
+    event = _event(tmp_path, {"phase": "reduce", "round": 1, "partition": partition, "group": 0, "final": True,
+                              "attempt": 1}, partitions=3, job=JOIN, config=config, inputs=runs)
+    result = implementation.invoke(event)
+    assert result.ok, result.error
+    record = _record(tmp_path / "job" / "status" / "reduce" / "r001" / f"p{partition:05d}-g00000.json")
+    (out,) = record["outputs"]
+    path = _path(out["uri"])
+    assert path.name == "pairs"
+    pairs = []
+    for line in path.read_bytes().splitlines():
+        key, value = line.split(b"\t")
+        pairs.append((json.loads(key), tuple(json.loads(value))))
+    assert out["records"] == len(path.read_bytes().splitlines())
+    return pairs
+
+
+@pytest.mark.parametrize("broadcast", [None, "right", "left"])
+def test_a_join_map_task_writes_arrow_runs_by_the_key_and_the_final_reducers_write_the_joined_pairs(
+        tmp_path, implementation, broadcast):
+    config = {"vectorized": True, **({"broadcast": broadcast} if broadcast else {})}
+    event = _event(tmp_path, {"phase": "map", "index": 0, "count": 1, "attempt": 1}, partitions=3, job=JOIN,
+                   config=config, splits=_join_splits(tmp_path))
+    result = implementation.invoke(event)
+    assert result.ok, result.error
+    record = _record(tmp_path / "job" / "status" / "map" / "00000.json")
+    assert record["stats"]["mode"] == ("broadcast join" if broadcast else "partitioned join")
+    pairs: list[tuple] = []
+    for out in record["outputs"]:
+        p = out["partition"]
+        run = _path(out["uri"])
+        assert run == tmp_path / "job" / "map" / "00000" / record["attempt_token"] / f"part-{p:05d}.arrow"
+        rows = _arrow_rows(run)
+        assert out["records"] == len(rows) and rows
+        for row in rows:
+            if broadcast:  # the pairs emit returned, by their key
+                assert set(row) == {"key", "value"}
+                key = row["key"]
+            else:  # both sides' rows, by the join key
+                side = row["side"]
+                assert side in (0, 1)
+                key = row["key.l"] if side == 0 else row["key.r"]
+                own = {"key.l", "l.a"} if side == 0 else {"key.r", "r.b"}
+                assert own | {"side"} <= set(row) <= {"side", "key.l", "key.r", "l.a", "r.b"}
+            assert zlib.crc32(_canonical(key)) % 3 == p
+        pairs += _join_reduce(tmp_path, implementation, [out["uri"]], p, config)
+    assert sorted(pairs) == _joined_pairs()

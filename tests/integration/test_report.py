@@ -165,3 +165,17 @@ def test_a_report_of_a_running_job_shows_the_attempts_that_ended(tmp_path):
     assert len(page.attempts) == summary["tasks"]["map"]
     assert {b["data-state"] for b in page.attempts} == {"committed"}
     assert "running" in " ".join(page.text)
+
+
+def test_a_report_names_the_join_strategy_the_planner_chose(tmp_path, fixture_jobs_path):
+    inputs = {}
+    for name, text in (("left", "k1,x\nk2,y\n"), ("right", "k1,z\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.csv").write_text(text)
+        inputs[name] = [str(tmp_path / name)]
+    summary = run_job(job="userjobs.joins:JoinPairs", inputs=inputs, output=str(tmp_path / "out"),
+                      keep_intermediates=True)
+    assert summary["join"]["strategy"] == "broadcast" and summary["join"]["broadcast"] == "right"
+    page = _parse(report.write(summary["job_dir"], str(tmp_path / "r.html")))
+    row = page.text[page.text.index("join") + 1]
+    assert row == "broadcast of right (inputs left 10 B, right 5 B; function memory 1536 MB)"

@@ -128,8 +128,9 @@ def test_the_final_reducer_of_an_earlier_step_writes_pairs_not_csv(tmp_path):
     job_dir = st.normalize(str(tmp_path / "job"))
     run = f"{job_dir}/map/00000/a1-x/part-00001"
     st.for_uri(run).write_bytes(run, b'"u1"\t7\n"u1"\t["1.2.3.4",2.5]\n"u2"\t["9.9.9.9",1.0]\n')
-    ev = _event(job_dir, job=Q3A, task={"phase": "reduce", "round": 1, "partition": 1, "group": 0, "final": True},
-                inputs=[run])
+    # the record path (vectorized, step 1 is a Join in Arrow)
+    ev = _event(job_dir, job={**Q3A, "vectorized": False},
+                task={"phase": "reduce", "round": 1, "partition": 1, "group": 0, "final": True}, inputs=[run])
     record = reducer.lambda_handler(ev, CTX)
     (out,) = record["outputs"]
     assert out["uri"].endswith("/pairs") and "/reduce/r001/p00001-g00000/" in out["uri"]
