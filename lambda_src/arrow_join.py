@@ -173,12 +173,12 @@ def _read_lines(side: TableInput, seg: reader.Segment, cfg: contract.JobConfig,
     rows: list[list] = []
     records = size = 0
 
-    def on_bad_bytes(offset: int, raw: bytes, err: UnicodeDecodeError) -> None:
-        bad.add(seg.uri, offset, raw, f"invalid UTF-8 ({err.reason} at byte {offset + err.start})")
+    def on_bad(offset: int, raw: Any, reason: str) -> None:
+        bad.add(seg.uri, offset, raw, reason)
 
     store = st.for_uri(seg.uri)
     parse = side.parse_line
-    for block in formats.of(seg).read_blocks(store, seg, on_bad_bytes, cfg.max_line_bytes):
+    for block in formats.of(seg).read_blocks(store, seg, on_bad, cfg.max_line_bytes, None):
         records += len(block.records)
         size += block.size
         for i, line in enumerate(block.records):

@@ -22,7 +22,7 @@ from hypothesis import strategies as s
 
 from lambda_src import contract, mapper, output, reader, reducer, shuffle
 from lambda_src import storage as st
-from lambda_src.job import Step
+from lambda_src.job import MapReduceJob, Step
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 
@@ -105,7 +105,7 @@ def test_the_reduced_result_depends_on_the_input_alone(
         assert got == {k: sorted(v) for k, v in expected_values.items()}
 
 
-class _Job:
+class _Job(MapReduceJob):
     """A mapper over JSON lines: each line is a list of [key, value] pairs; a line that is
     not JSON raises ValueError (a bad record); a pair [k, v, "x"] is malformed."""
 
@@ -142,7 +142,7 @@ def _map(uri: str, size: int, cuts: list[int], buffer, allowed: int) -> mapper.B
     step = Step(mapper=_Job().mapper, reducer=_sum)
     cfg = contract.JobConfig(ref="x:Y", params={}, partitions=1, max_bad_records=allowed)
     bad = mapper.BadRecords(allowed, "test")
-    mapper._map_records(step, splits, buffer, cfg, bad)
+    mapper._map_records(_Job(), step, splits, buffer, cfg, bad)
     return bad
 
 
@@ -208,10 +208,10 @@ def test_failures_in_one_block_are_met_in_line_order(tmp_path):
     cfg = contract.JobConfig(ref="x:Y", params={}, partitions=1)
     buf = shuffle.MapOutputBuffer(1, None)
     with pytest.raises(reader.InputError, match=r"at byte 2: ValueError: the mapper emitted \('k', 1, 'x'\)"):
-        mapper._map_records(step, [reader.Segment(uri, 0, 10, 10)], buf, cfg, mapper.BadRecords(0, "t"))
+        mapper._map_records(MapReduceJob(), step, [reader.Segment(uri, 0, 10, 10)], buf, cfg, mapper.BadRecords(0, "t"))
     allowed = mapper.BadRecords(5, "t")
     buf = shuffle.MapOutputBuffer(1, None)
-    mapper._map_records(step, [reader.Segment(uri, 0, 10, 10)], buf, cfg, allowed)
+    mapper._map_records(MapReduceJob(), step, [reader.Segment(uri, 0, 10, 10)], buf, cfg, allowed)
     assert [s["offset"] for s in allowed.samples] == [2, 6]
     assert buf.finish() == [b'"k"\t1\n' * 3]
 
