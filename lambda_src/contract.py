@@ -50,6 +50,9 @@ INTERMEDIATE = (MAP, REDUCE, TASKS)
 #: Arrow IPC runs carry this suffix; runs without it are shuffle lines.
 ARROW_SUFFIX = ".arrow"
 PART_PREFIX = "part-"
+#: The result formats (``--output-format``) and the extension of their part files; a CSV
+#: part file has none, as before other formats existed.
+OUTPUT_FORMATS = {"csv": "", "jsonl": ".jsonl", "parquet": ".parquet"}
 _FAILED = ".failed-"
 _JSON = ".json"
 _STEP_DIR = re.compile(r"^step-\d{2,}$")
@@ -171,14 +174,14 @@ def success_uri(output: str) -> str:
     return st.join(output, SUCCESS)
 
 
-def part_uri(output: str, partition: int) -> str:
-    """A reduce partition's final result file."""
-    return st.join(output, f"{PART_PREFIX}{partition:05d}")
+def part_uri(output: str, partition: int, fmt: str = "csv") -> str:
+    """A reduce partition's final result file in format ``fmt``."""
+    return st.join(output, f"{PART_PREFIX}{partition:05d}{OUTPUT_FORMATS[fmt]}")
 
 
-def map_only_part_uri(output: str, index: int) -> str:
-    """A map-only job's result file of map task ``index``."""
-    return st.join(output, f"{PART_PREFIX}m-{index:05d}")
+def map_only_part_uri(output: str, index: int, fmt: str = "csv") -> str:
+    """A map-only job's result file of map task ``index`` in format ``fmt``."""
+    return st.join(output, f"{PART_PREFIX}m-{index:05d}{OUTPUT_FORMATS[fmt]}")
 
 
 def is_part_name(name: str) -> bool:
@@ -186,11 +189,14 @@ def is_part_name(name: str) -> bool:
     return name.startswith(PART_PREFIX)
 
 
-_RESULT_FILE = re.compile(rf"^{PART_PREFIX}(m-)?\d{{5}}$")
+_RESULT_FILE = re.compile(
+    rf"^{PART_PREFIX}(m-)?\d{{5}}({'|'.join(re.escape(x) for x in OUTPUT_FORMATS.values() if x)})?$"
+)
 
 
 def is_result_file_name(name: str) -> bool:
-    """Whether ``name`` is one a job writes into its output (``part-NNNNN``, ``part-m-NNNNN``)."""
+    """Whether ``name`` is one a job writes into its output (``part-NNNNN``, ``part-m-NNNNN``,
+    each with its format's extension: ``part-00000.parquet``)."""
     return bool(_RESULT_FILE.match(name))
 
 
@@ -253,6 +259,8 @@ class JobConfig:
     max_bad_records: int = 0
     vectorized: bool = True
     max_line_bytes: int = 1024 * 1024
+    #: The result files' format, a key of ``OUTPUT_FORMATS``.
+    output_format: str = "csv"
 
     @classmethod
     def from_event(cls, data: object) -> JobConfig:
@@ -266,6 +274,7 @@ class JobConfig:
                 max_bad_records=int(data.get("max_bad_records", 0)),
                 vectorized=bool(data.get("vectorized", True)),
                 max_line_bytes=int(data.get("max_line_bytes", 1024 * 1024)),
+                output_format=str(data.get("output_format", "csv")),
             )
         except KeyError as err:
             raise EventError(f"event field 'job' lacks {err}") from None
@@ -275,6 +284,8 @@ class JobConfig:
             raise EventError(f"partitions must be between 1 and 100000, got {cfg.partitions}")
         if cfg.max_bad_records < 0:
             raise EventError(f"max_bad_records must be >= 0, got {cfg.max_bad_records}")
+        if cfg.output_format not in OUTPUT_FORMATS:
+            raise EventError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {cfg.output_format!r}")
         return cfg
 
     def to_event(self) -> dict:
@@ -285,6 +296,7 @@ class JobConfig:
             "max_bad_records": self.max_bad_records,
             "vectorized": self.vectorized,
             "max_line_bytes": self.max_line_bytes,
+            "output_format": self.output_format,
         }
 
 
@@ -453,7 +465,7 @@ class MapTask(TaskSpec):
         return map_run_uri(self.job_dir, self.step, self.index, token, partition, arrow)
 
     def map_only_part_uri(self, output: str) -> str:
-        return map_only_part_uri(output, self.index)
+        return map_only_part_uri(output, self.index, self.job.output_format)
 
     @classmethod
     def from_event(cls, event: object) -> MapTask:
@@ -493,7 +505,7 @@ class ReduceTask(TaskSpec):
         return reduce_run_uri(self.job_dir, self.step, self.round, self.partition, self.group, token, name, arrow)
 
     def part_uri(self, output: str) -> str:
-        return part_uri(output, self.partition)
+        return part_uri(output, self.partition, self.job.output_format)
 
     @classmethod
     def from_event(cls, event: object) -> ReduceTask:

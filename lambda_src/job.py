@@ -113,6 +113,12 @@ class MapReduceJob:
     #: pyarrow type names (``"float64"``, ``"string"``, ``"int64"``) by column name; a column
     #: without one is read as ``"string"``.
     table_types: Mapping[str, str] = MappingProxyType({})
+    #: The result's column names in JSON Lines and Parquet results (``--output-format``);
+    #: default ``key`` and ``value`` (``value_1``, ``value_2``, ... for a list value).
+    output_columns: tuple[str, ...] | None = None
+    #: Parquet column types by name (pyarrow type names or ``pyarrow.DataType``); a column
+    #: without one takes the type of its values (one of bool, int64, float64, string).
+    output_types: Mapping[str, Any] = MappingProxyType({})
 
     def __init__(self, params: Mapping[str, str] | None = None) -> None:
         self.params: dict[str, str] = dict(params or {})

@@ -59,6 +59,7 @@ class RevenueByIpPrefix(MapReduceJob):
 
     prefix_length = 8
 
+    output_columns = ("sourceIPPrefix", "adRevenue")
     table_columns = USERVISITS_COLUMNS
     table_include = ("sourceIP", "adRevenue")
     table_types = {"sourceIP": "string", "adRevenue": "float64"}  # noqa: RUF012 - read-only
@@ -114,6 +115,7 @@ class RankingsScan(MapReduceJob):
 
     min_rank = 1000
 
+    output_columns = ("pageURL", "pageRank")
     table_columns = RANKINGS_COLUMNS
     table_include = ("pageURL", "pageRank")
     table_types = {"pageURL": "string", "pageRank": "int64"}  # noqa: RUF012 - read-only
@@ -174,6 +176,7 @@ class Query3a(MapReduceJob):
     """
 
     input_names = ("uservisits", "rankings")
+    output_columns = ("sourceIP", "totalRevenue", "avgPageRank")
 
     def steps(self) -> list[Step]:
         self._top  # noqa: B018 - a bad --param top fails before the join runs, not after
