@@ -7,15 +7,16 @@ blocks; its rows as Arrow tables for the vectorized path). A registry picks the 
 each input object: by name, or else by the object's name. Each Segment carries the name of
 the format that planned it, and the map task reads it with that format.
 
-:class:`TextFormat` (the default) reads line-oriented UTF-8 text, plain or gzip: its
-records are ``str`` lines. A format whose records are dicts or tuples, or whose splits are
+:class:`TextFormat` (the default) reads line-oriented UTF-8 text: its records are ``str``
+lines. Any format but Parquet may be compressed (:data:`CODECS`: gzip, bz2, xz, zstd), known
+by the object's extension (any case) or, for a name that says nothing, by its first bytes. A format whose records are dicts or tuples, or whose splits are
 row groups rather than byte ranges, fits the same interface.
 
 Text splits: a split is a byte range ``[start, end)`` of an object. The split owns every line
 whose first byte lies in that range: the reader skips a partial first line (unless the byte
 before ``start`` is a newline) and reads past ``end`` only to finish its last line. Adjacent
 splits therefore cover each line exactly once, including files without a trailing newline and
-empty files. Compressed (``.gz``) objects are never cut: one split holds the whole object.
+empty files. Compressed objects are never cut: one split holds the whole object.
 
 Line length limit: a line's length is its bytes without the terminating ``\n`` (the ``\r`` of
 a ``\r\n`` ending counts). A line of up to ``max_line_bytes`` is read; a longer one is refused
@@ -26,8 +27,10 @@ trailing newline. Whether a file is read or refused therefore never depends on t
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import functools
+import lzma
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,10 +52,17 @@ class VectorFallback(Exception):
     the split instead (and reports any bad record)."""
 
 
+#: ``on_bad(offset, raw, reason)``: a record that cannot be read (it raises to fail the task,
+#: or returns to skip the record).
+BadRecordSink = Callable[[int, "bytes | str", str], None]
+
+
 class RecordBlock(Protocol):
     """Consecutive records of one split, as the record path's mapper receives them."""
 
     records: list[Any]
+    #: What ``offset`` counts: ``"byte"`` (of the object, decompressed) or ``"row"``.
+    unit: str
 
     @property
     def size(self) -> int:
@@ -67,11 +77,17 @@ class InputFormat:
 
     #: The name a Segment carries and an input names its format by.
     name: ClassVar[str]
-    #: Object names ending so (lower case) are read with this format unless one is named.
+    #: Object names ending so (lower case, after any codec's extension) are read with this
+    #: format unless one is named.
     extensions: ClassVar[tuple[str, ...]] = ()
+    #: Objects whose names say nothing starting with these bytes are read with this format.
+    magic: ClassVar[bytes] = b""
 
-    def split(self, info: st.ObjectInfo, split_size: int, input_name: str | None) -> list[Segment]:
-        """The splits of one object, each about ``split_size`` bytes when the format can cut."""
+    def split(
+        self, info: st.ObjectInfo, split_size: int, input_name: str | None, compression: str | None = None
+    ) -> list[Segment]:
+        """The splits of one object (stored with ``compression``, a key of :data:`CODECS`),
+        each about ``split_size`` bytes when the format can cut."""
         raise NotImplementedError
 
     def can_cut(self, seg: Segment) -> bool:
@@ -83,9 +99,10 @@ class InputFormat:
         """Refuse (``ValueError``) a segment this format cannot have planned."""
 
     def read_blocks(
-        self, store: st.Storage, seg: Segment, on_bad_bytes: BadBytes, max_line_bytes: int
+        self, store: st.Storage, seg: Segment, on_bad: BadRecordSink, max_line_bytes: int, job: Any
     ) -> Iterator[RecordBlock]:
-        """The segment's records for the record path, in blocks."""
+        """The segment's records for the record path, in blocks, shaped as ``job`` declares
+        (``input_columns``, ``input_filter``); ``on_bad`` gets the records that cannot be read."""
         raise NotImplementedError
 
     def read_tables(self, seg: Segment, job: Any, max_line_bytes: int) -> tuple[int, Iterator[Any]]:
@@ -120,35 +137,88 @@ def of(seg: Segment) -> InputFormat:
     return fmt
 
 
-#: Extensions of formats and codecs that are not read yet: refused when planning.
+#: Extensions of formats and codecs that are not read: refused when planning.
 UNSUPPORTED = {
-    ".bz2": "bzip2", ".xz": "xz", ".lzma": "lzma", ".zst": "zstd", ".zstd": "zstd", ".lz4": "lz4",
-    ".snappy": "snappy", ".parquet": "Parquet", ".orc": "ORC", ".avro": "Avro", ".zip": "zip",
-    ".7z": "7-Zip", ".br": "brotli",
+    ".lzma": "lzma (legacy; recompress as .xz)", ".lz4": "lz4", ".snappy": "snappy", ".orc": "ORC",
+    ".avro": "Avro", ".zip": "zip", ".7z": "7-Zip", ".br": "brotli",
 }
 
 
-def for_object(uri: str, name: str | None = None) -> InputFormat:
-    """The format of an input object: the one named, else the first registered format that
-    claims its extension, else text; an extension of a format not read yet is refused."""
+@dataclass(frozen=True)
+class Codec:
+    """A compression an object may be stored in: found by extension or by its magic bytes."""
+
+    name: str
+    extensions: tuple[str, ...]
+    magic: bytes
+    #: A new streaming decompressor (``decompress``, ``eof``, ``unused_data``: zlib's, bz2's
+    #: and lzma's interface); None for a codec read through pyarrow.
+    decompressor: Callable[[], Any] | None
+
+
+CODECS = {
+    codec.name: codec
+    for codec in (
+        Codec("gzip", (".gz", ".gzip"), b"\x1f\x8b", lambda: zlib.decompressobj(wbits=31)),
+        Codec("bz2", (".bz2",), b"BZh", bz2.BZ2Decompressor),
+        Codec("xz", (".xz",), b"\xfd7zXZ\x00", lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ)),
+        Codec("zstd", (".zst", ".zstd"), b"\x28\xb5\x2f\xfd", None),
+    )
+}
+#: How many leading bytes ``compression_of`` and ``for_object`` look at.
+HEAD_BYTES = 8
+
+
+def _strip_codec(lower: str) -> tuple[str, Codec | None]:
+    for codec in CODECS.values():
+        for ext in codec.extensions:
+            if lower.endswith(ext):
+                return lower[: -len(ext)], codec
+    return lower, None
+
+
+def codec_by_name(uri: str) -> str | None:
+    """The codec an object's name ends in (any case): ``.gz``, ``.bz2``, ``.xz``, ``.zst``."""
+    codec = _strip_codec(st.basename(uri).lower())[1]
+    return codec.name if codec else None
+
+
+def compression_of(uri: str, head: bytes = b"") -> str | None:
+    """The object's codec: by its name, else by its first bytes ``head`` (if given)."""
+    by_name = codec_by_name(uri)
+    if by_name:
+        return by_name
+    return next((c.name for c in CODECS.values() if head.startswith(c.magic)), None)
+
+
+def for_object(uri: str, name: str | None = None, head: bytes = b"") -> InputFormat:
+    """The format of an input object: the one named; else the first registered format that
+    claims its extension (after any codec's: ``x.jsonl.gz`` is JSON Lines); else one whose
+    signature its first bytes ``head`` carry; else text. A format or codec not read is refused."""
     if name:
         return get(name)
-    lower = st.basename(uri).lower()
+    lower, _ = _strip_codec(st.basename(uri).lower())
     for fmt in REGISTRY.values():
         if fmt.extensions and lower.endswith(fmt.extensions):
             return fmt
     for ext, what in UNSUPPORTED.items():
         if lower.endswith(ext):
             raise unsupported_format(uri, what)
+    for fmt in REGISTRY.values():
+        if fmt.magic and head.startswith(fmt.magic):
+            return fmt
     return REGISTRY[DEFAULT]
 
 
-#: Leading bytes of formats that are not line-oriented text (not read yet: refused).
+def wants_head(uri: str) -> bool:
+    """Whether the planner must read the object's first bytes to know its format and codec:
+    its name claims neither a codec nor a format."""
+    lower, codec = _strip_codec(st.basename(uri).lower())
+    return codec is None and not any(fmt.extensions and lower.endswith(fmt.extensions) for fmt in REGISTRY.values())
+
+
+#: Leading bytes of formats that are not read (refused where text was expected).
 MAGIC = (
-    (b"\x1f\x8b", "gzip (name the object .gz to have it decompressed)"),
-    (b"BZh", "bzip2"),
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"\x28\xb5\x2f\xfd", "zstd"),
     (b"\x04\x22\x4d\x18", "lz4"),
     (b"PAR1", "Parquet"),
     (b"ORC", "ORC"),
@@ -160,23 +230,20 @@ MAGIC = (
 
 def unsupported_format(uri: str, what: str, offset: int | None = None) -> InputError:
     return InputError(
-        f"{uri}: unsupported format or compression ({what}); the input must be line-oriented "
-        f"UTF-8 text, plain or gzip (.gz)",
+        f"{uri}: unsupported format or compression ({what}); the input formats are "
+        f"{', '.join(sorted(REGISTRY))}, plain or compressed with {', '.join(CODECS)}",
         uri=uri, offset=offset,
     )
 
 
 def check_text(uri: str, head: bytes) -> None:
-    """Refuse an object whose first bytes are a binary format's signature."""
+    """Refuse text whose first bytes are a binary format's signature."""
     for magic, what in MAGIC:
         if head.startswith(magic):
             raise unsupported_format(uri, what, 0)
-
-
-
-def compression_of(uri: str) -> str | None:
-    """``gzip`` for ``.gz`` objects (any case), else None."""
-    return "gzip" if st.basename(uri).lower().endswith((".gz", ".gzip")) else None
+    for codec in CODECS.values():  # planned as plain text, but compressed
+        if head.startswith(codec.magic):
+            raise unsupported_format(uri, f"{codec.name} data read as plain text", 0)
 
 
 def next_line_start(
@@ -249,9 +316,18 @@ def aligned_range(store: st.Storage, seg: Segment, max_line_bytes: int) -> tuple
     return start, max(start, end)
 
 
-def _gunzip(chunks: Iterator[bytes], uri: str) -> Iterator[bytes]:
-    """Stream-decompress gzip, including concatenated members."""
-    decomp = zlib.decompressobj(wbits=31)
+def decompress(chunks: Iterator[bytes], uri: str, codec_name: str) -> Iterator[bytes]:
+    """Stream-decompress an object's bytes, including concatenated members (frames, streams).
+
+    A stream that does not start with the codec's signature, corrupt data and a stream cut
+    before its end marker are :class:`InputError` naming the object.
+    """
+    codec = CODECS[codec_name]
+    chunks = _checked_magic(chunks, uri, codec)
+    if codec.decompressor is None:
+        yield from _arrow_decompress(chunks, uri, codec)
+        return
+    decomp = codec.decompressor()
     consumed = 0
     in_member = False
     for chunk in chunks:
@@ -260,9 +336,9 @@ def _gunzip(chunks: Iterator[bytes], uri: str) -> Iterator[bytes]:
             in_member = True
             try:
                 out = decomp.decompress(data)
-            except zlib.error as err:
+            except (zlib.error, OSError, lzma.LZMAError, EOFError) as err:
                 raise InputError(
-                    f"{uri}: corrupt gzip data near compressed byte {consumed}: {err}",
+                    f"{uri}: corrupt {codec.name} data near compressed byte {consumed}: {err}",
                     uri=uri,
                     offset=consumed,
                 ) from None
@@ -272,27 +348,89 @@ def _gunzip(chunks: Iterator[bytes], uri: str) -> Iterator[bytes]:
                 rest = decomp.unused_data
                 consumed += len(data) - len(rest)
                 data = rest
-                decomp = zlib.decompressobj(wbits=31)
+                decomp = codec.decompressor()
                 in_member = False
             else:
                 consumed += len(data)
                 data = b""
     if in_member:
+        raise _truncated(uri, codec, f"after {consumed} compressed bytes")
+
+
+def _truncated(uri: str, codec: Codec, where: str) -> InputError:
+    return InputError(
+        f"{uri}: corrupt {codec.name} data: the stream ends before its end marker (truncated {where})",
+        uri=uri,
+    )
+
+
+def _checked_magic(chunks: Iterator[bytes], uri: str, codec: Codec) -> Iterator[bytes]:
+    """``chunks``, refusing a non-empty stream that does not start with the codec's signature."""
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= len(codec.magic):
+            break
+    if head and not head.startswith(codec.magic):
         raise InputError(
-            f"{uri}: corrupt gzip data: the stream ends before its end marker "
-            f"(truncated after {consumed} compressed bytes)",
-            uri=uri,
-            offset=consumed,
+            f"{uri}: not {codec.name} data (it starts with {head[:HEAD_BYTES]!r}, not the {codec.name} "
+            f"signature {codec.magic!r}): rename it, or check how it was written",
+            uri=uri, offset=0,
         )
+    if head:
+        yield head
+    yield from chunks
+
+
+def _arrow_decompress(chunks: Iterator[bytes], uri: str, codec: Codec) -> Iterator[bytes]:
+    try:
+        import pyarrow as pa
+    except ImportError:
+        raise InputError(f"{uri}: reading {codec.name} needs pyarrow, which is not installed", uri=uri) from None
+    stream = pa.CompressedInputStream(pa.PythonFile(ChunkReader(chunks), "r"), codec.name)
+    while True:
+        try:
+            out = stream.read(1 << 20)
+        except (OSError, pa.ArrowException) as err:
+            if "runcated" in str(err):
+                raise _truncated(uri, codec, "in its last frame") from None
+            raise InputError(f"{uri}: corrupt {codec.name} data: {err}", uri=uri) from None
+        if not out:
+            return
+        yield out
+
+
+class ChunkReader:
+    """A minimal read-only file over an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buf = b""
+        self.closed = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        while size is None or size < 0 or len(self._buf) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buf += chunk
+        if size is None or size < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:size], self._buf[size:]
+        return out
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def raw_chunks(store: st.Storage, seg: Segment, start: int, end: int) -> Iterator[bytes]:
-    if seg.compression == "gzip":
-        return _gunzip(store.iter_range(seg.uri, 0, None), seg.uri)
+    if seg.compression:
+        return decompress(store.iter_range(seg.uri, 0, None), seg.uri, seg.compression)
     return store.iter_range(seg.uri, start, end)
-
-
-BadBytes = Callable[[int, bytes, UnicodeDecodeError], None]
 
 
 @dataclass
@@ -302,6 +440,7 @@ class Block:
     base: int
     raw: bytes
     records: list[str]
+    unit: ClassVar[str] = "byte"
 
     @property
     def size(self) -> int:
@@ -374,7 +513,7 @@ def iter_blocks(
         return
     base = start
     carry = b""
-    first = start == 0 and not seg.compression
+    first = start == 0
     at_bom = start == 0  # the object's first bytes, which may be a BOM, are still to come
     for chunk in raw_chunks(store, seg, start, end):
         if first:
@@ -411,9 +550,10 @@ class TextFormat(InputFormat):
 
     name = "text"
 
-    def split(self, info: st.ObjectInfo, split_size: int, input_name: str | None) -> list[Segment]:
+    def split(
+        self, info: st.ObjectInfo, split_size: int, input_name: str | None, compression: str | None = None
+    ) -> list[Segment]:
         """Byte ranges of at most ``split_size``; compressed objects are never cut."""
-        compression = compression_of(info.uri)
         if compression or info.size <= split_size:
             return [Segment(info.uri, 0, info.size, info.size, compression, input_name, info.version, self.name)]
         count = -(-info.size // split_size)
@@ -428,17 +568,27 @@ class TextFormat(InputFormat):
         return not seg.compression
 
     def check(self, seg: Segment) -> None:
-        if seg.compression not in (None, "gzip"):
+        if seg.compression is not None and seg.compression not in CODECS:
             raise ValueError(f"unsupported compression {seg.compression!r} for {seg.uri}")
 
     def read_blocks(
-        self, store: st.Storage, seg: Segment, on_bad_bytes: BadBytes, max_line_bytes: int
+        self, store: st.Storage, seg: Segment, on_bad: BadRecordSink, max_line_bytes: int, job: Any
     ) -> Iterator[Block]:
+        if job is not None and (job.input_filter or job.input_columns):
+            raise InputError(f"{seg.uri}: the job declares input columns or an input_filter, but the object is "
+                             f"read as {self.name}, which has no columns: name its format (--input-format)",
+                             uri=seg.uri)
+
+        def on_bad_bytes(offset: int, raw: bytes, err: UnicodeDecodeError) -> None:
+            on_bad(offset, raw, f"invalid UTF-8 ({err.reason} at byte {offset + err.start})")
+
         return iter_blocks(store, seg, on_bad_bytes, max_line_bytes)
 
     def read_tables(self, seg: Segment, job: Any, max_line_bytes: int) -> tuple[int, Iterator[Any]]:
         """The rows of the job's ``table_columns``, split at ``table_delimiter``, converted to
         ``table_types``; anything the record mapper would see otherwise falls back."""
+        if not job.table_columns:
+            raise VectorFallback(f"{seg.describe()}: the job declares no table_columns to cut text lines into")
         start, end = aligned_range(st.for_uri(seg.uri), seg, max_line_bytes)
         if end <= start:
             return 0, iter(())
@@ -532,43 +682,12 @@ def _arrow_stream(seg: Segment, start: int, end: int):
     """The bytes ``[start, end)`` of the segment's object (decompressed), as a readable file."""
     import pyarrow as pa
 
-    if st.is_s3(seg.uri):
-        store = st.for_uri(seg.uri)
-        if seg.compression:
-            return pa.CompressedInputStream(pa.PythonFile(store.open_read(seg.uri), "r"), "gzip")
-        return _S3Range(store, seg.uri, start, end)
-    path = st.local_path(seg.uri)
-    source = pa.memory_map(path)
+    store = st.for_uri(seg.uri)
     if seg.compression:
-        return pa.CompressedInputStream(source, "gzip")
-    return source.get_stream(start, end - start)
-
-
-class _S3Range:
-    """A minimal read-only file over a byte range of an S3 object."""
-
-    def __init__(self, store: st.Storage, uri: str, start: int, end: int) -> None:
-        self._chunks = store.iter_range(uri, start, end, chunk_size=4 * 1024 * 1024)
-        self._buf = b""
-        self.closed = False
-
-    def read(self, size: int | None = -1) -> bytes:
-        while size is None or size < 0 or len(self._buf) < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._buf += chunk
-        if size is None or size < 0:
-            out, self._buf = self._buf, b""
-        else:
-            out, self._buf = self._buf[:size], self._buf[size:]
-        return out
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self.closed = True
+        return ChunkReader(raw_chunks(store, seg, start, end))
+    if st.is_s3(seg.uri):
+        return ChunkReader(store.iter_range(seg.uri, start, end, chunk_size=4 * 1024 * 1024))
+    return pa.memory_map(st.local_path(seg.uri)).get_stream(start, end - start)
 
 
 class _RecordLines:
@@ -644,3 +763,6 @@ class _RecordLines:
     def close(self) -> None:
         self._raw.close()
         self.closed = True
+
+
+from lambda_src import rowformats  # noqa: E402,F401 - registers jsonl, csv and parquet

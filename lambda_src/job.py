@@ -15,7 +15,8 @@
         def reducer(self, key, values):
             yield key, sum(values)
 
-``mapper(key, line)`` gets one decoded line without its line ending; ``key`` is ``None``
+``mapper(key, line)`` gets one decoded line without its line ending (a row of Parquet, JSON
+Lines or CSV input: see ``input_format`` and ``input_columns``); ``key`` is ``None``
 for a job with one input, or the input's name for a job given named inputs
 (``--input visits=s3://...``). ``combiner`` is optional: it must emit the key it is given
 and values of the kind the mapper emits, because it may run any number of times (in the
@@ -69,7 +70,8 @@ class Step:
     passes each pair through unchanged. ``mapper_init``/``mapper_final`` run once per map
     task around it (in-mapper combining). ``combiner`` is optional, as in a one-step job.
     ``reducer`` is required in a multi-step job (only a one-step job may be map-only).
-    ``partitions`` overrides the job's ``--partitions``.
+    ``partitions`` overrides the job's ``--partitions``. ``input_format`` (first step only)
+    says what the step reads, as ``MapReduceJob.input_format`` does.
     """
 
     mapper: Callable[[Any, Any], Iterable[Pair]] | None = None
@@ -78,6 +80,8 @@ class Step:
     mapper_init: Callable[[], None] | None = None
     mapper_final: Callable[[], Iterable[Pair]] | None = None
     partitions: int | None = None
+    #: The first step's input format (as ``MapReduceJob.input_format``); later steps read pairs.
+    input_format: str | Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.partitions is not None and not 1 <= self.partitions <= 100_000:
@@ -113,6 +117,18 @@ class MapReduceJob:
     #: pyarrow type names (``"float64"``, ``"string"``, ``"int64"``) by column name; a column
     #: without one is read as ``"string"``.
     table_types: Mapping[str, str] = MappingProxyType({})
+    #: What the job reads: ``"text"``, ``"jsonl"``, ``"csv"`` or ``"parquet"``, or such a
+    #: name per input name; None: each object's extension and first bytes say (text unless
+    #: they say otherwise). ``--input-format`` overrides it.
+    input_format: str | Mapping[str, str] | None = None
+    #: Columns of Parquet, JSON Lines or CSV rows, by name: record mode receives each row as a
+    #: tuple of them, in this order (without them: a dict of every column); Parquet reads
+    #: only the columns the job needs.
+    input_columns: tuple[str, ...] | None = None
+    #: Rows to read from Parquet, JSON Lines or CSV: ``(column, op, value)`` conditions a row
+    #: must all meet (op: ``==`` ``!=`` ``<`` ``<=`` ``>`` ``>=`` ``in`` ``not in``; a null
+    #: meets none). Parquet skips the row groups whose statistics rule every row out.
+    input_filter: tuple[tuple[str, str, Any], ...] = ()
     #: The result's column names in JSON Lines and Parquet results (``--output-format``);
     #: default ``key`` and ``value`` (``value_1``, ``value_2``, ... for a list value).
     output_columns: tuple[str, ...] | None = None
@@ -164,8 +180,16 @@ class MapReduceJob:
                 combiner=self.combiner if cls.has_combiner() else None,
                 mapper_init=self.mapper_init,
                 mapper_final=self.mapper_final,
+                input_format=self.input_format,
             )
         ]
+
+    def declared_input_format(self, input_name: str) -> str | None:
+        """The format the job (its first step, else the class) says input ``input_name`` is in."""
+        declared = self.checked_steps()[0].input_format or self.input_format
+        if isinstance(declared, Mapping):
+            return declared.get(input_name)
+        return declared
 
     def checked_steps(self) -> list[Step]:
         """``steps()``, checked: a clear error for a malformed multi-step definition."""
@@ -176,6 +200,9 @@ class MapReduceJob:
         for n, step in enumerate(steps, 1):
             if not isinstance(step, Step):
                 raise TypeError(f"{name}.steps() item {n} is {type(step).__name__}, not a Step")
+            if n > 1 and step.input_format is not None:
+                raise TypeError(f"{name}: step {n} declares an input_format, but only the first step "
+                                f"reads the job's input (later steps read the pairs before them)")
             if step.reducer is None and len(steps) > 1:
                 raise TypeError(f"{name}: step {n} of {len(steps)} has no reducer; every step "
                                 f"of a multi-step job needs one")
@@ -201,7 +228,8 @@ class MapReduceJob:
 
     @classmethod
     def has_table_mapper(cls) -> bool:
-        return cls._defines("map_table") and bool(cls.table_columns) and not cls.is_multi_step()
+        """A vectorized mapper (its input format decides whether it can be given tables)."""
+        return cls._defines("map_table") and not cls.is_multi_step()
 
     @classmethod
     def has_table_shuffle(cls) -> bool:

@@ -43,7 +43,8 @@ class BadRecords:
         self.count = 0
         self.samples: list[dict] = []
 
-    def add(self, uri: str, offset: int, raw: bytes | str, reason: str) -> None:
+    def add(self, uri: str, offset: int, raw: Any, reason: str, unit: str = "byte") -> None:
+        """A bad record at ``offset`` (``unit``: a byte, or a row of a format of rows)."""
         self.count += 1
         line = reader.sample(raw)
         if self.count > self.allowed:
@@ -53,14 +54,14 @@ class BadRecords:
                 else f"more than the {self.allowed} allowed by max_bad_records"
             )
             raise reader.InputError(
-                f"bad record in {uri} at byte {offset}: {reason} (line: {line!r}); "
+                f"bad record in {uri} at {unit} {offset}: {reason} (line: {line!r}); "
                 f"{allowed} (raise --max-bad-records to skip such records)",
                 uri=uri,
                 offset=offset,
             )
         if len(self.samples) < BAD_SAMPLES:
             self.samples.append({"uri": uri, "offset": offset, "reason": reason, "line": line})
-        log.warning("%s: skipped bad record in %s at byte %d: %s", self.where, uri, offset, reason)
+        log.warning("%s: skipped bad record in %s at %s %d: %s", self.where, uri, unit, offset, reason)
 
 
 def _run(ev: task.TaskEvent, token: str) -> dict:
@@ -95,7 +96,7 @@ def _run(ev: task.TaskEvent, token: str) -> dict:
         buffer = _new_buffer(ctx)
         bad = BadRecords(cfg.max_bad_records, where)
         with task.traced("read+map", mode="record"):
-            stats = _map_records(ctx.step, splits, buffer, cfg, bad)
+            stats = _map_records(job, ctx.step, splits, buffer, cfg, bad)
         stats["bad_records"] = bad.count
         if bad.samples:
             stats["bad_samples"] = bad.samples
@@ -181,6 +182,7 @@ def _new_buffer(ctx: task.StepContext) -> shuffle.MapOutputBuffer:
 
 
 def _map_records(
+    job: MapReduceJob,
     step: Step,
     splits: list[reader.Segment],
     buffer: shuffle.MapOutputBuffer,
@@ -196,12 +198,13 @@ def _map_records(
     for seg in splits:
         key = seg.input
 
-        def on_bad_bytes(offset: int, raw: bytes, err: UnicodeDecodeError, seg=seg) -> None:
-            bad.add(seg.uri, offset, raw, f"invalid UTF-8 ({err.reason} at byte {offset + err.start})")
+        def on_bad(offset: int, raw: Any, reason: str, seg=seg) -> None:
+            bad.add(seg.uri, offset, raw, reason)
 
         store = st.for_uri(seg.uri)
-        for block in formats.of(seg).read_blocks(store, seg, on_bad_bytes, cfg.max_line_bytes):
+        for block in formats.of(seg).read_blocks(store, seg, on_bad, cfg.max_line_bytes, job):
             lines = block.records
+            unit = block.unit
             records += len(lines)
             input_bytes += block.size
             i = 0
@@ -217,12 +220,13 @@ def _map_records(
                             add(pairs)
                     i = n
                 except RECORD_ERRORS as err:
-                    bad.add(seg.uri, block.offset(i), lines[i], f"{type(err).__name__}: {err}")
+                    bad.add(seg.uri, block.offset(i), lines[i], f"{type(err).__name__}: {err}", unit)
                     i += 1
                 except Exception as err:  # a job bug no retry can fix fails at once
                     raise task.failure_class(err)(
-                        f"the mapper raised {type(err).__name__}: {err} on the line at byte "
-                        f"{block.offset(i)} of {seg.uri} (line: {reader.sample(lines[i])!r})"
+                        f"the mapper raised {type(err).__name__}: {err} on the "
+                        f"{'line' if unit == 'byte' else 'record'} at {unit} {block.offset(i)} of {seg.uri} "
+                        f"(line: {reader.sample(lines[i])!r})"
                     ) from err
     if step.mapper_final is not None:
         add(list(step.mapper_final()))
@@ -323,7 +327,7 @@ def _run_map_only(
             log.info("%s: vectorized read stopped (%s); re-reading in record mode", where, why)
     bad = BadRecords(ev.job.max_bad_records, where)
     with output.result_writer(uri, cfg.output_format, job, where) as writer:
-        stats = _map_records(job.steps()[0], splits, writer, ev.job, bad)  # type: ignore[arg-type]
+        stats = _map_records(job, job.steps()[0], splits, writer, ev.job, bad)  # type: ignore[arg-type]
     stats.update(
         mode="record",
         bad_records=bad.count,

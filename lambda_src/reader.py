@@ -37,6 +37,9 @@ class Segment:
     version: str = ""
     #: The name of the :class:`~lambda_src.formats.InputFormat` that planned it.
     format: str = "text"
+    #: The row groups ``[first, stop)`` of a split of a format that has them (Parquet); the
+    #: byte range is then theirs, for sizing only.
+    row_groups: tuple[int, int] | None = None
 
     def to_dict(self) -> dict:
         out = {"uri": self.uri, "start": self.start, "end": self.end, "size": self.size}
@@ -48,6 +51,8 @@ class Segment:
             out["version"] = self.version
         if self.format != "text":
             out["format"] = self.format
+        if self.row_groups is not None:
+            out["row_groups"] = list(self.row_groups)
         return out
 
     @classmethod
@@ -62,6 +67,7 @@ class Segment:
                 input=data.get("input") or None,
                 version=str(data.get("version") or ""),
                 format=str(data.get("format") or "text"),
+                row_groups=_row_groups(data.get("row_groups")),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"malformed split description: {err}") from None
@@ -70,9 +76,22 @@ class Segment:
         return seg
 
     def describe(self) -> str:
+        if self.row_groups is not None:
+            first, stop = self.row_groups
+            return f"{self.uri} row groups {first}-{stop - 1}" if stop > first else f"{self.uri} (no row groups)"
         if self.compression:
             return f"{self.uri} (whole, {self.compression})"
         return f"{self.uri} bytes {self.start}-{self.end}"
+
+
+def _row_groups(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list | tuple) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            or not 0 <= value[0] <= value[1]):
+        raise ValueError(f"row_groups must be [first, stop) with 0 <= first <= stop, got {value!r}")
+    return (value[0], value[1])
 
 
 def check_unchanged(segments: list[Segment]) -> None:

@@ -40,9 +40,10 @@ from airflow_provider_lambdamr.engine.scheduler import (
 from airflow_provider_lambdamr.engine.spec import JobSpec
 from airflow_provider_lambdamr.engine.tasks import TaskFactory
 from airflow_provider_lambdamr.engine.tracing import JobTracer
-from lambda_src import contract
+from lambda_src import contract, formats, rowformats
 from lambda_src import storage as st
 from lambda_src.contract import MAP, REDUCE, SUCCESS
+from lambda_src.job import MapReduceJob
 from lambda_src.reader import InputError
 from lambda_src.task import load_job_class
 
@@ -152,11 +153,27 @@ class Driver:
                 + " ".join(f"--input {n}=URI" for n in job_class.input_names),
                 phase="prepare",
             )
-        steps = job_class(spec.params).checked_steps()
+        job = job_class(spec.params)
+        steps = job.checked_steps()
+        #: The format each input is read in, where the spec or the job names one (by input name).
+        self.input_formats = self._input_formats(job)
         #: Partitions of each step (a step may override the job's --partitions).
         self.step_partitions = [s.partitions or spec.partitions for s in steps]
         self.map_only = len(steps) == 1 and steps[0].reducer is None
         self.tasks = TaskFactory(spec, map_only=self.map_only, step_count=self.step_count)
+
+    def _input_formats(self, job: MapReduceJob) -> dict[str, str]:
+        """``--input-format`` for an input, else for every input, else what the job declares."""
+        named = self.spec.input_format
+        chosen = {name: named.get(name) or named.get("") or job.declared_input_format(name) for name in self.spec.inputs}
+        try:
+            rowformats.check_declaration(type(job))
+            for fmt in chosen.values():
+                if fmt:
+                    formats.get(fmt)
+        except (TypeError, ValueError) as err:
+            raise JobFailed(f"job {self.spec.job_ref}: {err}", phase="prepare", resumable=False) from None
+        return {name: fmt for name, fmt in chosen.items() if fmt}
 
     @property
     def step_count(self) -> int:
@@ -565,7 +582,8 @@ class Driver:
             return self._resume(manifest)
         try:
             tasks, summary = planner.plan(
-                self.spec.inputs, self.spec.split_size, self.spec.max_files_per_task, self.runtime.capacity
+                self.spec.inputs, self.spec.split_size, self.spec.max_files_per_task, self.runtime.capacity,
+                self.input_formats,
             )
         except InputError as err:
             raise JobFailed(str(err), phase="prepare", input=err.uri, resumable=False) from None

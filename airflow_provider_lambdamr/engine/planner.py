@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from lambda_src import formats
@@ -179,18 +180,40 @@ def _equal_shares(segments: list[Segment], count: int, max_files: int) -> list[M
     return [MapTask(i, splits) for i, splits in enumerate(merged)]
 
 
+def read_heads(infos: list[st.ObjectInfo]) -> dict[str, bytes]:
+    """The first bytes of each non-empty object whose name says neither its format nor its
+    codec (``formats.wants_head``), by URI: on S3, several ranged reads at once."""
+    wanted = [info for info in infos if info.size and formats.wants_head(info.uri)]
+
+    def head(info: st.ObjectInfo) -> bytes:
+        return st.for_uri(info.uri).read_bytes(info.uri, 0, min(info.size, formats.HEAD_BYTES))
+
+    if len(wanted) > 1 and any(st.is_s3(info.uri) for info in wanted):
+        with ThreadPoolExecutor(max_workers=min(16, len(wanted))) as pool:
+            return dict(zip((i.uri for i in wanted), pool.map(head, wanted), strict=True))
+    return {info.uri: head(info) for info in wanted}
+
+
 def plan(
-    inputs: dict[str, list[str]], split_size: int, max_files_per_task: int, parallelism: int = 1
+    inputs: dict[str, list[str]], split_size: int, max_files_per_task: int, parallelism: int = 1,
+    input_formats: dict[str, str] | None = None,
 ) -> tuple[list[MapTask], dict]:
-    """The map tasks of a job and a summary of its input."""
+    """The map tasks of a job and a summary of its input.
+
+    ``input_formats`` names the format of an input (by input name, ``""`` for an unnamed
+    one); the others' formats and codecs come from their names and first bytes.
+    """
     listed: list[tuple[st.ObjectInfo, str | None]] = []
     for name, uris in inputs.items():
         listed.extend((info, name or None) for info in list_inputs(name, uris))
     total = sum(info.size for info, _ in listed)
     effective = balanced_split_size(total, split_size, parallelism)
+    heads = read_heads([info for info, _ in listed])
     segments: list[Segment] = []
     for info, name in listed:
-        segments.extend(formats.for_object(info.uri).split(info, effective, name))
+        head = heads.get(info.uri, b"")
+        fmt = formats.for_object(info.uri, (input_formats or {}).get(name or ""), head)
+        segments.extend(fmt.split(info, effective, name, formats.compression_of(info.uri, head)))
     count = -(-total // effective)
     if parallelism > 1 and 0 < count < 8 * parallelism:
         tasks = _equal_shares(segments, count, max_files_per_task)

@@ -114,6 +114,17 @@ def _segments(uri: str) -> tuple[str, ...]:
     return ("file", *[p for p in st.local_path(uri).split("/") if p])
 
 
+def _check_input_formats(named: dict[str, str], inputs: Mapping[str, list[str]]) -> dict[str, str]:
+    from lambda_src import formats
+
+    for name, fmt in named.items():
+        formats.get(fmt)  # an unknown format is refused, naming the known ones
+        if name and name not in inputs:
+            raise ValueError(f"--input-format {name}={fmt} names no input (the inputs: "
+                             f"{', '.join(n or '<unnamed>' for n in inputs)})")
+    return named
+
+
 def option_default(f: dataclasses.Field) -> Any:
     """The default of the JobSpec field ``f`` (``dataclasses.MISSING`` for a required one)."""
     if f.default_factory is not dataclasses.MISSING:
@@ -229,6 +240,25 @@ def parse_inputs(values: Sequence[str]) -> dict[str, list[str]]:
     return inputs
 
 
+def parse_input_formats(values: Sequence[str] | str | Mapping[str, str] | None) -> dict[str, str]:
+    """``--input-format [NAME=]FORMAT`` values (or an operator's string or mapping) → ``{name: format}``;
+    ``""`` names every input without a format of its own."""
+    if values is None:
+        return {}
+    if isinstance(values, str):
+        values = [values]
+    if isinstance(values, Mapping):
+        return {str(name): str(fmt) for name, fmt in values.items()}
+    out: dict[str, str] = {}
+    for value in values:
+        m = _NAMED_INPUT.match(value)
+        name, fmt = (m.group(1), m.group(2)) if m else ("", value)
+        if name in out and out[name] != fmt:
+            raise ValueError(f"--input-format names two formats for {name or 'the input'}: {out[name]} and {fmt}")
+        out[name] = fmt
+    return out
+
+
 def parse_params(values: Sequence[str]) -> dict[str, str]:
     """``--param KEY=VALUE`` values → ``{key: value}``."""
     params = {}
@@ -277,6 +307,12 @@ class JobSpec:
     output: str = option(
         flag="--output", metavar="URI", cli={"required": True}, kwarg="output_uri", templated=True,
         help="Where the part-NNNNN files and _SUCCESS go.")
+    input_format: dict[str, str] = option(  # noqa: RUF009 - option() is dataclasses.field()
+        factory=dict, flag="--input-format", metavar="[NAME=]FORMAT", cli={"action": "append"},
+        from_cli=parse_input_formats, templated=True,
+        help="The input's format (text, jsonl, csv or parquet), or input NAME's (NAME=FORMAT; repeat the "
+             "flag; operators take a string or {name: format}). Default: what the job declares, else "
+             "each object's extension and first bytes.")
     job_id: str = option(
         "", metavar="ID", templated=True,
         help="Job id; reusing one resumes that job (default: generated; operators: from the DAG run).")
@@ -360,6 +396,7 @@ class JobSpec:
         self.job_root = _location(self.job_root, "job root") if self.job_root else st.join(self.output, "_jobs")
         self.job_id = validate_job_id(self.job_id or new_job_id(self.job))
         self.params = validate_params(dict(self.params))
+        self.input_format = _check_input_formats(parse_input_formats(self.input_format), self.inputs)
         for f in dataclasses.fields(self):
             setattr(self, f.name, check_option(f, getattr(self, f.name)))
         _refuse_overlaps(self.inputs, self.output, self.job_root, self.job_dir)
@@ -374,7 +411,9 @@ class JobSpec:
 
     def identity(self) -> dict:
         """What must match for a rerun with the same job id to resume this job."""
+        named = {"input_format": self.input_format} if self.input_format else {}
         return {
+            **named,
             "job": self.job_ref,
             "inputs": self.inputs,
             "output": self.output,

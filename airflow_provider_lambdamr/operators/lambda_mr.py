@@ -428,6 +428,7 @@ class LambdaMapOperator(_LambdaMapReduceBase):
         job: str,
         inputs: str | Sequence[str] | dict[str, Any],
         output_uri: str,
+        input_format: str | Mapping[str, str] | None = None,
         job_id: str = "",
         job_root: str = "",
         job_params: Mapping[str, Any] | None = None,

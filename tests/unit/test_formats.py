@@ -24,6 +24,7 @@ class _Records:
     records: list
     size: int
     base: int
+    unit = "byte"
 
     def offset(self, index: int) -> int:
         return self.base
@@ -36,7 +37,7 @@ class PipeFormat(formats.InputFormat):
     name = "pipe"
     extensions = (".pipe",)
 
-    def split(self, info, split_size, input_name):
+    def split(self, info, split_size, input_name, compression=None):
         data = st.for_uri(info.uri).read_bytes(info.uri)
         cuts = [0, *[i + 1 for i, b in enumerate(data) if b == ord("|")][1::2]]
         if cuts[-1] != len(data):
@@ -44,7 +45,7 @@ class PipeFormat(formats.InputFormat):
         return [reader.Segment(info.uri, a, b, info.size, None, input_name, info.version, self.name)
                 for a, b in itertools.pairwise(cuts)]
 
-    def read_blocks(self, store, seg, on_bad_bytes, max_line_bytes):
+    def read_blocks(self, store, seg, on_bad, max_line_bytes, job):
         raw = store.read_bytes(seg.uri, seg.start, seg.end)
         records = []
         for item in raw.decode().strip("|").split("|"):
@@ -85,11 +86,11 @@ def _write_pipe(tmp_path):
     return data
 
 
-def test_the_registry_picks_text_by_default_and_refuses_formats_not_read_yet():
+def test_the_registry_picks_text_by_default_and_refuses_formats_not_read():
     assert formats.for_object("file:///d/x.csv").name == "text"
     assert formats.for_object("file:///d/x.CSV.GZ").name == "text"
-    with pytest.raises(reader.InputError, match=r"x\.parquet: unsupported format or compression \(Parquet\)"):
-        formats.for_object("file:///d/x.parquet")
+    with pytest.raises(reader.InputError, match=r"x\.orc: unsupported format or compression \(ORC\)"):
+        formats.for_object("file:///d/x.orc")
     with pytest.raises(ValueError, match=r"unknown input format 'nope' \(known: .*text"):
         formats.for_object("file:///d/x.csv", "nope")
 

@@ -28,6 +28,7 @@ NOT_MAP_KWARGS = {
 #: Operator defaults that differ in form from the spec's, and why they mean the same.
 OPERATOR_DEFAULT_FORMS = {
     "params": (None, "no job_params is no parameters"),
+    "input_format": (None, "no input_format: every input's format is the job's or inferred"),
 }
 
 

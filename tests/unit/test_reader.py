@@ -26,7 +26,7 @@ def _fail_on_bad(offset, raw, err):
 def read_all(uri: str, split_size: int, max_line: int = 1 << 20) -> list[str]:
     info = st.ObjectInfo(st.normalize(uri), STORE.size(uri))
     lines: list[str] = []
-    for seg in formats.for_object(info.uri).split(info, split_size, None):
+    for seg in formats.for_object(info.uri).split(info, split_size, None, formats.compression_of(info.uri)):
         for block in formats.iter_blocks(STORE, seg, _fail_on_bad, max_line):
             lines.extend(block.records)
     return lines
@@ -95,7 +95,7 @@ def test_gzip_is_read_whole_and_never_split(tmp_path):
     path = tmp_path / "f.txt.gz"
     path.write_bytes(gzip.compress(data))
     info = st.ObjectInfo(st.normalize(str(path)), path.stat().st_size)
-    segs = formats.for_object(info.uri).split(info, 10, None)
+    segs = formats.for_object(info.uri).split(info, 10, None, formats.compression_of(info.uri))
     assert len(segs) == 1 and segs[0].compression == "gzip"
     assert read_all(str(path), 10) == expected_lines(data)
 
