@@ -6,8 +6,15 @@ The tables are comma-separated text without a header (see ``amplab-gen``):
   languageCode, searchWord, duration
 - rankings: pageURL, pageRank, avgDuration
 
+or Parquet files of the same columns by name (``amplab-gen --format parquet``), or JSON Lines
+or CSV with a header row of those names. Vectorized mappers read only the columns a query
+needs; record-mode mappers take a text line or a row of named columns (a dict) alike.
+
 Query 3a joins the two tables, so it takes named inputs (``--input uservisits=URI
 --input rankings=URI``): the mapper's ``key`` is the input's name.
+
+Results in JSON Lines or Parquet (``--output-format``) have the column names of the query's
+SQL (``output_columns``).
 """
 
 from __future__ import annotations
@@ -33,25 +40,36 @@ USERVISITS_COLUMNS = (
 RANKINGS_COLUMNS = ("pageURL", "pageRank", "avgDuration")
 
 
-def split_row(line: str, columns: tuple[str, ...]) -> list[str]:
-    cols = line.split(",")
-    if len(cols) != len(columns):
-        raise BadRecord(f"expected {len(columns)} comma-separated columns, found {len(cols)}")
-    return cols
-
-
-def parse_float(text: str, column: str) -> float:
+def split_row(record: str | dict, columns: tuple[str, ...]) -> list[Any]:
+    """The values of ``columns`` in a text line (comma-separated) or a row of named columns."""
+    if type(record) is str:
+        cols = record.split(",")
+        if len(cols) != len(columns):
+            raise BadRecord(f"expected {len(columns)} comma-separated columns, found {len(cols)}")
+        return cols
+    if not isinstance(record, dict):
+        raise BadRecord(f"expected a text line or a row of the columns {', '.join(columns)}, "
+                        f"got a {type(record).__name__}")
     try:
-        return float(text)
-    except ValueError:
-        raise BadRecord(f"column {column} is not a number: {text!r}") from None
+        return [record[c] for c in columns]
+    except KeyError as err:
+        raise BadRecord(f"the row has no column {err.args[0]!r} (its columns: {', '.join(record)})") from None
 
 
-def parse_rank(text: str) -> int:
+def parse_float(value: str | float, column: str) -> float:
     try:
-        return int(text)
-    except ValueError:
-        raise BadRecord(f"column pageRank is not an integer: {text!r}") from None
+        return float(value)
+    except (TypeError, ValueError):
+        raise BadRecord(f"column {column} is not a number: {value!r}") from None
+
+
+def parse_rank(value: str | int) -> int:
+    if type(value) is int:
+        return value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise BadRecord(f"column pageRank is not an integer: {value!r}") from None
 
 
 class RevenueByIpPrefix(MapReduceJob):
@@ -64,7 +82,7 @@ class RevenueByIpPrefix(MapReduceJob):
     table_include = ("sourceIP", "adRevenue")
     table_types = {"sourceIP": "string", "adRevenue": "float64"}  # noqa: RUF012 - read-only
 
-    def mapper(self, key: str | None, line: str) -> Iterator[tuple[str, float]]:
+    def mapper(self, key: str | None, line: str | dict) -> Iterator[tuple[str, float]]:
         if not line:
             return
         cols = split_row(line, USERVISITS_COLUMNS)
@@ -127,7 +145,7 @@ class RankingsScan(MapReduceJob):
         kept = table.filter(pc.greater(table.column("pageRank"), self.min_rank))
         return pa.table({"key": kept.column("pageURL"), "value": kept.column("pageRank")})
 
-    def mapper(self, key: str | None, line: str) -> Iterator[tuple[str, int]]:
+    def mapper(self, key: str | None, line: str | dict) -> Iterator[tuple[str, int]]:
         if not line:
             return
         cols = split_row(line, RANKINGS_COLUMNS)
@@ -192,7 +210,7 @@ class Query3a(MapReduceJob):
         self._start = self.param("start", "1980-01-01")
         self._end = self.param("end", "1980-04-01")
 
-    def map_join(self, key: str | None, line: str) -> list[tuple[str, Any]]:
+    def map_join(self, key: str | None, line: str | dict) -> list[tuple[str, Any]]:
         # Returns lists, not a generator: most visits fall outside the window, and a
         # generator per line would cost more than the test that drops them.
         if not line:
