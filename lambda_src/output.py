@@ -17,6 +17,7 @@ column. Every file of one result must have the same columns (and types): the com
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -154,17 +155,25 @@ class ResultWriter:
     def add_table(self, table: Any) -> None:
         raise NotImplementedError
 
-    def close(self) -> None:
-        """Finish the file (called on a clean exit)."""
+    def finish(self) -> None:
+        """Write what is held (on a clean exit); raising here drops the file too."""
+
+    def commit(self) -> None:
+        """Make the finished file appear."""
 
     def discard(self) -> None:
-        """Drop what was written (called when the block raised)."""
+        """Drop what was written (when the block or ``finish`` raised)."""
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
+        if exc_type is not None:
             self.discard()
+            return
+        try:
+            self.finish()
+        except BaseException:
+            self.discard()
+            raise
+        self.commit()
 
     def schema(self) -> dict:
         """What the commit checks is the same in every file of the result."""
@@ -215,7 +224,7 @@ class _BufferedWriter(ResultWriter):
         self._fh.write(data)
         self.bytes += len(data)
 
-    def close(self) -> None:
+    def commit(self) -> None:
         self._ctx.__exit__(None, None, None)
 
     def discard(self) -> None:
@@ -251,9 +260,8 @@ class CsvWriter(_BufferedWriter):
         self._text.truncate()
         self._write(data)
 
-    def close(self) -> None:
+    def finish(self) -> None:
         self._drain()
-        super().close()
 
 
 class JsonlWriter(_BufferedWriter):
@@ -459,7 +467,7 @@ class ParquetWriter(ResultWriter):
         self.records += table.num_rows
         self._held, self._held_rows = [], 0
 
-    def close(self) -> None:
+    def finish(self) -> None:
         pa = self._pa
         self._convert_rows()
         if self._arrow_schema is None and self._held:
@@ -472,9 +480,15 @@ class ParquetWriter(ResultWriter):
         self._flush()
         self._writer.close()
         self.bytes = self._fh.tell()
-        self._ctx.__exit__(None, None, None)
+
+    def commit(self) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(None, None, None)
 
     def discard(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):  # the file is dropped anyway: free the writer
+                self._writer.close()
         if self._ctx is not None:
             self._ctx.__exit__(RuntimeError, RuntimeError("discarded"), None)
         self.written = False

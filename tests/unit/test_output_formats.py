@@ -131,8 +131,11 @@ def test_a_column_typed_only_after_a_batch_of_nones_is_typed_and_written_in_row_
     assert writer.bytes == (tmp_path / "part-00000.parquet").stat().st_size
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_a_type_change_after_the_first_row_group_names_the_key(tmp_path, monkeypatch):
+    """A row group is written when the bad row comes: the file is dropped, its writer closed."""
     monkeypatch.setattr(output, "BATCH_ROWS", 10)
+    monkeypatch.setattr(output, "ROW_GROUP_ROWS", 10)
     pairs = [(f"k{i:03d}", i) for i in range(30)] + [("late", "text")]
     with pytest.raises(output.OutputSchemaError,
                        match=r"partition 0: column 'value' holds int64 in earlier rows and string \(key 'late'\)"):
