@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import functools
 import heapq
-from collections.abc import Iterator
+import operator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from lambda_src.job import BadRecord, MapReduceJob, Step
@@ -40,8 +41,9 @@ USERVISITS_COLUMNS = (
 RANKINGS_COLUMNS = ("pageURL", "pageRank", "avgDuration")
 
 
-def split_row(record: str | dict, columns: tuple[str, ...]) -> list[Any]:
-    """The values of ``columns`` in a text line (comma-separated) or a row of named columns."""
+def split_row(record: str | dict, columns: tuple[str, ...]) -> Sequence[Any]:
+    """The values of ``columns``, by position: of a text line (comma-separated), or of a row
+    of named columns."""
     if type(record) is str:
         cols = record.split(",")
         if len(cols) != len(columns):
@@ -51,9 +53,14 @@ def split_row(record: str | dict, columns: tuple[str, ...]) -> list[Any]:
         raise BadRecord(f"expected a text line or a row of the columns {', '.join(columns)}, "
                         f"got a {type(record).__name__}")
     try:
-        return [record[c] for c in columns]
+        return _getter(columns)(record)
     except KeyError as err:
         raise BadRecord(f"the row has no column {err.args[0]!r} (its columns: {', '.join(record)})") from None
+
+
+@functools.cache
+def _getter(columns: tuple[str, ...]) -> Callable[[dict], tuple]:
+    return operator.itemgetter(*columns)
 
 
 def parse_float(value: str | float, column: str) -> float:
