@@ -633,7 +633,7 @@ def _csv_tables(seg: Segment, start: int, end: int, job: Any, max_line_bytes: in
         null_values=[],
         strings_can_be_null=False,
         quoted_strings_can_be_null=False,
-        check_utf8=False,  # _RecordLines checks every byte, not only the converted columns
+        check_utf8=False,  # RecordLines checks every byte, not only the converted columns
     )
     where = seg.describe()
 
@@ -657,12 +657,12 @@ def _csv_tables(seg: Segment, start: int, end: int, job: Any, max_line_bytes: in
         return table
 
     try:
-        lines = _RecordLines(_arrow_stream(seg, start, end), where, start == 0, max_line_bytes)
+        lines = RecordLines(arrow_stream(seg, start, end), where, start == 0, max_line_bytes)
         if st.is_s3(seg.uri) or seg.compression:  # checked as Arrow reads: one download
             source = pa.PythonFile(lines, "r")
         else:  # checked first: Arrow reads a mapped file faster than through Python
             lines.finish()
-            source = _arrow_stream(seg, start, end)
+            source = arrow_stream(seg, start, end)
         with pacsv.open_csv(
             source,
             read_options=read_options,
@@ -678,7 +678,7 @@ def _csv_tables(seg: Segment, start: int, end: int, job: Any, max_line_bytes: in
         lines.finish()
 
 
-def _arrow_stream(seg: Segment, start: int, end: int):
+def arrow_stream(seg: Segment, start: int, end: int):
     """The bytes ``[start, end)`` of the segment's object (decompressed), as a readable file."""
     import pyarrow as pa
 
@@ -690,7 +690,7 @@ def _arrow_stream(seg: Segment, start: int, end: int):
     return pa.memory_map(st.local_path(seg.uri)).get_stream(start, end - start)
 
 
-class _RecordLines:
+class RecordLines:
     r"""The bytes Arrow parses, stopped (``VectorFallback``) where Arrow would not see the
     lines the record path sees.
 

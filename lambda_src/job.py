@@ -25,7 +25,8 @@ value of that key, in the final round. Keys and values must be JSON values (str,
 float, bool, None, lists, dicts); tuples come back as lists.
 
 A job may also define a vectorized mapper, ``map_table(table)``, over a ``pyarrow.Table``
-of delimited text columns (``table_columns``); it is used when pyarrow is importable and
+of delimited text columns (``table_columns``), or of Parquet or JSON Lines rows (the columns
+of ``table_include``, else ``input_columns``, else all); it is used when pyarrow is importable and
 must give the same result as ``mapper``/``combiner``, which stay the reference path (and
 the path that reports bad records precisely). ``map_table`` may return (key, value) pairs,
 or a table with ``key`` and ``value`` columns; a job that returns tables and also defines

@@ -60,7 +60,8 @@ class BadRecords:
                 offset=offset,
             )
         if len(self.samples) < BAD_SAMPLES:
-            self.samples.append({"uri": uri, "offset": offset, "reason": reason, "line": line})
+            self.samples.append({"uri": uri, "offset": offset, "reason": reason, "line": line,
+                                 **({"unit": unit} if unit != "byte" else {})})
         log.warning("%s: skipped bad record in %s at %s %d: %s", self.where, uri, unit, offset, reason)
 
 

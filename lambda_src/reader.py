@@ -108,15 +108,7 @@ def check_unchanged(segments: list[Segment]) -> None:
         except st.NotFound:
             return None
 
-    if len(planned) > 1 and any(st.is_s3(u) for u in planned):
-        # One HEAD per object: concurrently, so a task of many small objects does not wait
-        # for them one after another.
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=min(16, len(planned))) as pool:
-            found = dict(zip(planned, pool.map(stat, planned), strict=True))
-    else:
-        found = {uri: stat(uri) for uri in planned}
+    found = dict(zip(planned, st.per_object(stat, list(planned), str), strict=True))
     for uri, seg in planned.items():
         now = found[uri]
         if now is None:

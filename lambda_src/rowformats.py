@@ -146,7 +146,7 @@ class JsonLinesFormat(fm.TextFormat):
         for block in fm.TextFormat.read_blocks(self, store, seg, on_bad, max_line_bytes, None):
             rows = RowBlock(block)
             for i, line in enumerate(block.records):
-                if not line.strip():
+                if not line.strip(" \t\r"):  # JSON whitespace only
                     continue
                 try:
                     value = decode(line)
@@ -180,7 +180,7 @@ def _json_tables(seg: Segment, start: int, end: int, job: Any, max_line_bytes: i
     columns = _vector_columns(job)
     types = {name: pa.type_for_alias(t) for name, t in job.table_types.items()}
     parse = pajson.ParseOptions(explicit_schema=pa.schema(list(types.items())) if types else None)
-    lines = fm._RecordLines(fm._arrow_stream(seg, start, end), where, start == 0, max_line_bytes)
+    lines = fm.RecordLines(fm.arrow_stream(seg, start, end), where, start == 0, max_line_bytes)
     try:
         with pajson.open_json(pa.PythonFile(lines, "r"), parse_options=parse,
                               read_options=pajson.ReadOptions(block_size=16 * 1024 * 1024, use_threads=False)) as batches:
@@ -322,8 +322,11 @@ class ParquetFormat(fm.InputFormat):
         if compression:
             raise InputError(f"{info.uri}: a Parquet object compressed as a whole ({compression}) cannot be read: "
                              f"Parquet compresses its pages itself", uri=info.uri)
-        meta = _open(info.uri, info.size).metadata
-        spans = [_row_group_span(meta.row_group(i)) for i in range(meta.num_row_groups)]
+        if info.size == 0:  # an empty object is empty, whatever its name
+            spans = []
+        else:
+            meta = _open(info.uri, info.size).metadata
+            spans = [_row_group_span(meta.row_group(i)) for i in range(meta.num_row_groups)]
         if not spans:  # a schema and no row group
             return [Segment(info.uri, 0, 0, info.size, None, input_name, info.version, self.name, (0, 0))]
         out: list[Segment] = []
@@ -491,9 +494,11 @@ def _row_groups(seg: Segment, columns: list[str] | None, filters: list) -> Itera
     not read (nor yielded)."""
     import pyarrow as pa
 
+    first, stop = seg.row_groups
+    if first == stop:
+        return
     pf = _open(seg.uri, seg.size)
     meta = pf.metadata
-    first, stop = seg.row_groups
     if stop > meta.num_row_groups:
         raise InputError(f"{seg.uri}: has {meta.num_row_groups} row groups, the split names {first}-{stop - 1}",
                          uri=seg.uri)

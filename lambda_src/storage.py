@@ -16,9 +16,10 @@ import re
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, TypeVar
 from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
 
 READ_CHUNK = 8 * 1024 * 1024
@@ -197,6 +198,20 @@ def basename(uri: str) -> str:
     if is_s3(uri):
         return posixpath.basename(split_s3(uri)[1].rstrip("/"))
     return os.path.basename(local_path(uri))
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def per_object(fn: Callable[[T], R], items: Sequence[T], uri_of: Callable[[T], str]) -> list[R]:
+    """``[fn(item) for item in items]``, where each call is a request about the object
+    ``uri_of(item)``: several at once when more than one is on S3, so many small objects do
+    not wait for each other's round trips."""
+    if len(items) > 1 and any(is_s3(uri_of(item)) for item in items):
+        with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+            return list(pool.map(fn, items))
+    return [fn(item) for item in items]
 
 
 class Storage:

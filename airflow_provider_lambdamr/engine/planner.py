@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from lambda_src import formats
@@ -182,16 +181,17 @@ def _equal_shares(segments: list[Segment], count: int, max_files: int) -> list[M
 
 def read_heads(infos: list[st.ObjectInfo]) -> dict[str, bytes]:
     """The first bytes of each non-empty object whose name says neither its format nor its
-    codec (``formats.wants_head``), by URI: on S3, several ranged reads at once."""
+    codec (``formats.wants_head``), by URI."""
     wanted = [info for info in infos if info.size and formats.wants_head(info.uri)]
 
     def head(info: st.ObjectInfo) -> bytes:
         return st.for_uri(info.uri).read_bytes(info.uri, 0, min(info.size, formats.HEAD_BYTES))
 
-    if len(wanted) > 1 and any(st.is_s3(info.uri) for info in wanted):
-        with ThreadPoolExecutor(max_workers=min(16, len(wanted))) as pool:
-            return dict(zip((i.uri for i in wanted), pool.map(head, wanted), strict=True))
-    return {info.uri: head(info) for info in wanted}
+    return dict(zip((info.uri for info in wanted), st.per_object(head, wanted, _uri), strict=True))
+
+
+def _uri(item: st.ObjectInfo | tuple[st.ObjectInfo, str | None]) -> str:
+    return (item[0] if isinstance(item, tuple) else item).uri
 
 
 def plan(
@@ -209,11 +209,15 @@ def plan(
     total = sum(info.size for info, _ in listed)
     effective = balanced_split_size(total, split_size, parallelism)
     heads = read_heads([info for info, _ in listed])
-    segments: list[Segment] = []
-    for info, name in listed:
+
+    def split(item: tuple[st.ObjectInfo, str | None]) -> list[Segment]:
+        info, name = item
         head = heads.get(info.uri, b"")
         fmt = formats.for_object(info.uri, (input_formats or {}).get(name or ""), head)
-        segments.extend(fmt.split(info, effective, name, formats.compression_of(info.uri, head)))
+        return fmt.split(info, effective, name, formats.compression_of(info.uri, head))
+
+    # A format may read the object to split it (Parquet's footer): several at once on S3.
+    segments = [seg for segs in st.per_object(split, listed, _uri) for seg in segs]
     count = -(-total // effective)
     if parallelism > 1 and 0 < count < 8 * parallelism:
         tasks = _equal_shares(segments, count, max_files_per_task)

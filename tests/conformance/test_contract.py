@@ -177,3 +177,38 @@ def test_an_event_of_another_version_is_refused_and_writes_nothing(tmp_path, imp
     assert not result.ok
     assert "version" in result.error["errorMessage"]
     assert not (tmp_path / "job").exists()
+
+
+def _runs(record: dict) -> list[bytes]:
+    return sorted(line for out in record["outputs"] for line in _path(out["uri"]).read_bytes().splitlines())
+
+
+def test_a_parquet_split_reads_exactly_its_row_groups(tmp_path, implementation):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "sales.parquet"
+    pq.write_table(pa.table({"region": ["a", "a", "b", "b", "b", "a", "c", "c", "c"],
+                             "amount": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]}), src, row_group_size=3)
+    size = src.stat().st_size
+    split = {"uri": _uri(src), "start": 0, "end": size, "size": size, "format": "parquet", "row_groups": [1, 2]}
+    event = _event(tmp_path, {"phase": "map", "index": 0, "count": 1, "attempt": 1},
+                   job="userjobs.rows:SalesByRegion", splits=[split])
+    result = implementation.invoke(event)
+    assert result.ok, result.error
+    record = _record(tmp_path / "job" / "status" / "map" / "00000.json")
+    assert _runs(record) == [b'"a"\t6.0', b'"b"\t9.0']  # rows 3-5 only: row group 1
+
+
+def test_a_json_lines_split_owns_the_lines_starting_in_its_range(tmp_path, implementation):
+    lines = [b'{"region": "a"}\n', b'{"region": "b"}\n', b"\n", b'{"region": "b"}\n', b'{"region": "c"}\n']
+    src = tmp_path / "rows.jsonl"
+    src.write_bytes(b"".join(lines))
+    start = len(lines[0]) + 3  # inside the second line: the split owns lines 3 on
+    end = len(b"".join(lines[:4])) + 1  # inside the last line, which it also owns
+    split = {"uri": _uri(src), "start": start, "end": end, "size": src.stat().st_size, "format": "jsonl"}
+    event = _event(tmp_path, {"phase": "map", "index": 0, "count": 1, "attempt": 1},
+                   job="userjobs.rows:RegionRows", splits=[split])
+    result = implementation.invoke(event)
+    assert result.ok, result.error
+    assert _runs(_record(tmp_path / "job" / "status" / "map" / "00000.json")) == [b'"b"\t1', b'"c"\t1']

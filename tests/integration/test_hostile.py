@@ -264,8 +264,9 @@ def test_a_line_at_max_line_bytes_is_read_and_one_byte_over_is_refused_by_name(t
                 vectorized=vectorized, partitions=1)
 
 
-@pytest.mark.parametrize("head,codec", [(b"\x04\x22\x4d\x18", "lz4"), (b"\x28\xb5\x2f\xfd", "zstd")])
-def test_compressed_content_behind_a_text_name_is_named_not_read_as_bad_records(tmp_path, head, codec):
+@pytest.mark.parametrize("head,error", [(b"\x04\x22\x4d\x18", r"unsupported format or compression \(lz4\)"),
+                                        (b"\x28\xb5\x2f\xfd", r"corrupt zstd data")])  # zstd is read (by magic)
+def test_compressed_content_behind_a_text_name_is_named_not_read_as_bad_records(tmp_path, head, error):
     inp = _write(tmp_path / "in" / "data.txt", head + bytes(64))
-    with pytest.raises(JobFailed, match=rf"data.txt: unsupported format or compression \({codec}\)"):
+    with pytest.raises(JobFailed, match=rf"data.txt: {error}"):
         run_job(job="wordcount", inputs={"": [inp]}, output=str(tmp_path / "out"), max_bad_records=1000)

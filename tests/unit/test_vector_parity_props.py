@@ -167,7 +167,7 @@ class _Bytes:
 
 
 def _drain(data: bytes, step: int, at_object_start: bool = True, max_line_bytes: int = 1 << 20) -> None:
-    lines = formats._RecordLines(_Bytes(data, step), "f bytes 0-9", at_object_start, max_line_bytes)
+    lines = formats.RecordLines(_Bytes(data, step), "f bytes 0-9", at_object_start, max_line_bytes)
     while lines.read(1 << 20):
         pass
 
