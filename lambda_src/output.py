@@ -135,13 +135,10 @@ class ResultWriter:
                  types: Mapping[str, Any] | None = None) -> None:
         self.uri = uri
         self.where = where
-        self.columns = tuple(columns) if columns else None
         self.types = dict(types or {})
-        if self.columns is not None:
-            unknown = sorted(set(self.types) - set(self.columns))
-            if unknown:
-                raise OutputSchemaError(f"output_types names {unknown}, which are not in output_columns "
-                                        f"{list(self.columns)}")
+        self.columns: tuple[str, ...] | None = None
+        if columns:
+            self._name_columns(columns, "output_columns")
         self.records = 0
         self.bytes = 0
         self.written = False
@@ -186,15 +183,19 @@ class ResultWriter:
                  **self.schema()}]
 
     # -- shared by the named-column formats
+    def _name_columns(self, names: Iterable[str], source: str) -> None:
+        self.columns = tuple(names)
+        unknown = sorted(set(self.types) - set(self.columns))
+        if unknown:
+            raise OutputSchemaError(f"{self.where}: output_types names {unknown}, which are not among the "
+                                    f"columns {list(self.columns)} ({source})")
+
     def _row_names(self, key: Any, value: Any, width: int) -> tuple[str, ...]:
         """The columns of a row of ``width`` fields: the file's, fixed by its first row."""
         if self.columns is None:
-            self.columns = default_columns(key, value)
-            unknown = sorted(set(self.types) - set(self.columns))
-            if unknown:
-                raise OutputSchemaError(
-                    f"{self.where}: output_types names {unknown}, but the rows' columns are "
-                    f"{list(self.columns)} (declare output_columns)")
+            self._name_columns(default_columns(key, value), "named as the first row is shaped: "
+                                                             "declare output_columns")
+        assert self.columns is not None
         if width != len(self.columns):
             raise OutputSchemaError(
                 f"{self.where}: the row of key {key!r} has {width} columns, not {len(self.columns)} "
@@ -203,7 +204,8 @@ class ResultWriter:
 
     def _table_names(self, table: Any) -> tuple[str, ...]:
         if self.columns is None:
-            self.columns = tuple(table.column_names)
+            self._name_columns(table.column_names, "the result table's: declare output_columns")
+        assert self.columns is not None
         if table.num_columns != len(self.columns):
             raise OutputSchemaError(
                 f"{self.where}: the result table has {table.num_columns} columns {table.column_names}, "

@@ -162,8 +162,13 @@ def test_declared_types_convert_or_name_the_row(tmp_path):
     with pytest.raises(output.OutputSchemaError, match=r"the row of key 'b' has 'x' in column 'v', which is not a "
                                                        r"double"):
         _write(tmp_path, "parquet", [("a", 1), ("b", "x")], columns=("k", "v"), types={"v": "float64"})
-    with pytest.raises(output.OutputSchemaError, match=r"output_types names \['w'\], which are not in output_columns"):
+    with pytest.raises(output.OutputSchemaError, match=r"partition 0: output_types names \['w'\], which are not among "
+                                                       r"the columns \['k', 'v'\] \(output_columns\)"):
         _write(tmp_path, "parquet", [], columns=("k", "v"), types={"w": "int64"})
+    for table in (None, pa.table({"key": ["a"], "value": [1]})):  # named by the first row, or the table
+        with pytest.raises(output.OutputSchemaError, match=r"output_types names \['v'\], which are not among the "
+                                                           r"columns \['key', 'value'\] \(.*declare output_columns\)"):
+            _write(tmp_path, "parquet", [("a", 1)], table=table, types={"v": "int64"})
     with pytest.raises(output.OutputSchemaError, match="the type 'money', which is not a pyarrow type name"):
         _write(tmp_path, "parquet", [], columns=("k", "v"), types={"v": "money"})
 
