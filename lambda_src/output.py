@@ -107,7 +107,11 @@ def write_csv_rows(out: IO[str], rows: Iterable[list[str]]) -> int:
     return n
 
 
-class OutputSchemaError(ValueError):
+class OutputError(ValueError):
+    """A result the task cannot write: a retry would fail the same way."""
+
+
+class OutputSchemaError(OutputError):
     """Result rows that do not fit the result's columns or types: a bug in the job, or a
     schema the job should declare (``output_columns``, ``output_types``)."""
 
@@ -319,9 +323,12 @@ class ParquetWriter(ResultWriter):
 
     def __init__(self, uri: str, where: str, columns: tuple[str, ...] | None = None,
                  types: Mapping[str, Any] | None = None) -> None:
+        try:
+            import pyarrow as pa
+        except ImportError:
+            raise OutputError(f"{where}: --output-format parquet needs pyarrow in the function's "
+                              f"environment (a layer, or the code package)") from None
         super().__init__(uri, where, columns, types)
-        import pyarrow as pa
-
         self._pa = pa
         self._declared = {name: _arrow_type(t, name) for name, t in self.types.items()}
         self._rows: list[list[Any]] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -217,3 +218,13 @@ def test_a_carriage_return_in_a_csv_field_is_quoted(tmp_path, as_table):
     table = pa.table({"key": ["a\rb", "c"], "value": ["1", "d\r"]}) if as_table else None
     writer = _write(tmp_path, "csv", pairs=pairs, table=table)
     assert _read(writer) == [["a\rb", "1"], ["c", "d\r"]]
+
+
+def test_parquet_without_pyarrow_fails_once_saying_so(tmp_path, monkeypatch):
+    from lambda_src import task
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as in a function without pyarrow
+    with pytest.raises(output.OutputError, match="partition 0: --output-format parquet needs pyarrow") as err:
+        output.result_writer(str(tmp_path / "part-00000.parquet"), "parquet", None, "partition 0")
+    assert task.failure_class(err.value) is task.TaskJobError  # not retried
+    assert task.failure_class(output.OutputSchemaError("x")) is task.TaskJobError
