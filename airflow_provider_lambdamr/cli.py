@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--output", metavar="FILE_OR_URI",
                         help="where to write the page (default: JOB_DIR/report.html)")
 
-    gen = sub.add_parser("amplab-gen", help="generate Amplab uservisits/rankings text data")
+    gen = sub.add_parser("amplab-gen", help="generate Amplab uservisits/rankings data (CSV text or Parquet)")
     gen.add_argument("--output", required=True, metavar="URI",
                      help="directory URI; tables go to OUTPUT/<table>/")
     gen.add_argument("--table", choices=("uservisits", "rankings", "both"), default="both")
@@ -121,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rankings rows (default: rows / 10)")
     gen.add_argument("--files", type=int, default=1)
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--gzip", action="store_true")
+    gen.add_argument("--gzip", action="store_true", help="gzip the CSV files")
+    gen.add_argument("--format", choices=("csv", "parquet"), default="csv", dest="fmt",
+                     help="csv: text without a header; parquet: typed columns named as in the Amplab "
+                          "schema, in row groups. Default: csv.")
     gen.add_argument("--skew", type=float, default=0.0,
                      help="fraction of uservisits rows from a few hot source IPs")
     return parser
@@ -583,6 +586,7 @@ def _cmd_amplab_gen(args: argparse.Namespace) -> int:
             files=args.files,
             seed=args.seed,
             gzip=args.gzip,
+            fmt=args.fmt,
             rankings_rows=rankings_rows if table == "uservisits" else None,
             skew=args.skew if table == "uservisits" else 0.0,
             progress=progress,

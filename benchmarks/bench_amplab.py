@@ -31,14 +31,21 @@ What is measured, and how:
   project's venv: matplotlib brings numpy, and pyarrow imports numpy whenever it is
   installed, which would slow every worker's cold start.
 
+- ``--format parquet``: the same tables as Parquet (``amplab-gen --format parquet``, in
+  ``amplab-<N>mb-parquet``), read by us (by row group, only the columns a query needs) and by
+  DuckDB (``read_parquet``); queries 1a, 2a and 3a by default, and no Python reference (it
+  reads text). The summary line gives 2a's ratio: our fastest run over DuckDB's.
+
 Queries live in ``QUERIES``: each has its SQL, the table(s) it reads (3a reads both, as
 named inputs) and a function of the single-process reference. Answers are compared as
 sets of rows: the first column is the key, the others numbers.
 
     .venv/bin/python benchmarks/bench_amplab.py --size-mb 400 --repeat 3 --overhead
     .venv/bin/python benchmarks/bench_amplab.py --size-mb 100 --repeat 1 --scaling 100,400,1600
+    .venv/bin/python benchmarks/bench_amplab.py --format parquet --size-mb 400 --repeat 5
 
-Writes ``benchmarks/results/amplab.json`` (and ``amplab.png`` with matplotlib).
+Writes ``benchmarks/results/amplab.json`` (``amplab-parquet.json`` for Parquet; and a PNG
+with matplotlib).
 """
 
 from __future__ import annotations
@@ -96,6 +103,9 @@ SQL_3A = (
     "AND UV.visitDate BETWEEN '1980-01-01' AND '1980-04-01' "
     "GROUP BY UV.sourceIP ORDER BY totalRevenue DESC, sourceIP LIMIT 1"
 )
+
+#: The queries ``--format parquet`` runs by default.
+PARQUET_QUERIES = ("amplab-1a", "amplab-2a", "amplab-3a")
 
 QUERIES = (
     Query("amplab-1a", ("rankings",), "SELECT pageURL, pageRank FROM rankings WHERE pageRank > 1000", "scan", 1000),
@@ -170,18 +180,28 @@ globals()[sys.argv[1]](sys.argv[4:], int(sys.argv[2]), sys.argv[3])
 """
 
 
-def duckdb_source() -> str:
-    """The DuckDB script: views over read_csv with explicit columns, then COPY (query) TO CSV."""
+FORMATS = ("csv", "parquet")
+
+
+def duckdb_source(fmt: str = "csv") -> str:
+    """The DuckDB script: views over read_csv with explicit columns (or read_parquet), then
+    COPY (query) TO CSV."""
+    if fmt == "parquet":
+        view = "    con.execute(f\"CREATE VIEW {name} AS SELECT * FROM read_parquet([{paths}])\")\n"
+    else:
+        view = (
+            "    spec = ', '.join(f\"'{k}': '{v}'\" for k, v in cols[name].items())\n"
+            "    con.execute(f\"CREATE VIEW {name} AS SELECT * FROM read_csv([{paths}], header=false, delim=',', \"\n"
+            "                f\"quote='', escape='', columns={{{spec}}})\")\n"
+        )
     return (
         "import duckdb, json, sys\n"
         "tables, sql, out, cols = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])\n"
         "con = duckdb.connect()\n"
         "con.execute('SET threads = 2')\n"
         "for name, files in tables.items():\n"
-        "    spec = ', '.join(f\"'{k}': '{v}'\" for k, v in cols[name].items())\n"
         "    paths = ', '.join(f\"'{p}'\" for p in files)\n"
-        "    con.execute(f\"CREATE VIEW {name} AS SELECT * FROM read_csv([{paths}], header=false, delim=',', \"\n"
-        "                f\"quote='', escape='', columns={{{spec}}})\")\n"
+        + view +
         "con.execute(f\"COPY ({sql}) TO '{out}' (HEADER false)\")\n"
     )
 
@@ -190,8 +210,8 @@ def duckdb_source() -> str:
 # data
 
 
-def table_dir(data_dir: Path, size_mb: int) -> Path:
-    return data_dir / f"amplab-{size_mb}mb"
+def table_dir(data_dir: Path, size_mb: int, fmt: str = "csv") -> Path:
+    return data_dir / (f"amplab-{size_mb}mb" if fmt == "csv" else f"amplab-{size_mb}mb-{fmt}")
 
 
 def table_rows(size_mb: float) -> dict[str, int]:
@@ -201,9 +221,9 @@ def table_rows(size_mb: float) -> dict[str, int]:
     }
 
 
-def ensure_table(data_dir: Path, size_mb: int, table: str) -> list[Path]:
+def ensure_table(data_dir: Path, size_mb: int, table: str, fmt: str = "csv") -> list[Path]:
     """The table's files for this size, generated (deterministically) if missing or partial."""
-    root = table_dir(data_dir, size_mb)
+    root = table_dir(data_dir, size_mb, fmt)
     files = sorted((root / table).glob("part-*"))
     if len(files) == FILES:
         return files
@@ -213,7 +233,7 @@ def ensure_table(data_dir: Path, size_mb: int, table: str) -> list[Path]:
     subprocess.run(
         [LAMBDAMR, "amplab-gen", "--output", str(root), "--table", table,
          "--rows", str(rows[table] if table == "rankings" else rows["uservisits"]),
-         "--rankings-rows", str(rows["rankings"]), "--files", str(FILES), "--seed", str(SEED)],
+         "--rankings-rows", str(rows["rankings"]), "--files", str(FILES), "--seed", str(SEED), "--format", fmt],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     files = sorted((root / table).glob("part-*"))
@@ -256,10 +276,11 @@ def ours_cmd(query: Query, root: Path, output: Path) -> list[str]:
 
 def duck_cmd(query: Query, files: dict[str, list[Path]], output: Path) -> list[str]:
     tables = {t: [str(p) for p in files[t]] for t in query.tables}
+    fmt = "parquet" if files[query.tables[0]][0].suffix == ".parquet" else "csv"
     return [
         sys.executable,
         "-c",
-        duckdb_source(),
+        duckdb_source(fmt),
         json.dumps(tables),
         query.sql,
         str(output),
@@ -351,6 +372,7 @@ def bench_query(query: Query, data_root: Path, files: dict[str, list[Path]], rep
         med = statistics.median(secs)
         results.append({
             "tool": tool, "median_s": round(med, 3), "min_s": round(min(secs), 3),
+            "min_ratio_to_duckdb": round(min(secs) / min(r.seconds for r in runs[TOOLS[1]]), 2),
             "mb_per_s": round(input_bytes / 1e6 / med, 1), "ratio_to_duckdb": round(med / base, 2),
             "peak_mb": round(max(r.peak_mb for r in runs[tool]), 1),
             "runs_s": [round(s, 3) for s in secs], "runs_peak_mb": [round(r.peak_mb, 1) for r in runs[tool]],
@@ -442,9 +464,12 @@ def main() -> int:
     )
     parser.add_argument("--size-mb", type=int, default=400, help="uservisits MB (rankings is a quarter)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--queries", default=",".join(q.name for q in QUERIES), help="comma-separated")
+    parser.add_argument("--format", choices=FORMATS, default="csv", dest="fmt",
+                        help="the tables' format (parquet: no python reference; queries 1a, 2a, 3a by default)")
+    parser.add_argument("--queries", default="", help="comma-separated (default: all; with parquet: 1a, 2a, 3a)")
     parser.add_argument("--data-dir", type=Path, default=HERE / "data")
-    parser.add_argument("--results", type=Path, default=HERE / "results" / "amplab.json")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="default: results/amplab.json (amplab-parquet.json for --format parquet)")
     parser.add_argument("--overhead", action="store_true", help="also measure ms per task (200 tiny tasks)")
     parser.add_argument("--scaling", default="", help="uservisits sizes in MB for a 2a-only scaling run")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG (its venv needs matplotlib)")
@@ -453,7 +478,11 @@ def main() -> int:
     if not Path(GNU_TIME).exists():
         raise SystemExit(f"{GNU_TIME} is needed for peak memory")
     by_name = {q.name: q for q in QUERIES}
-    wanted = [name.strip() for name in args.queries.split(",") if name.strip()]
+    default = PARQUET_QUERIES if args.fmt == "parquet" else tuple(by_name)
+    wanted = [name.strip() for name in (args.queries or ",".join(default)).split(",") if name.strip()]
+    tools = TOOLS[:2] if args.fmt == "parquet" else TOOLS
+    if args.results is None:
+        args.results = HERE / "results" / ("amplab.json" if args.fmt == "csv" else f"amplab-{args.fmt}.json")
     unknown = [name for name in wanted if name not in by_name]
     if unknown:
         raise SystemExit(f"unknown queries {unknown}; known: {list(by_name)}")
@@ -464,21 +493,22 @@ def main() -> int:
     report: dict = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "workers": WORKERS, "duckdb_threads": 2, "repeat": args.repeat, "size_mb": args.size_mb,
+        "workers": WORKERS, "duckdb_threads": 2, "repeat": args.repeat, "size_mb": args.size_mb, "format": args.fmt,
         "rows": table_rows(args.size_mb), "seed": SEED, "files_per_table": FILES,
     }  # fmt: skip
     try:
-        root = table_dir(args.data_dir, args.size_mb)
-        files = {t: ensure_table(args.data_dir, args.size_mb, t) for t in sorted({t for q in queries for t in q.tables})}
+        root = table_dir(args.data_dir, args.size_mb, args.fmt)
+        files = {t: ensure_table(args.data_dir, args.size_mb, t, args.fmt)
+                 for t in sorted({t for q in queries for t in q.tables})}
         report["table_bytes"] = {t: sum(p.stat().st_size for p in fs) for t, fs in files.items()}
-        query_results = [bench_query(q, root, files, args.repeat, work) for q in queries]
+        query_results = [bench_query(q, root, files, args.repeat, work, tools) for q in queries]
         report["queries"] = query_results
         overhead = bench_overhead(args.repeat, work) if args.overhead else None
         report["overhead"] = overhead
         scaling = []
         for size in sizes:
-            uv = ensure_table(args.data_dir, size, "uservisits")
-            result = bench_query(by_name["amplab-2a"], table_dir(args.data_dir, size), {"uservisits": uv},
+            uv = ensure_table(args.data_dir, size, "uservisits", args.fmt)
+            result = bench_query(by_name["amplab-2a"], table_dir(args.data_dir, size, args.fmt), {"uservisits": uv},
                                  args.repeat, work, tools=TOOLS[:2])  # fmt: skip
             scaling.append({"size_mb": size, **result})
         report["scaling"] = scaling
@@ -486,8 +516,13 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     sizes_text = ", ".join(f"{t} {b / 1e6:.0f} MB" for t, b in report["table_bytes"].items())
-    print_table(f"Amplab queries at --size-mb {args.size_mb} ({sizes_text}; {FILES} files each), "
+    print_table(f"Amplab queries on {args.fmt} at --size-mb {args.size_mb} ({sizes_text}; {FILES} files each), "
                 f"{args.repeat} alternating run(s); every answer equal to DuckDB's", query_results)  # fmt: skip
+    for q in query_results:
+        if q["query"] == "amplab-2a":
+            ours = q["results"][0]
+            print(f"\n2a on {args.fmt}: lambdamr ({WORKERS} workers) / duckdb (2 threads) = "
+                  f"{ours['min_ratio_to_duckdb']:.2f}x (fastest runs), {ours['ratio_to_duckdb']:.2f}x (medians)")
     print("\npeak MB: the largest single process of the command (/usr/bin/time %M: driver or a worker)")
 
     if overhead:
@@ -512,10 +547,12 @@ def main() -> int:
                       f"{r['peak_mb']:>8.0f} {'' if driver is None else f'{driver:.0f}':>10} "
                       f"{'' if task_peak is None else f'{task_peak:.0f}':>13}")  # fmt: skip
 
-    projection = project_cost(query_results)
+    # The 5nodes sizes are of the text tables: bytes of Parquet would not scale to them.
+    projection = project_cost(query_results) if args.fmt == "csv" else []
     report["cost_projection_5nodes"] = projection
-    print("\ncost projection (not measured: our local cost block scaled linearly by bytes to the Amplab "
-          "5nodes tables, uservisits 126.8 GB, rankings 6.38 GB; 1536 MB functions, x86_64)")  # fmt: skip
+    if projection:
+        print("\ncost projection (not measured: our local cost block scaled linearly by bytes to the Amplab "
+              "5nodes tables, uservisits 126.8 GB, rankings 6.38 GB; 1536 MB functions, x86_64)")  # fmt: skip
     for p in projection:
         five = p["five_nodes"]
         print(f"  projection {p['query']}: x{p['scale_factor']:,.0f} -> {five.get('gb_seconds', 0):,.0f} GB-s, "
@@ -524,7 +561,7 @@ def main() -> int:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.results}")
-    if not args.no_chart:
+    if not args.no_chart and args.fmt == "csv":  # the chart shows the python reference too
         png = args.results.with_suffix(".png")
         subprocess.run([str(ensure_chart_venv(HERE / ".venv-chart")), str(HERE / "_chart_amplab.py"),
                         str(args.results), str(png)], check=True)  # fmt: skip

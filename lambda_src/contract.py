@@ -56,6 +56,9 @@ INTERMEDIATE = (MAP, REDUCE, TASKS)
 #: Arrow IPC runs carry this suffix; runs without it are shuffle lines.
 ARROW_SUFFIX = ".arrow"
 PART_PREFIX = "part-"
+#: The result formats (``--output-format``) and the extension of their part files; a CSV
+#: part file has none, as before other formats existed.
+OUTPUT_FORMATS = {"csv": "", "jsonl": ".jsonl", "parquet": ".parquet"}
 _FAILED = ".failed-"
 _JSON = ".json"
 _STEP_DIR = re.compile(r"^step-\d{2,}$")
@@ -220,14 +223,14 @@ def success_uri(output: str) -> str:
     return st.join(output, SUCCESS)
 
 
-def part_uri(output: str, partition: int) -> str:
-    """A reduce partition's final result file."""
-    return st.join(output, f"{PART_PREFIX}{partition:05d}")
+def part_uri(output: str, partition: int, fmt: str = "csv") -> str:
+    """A reduce partition's final result file in format ``fmt``."""
+    return st.join(output, f"{PART_PREFIX}{partition:05d}{OUTPUT_FORMATS[fmt]}")
 
 
-def map_only_part_uri(output: str, index: int) -> str:
-    """A map-only job's result file of map task ``index``."""
-    return st.join(output, f"{PART_PREFIX}m-{index:05d}")
+def map_only_part_uri(output: str, index: int, fmt: str = "csv") -> str:
+    """A map-only job's result file of map task ``index`` in format ``fmt``."""
+    return st.join(output, f"{PART_PREFIX}m-{index:05d}{OUTPUT_FORMATS[fmt]}")
 
 
 def is_part_name(name: str) -> bool:
@@ -235,11 +238,14 @@ def is_part_name(name: str) -> bool:
     return name.startswith(PART_PREFIX)
 
 
-_RESULT_FILE = re.compile(rf"^{PART_PREFIX}(m-)?\d{{5}}$")
+_RESULT_FILE = re.compile(
+    rf"^{PART_PREFIX}(m-)?\d{{5}}({'|'.join(re.escape(x) for x in OUTPUT_FORMATS.values() if x)})?$"
+)
 
 
 def is_result_file_name(name: str) -> bool:
-    """Whether ``name`` is one a job writes into its output (``part-NNNNN``, ``part-m-NNNNN``)."""
+    """Whether ``name`` is one a job writes into its output (``part-NNNNN``, ``part-m-NNNNN``,
+    each with its format's extension: ``part-00000.parquet``)."""
     return bool(_RESULT_FILE.match(name))
 
 
@@ -305,6 +311,8 @@ class JobConfig:
     #: A Join step's strategy, chosen by the planner: the input broadcast to every map
     #: task, or None for a partitioned join (and for a job without a Join).
     broadcast: str | None = None
+    #: The result files' format, a key of ``OUTPUT_FORMATS``.
+    output_format: str = "csv"
 
     @classmethod
     def from_event(cls, data: object) -> JobConfig:
@@ -319,6 +327,7 @@ class JobConfig:
                 vectorized=bool(data.get("vectorized", True)),
                 max_line_bytes=int(data.get("max_line_bytes", 1024 * 1024)),
                 broadcast=data.get("broadcast"),
+                output_format=str(data.get("output_format", "csv")),
             )
         except KeyError as err:
             raise EventError(f"event field 'job' lacks {err}") from None
@@ -330,6 +339,8 @@ class JobConfig:
             raise EventError(f"max_bad_records must be >= 0, got {cfg.max_bad_records}")
         if cfg.broadcast is not None and (not isinstance(cfg.broadcast, str) or not cfg.broadcast):
             raise EventError(f"broadcast must name an input, got {cfg.broadcast!r}")
+        if cfg.output_format not in OUTPUT_FORMATS:
+            raise EventError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {cfg.output_format!r}")
         return cfg
 
     def to_event(self) -> dict:
@@ -341,6 +352,7 @@ class JobConfig:
             "vectorized": self.vectorized,
             "max_line_bytes": self.max_line_bytes,
             **({"broadcast": self.broadcast} if self.broadcast is not None else {}),
+            "output_format": self.output_format,
         }
 
 
@@ -509,7 +521,7 @@ class MapTask(TaskSpec):
         return map_run_uri(self.job_dir, self.step, self.index, token, partition, arrow)
 
     def map_only_part_uri(self, output: str) -> str:
-        return map_only_part_uri(output, self.index)
+        return map_only_part_uri(output, self.index, self.job.output_format)
 
     @classmethod
     def from_event(cls, event: object) -> MapTask:
@@ -549,7 +561,7 @@ class ReduceTask(TaskSpec):
         return reduce_run_uri(self.job_dir, self.step, self.round, self.partition, self.group, token, name, arrow)
 
     def part_uri(self, output: str) -> str:
-        return part_uri(output, self.partition)
+        return part_uri(output, self.partition, self.job.output_format)
 
     @classmethod
     def from_event(cls, event: object) -> ReduceTask:

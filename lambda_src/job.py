@@ -259,6 +259,12 @@ class MapReduceJob:
     #: must all meet (op: ``==`` ``!=`` ``<`` ``<=`` ``>`` ``>=`` ``in`` ``not in``; a null
     #: meets none). Parquet skips the row groups whose statistics rule every row out.
     input_filter: tuple[tuple[str, str, Any], ...] = ()
+    #: The result's column names in JSON Lines and Parquet results (``--output-format``);
+    #: default ``key`` and ``value`` (``value_1``, ``value_2``, ... for a list value).
+    output_columns: tuple[str, ...] | None = None
+    #: Parquet column types by name (pyarrow type names or ``pyarrow.DataType``); a column
+    #: without one takes the type of its values (one of bool, int64, float64, string).
+    output_types: Mapping[str, Any] = MappingProxyType({})
 
     def __init__(self, params: Mapping[str, str] | None = None) -> None:
         self.params: dict[str, str] = dict(params or {})

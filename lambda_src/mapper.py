@@ -362,11 +362,11 @@ def _run_map_only(
     cfg = ev.job
     if cfg.vectorized and job.has_table_mapper() and _arrow_available():
         try:
-            return _run_map_only_tables(job, splits, cfg, uri)
+            return _run_map_only_tables(job, splits, cfg, uri, where)
         except formats.VectorFallback as why:
             log.info("%s: vectorized read stopped (%s); re-reading in record mode", where, why)
     bad = BadRecords(ev.job.max_bad_records, where)
-    with output.CsvWriter(uri) as writer:
+    with output.result_writer(uri, cfg.output_format, job, where) as writer:
         stats = _map_records(job, job.steps()[0], splits, writer, ev.job, bad)  # type: ignore[arg-type]
     stats.update(
         mode="record",
@@ -376,20 +376,19 @@ def _run_map_only(
     )
     if bad.samples:
         stats["bad_samples"] = bad.samples
-    outputs = [{"partition": None, "uri": uri, "records": writer.records, "bytes": writer.bytes}]
-    return {"outputs": outputs, "stats": stats}
+    return {"outputs": writer.output(None), "stats": stats}
 
 
-def _run_map_only_tables(job: MapReduceJob, splits: list[reader.Segment], cfg: task.JobConfig, uri: str) -> dict:
-    """A map-only job in Arrow: ``map_table``'s rows, in input order, become the CSV part."""
+def _run_map_only_tables(job: MapReduceJob, splits: list[reader.Segment], cfg: task.JobConfig, uri: str,
+                         where: str) -> dict:
+    """A map-only job in Arrow: ``map_table``'s rows, in input order, become the result file."""
     from lambda_src import arrow_shuffle as ash
 
     tables: list[Any] = []
     with task.traced("read+map", mode="vectorized"):
         stats = _map_tables(job, splits, lambda t: tables.append(ash.check_table(t, "map_table")), cfg)
-    data = ash.table_to_csv(ash.concat(tables)) if tables else b""
-    with task.traced("write"):
-        st.for_uri(uri).write_bytes(uri, data)
-    records = sum(t.num_rows for t in tables)
-    stats.update(mode="vectorized", output_records=records, output_bytes=len(data))
-    return {"outputs": [{"partition": None, "uri": uri, "records": records, "bytes": len(data)}], "stats": stats}
+    with task.traced("write"), output.result_writer(uri, cfg.output_format, job, where) as writer:
+        if tables:
+            writer.add_table(ash.concat(tables))
+    stats.update(mode="vectorized", output_records=writer.records, output_bytes=writer.bytes)
+    return {"outputs": writer.output(None), "stats": stats}

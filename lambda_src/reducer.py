@@ -2,9 +2,9 @@
 
 One reduce task merges up to F sorted runs of one partition. In an intermediate round it
 writes one merged run (combined, when the job has a combiner); in the final round it runs the
-job's reducer once per key and writes the partition's ``part-NNNNN`` CSV file, or, in a step
+job's reducer once per key and writes the partition's ``part-NNNNN`` result file, or, in a step
 of a multi-step job that is not the last, the reducer's (key, value) pairs as a run that the
-next step's mappers read.
+next step's mappers read. The part file is in the job's output format (``output``).
 """
 
 from __future__ import annotations
@@ -62,15 +62,15 @@ def _run_task(ev: task.TaskEvent, token: str, in_memory: int) -> dict:
         elif arrow_runs and job.has_table_shuffle() and len(arrow_runs) == len(inputs):
             result = _run_tables(spec, job, inputs, token)
         else:
-            result = _run_lines(spec, ctx, inputs, input_bytes <= in_memory, token)
+            result = _run_lines(spec, job, ctx, inputs, input_bytes <= in_memory, token)
     result["stats"].update(inputs=len(inputs), input_bytes=input_bytes)
     return result
 
 
-def _run_lines(spec: contract.ReduceTask, ctx: task.StepContext, inputs, in_memory: bool, token) -> dict:
+def _run_lines(spec: contract.ReduceTask, job, ctx: task.StepContext, inputs, in_memory: bool, token) -> dict:
     """The record path: merge the sorted runs, then group, combine or reduce.
 
-    The final round of the last step writes the CSV part file; the final round of an
+    The final round of the last step writes the result file; the final round of an
     earlier step writes the reducer's pairs as a run for the next step's mappers.
     """
     lines = _merged_lines(inputs, in_memory)
@@ -81,10 +81,11 @@ def _run_lines(spec: contract.ReduceTask, ctx: task.StepContext, inputs, in_memo
         groups = shuffle.KeyGroups(lines)
     if spec.final and ctx.last:
         uri = spec.part_uri(_final_output(spec))
-        with output.CsvWriter(uri) as writer:
+        with output.result_writer(uri, spec.job.output_format, job, f"partition {part}") as writer:
             _reduce(groups, step.reducer, writer.add)
-        records, size = writer.records, writer.bytes
-    elif spec.final:
+        return _final_result(spec, writer, {"input_records": groups.records, "keys": groups.keys,
+                                            "mode": "record"})
+    if spec.final:
         uri = spec.run_uri(token, "pairs")
         records, size = output.write_lines(uri, _encoded_pairs(groups, step.reducer))
     else:
@@ -152,18 +153,23 @@ def _run_tables(spec: contract.ReduceTask, job, inputs, token) -> dict:
     if spec.final:
         result = job.reduce_table(table)
         uri = spec.part_uri(_final_output(spec))
-        data = ash.table_to_csv(result)
-        st.for_uri(uri).write_bytes(uri, data)
-        records, size = result.num_rows, len(data)
-    else:
-        combined = ash.check_table(job.combine_table(table), "combine_table")
-        uri = spec.run_uri(token, "run", arrow=True)
-        records, size = ash.write_run(uri, combined)
+        with output.result_writer(uri, spec.job.output_format, job, f"partition {spec.partition}") as writer:
+            writer.add_table(result)
+        return _final_result(spec, writer, {"input_records": input_records, "mode": "vectorized"})
+    combined = ash.check_table(job.combine_table(table), "combine_table")
+    uri = spec.run_uri(token, "run", arrow=True)
+    records, size = ash.write_run(uri, combined)
     return {
         "outputs": [{"partition": spec.partition, "uri": uri, "records": records, "bytes": size}],
         "stats": {"input_records": input_records, "output_records": records, "output_bytes": size,
                   "mode": "vectorized"},
     }
+
+
+def _final_result(spec: contract.ReduceTask, writer: output.ResultWriter, stats: dict) -> dict:
+    """A final reduce task's result: its part file (none for a Parquet partition without rows)."""
+    return {"outputs": writer.output(spec.partition),
+            "stats": {**stats, "output_records": writer.records, "output_bytes": writer.bytes}}
 
 
 def _encoded_pairs(groups: shuffle.KeyGroups, reducer: Reduce) -> Iterator[bytes]:

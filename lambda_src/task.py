@@ -36,6 +36,7 @@ from lambda_src.contract import (  # noqa: F401 - part of this module's interfac
     validate_params,
 )
 from lambda_src.job import BadRecord, MapReduceJob, Step
+from lambda_src.output import OutputError
 from lambda_src.reader import InputError
 from lambda_src.shuffle import CombinerKeyError, EncodeError
 
@@ -65,7 +66,8 @@ INPUT_ERRORS = (EventError, TaskInputError, InputError, BadRecord, st.NotFound)
 #: Failures of the job's code that a retry cannot fix. A job that calls sys.exit() or raises
 #: KeyboardInterrupt (no signal reaches a worker: it has its own session) does so on purpose
 #: or by a bug, and would do it again on every attempt: fail at once, blaming the job.
-JOB_ERRORS = (TaskJobError, JobCodeError, EncodeError, CombinerKeyError, SystemExit, KeyboardInterrupt)
+JOB_ERRORS = (TaskJobError, JobCodeError, EncodeError, CombinerKeyError, OutputError, SystemExit,
+              KeyboardInterrupt)
 #: Failures that a retry cannot fix.
 DETERMINISTIC_ERRORS = INPUT_ERRORS + JOB_ERRORS
 

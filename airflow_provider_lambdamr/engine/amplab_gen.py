@@ -1,6 +1,7 @@
-"""Deterministic, streaming generator of the Amplab big-data-benchmark text tables.
+"""Deterministic, streaming generator of the Amplab big-data-benchmark tables.
 
-Tables are comma-separated text without a header, one ``\\n``-terminated row per line:
+Tables are comma-separated text without a header, one ``\\n``-terminated row per line,
+or (``fmt="parquet"``) Parquet files of the same rows, with these columns:
 
 - ``uservisits``: sourceIP, destURL, visitDate, adRevenue, userAgent, countryCode,
   languageCode, searchWord, duration (about 164 bytes a row, like the published data set)
@@ -36,6 +37,19 @@ HOT_IPS = ("100.100.10.1", "100.100.10.2", "100.100.10.3")
 
 # Rows joined into one write: large enough to amortise the call, small enough to stream.
 BATCH_ROWS = 4096
+
+FORMATS = ("csv", "parquet")
+#: Column names and Arrow types of each table (the Amplab schema; visitDate stays text, as
+#: the queries compare it as text). Parquet files have these columns.
+SCHEMAS = {
+    "uservisits": (("sourceIP", "string"), ("destURL", "string"), ("visitDate", "string"),
+                   ("adRevenue", "float64"), ("userAgent", "string"), ("countryCode", "string"),
+                   ("languageCode", "string"), ("searchWord", "string"), ("duration", "int64")),
+    "rankings": (("pageURL", "string"), ("pageRank", "int64"), ("avgDuration", "int64")),
+}
+#: Rows per Parquet row group: about 20 MB of uservisits text, so a file of a few hundred MB
+#: splits into tasks by row group and a reader holds one group at a time.
+PARQUET_ROW_GROUP_ROWS = 128 * 1024
 
 _M64 = (1 << 64) - 1
 _URL_PREFIXES = 4096  # a power of two: the prefix is picked by masking the mixed index
@@ -211,6 +225,52 @@ class _CountingWriter:
     def flush(self) -> None:
         self._fh.flush()
 
+    @property
+    def closed(self) -> bool:  # pyarrow's writers ask
+        return self._fh.closed
+
+
+class _ParquetSink:
+    """Parses the generated text batches into the table's typed columns and writes them as
+    Parquet row groups of ``PARQUET_ROW_GROUP_ROWS`` rows to ``out``."""
+
+    def __init__(self, out: _CountingWriter, table: str) -> None:
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+
+        self._schema = pa.schema([(name, pa.type_for_alias(t)) for name, t in SCHEMAS[table]])
+        self._read = pcsv.read_csv
+        self._options = (
+            pcsv.ReadOptions(column_names=self._schema.names),
+            pcsv.ParseOptions(quote_char=False),
+            pcsv.ConvertOptions(column_types=self._schema),
+        )
+        self._writer = pq.ParquetWriter(out, self._schema, compression="snappy")
+        self._held: list = []
+        self._rows = 0
+        self._pa = pa
+
+    def write(self, data: bytes) -> None:
+        read, parse, convert = self._options
+        batch = self._read(self._pa.py_buffer(data), read_options=read, parse_options=parse, convert_options=convert)
+        self._held.append(batch)
+        self._rows += batch.num_rows
+        if self._rows >= PARQUET_ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        table = self._pa.concat_tables(self._held) if self._held else self._schema.empty_table()
+        rest = table.slice(PARQUET_ROW_GROUP_ROWS) if table.num_rows > PARQUET_ROW_GROUP_ROWS else None
+        self._writer.write_table(table.slice(0, PARQUET_ROW_GROUP_ROWS), row_group_size=PARQUET_ROW_GROUP_ROWS)
+        self._held = [rest] if rest is not None else []
+        self._rows = rest.num_rows if rest is not None else 0
+
+    def close(self) -> None:
+        if self._held:
+            self._flush()
+        self._writer.close()
+
 
 def _split_rows(rows: int, files: int) -> list[int]:
     """Rows per file, as even as possible: the first ``rows % files`` files get one more."""
@@ -218,7 +278,12 @@ def _split_rows(rows: int, files: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(files)]
 
 
-def _validate(table: str, rows: int, files: int, rankings_rows: int | None, skew: float) -> None:
+def _validate(table: str, rows: int, files: int, rankings_rows: int | None, skew: float, fmt: str,
+              gzip: bool) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    if fmt == "parquet" and gzip:
+        raise ValueError("gzip applies to csv only: Parquet files compress their own pages (snappy)")
     if table not in TABLES:
         raise ValueError(f"table must be one of {', '.join(TABLES)}; got {table!r}")
     if rows < 0:
@@ -242,8 +307,11 @@ def generate(
     rankings_rows: int | None = None,
     skew: float = 0.0,
     progress: Callable[[int, int], None] | None = None,
+    fmt: str = "csv",
 ) -> list[dict]:
-    """Write ``rows`` rows of ``table`` as ``files`` files ``part-NNNNN.csv[.gz]`` under ``output``.
+    """Write ``rows`` rows of ``table`` as ``files`` files ``part-NNNNN.csv[.gz]`` under ``output``,
+    or (``fmt="parquet"``) ``part-NNNNN.parquet`` files of the same rows (``SCHEMAS``), in
+    row groups of ``PARQUET_ROW_GROUP_ROWS`` rows.
 
     ``rankings_rows`` (uservisits only; default ``max(1, rows // 10)``) is how many rankings
     rows exist, so every destURL is one of their pageURLs. ``skew`` (uservisits only) is the
@@ -251,11 +319,11 @@ def generate(
     ``progress`` is called with ``(rows_done, rows_total)`` after every batch and at the end.
     Returns ``{"uri", "rows", "bytes"}`` per file, ``bytes`` as stored (compressed when gzip).
     """
-    _validate(table, rows, files, rankings_rows, skew)
+    _validate(table, rows, files, rankings_rows, skew, fmt, gzip)
     base = st.normalize(output)
     if rankings_rows is None:
         rankings_rows = max(1, rows // 10)
-    suffix = ".csv.gz" if gzip else ".csv"
+    suffix = ".parquet" if fmt == "parquet" else ".csv.gz" if gzip else ".csv"
     written: list[dict] = []
     done = 0
     reported = -1
@@ -270,12 +338,13 @@ def generate(
         uri = st.join(base, f"part-{index:05d}{suffix}")
         with st.for_uri(uri).open_write(uri) as fh:
             counter = _CountingWriter(fh)
-            # No file name and mtime 0 in the gzip header, so equal data gives equal bytes.
-            sink = (
-                gzip_mod.GzipFile(filename="", fileobj=counter, mode="wb", mtime=0, compresslevel=6)
-                if gzip
-                else counter
-            )
+            if fmt == "parquet":
+                sink = _ParquetSink(counter, table)
+            elif gzip:
+                # No file name and mtime 0 in the gzip header, so equal data gives equal bytes.
+                sink = gzip_mod.GzipFile(filename="", fileobj=counter, mode="wb", mtime=0, compresslevel=6)
+            else:
+                sink = counter
             try:
                 for data, n in batches:
                     sink.write(data)
@@ -284,7 +353,7 @@ def generate(
                         progress(done, rows)
                         reported = done
             finally:
-                if gzip:
+                if sink is not counter:
                     sink.close()
         written.append({"uri": uri, "rows": count, "bytes": counter.count})
     if progress is not None and reported != rows:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from airflow_provider_lambdamr import __version__
 from airflow_provider_lambdamr.engine import cost as cost_model
 from airflow_provider_lambdamr.engine import jobdir, jobstate
+from airflow_provider_lambdamr.engine.failures import JobFailed
 from airflow_provider_lambdamr.engine.runtimes.base import Runtime
 from airflow_provider_lambdamr.engine.scheduler import InvocationStats
 from airflow_provider_lambdamr.engine.spec import JobSpec
@@ -75,6 +76,8 @@ def summary(spec: JobSpec, manifest: dict, step_partitions: list[int], done: Com
         "partitions": step_partitions[-1],  # of the last step: one part file each
         "fan_in": spec.fan_in,
         "files": files if not done.reduces else sorted(files),
+        "format": spec.output_format,
+        **result_schema(outputs),
         "counters": {
             "input_objects": manifest["plan"]["objects"],
             "input_bytes": sum(int(s.get("input_bytes", 0)) for s in mstats),
@@ -121,6 +124,32 @@ def summary(spec: JobSpec, manifest: dict, step_partitions: list[int], done: Com
     if bad_samples:
         result["bad_record_samples"] = bad_samples
     return result
+
+
+def result_schema(outputs: list[dict]) -> dict:
+    """The columns (and Parquet types) every file of a JSON Lines or Parquet result has.
+
+    Each task infers its file's schema from its own rows; a result whose files disagree is
+    not one table for DuckDB or Athena, so it is not committed.
+    """
+    schemas = [(o, {k: o[k] for k in ("columns", "types") if k in o}) for o in outputs]
+    schemas = [(o, s) for o, s in schemas if s]
+    if not schemas:
+        return {}
+    first, want = schemas[0]
+    for other, got in schemas[1:]:
+        if got != want:
+            raise JobFailed(
+                f"the result files disagree on their columns: {st.basename(first['uri'])} has "
+                f"{_describe(want)}, {st.basename(other['uri'])} has {_describe(got)}; declare the job's "
+                f"output_columns and output_types (a column that is None in every row of a file has no type)",
+                phase="commit", resumable=False)
+    return want
+
+
+def _describe(schema: dict) -> str:
+    types = schema.get("types") or [None] * len(schema["columns"])
+    return "(" + ", ".join(n if t is None else f"{n} {t}" for n, t in zip(schema["columns"], types, strict=True)) + ")"
 
 
 def cost(spec: JobSpec, run: Run, mstats: list[dict], rstats: list[dict], stored_bytes: int) -> dict:

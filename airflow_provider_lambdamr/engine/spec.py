@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lambda_src import storage as st
+from lambda_src.contract import OUTPUT_FORMATS
 from lambda_src.task import JOB_REF_RE, validate_job_id, validate_params
 
 BUILTIN_JOBS: dict[str, str] = {
@@ -339,6 +340,10 @@ class JobSpec:
                                   help="Unparsable records to skip (counted) before failing.")
     max_line_bytes: int = option(1024 * 1024, size=True, metavar="SIZE", help="Longest line accepted.")
     vectorized: bool = option(True, help="Use the job's pyarrow mapper when pyarrow is available.")
+    output_format: str = option(
+        "csv", choices=lambda: tuple(OUTPUT_FORMATS), metavar="FORMAT",
+        help="The result files' format: csv (no header), jsonl (one JSON object per row) or parquet "
+             "(columns typed as the job declares or as the values are); one file per partition.")
     allow_empty_input: bool = option(False, help="Give an empty result for empty input instead of failing.")
     keep_intermediates: bool = option(False, help="Keep map and reduce runs after success.")
     overwrite: bool = option(
@@ -425,6 +430,7 @@ class JobSpec:
             "fan_in": self.fan_in,
             "split_size": self.split_size,
             "max_files_per_task": self.max_files_per_task,
+            "output_format": self.output_format,
         }
 
     def to_dict(self) -> dict:

@@ -31,6 +31,7 @@ class TaskFactory:
             max_bad_records=spec.max_bad_records,
             vectorized=spec.vectorized,
             max_line_bytes=spec.max_line_bytes,
+            output_format=spec.output_format,
         )
 
     def use_plan(self, manifest: dict) -> dict:

@@ -478,6 +478,7 @@ class LambdaMapOperator(_LambdaMapReduceBase):
         max_bad_records: int = 0,
         max_line_bytes: str | int = 1024 * 1024,
         vectorized: bool = True,
+        output_format: str = "csv",
         allow_empty_input: bool = False,
         overwrite: bool = False,
         recompute: bool = False,

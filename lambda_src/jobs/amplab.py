@@ -6,18 +6,26 @@ The tables are comma-separated text without a header (see ``amplab-gen``):
   languageCode, searchWord, duration
 - rankings: pageURL, pageRank, avgDuration
 
+or Parquet files of the same columns by name (``amplab-gen --format parquet``), or JSON Lines
+or CSV with a header row of those names. Vectorized mappers read only the columns a query
+needs; record-mode mappers take a text line or a row of named columns (a dict) alike.
+
 Query 3a joins the two tables, so it takes named inputs (``--input uservisits=URI
 --input rankings=URI``): the mapper's ``key`` is the input's name.
+
+Results in JSON Lines or Parquet (``--output-format``) have the column names of the query's
+SQL (``output_columns``).
 """
 
 from __future__ import annotations
 
 import functools
 import heapq
-from collections.abc import Iterator
+import operator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from lambda_src.job import Join, MapReduceJob, Step, TableInput, parse_value, split_columns
+from lambda_src.job import BadRecord, Join, MapReduceJob, Step, TableInput, split_columns
 
 USERVISITS_COLUMNS = (
     "sourceIP",
@@ -33,16 +41,39 @@ USERVISITS_COLUMNS = (
 RANKINGS_COLUMNS = ("pageURL", "pageRank", "avgDuration")
 
 
-def split_row(line: str, columns: tuple[str, ...]) -> list[str]:
-    return split_columns(line, columns)
+def split_row(record: str | dict, columns: tuple[str, ...]) -> Sequence[Any]:
+    """The values of ``columns``, by position: of a text line (comma-separated), or of a row
+    of named columns."""
+    if type(record) is str:
+        return split_columns(record, columns)
+    if not isinstance(record, dict):
+        raise BadRecord(f"expected a text line or a row of the columns {', '.join(columns)}, "
+                        f"got a {type(record).__name__}")
+    try:
+        return _getter(columns)(record)
+    except KeyError as err:
+        raise BadRecord(f"the row has no column {err.args[0]!r} (its columns: {', '.join(record)})") from None
 
 
-def parse_float(text: str, column: str) -> float:
-    return parse_value(text, column, "float64")
+@functools.cache
+def _getter(columns: tuple[str, ...]) -> Callable[[dict], tuple]:
+    return operator.itemgetter(*columns)
 
 
-def parse_rank(text: str) -> int:
-    return parse_value(text, "pageRank", "int64")
+def parse_float(value: str | float, column: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise BadRecord(f"column {column} is not a number: {value!r}") from None
+
+
+def parse_rank(value: str | int) -> int:
+    if type(value) is int:
+        return value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise BadRecord(f"column pageRank is not an integer: {value!r}") from None
 
 
 class RevenueByIpPrefix(MapReduceJob):
@@ -50,11 +81,12 @@ class RevenueByIpPrefix(MapReduceJob):
 
     prefix_length = 8
 
+    output_columns = ("sourceIPPrefix", "adRevenue")
     table_columns = USERVISITS_COLUMNS
     table_include = ("sourceIP", "adRevenue")
     table_types = {"sourceIP": "string", "adRevenue": "float64"}  # noqa: RUF012 - read-only
 
-    def mapper(self, key: str | None, line: str) -> Iterator[tuple[str, float]]:
+    def mapper(self, key: str | None, line: str | dict) -> Iterator[tuple[str, float]]:
         if not line:
             return
         cols = split_row(line, USERVISITS_COLUMNS)
@@ -105,6 +137,7 @@ class RankingsScan(MapReduceJob):
 
     min_rank = 1000
 
+    output_columns = ("pageURL", "pageRank")
     table_columns = RANKINGS_COLUMNS
     table_include = ("pageURL", "pageRank")
     table_types = {"pageURL": "string", "pageRank": "int64"}  # noqa: RUF012 - read-only
@@ -116,7 +149,7 @@ class RankingsScan(MapReduceJob):
         kept = table.filter(pc.greater(table.column("pageRank"), self.min_rank))
         return pa.table({"key": kept.column("pageURL"), "value": kept.column("pageRank")})
 
-    def mapper(self, key: str | None, line: str) -> Iterator[tuple[str, int]]:
+    def mapper(self, key: str | None, line: str | dict) -> Iterator[tuple[str, int]]:
         if not line:
             return
         cols = split_row(line, RANKINGS_COLUMNS)
@@ -170,6 +203,7 @@ class Query3a(MapReduceJob):
     """
 
     input_names = ("uservisits", "rankings")
+    output_columns = ("sourceIP", "totalRevenue", "avgPageRank")
 
     def steps(self) -> list[Step]:
         self._top  # noqa: B018 - a bad --param top fails before the join runs, not after
@@ -210,7 +244,7 @@ class Query3a(MapReduceJob):
         self._start = self.param("start", "1980-01-01")
         self._end = self.param("end", "1980-04-01")
 
-    def map_join(self, key: str | None, line: str) -> list[tuple[str, Any]]:
+    def map_join(self, key: str | None, line: str | dict) -> list[tuple[str, Any]]:
         # Returns lists, not a generator: most visits fall outside the window, and a
         # generator per line would cost more than the test that drops them.
         if not line:

@@ -233,3 +233,59 @@ def test_writes_to_s3(s3_bucket: str) -> None:
         body = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
         assert len(body) == info["bytes"]
         assert gzip.decompress(body).count(b"\n") == info["rows"]
+
+
+# -- Parquet --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("table", amplab_gen.TABLES)
+def test_parquet_holds_the_rows_of_the_csv_typed_and_named(tmp_path: Path, table: str, monkeypatch) -> None:
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(amplab_gen, "PARQUET_ROW_GROUP_ROWS", 3 * amplab_gen.BATCH_ROWS)
+    rows = 7 * amplab_gen.BATCH_ROWS + 5
+    text = rows_of(amplab_gen.generate(str(tmp_path / "csv"), table=table, rows=rows, files=2, seed=3))
+    files = amplab_gen.generate(str(tmp_path / "pq"), table=table, rows=rows, files=2, seed=3, fmt="parquet")
+    assert [st.basename(f["uri"]) for f in files] == ["part-00000.parquet", "part-00001.parquet"]
+    got = []
+    for info in files:
+        path = st.local_path(info["uri"])
+        meta = pq.ParquetFile(path).metadata
+        assert meta.num_rows == info["rows"] and info["bytes"] == Path(path).stat().st_size
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        assert sizes[:-1] == [3 * amplab_gen.BATCH_ROWS] * (len(sizes) - 1) and 0 < sizes[-1] <= sizes[0]
+        got.extend(pq.read_table(path).to_pylist())
+    names = [name for name, _ in amplab_gen.SCHEMAS[table]]
+    assert list(got[0]) == names
+    typed = {"string": str, "float64": float, "int64": int}
+    want = [{name: typed[t](v) for (name, t), v in zip(amplab_gen.SCHEMAS[table], row, strict=True)}
+            for row in text]
+    assert got == want
+
+
+def test_parquet_is_deterministic_and_refuses_gzip(tmp_path: Path) -> None:
+    a = amplab_gen.generate(str(tmp_path / "a"), table="rankings", rows=500, seed=2, fmt="parquet")
+    b = amplab_gen.generate(str(tmp_path / "b"), table="rankings", rows=500, seed=2, fmt="parquet")
+    assert Path(st.local_path(a[0]["uri"])).read_bytes() == Path(st.local_path(b[0]["uri"])).read_bytes()
+    with pytest.raises(ValueError, match="gzip applies to csv only"):
+        amplab_gen.generate(str(tmp_path / "c"), table="rankings", rows=5, gzip=True, fmt="parquet")
+    with pytest.raises(ValueError, match="fmt must be one of csv, parquet; got 'orc'"):
+        amplab_gen.generate(str(tmp_path / "c"), table="rankings", rows=5, fmt="orc")
+    assert not (tmp_path / "c").exists()
+
+
+def test_parquet_without_rows_has_the_schema(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    files = amplab_gen.generate(str(tmp_path), table="uservisits", rows=0, fmt="parquet")
+    table = pq.read_table(st.local_path(files[0]["uri"]))
+    assert table.num_rows == 0 and table.column_names == [n for n, _ in amplab_gen.SCHEMAS["uservisits"]]
+
+
+def test_writes_parquet_to_s3(s3_bucket: str, tmp_path: Path) -> None:
+    import boto3
+
+    prefix = f"s3://{s3_bucket}/data/rankings"
+    files = amplab_gen.generate(prefix, table="rankings", rows=300, files=1, seed=4, fmt="parquet")
+    local = amplab_gen.generate(str(tmp_path), table="rankings", rows=300, files=1, seed=4, fmt="parquet")
+    body = boto3.client("s3").get_object(Bucket=s3_bucket, Key="data/rankings/part-00000.parquet")["Body"].read()
+    assert len(body) == files[0]["bytes"]
+    assert body == Path(st.local_path(local[0]["uri"])).read_bytes()
