@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: The options ``lambdamr run --help`` lists under "AWS Lambda".
 _AWS_OPTIONS = ("role_arn", "function_prefix", "architecture", "runtime_version", "tracing", "concurrency",
-                "code_uri")
+                "code_uri", "layer", "pyarrow_layer")
 
 
 def spec_options() -> list[dataclasses.Field]:
@@ -300,6 +300,7 @@ def _job_spec(args: argparse.Namespace) -> JobSpec:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from airflow_provider_lambdamr.engine.commit import format_map_modes
     from airflow_provider_lambdamr.engine.driver import Driver, JobFailed
 
     spec = _job_spec(args)
@@ -337,7 +338,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     c = summary["counters"]
     print(
         f"job {summary['job_id']} succeeded in {time.time() - started:.1f}s: "
-        f"{summary['tasks']['map']} map tasks, {summary['tasks']['reduce']} reduce tasks, "
+        f"{summary['tasks']['map']} map tasks ({format_map_modes(summary['tasks']['map_modes'])}), "
+        f"{summary['tasks']['reduce']} reduce tasks, "
         f"{c['input_records']:,} input records ({_human_bytes(c['input_bytes'])}), "
         f"{c['output_records']:,} output rows"
         + (f", {c['bad_records']:,} bad records skipped" if c["bad_records"] else "")

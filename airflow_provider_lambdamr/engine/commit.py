@@ -58,6 +58,16 @@ class Run:
     prices: cost_model.PriceTable | None = None
 
 
+def map_modes(stats: list[dict]) -> dict[str, int]:
+    """How many map tasks ran in each mode (``vectorized``, ``record``), from their stats."""
+    return dict(sorted(collections.Counter(s.get("mode", "record") for s in stats).items()))
+
+
+def format_map_modes(modes: dict[str, int]) -> str:
+    """``3 vectorized, 1 record``: a map phase's modes for a summary line or a log."""
+    return ", ".join(f"{n} {mode}" for mode, n in sorted(modes.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def summary(spec: JobSpec, manifest: dict, step_partitions: list[int], done: Committed, run: Run) -> dict:
     """The ``_SUCCESS`` summary of a job whose every task committed."""
     mstats = done.map_stats
@@ -88,7 +98,7 @@ def summary(spec: JobSpec, manifest: dict, step_partitions: list[int], done: Com
         "tasks": {
             "map": len(done.maps) + sum(len(m) for m in done.later_maps),
             "reduce": sum(len(r) for r in done.reduces),
-            "map_modes": dict(collections.Counter(s.get("mode", "record") for s in mstats)),
+            "map_modes": map_modes(mstats),
         },
         "invocations": {phase: s.summary() for phase, s in run.stats.items()},
         "speculative_attempts": run.speculative_attempts,
