@@ -257,38 +257,37 @@ def wheel_dir() -> Path:
     return path
 
 
-def _wheel_fits(name: str, version: str, target: LayerTarget) -> bool:
+def _wheel_fits(name: str, project: str, version: str, target: LayerTarget) -> bool:
+    """Whether the wheel file ``name`` is ``project`` ``version`` and loads on ``target``."""
     parts = name.removesuffix(".whl").split("-")
-    if len(parts) != 5 or parts[:2] != ["pyarrow", version]:
+    if len(parts) != 5 or parts[:2] != [project.replace("-", "_"), version]:
         return False
     cp = "cp" + target.python.replace(".", "")
-    return parts[2] == cp and parts[3] == cp and bool(set(parts[4].split(".")) & set(target.platforms()))
+    pythons, abis, platforms = (set(tag.split(".")) for tag in parts[2:])
+    return (bool(pythons & {cp, "py3"}) and bool(abis & {cp, "abi3", "none"})
+            and bool(platforms & {*target.platforms(), "any"}))
 
 
-def pyarrow_wheel(target: LayerTarget, version: str | None = None) -> Path:
-    """The pyarrow wheel for ``target``: from the wheel cache, else downloaded by pip into it."""
+def wheel(project: str, version: str, target: LayerTarget) -> Path:
+    """The wheel of ``project`` ``version`` for ``target``: from the wheel cache, else
+    downloaded by pip (binary only, no dependencies) into it."""
     import subprocess
     import sys
 
-    version = version or pyarrow_version()
     cache = wheel_dir()
-    found = sorted(p for p in cache.glob("pyarrow-*.whl") if _wheel_fits(p.name, version, target))
+    found = sorted(p for p in cache.glob("*.whl") if _wheel_fits(p.name, project, version, target))
     if found:
         return found[0]
-    cp = "cp" + target.python.replace(".", "")
     with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
                "--only-binary=:all:", "--no-deps", "--implementation", "cp", "--python-version", target.python,
-               "--abi", cp, *[arg for tag in target.platforms() for arg in ("--platform", tag)],
-               f"pyarrow=={version}", "--dest", tmp]
+               *[arg for tag in target.platforms() for arg in ("--platform", tag)],
+               f"{project}=={version}", "--dest", tmp]
         res = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = [p for p in Path(tmp).glob("pyarrow-*.whl") if _wheel_fits(p.name, version, target)]
+        wheels = [p for p in Path(tmp).glob("*.whl") if _wheel_fits(p.name, project, version, target)]
         if res.returncode != 0 or len(wheels) != 1:
             detail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no wheel"]
-            raise PackagingError(
-                f"cannot get a pyarrow {version} wheel for {target.describe()}: {detail[0]}. Lambda's "
-                f"python3.11 runs on Amazon Linux 2 (glibc 2.26), for which recent pyarrow has no wheel: "
-                f"use --runtime-version python3.12 or later, or name a layer holding pyarrow with --layer ARN")
+            raise PackagingError(f"cannot get a {project} {version} wheel for {target.describe()}: {detail[0]}")
         os.replace(wheels[0], cache / wheels[0].name)
     return cache / wheels[0].name
 
@@ -299,10 +298,18 @@ def build_layer(target: LayerTarget, version: str | None = None) -> LayerPackage
     A wheel's file name names its content, so the layer built from it is cached by that name.
     """
     version = version or pyarrow_version()
-    wheel = pyarrow_wheel(target, version)
-    cached = cache_dir() / "layers" / f"{wheel.stem}.zip"
+    try:
+        pyarrow = wheel("pyarrow", version, target)
+    except PackagingError as err:
+        if target.glibc >= 28:
+            raise
+        raise PackagingError(
+            f"{err}. Lambda's python3.11 runs on Amazon Linux 2 (glibc 2.{target.glibc}), for which pyarrow "
+            f"has no wheels since 21.0 (they need glibc 2.28): use --runtime-version python3.12 or later, or "
+            f"name a layer holding pyarrow with --layer ARN") from None
+    cached = cache_dir() / "layers" / f"{pyarrow.stem}.zip"
     if not cached.exists():
-        with zipfile.ZipFile(wheel) as whl:
+        with zipfile.ZipFile(pyarrow) as whl:
             infos = sorted((i for i in whl.infolist() if not i.is_dir()
                             and not i.filename.startswith(LAYER_SKIP_DIRS)
                             and not i.filename.endswith(LAYER_SKIP_SUFFIXES)), key=lambda i: i.filename)
