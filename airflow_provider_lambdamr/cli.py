@@ -574,9 +574,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         # Storage, packaging and AWS client errors: a message, not a traceback.
         from airflow_provider_lambdamr.engine.packaging import PackagingError
+        from airflow_provider_lambdamr.engine.runtimes.aws import DeployError
         from lambda_src.storage import StorageError
 
-        if isinstance(err, PackagingError | StorageError) or type(err).__module__.startswith("botocore"):
+        if isinstance(err, PackagingError | StorageError | DeployError) or type(err).__module__.startswith("botocore"):
             print(f"lambdamr: {type(err).__name__}: {err}", file=sys.stderr)
             return 1
         raise

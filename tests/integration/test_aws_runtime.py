@@ -266,6 +266,11 @@ def test_the_pyarrow_layer_is_published_once_per_content_attached_and_pruned(lam
     with pytest.raises(DeployError, match=r"the pyarrow layer zip is \d+ bytes, above the 200-byte direct "
                                           r"upload limit; pass an s3:// code_uri"):
         runtime().deploy(pkg)
+    with monkeypatch.context() as small:
+        small.setattr(packaging, "UNZIPPED_LIMIT", 2000)
+        with pytest.raises(DeployError, match=r"the function \(\d+ bytes\) and the pyarrow layer \(\d+ bytes\) are "
+                                              r"\d+ bytes above Lambda's 2000-byte limit, unzipped"):
+            runtime(code_uri=f"s3://{s3_bucket}/code").deploy(pkg)
     first = runtime(code_uri=f"s3://{s3_bucket}/code").deploy(pkg)["pyarrow_layer"]
     arn = first["arn"]
     for kind in ("mapper", "reducer"):
@@ -304,6 +309,12 @@ def test_a_named_layer_is_attached_and_a_bad_one_refused(lambda_client, role_arn
         "arn": arn, "source": "named"}
     cfg = lambda_client.get_function_configuration(FunctionName=f"{prefix}-reducer")
     assert [layer["Arn"] for layer in cfg["Layers"]] == [arn]
+    without = AwsRuntime(lambda_client, role_arn=role_arn, function_prefix=prefix).deploy(
+        packaging.build("lambda_src.jobs.wordcount:WordCount"))
+    assert without["pyarrow_layer"] is None
+    live = lambda_client.get_function_configuration(FunctionName=f"{prefix}-reducer",
+                                                    Qualifier=without["functions"]["reducer"]["alias"])
+    assert live.get("Layers", []) == [], "the same code deployed without the layer drops it"
     assert "--pyarrow-layer" in AwsRuntime(lambda_client, role_arn=role_arn).missing_pyarrow()
     with pytest.raises(ValueError, match="layer must be a layer version ARN"):
         AwsRuntime(lambda_client, role_arn=role_arn, layer="pyarrow")

@@ -212,7 +212,7 @@ def test_a_vectorized_job_runs_vectorized_under_awslambdaric_only_with_the_layer
 
 
 def test_a_word_count_is_exact_with_every_event_delivered_twice_to_two_processes_each(
-        lambda_client, role_arn, s3_bucket, aws_env, lambda_python, var_runtime, tmp_path):
+        lambda_client, role_arn, s3_bucket, aws_env, lambda_python, var_runtime, tmp_path, caplog):
     s3 = boto3.client("s3")
     expected = collections.Counter()
     for i in range(4):
@@ -227,7 +227,9 @@ def test_a_word_count_is_exact_with_every_event_delivered_twice_to_two_processes
     with functions_as_deployed(rt, lambda_python, var_runtime, tmp_path / "fn", _aws_env(aws_env),
                                processes=2) as apis:
         client.apis.update(apis)
-        summary = Driver(spec, rt).run()
+        with caplog.at_level(logging.WARNING, logger="airflow_provider_lambdamr.engine.driver"):
+            summary = Driver(spec, rt).run()
+        assert not [r for r in caplog.records if "record mode" in r.getMessage()], "a record-mode job: no warning"
         for api in apis.values():  # every second delivery has run too
             for rid in list(api.invocations):
                 assert [kind for kind, _, _ in api.wait(rid, answers=2).answers] == ["response", "response"]
