@@ -160,9 +160,19 @@ def cost(spec: JobSpec, run: Run, mstats: list[dict], rstats: list[dict], stored
     )
     est = cost_model.estimate(usage, run.prices)
     est["runtime"] = run.runtime.name
+    # The durations are those of the modes the map tasks ran in: the figure assumes them.
+    modes = map_modes(mstats)
+    est["map_modes"] = modes
+    est["mode"] = next(iter(modes)) if len(modes) == 1 else "mixed"
+    assumes = {
+        "vectorized": "the map tasks vectorized, as here, which on Lambda needs pyarrow "
+                      "(--pyarrow-layer or --layer ARN)",
+        "record": "the map tasks in record mode, as here (without pyarrow on Lambda a vectorized job runs so)",
+    }.get(est["mode"], f"the map tasks' modes as here ({format_map_modes(modes)})")
     est["note"] = (
-        "projection for AWS Lambda from local task durations" if run.runtime.name == "local"
-        else "estimate from the handlers' measured durations"
+        f"projection for AWS Lambda from local task durations; assumes {assumes}"
+        if run.runtime.name == "local"
+        else f"estimate from the handlers' measured durations (map tasks: {format_map_modes(modes)})"
     )
     return est
 

@@ -180,6 +180,11 @@ def test_the_summary_line_says_how_the_map_tasks_ran(tmp_path):
                   str(tmp_path / f"out-{mode}"), "--workers", "2", "--max-files-per-task", "1", *flags)
         assert res.returncode == 0, res.stderr
         assert f" 2 map tasks (2 {mode}), " in res.stdout
+        assert f"; map tasks {mode}) (projection for Lambda)" in res.stdout  # the cost line says what it assumes
+        cost = json.loads((tmp_path / f"out-{mode}" / "_SUCCESS").read_text())["cost"]
+        assert cost["mode"] == mode and cost["map_modes"] == {mode: 2}
+        assert cost["note"].startswith(f"projection for AWS Lambda from local task durations; assumes the map "
+                                       f"tasks {'vectorized' if mode == 'vectorized' else 'in record mode'}")
 
 
 def test_aws_runtime_needs_a_role(tmp_path):
