@@ -210,10 +210,11 @@ class LayerTarget:
         return cls(architecture, runtime_version.removeprefix("python"), RUNTIME_GLIBC[runtime_version])
 
     def platforms(self) -> list[str]:
-        """The manylinux tags a wheel may carry to load here, newest first."""
+        """The manylinux tags a wheel may carry to load here, newest first (PEP 600: a wheel
+        for glibc 2.Y loads on 2.Y and later; manylinux2014, 2010 and 1 are 2.17, 2.12, 2.5)."""
         machine = WHEEL_MACHINES[self.architecture]
-        return [f"manylinux_2_{minor}_{machine}" for minor in range(self.glibc, 16, -1)] + [
-            f"manylinux2014_{machine}"]
+        return [f"manylinux_2_{minor}_{machine}" for minor in range(self.glibc, 4, -1)] + [
+            f"manylinux{legacy}_{machine}" for legacy in ("2014", "2010", "1")]
 
     def describe(self) -> str:
         return f"Python {self.python} on {self.architecture} (glibc 2.{self.glibc})"
@@ -304,9 +305,9 @@ def build_layer(target: LayerTarget, version: str | None = None) -> LayerPackage
         if target.glibc >= 28:
             raise
         raise PackagingError(
-            f"{err}. Lambda's python3.11 runs on Amazon Linux 2 (glibc 2.{target.glibc}), for which pyarrow "
-            f"has no wheels since 21.0 (they need glibc 2.28): use --runtime-version python3.12 or later, or "
-            f"name a layer holding pyarrow with --layer ARN") from None
+            f"{err}. pyarrow has had no wheels for glibc 2.{target.glibc} since 21.0 (they need glibc 2.28), "
+            f"and Lambda's python3.11 runs on Amazon Linux 2 (glibc 2.26): use --runtime-version python3.12 or "
+            f"later, or name a layer holding pyarrow with --layer ARN") from None
     cached = cache_dir() / "layers" / f"{pyarrow.stem}.zip"
     if not cached.exists():
         with zipfile.ZipFile(pyarrow) as whl:

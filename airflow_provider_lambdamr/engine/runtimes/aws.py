@@ -189,9 +189,9 @@ class AwsRuntime(Runtime):
 
     def _published_layer(self, layer: LayerPackage) -> str:
         """The ARN of the layer version holding ``layer``: found by its content hash, or published."""
-        name = self.layer_name()
         from botocore.exceptions import ClientError
 
+        name = self.layer_name()
         try:
             for page in self.client.get_paginator("list_layer_versions").paginate(LayerName=name):
                 for version in page["LayerVersions"]:
@@ -470,8 +470,15 @@ def prune_functions(lambda_client: Any, function_prefix: str, keep_alias: str | 
 
 def _prune_layer(lambda_client: Any, name: str, in_use: set[str]) -> dict | None:
     """Delete the versions of layer ``name`` that lambdamr published and nothing lists."""
-    pages = lambda_client.get_paginator("list_layer_versions").paginate(LayerName=name)
-    versions = [v for p in pages for v in p["LayerVersions"]]
+    from botocore.exceptions import ClientError
+
+    try:
+        pages = lambda_client.get_paginator("list_layer_versions").paginate(LayerName=name)
+        versions = [v for p in pages for v in p["LayerVersions"]]
+    except ClientError as err:
+        if err.response["Error"]["Code"] != "ResourceNotFoundException":
+            raise
+        versions = []
     if not versions:
         return None
     ours = [v for v in versions if (v.get("Description") or "").startswith(packaging.LAYER_MARK)]
