@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--delete-job-dir", action="store_true",
                        help="also delete the manifest and status records (only what the job wrote)")
     clean.add_argument("--functions", action="store_true",
-                       help="delete old aliases and versions of the functions, keeping the live one")
+                       help="delete old aliases and versions of the functions, keeping the live one, and "
+                            "the pyarrow layer versions lambdamr published that no remaining version lists")
     clean.add_argument("--keep-alias", metavar="ALIAS", help="the alias to keep (default: the newest)")
     clean.add_argument("--log-groups", action="store_true", help="delete the functions' log groups")
     clean.add_argument("--function-prefix", default="lambdamr", metavar="P")
