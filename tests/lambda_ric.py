@@ -81,6 +81,7 @@ class RuntimeApi:
         self.invocations: dict[str, Invocation] = {}
         self.init_errors: list[tuple[dict, str | None]] = []
         self.answered = threading.Condition()
+        self.closed = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -117,7 +118,17 @@ class RuntimeApi:
                     raise TimeoutError("no init error")
         return self.init_errors[0]
 
+    def next_invocation(self) -> Invocation | None:
+        """The next event, held until there is one (as Lambda does); None once closed."""
+        while not self.closed.is_set():
+            try:
+                return self.pending.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return None
+
     def close(self) -> None:
+        self.closed.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -145,18 +156,24 @@ class RuntimeApi:
                 pass
 
             def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # a runtime client stopped while it waited for its next event
 
             def do_GET(self) -> None:
                 if self.path != f"{PREFIX}/invocation/next":
                     self._reply(404, b'{"errorMessage": "unknown path"}')
                     return
-                inv = api.pending.get()  # Lambda holds the request until there is an event
+                inv = api.next_invocation()
+                if inv is None:
+                    self._reply(503, b'{"errorMessage": "the emulator is closed"}')
+                    return
                 self._reply(200, inv.event, {
                     "Content-Type": "application/json",
                     "Lambda-Runtime-Aws-Request-Id": inv.request_id,
