@@ -296,7 +296,8 @@ def wheel(project: str, version: str, target: LayerTarget) -> Path:
 def build_layer(target: LayerTarget, version: str | None = None) -> LayerPackage:
     """Build (or find in the cache) the pyarrow layer for ``target``, content-hashed.
 
-    A wheel's file name names its content, so the layer built from it is cached by that name.
+    The layer built from a wheel is cached by the wheel's own hash (not its name, which two
+    different files can share).
     """
     version = version or pyarrow_version()
     try:
@@ -308,7 +309,9 @@ def build_layer(target: LayerTarget, version: str | None = None) -> LayerPackage
             f"{err}. pyarrow has had no wheels for glibc 2.{target.glibc} since 21.0 (they need glibc 2.28), "
             f"and Lambda's python3.11 runs on Amazon Linux 2 (glibc 2.26): use --runtime-version python3.12 or "
             f"later, or name a layer holding pyarrow with --layer ARN") from None
-    cached = cache_dir() / "layers" / f"{pyarrow.stem}.zip"
+    with open(pyarrow, "rb") as fh:
+        wheel_sha = hashlib.file_digest(fh, "sha256").hexdigest()
+    cached = cache_dir() / "layers" / f"pyarrow-{version}-{wheel_sha[:16]}.zip"
     if not cached.exists():
         with zipfile.ZipFile(pyarrow) as whl:
             infos = sorted((i for i in whl.infolist() if not i.is_dir()

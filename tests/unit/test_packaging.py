@@ -108,3 +108,19 @@ def test_layer_targets_follow_each_runtimes_glibc():
     assert "manylinux_2_26_x86_64" in old
     assert "manylinux_2_28_aarch64" in new and "manylinux_2_34_aarch64" in new
     assert "manylinux_2_35_aarch64" not in new  # Amazon Linux 2023: glibc 2.34
+
+
+def test_a_layer_is_cached_by_the_wheels_content_not_its_name(tmp_path, monkeypatch):
+    from tests.helpers import fake_pyarrow_wheel
+
+    monkeypatch.setenv("LAMBDAMR_WHEEL_DIR", str(tmp_path))
+    target = packaging.LayerTarget.for_runtime("arm64", "python3.13")
+    wheel = fake_pyarrow_wheel(tmp_path, version="98.0.0", python="3.13", platform="manylinux_2_28_aarch64")
+    first = packaging.build_layer(target, version="98.0.0")
+    os.remove(wheel)
+    with zipfile.ZipFile(wheel, "w") as zf:  # another file of the same name
+        zf.writestr("pyarrow/__init__.py", "# another build\n")
+    second = packaging.build_layer(target, version="98.0.0")
+    assert second.sha256 != first.sha256
+    with zipfile.ZipFile(second.path) as zf:
+        assert zf.namelist() == ["python/pyarrow/__init__.py"]
