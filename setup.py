@@ -31,6 +31,8 @@ setup(
             "ruff>=0.6",
             "hypothesis>=6.100",
             "jsonschema>=4.20",
+            # runs the handler zips as Lambda does (tests/lambda_ric.py)
+            "awslambdaric>=4.2",
         ],
     },
     entry_points={

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--delete-job-dir", action="store_true",
                        help="also delete the manifest and status records (only what the job wrote)")
     clean.add_argument("--functions", action="store_true",
-                       help="delete old aliases and versions of the functions, keeping the live one")
+                       help="delete old aliases and versions of the functions, keeping the live one, and "
+                            "the pyarrow layer versions lambdamr published that no remaining version lists")
     clean.add_argument("--keep-alias", metavar="ALIAS", help="the alias to keep (default: the newest)")
     clean.add_argument("--log-groups", action="store_true", help="delete the functions' log groups")
     clean.add_argument("--function-prefix", default="lambdamr", metavar="P")
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: The options ``lambdamr run --help`` lists under "AWS Lambda".
 _AWS_OPTIONS = ("role_arn", "function_prefix", "architecture", "runtime_version", "tracing", "concurrency",
-                "code_uri")
+                "code_uri", "layer", "pyarrow_layer")
 
 
 #: ``run``'s required arguments, which ``--config`` may give instead.
@@ -330,6 +331,7 @@ def _job_and_client(args: argparse.Namespace) -> tuple[JobSpec, dict[str, Any]]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from airflow_provider_lambdamr.engine.commit import format_map_modes
     from airflow_provider_lambdamr.engine.driver import Driver, JobFailed
 
     spec, client = _job_and_client(args)
@@ -370,7 +372,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     c = summary["counters"]
     print(
         f"job {summary['job_id']} succeeded in {time.time() - started:.1f}s: "
-        f"{summary['tasks']['map']} map tasks, {summary['tasks']['reduce']} reduce tasks, "
+        f"{summary['tasks']['map']} map tasks ({format_map_modes(summary['tasks']['map_modes'])}), "
+        f"{summary['tasks']['reduce']} reduce tasks, "
         f"{c['input_records']:,} input records ({_human_bytes(c['input_bytes'])}), "
         f"{c['output_records']:,} output rows"
         + (f", {c['bad_records']:,} bad records skipped" if c["bad_records"] else "")
@@ -627,9 +630,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         # Storage, packaging and AWS client errors: a message, not a traceback.
         from airflow_provider_lambdamr.engine.packaging import PackagingError
+        from airflow_provider_lambdamr.engine.runtimes.aws import DeployError
         from lambda_src.storage import StorageError
 
-        if isinstance(err, PackagingError | StorageError) or type(err).__module__.startswith("botocore"):
+        if isinstance(err, PackagingError | StorageError | DeployError) or type(err).__module__.startswith("botocore"):
             print(f"lambdamr: {type(err).__name__}: {err}", file=sys.stderr)
             return 1
         raise

@@ -8,6 +8,8 @@ What is measured, and how:
 - Tools, each timed as a whole command (a fresh process: interpreter start, imports and,
   for us, worker start-up are included), run alternately, ``--repeat`` times per query:
   ours (``lambdamr run <query> --runtime local --workers 2``, ``--partitions 4`` for 2b/2c),
+  ours again in record mode (``--no-vectorized``: how a vectorized job runs on Lambda
+  without pyarrow, i.e. without the pyarrow layer),
   DuckDB (2 threads, ``COPY (query) TO`` CSV, reading the same files with ``read_csv`` and
   explicit columns) and a reference: one Python process looping over the lines of the files,
   splitting them and filtering or aggregating into a dict (the reference architecture's
@@ -24,7 +26,9 @@ What is measured, and how:
   throughput and peak memory: the command's, the driver process's own (from ``_SUCCESS``,
   to show it stays flat as the input grows) and the largest task's.
 - Cost projection for the Amplab "5nodes" data set (uservisits 126.8 GB, rankings
-  6.38 GB): our ``_SUCCESS`` cost block at the measured size, scaled linearly by bytes.
+  6.38 GB): our ``_SUCCESS`` cost block at the measured size, scaled linearly by bytes,
+  for both modes: with the pyarrow layer (the map tasks' modes as the default run had them)
+  and without it (record mode). Each carries the mode its ``_SUCCESS`` says it assumes.
   It is a projection from local task durations, not a measurement on AWS.
 - A PNG chart, drawn by ``_chart_amplab.py`` in ``benchmarks/.venv-chart`` (created with
   matplotlib from ``constraints.txt`` on first use; ``--no-chart`` skips it). Not in the
@@ -329,24 +333,31 @@ def same_answer(got: list[Row], want: list[Row]) -> str | None:
     return None
 
 
-TOOLS = ("lambdamr (local, 2 workers)", "duckdb (2 threads)", "python reference (1 process)")
+TOOLS = ("lambdamr (local, 2 workers)", "duckdb (2 threads)", "python reference (1 process)",
+         "lambdamr record mode (2 workers)")
+#: Our runs, and which Lambda deployment each stands for: with the pyarrow layer or without.
+OURS = (TOOLS[0], TOOLS[3])
+LAYER = {TOOLS[0]: "with_layer", TOOLS[3]: "without_layer"}
 
 
 def bench_query(query: Query, data_root: Path, files: dict[str, list[Path]], repeat: int, work: Path,
                 tools: tuple[str, ...] = TOOLS) -> dict:  # fmt: skip
     """Run the tools alternately ``repeat`` times; check every answer against DuckDB's."""
     runs: dict[str, list[Run]] = {tool: [] for tool in tools}
-    success: dict | None = None
+    #: The last ``_SUCCESS`` of each of our tools.
+    success: dict[str, dict] = {}
     for i in range(repeat):
         outputs = {
             TOOLS[0]: work / f"{query.name}-ours",
             TOOLS[1]: work / f"{query.name}-duck.csv",
             TOOLS[2]: work / f"{query.name}-ref.csv",
+            TOOLS[3]: work / f"{query.name}-ours-record",
         }
         cmds = {
             TOOLS[0]: ours_cmd(query, data_root, outputs[TOOLS[0]]),
             TOOLS[1]: duck_cmd(query, files, outputs[TOOLS[1]]),
             TOOLS[2]: reference_cmd(query, files, outputs[TOOLS[2]]),
+            TOOLS[3]: [*ours_cmd(query, data_root, outputs[TOOLS[3]]), "--no-vectorized"],
         }
         answers: dict[str, list[Row]] = {}
         for tool in tools:
@@ -354,14 +365,15 @@ def bench_query(query: Query, data_root: Path, files: dict[str, list[Path]], rep
             runs[tool].append(run)
             out = outputs[tool]
             answers[tool] = read_rows(sorted(out.glob("part-*")) if out.is_dir() else [out])
-            if tool == TOOLS[0]:
-                success = json.loads(run.stdout)
+            if tool in OURS:
+                success[tool] = json.loads(run.stdout)
         for tool in tools:
             if tool != TOOLS[1]:
                 why = same_answer(answers[tool], answers[TOOLS[1]])
                 if why:
                     raise SystemExit(f"{query.name}: {tool}'s answer DIFFERS from DuckDB's: {why}")
-        shutil.rmtree(outputs[TOOLS[0]], ignore_errors=True)
+        for tool in OURS:
+            shutil.rmtree(outputs[tool], ignore_errors=True)
         print(f"{query.name} round {i + 1}: " + ", ".join(f"{t.split()[0]} {runs[t][-1].seconds:.2f}s" for t in tools)
               + f" ({len(answers[TOOLS[1]]):,} rows, all equal)", file=sys.stderr)  # fmt: skip
     input_bytes = sum(p.stat().st_size for t in query.tables for p in files[t])
@@ -377,12 +389,14 @@ def bench_query(query: Query, data_root: Path, files: dict[str, list[Path]], rep
             "peak_mb": round(max(r.peak_mb for r in runs[tool]), 1),
             "runs_s": [round(s, 3) for s in secs], "runs_peak_mb": [round(r.peak_mb, 1) for r in runs[tool]],
         })  # fmt: skip
-    assert success is not None
+    ours = success[TOOLS[0]]
     return {
         "query": query.name, "sql": query.sql, "tables": list(query.tables), "input_bytes": input_bytes,
-        "rows": len(answers[TOOLS[1]]), "results": results, "cost": success.get("cost", {}),
-        "task_peak_memory_mb": {k: v.get("peak_memory_mb") for k, v in success.get("invocations", {}).items()},
-        "driver_peak_memory_mb": success.get("driver_peak_memory_mb"),
+        "rows": len(answers[TOOLS[1]]), "results": results, "cost": ours.get("cost", {}),
+        # what the cost would be on Lambda with the pyarrow layer, and without it (record mode)
+        "cost_by_layer": {LAYER[tool]: success[tool].get("cost", {}) for tool in OURS if tool in success},
+        "task_peak_memory_mb": {k: v.get("peak_memory_mb") for k, v in ours.get("invocations", {}).items()},
+        "driver_peak_memory_mb": ours.get("driver_peak_memory_mb"),
     }  # fmt: skip
 
 
@@ -415,18 +429,20 @@ def bench_overhead(repeat: int, work: Path) -> dict:
 
 
 def project_cost(query_results: list[dict]) -> list[dict]:
-    """Our local cost block per query, scaled linearly by bytes to the Amplab 5nodes tables."""
+    """Our local cost blocks per query, scaled linearly by bytes to the Amplab 5nodes tables:
+    with the pyarrow layer and without it, each labelled with the mode its ``_SUCCESS`` assumes."""
+    keys = ("lambda_compute", "gb_seconds", "billed_ms", "total", "reference_formula")
     out = []
     for q in query_results:
         factor = sum(FIVE_NODES_BYTES[t] for t in q["tables"]) / q["input_bytes"]
-        cost = q["cost"]
-        out.append({
-            "query": q["query"], "label": "projection", "scale_factor": round(factor, 1),
-            "measured": {k: cost.get(k) for k in ("lambda_compute", "gb_seconds", "billed_ms", "total",
-                                                   "reference_formula")},
-            "five_nodes": {k: round(cost[k] * factor, 6) for k in ("lambda_compute", "gb_seconds", "billed_ms",
-                                                                    "total", "reference_formula") if k in cost},
-        })  # fmt: skip
+        entry: dict = {"query": q["query"], "label": "projection", "scale_factor": round(factor, 1)}
+        for layer, cost in q["cost_by_layer"].items():
+            entry[layer] = {
+                "mode": cost.get("mode"), "map_modes": cost.get("map_modes"),
+                "measured": {k: cost.get(k) for k in keys},
+                "five_nodes": {k: round(cost[k] * factor, 6) for k in keys if k in cost},
+            }
+        out.append(entry)
     return out
 
 
@@ -524,6 +540,13 @@ def main() -> int:
             print(f"\n2a on {args.fmt}: lambdamr ({WORKERS} workers) / duckdb (2 threads) = "
                   f"{ours['min_ratio_to_duckdb']:.2f}x (fastest runs), {ours['ratio_to_duckdb']:.2f}x (medians)")
     print("\npeak MB: the largest single process of the command (/usr/bin/time %M: driver or a worker)")
+    for q in query_results:
+        median = {r["tool"]: r["median_s"] for r in q["results"]}
+        if all(tool in median for tool in OURS):
+            modes = {layer: cost.get("mode") for layer, cost in q["cost_by_layer"].items()}
+            print(f"  {q['query']}: record mode takes {median[TOOLS[3]] / median[TOOLS[0]]:.2f}x the default run's "
+                  f"time (map tasks: {modes.get('with_layer')} by default, {modes.get('without_layer')} without "
+                  f"pyarrow)")  # fmt: skip
 
     if overhead:
         print(f"\ntask overhead: 200 one-line files {overhead['median_s_200_files']:.2f}s, 1 file "
@@ -554,9 +577,12 @@ def main() -> int:
         print("\ncost projection (not measured: our local cost block scaled linearly by bytes to the Amplab "
               "5nodes tables, uservisits 126.8 GB, rankings 6.38 GB; 1536 MB functions, x86_64)")  # fmt: skip
     for p in projection:
-        five = p["five_nodes"]
-        print(f"  projection {p['query']}: x{p['scale_factor']:,.0f} -> {five.get('gb_seconds', 0):,.0f} GB-s, "
-              f"Lambda compute ${five.get('lambda_compute', 0):.4f}, total ${five.get('total', 0):.4f}")  # fmt: skip
+        for layer in ("with_layer", "without_layer"):
+            if layer in p:
+                five = p[layer]["five_nodes"]
+                print(f"  projection {p['query']} {layer.replace('_', ' ')} (map tasks {p[layer]['mode']}): "
+                      f"x{p['scale_factor']:,.0f} -> {five.get('gb_seconds', 0):,.0f} GB-s, Lambda compute "
+                      f"${five.get('lambda_compute', 0):.4f}, total ${five.get('total', 0):.4f}")  # fmt: skip
 
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(report, indent=2) + "\n")

@@ -2,9 +2,9 @@
 LambdaMR on real AWS, written as a system test: setup, body, teardown.
 
 setup creates a bucket, writes a generated Amplab sample to it and creates a least-privilege
-execution role; the body deploys the versioned zip as Lambda functions, fans out the map
-tasks, waits for them in the triggerer (deferrable sensor) and runs the reducer rounds;
-teardown (``ALL_DONE``) prunes old function versions, deletes the log groups, the bucket and
+execution role; the body deploys the versioned zip as Lambda functions (with pyarrow as a
+layer), fans out the map tasks, waits for them in the triggerer (deferrable sensor) and runs
+the reducer rounds; teardown (``ALL_DONE``) prunes old function versions, deletes the log groups, the bucket and
 the role. Set ``SYSTEM_TESTS_ENV_ID`` to keep names apart; ``aws_default`` must reach AWS.
 """
 
@@ -74,6 +74,10 @@ with DAG(
         runtime="aws",
         role_arn=env["role_arn"],
         function_prefix=PREFIX,
+        # pyarrow as a layer, so the vectorized mapper runs vectorized (the layer is above the
+        # direct upload limit: it goes through S3)
+        pyarrow_layer=True,
+        code_uri=f"s3://{BUCKET}/code",
         tracing=True,
         overwrite=True,
         aws_conn_id=CONN_ID,

@@ -46,3 +46,21 @@ def read_counts(output: str) -> dict[str, int]:
     counts = {row[0]: int(row[1]) for row in rows}
     assert len(counts) == len(rows), "a key appears in more than one output row"
     return counts
+
+
+def fake_pyarrow_wheel(directory, version: str = "99.0.0", python: str = "3.12",
+                       platform: str = "manylinux_2_28_x86_64") -> str:
+    """A small wheel named like pyarrow's (a module, a library, headers, tests): a layer fixture."""
+    import zipfile
+
+    cp = "cp" + python.replace(".", "")
+    path = directory / f"pyarrow-{version}-{cp}-{cp}-{platform}.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("pyarrow/__init__.py", f"__version__ = {version!r}\n")
+        zf.writestr("pyarrow/libarrow.so.9900", b"\x7fELF fake")
+        zf.writestr("pyarrow/include/arrow/api.h", "// header\n")
+        zf.writestr("pyarrow/src/arrow/python/common.cc", "// source\n")
+        zf.writestr("pyarrow/tests/test_x.py", "")
+        zf.writestr("pyarrow/lib.pyx", "# cython\n")
+        zf.writestr(f"pyarrow-{version}.dist-info/METADATA", f"Name: pyarrow\nVersion: {version}\n")
+    return str(path)

@@ -59,6 +59,16 @@ class Run:
     prices: cost_model.PriceTable | None = None
 
 
+def map_modes(stats: list[dict]) -> dict[str, int]:
+    """How many map tasks ran in each mode (``vectorized``, ``record``), from their stats."""
+    return dict(sorted(collections.Counter(s.get("mode", "record") for s in stats).items()))
+
+
+def format_map_modes(modes: dict[str, int]) -> str:
+    """``3 vectorized, 1 record``: a map phase's modes for a summary line or a log."""
+    return ", ".join(f"{n} {mode}" for mode, n in sorted(modes.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def summary(spec: JobSpec, manifest: dict, step_partitions: list[int], done: Committed, run: Run) -> dict:
     """The ``_SUCCESS`` summary of a job whose every task committed."""
     mstats = done.map_stats
@@ -91,7 +101,7 @@ def summary(spec: JobSpec, manifest: dict, step_partitions: list[int], done: Com
         "tasks": {
             "map": len(done.maps) + sum(len(m) for m in done.later_maps),
             "reduce": sum(len(r) for r in done.reduces),
-            "map_modes": dict(collections.Counter(s.get("mode", "record") for s in mstats)),
+            "map_modes": map_modes(mstats),
         },
         "invocations": {phase: s.summary() for phase, s in run.stats.items()},
         "speculative_attempts": run.speculative_attempts,
@@ -181,9 +191,19 @@ def cost(spec: JobSpec, run: Run, mstats: list[dict], rstats: list[dict], stored
     )
     est = cost_model.estimate(usage, run.prices)
     est["runtime"] = run.runtime.name
+    # The durations are those of the modes the map tasks ran in: the figure assumes them.
+    modes = map_modes(mstats)
+    est["map_modes"] = modes
+    est["mode"] = next(iter(modes)) if len(modes) == 1 else "mixed"
+    assumes = {
+        "vectorized": "the map tasks vectorized, as here, which on Lambda needs pyarrow "
+                      "(--pyarrow-layer or --layer ARN)",
+        "record": "the map tasks in record mode, as here (without pyarrow on Lambda a vectorized job runs so)",
+    }.get(est["mode"], f"the map tasks' modes as here ({format_map_modes(modes)})")
     est["note"] = (
-        "projection for AWS Lambda from local task durations" if run.runtime.name == "local"
-        else "estimate from the handlers' measured durations"
+        f"projection for AWS Lambda from local task durations; assumes {assumes}"
+        if run.runtime.name == "local"
+        else f"estimate from the handlers' measured durations (map tasks: {format_map_modes(modes)})"
     )
     return est
 

@@ -198,8 +198,9 @@ def format_estimate(est: dict) -> str:
     """One line for a log or a task summary."""
     cur = est.get("currency", "USD")
     s3 = est["s3_requests"] + est["s3_storage"]
+    mode = f"; map tasks {est['mode']}" if est.get("mode") else ""
     return (
         f"est. cost {_money(est['total'], cur)} "
         f"(Lambda {_money(est['lambda_compute'], cur)} compute + {_money(est['lambda_requests'], cur)} requests, "
-        f"S3 {_money(s3, cur)}; reference formula: {_money(est['reference_formula'], cur)})"
+        f"S3 {_money(s3, cur)}; reference formula: {_money(est['reference_formula'], cur)}{mode})"
     )

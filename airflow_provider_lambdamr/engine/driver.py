@@ -184,6 +184,7 @@ class Driver:
         #: Partitions of each step (a step may override the job's --partitions).
         self.step_partitions = [s.partitions or spec.partitions for s in steps]
         self.map_only = len(steps) == 1 and steps[0].reducer is None
+        self.vectorized = spec.vectorized and job_class.has_table_mapper()
         self.tasks = TaskFactory(spec, map_only=self.map_only, step_count=self.step_count)
 
     @classmethod
@@ -747,6 +748,16 @@ class Driver:
         if not self._deployed:
             self.deployment = self.runtime.deploy(self._package())
             self._deployed = True
+            self._warn_without_pyarrow()
+
+    def _warn_without_pyarrow(self) -> None:
+        """Say so, before anything runs, when a vectorized job will run in record mode."""
+        fix = self.runtime.missing_pyarrow() if self.vectorized else None
+        if fix:
+            log.warning(
+                "job %s has a vectorized mapper (map_table), but the %s runtime has no pyarrow: its map tasks "
+                "will run in record mode, several times slower per core. To run them vectorized, %s",
+                self.spec.job_id, self.runtime.name, fix)
 
     def _require_manifest(self) -> dict:
         if self.manifest is None:

@@ -12,10 +12,12 @@ import hashlib
 import importlib.util
 import io
 import os
+import re
 import shutil
 import stat
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,15 +100,31 @@ def build_zip_bytes(job_ref: str, include: tuple[str, ...] = ()) -> tuple[bytes,
     for name, path in sorted(tops.items()):
         entries.extend(_files(name, path))
     entries.sort()
+    return _zip_bytes((arcname, path.read_bytes(), 0o644) for arcname, path in entries), tuple(sorted(tops))
+
+
+def _zip_bytes(entries: Iterable[tuple[str, bytes, int]]) -> bytes:
+    """A deterministic zip of (name, data, mode) entries, in the order given."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        for arcname, path in entries:
+        for arcname, data, mode in entries:
             info = zipfile.ZipInfo(arcname, date_time=FIXED_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = (stat.S_IFREG | 0o644) << 16
+            info.external_attr = (stat.S_IFREG | mode) << 16
             info.create_system = 3
-            zf.writestr(info, path.read_bytes())
-    return buf.getvalue(), tuple(sorted(tops))
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+def _cache_write(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically unless it already holds that many bytes."""
+    if target.exists() and target.stat().st_size == len(data):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, target)
 
 
 def build(job_ref: str, tracing: bool = False, include: tuple[str, ...] = ()) -> CodePackage:
@@ -115,12 +133,7 @@ def build(job_ref: str, tracing: bool = False, include: tuple[str, ...] = ()) ->
     data, modules = build_zip_bytes(job_ref, (*include, *(TRACING_MODULES if tracing else ())))
     digest = hashlib.sha256(data).hexdigest()
     target = cache_dir() / "zips" / f"lambdamr-{digest[:16]}.zip"
-    if not target.exists() or target.stat().st_size != len(data):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)
+    _cache_write(target, data)
     return CodePackage(str(target), digest, len(data), modules)
 
 
@@ -160,3 +173,154 @@ def extracted(package: CodePackage) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
 
+
+
+def unzipped_size(zip_path: str) -> int:
+    """The bytes a zip's files take once extracted (what Lambda's size limit counts)."""
+    with zipfile.ZipFile(zip_path) as zf:
+        return sum(info.file_size for info in zf.infolist())
+
+
+# -- the pyarrow layer -------------------------------------------------------------------------
+#: Lambda's limit on a function's code and all its layers together, unzipped.
+UNZIPPED_LIMIT = 262_144_000
+#: The glibc minor version of each Lambda Python runtime's OS: python3.11 runs on Amazon
+#: Linux 2 (glibc 2.26), python3.12 and later on Amazon Linux 2023 (glibc 2.34).
+RUNTIME_GLIBC = {"python3.11": 26, "python3.12": 34, "python3.13": 34}
+WHEEL_MACHINES = {"x86_64": "x86_64", "arm64": "aarch64"}
+#: What a layer leaves out of the wheel: C++ headers and sources, Cython sources, pyarrow's tests.
+LAYER_SKIP_DIRS = ("pyarrow/include/", "pyarrow/src/", "pyarrow/tests/")
+LAYER_SKIP_SUFFIXES = (".pyx", ".pxd", ".pxi")
+#: Layer descriptions start with this: cleanup deletes only layer versions that carry it.
+LAYER_MARK = "lambdamr pyarrow"
+_SHARED_LIBRARY = re.compile(r"\.so(\.[0-9.]+)?$")
+
+
+@dataclass(frozen=True)
+class LayerTarget:
+    """Where a layer's native code must load: a CPU architecture, a Python, a glibc."""
+
+    architecture: str
+    python: str  # "3.12"
+    glibc: int  # minor version: 34 is glibc 2.34
+
+    @classmethod
+    def for_runtime(cls, architecture: str, runtime_version: str) -> LayerTarget:
+        if architecture not in WHEEL_MACHINES or runtime_version not in RUNTIME_GLIBC:
+            raise PackagingError(f"no layer target for {runtime_version} on {architecture}")
+        return cls(architecture, runtime_version.removeprefix("python"), RUNTIME_GLIBC[runtime_version])
+
+    def platforms(self) -> list[str]:
+        """The manylinux tags a wheel may carry to load here, newest first (PEP 600: a wheel
+        for glibc 2.Y loads on 2.Y and later; manylinux2014, 2010 and 1 are 2.17, 2.12, 2.5)."""
+        machine = WHEEL_MACHINES[self.architecture]
+        return [f"manylinux_2_{minor}_{machine}" for minor in range(self.glibc, 4, -1)] + [
+            f"manylinux{legacy}_{machine}" for legacy in ("2014", "2010", "1")]
+
+    def describe(self) -> str:
+        return f"Python {self.python} on {self.architecture} (glibc 2.{self.glibc})"
+
+
+@dataclass(frozen=True)
+class LayerPackage:
+    """A layer zip holding pyarrow under ``python/`` (Lambda puts ``/opt/python`` on the path)."""
+
+    path: str
+    sha256: str
+    size: int
+    unzipped_size: int
+    pyarrow_version: str
+    target: LayerTarget
+
+    @property
+    def version(self) -> str:
+        return self.sha256[:16]
+
+    @property
+    def description(self) -> str:
+        """The layer version's description: how a later deploy finds it by content."""
+        return (f"{LAYER_MARK} {self.pyarrow_version} python{self.target.python} "
+                f"{self.target.architecture} sha256:{self.version}")
+
+
+def pyarrow_version() -> str:
+    """The pyarrow a layer holds: the one installed here (constraints.txt pins it)."""
+    from importlib.metadata import version
+
+    return version("pyarrow")
+
+
+def wheel_dir() -> Path:
+    """Downloaded wheels, kept across runs (``LAMBDAMR_WHEEL_DIR``, else the user cache)."""
+    base = os.environ.get("LAMBDAMR_WHEEL_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lambdamr", "wheels")
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _wheel_fits(name: str, project: str, version: str, target: LayerTarget) -> bool:
+    """Whether the wheel file ``name`` is ``project`` ``version`` and loads on ``target``."""
+    parts = name.removesuffix(".whl").split("-")
+    if len(parts) != 5 or parts[:2] != [project.replace("-", "_"), version]:
+        return False
+    cp = "cp" + target.python.replace(".", "")
+    pythons, abis, platforms = (set(tag.split(".")) for tag in parts[2:])
+    return (bool(pythons & {cp, "py3"}) and bool(abis & {cp, "abi3", "none"})
+            and bool(platforms & {*target.platforms(), "any"}))
+
+
+def wheel(project: str, version: str, target: LayerTarget) -> Path:
+    """The wheel of ``project`` ``version`` for ``target``: from the wheel cache, else
+    downloaded by pip (binary only, no dependencies) into it."""
+    import subprocess
+    import sys
+
+    cache = wheel_dir()
+    found = sorted(p for p in cache.glob("*.whl") if _wheel_fits(p.name, project, version, target))
+    if found:
+        return found[0]
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+               "--only-binary=:all:", "--no-deps", "--implementation", "cp", "--python-version", target.python,
+               *[arg for tag in target.platforms() for arg in ("--platform", tag)],
+               f"{project}=={version}", "--dest", tmp]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = [p for p in Path(tmp).glob("*.whl") if _wheel_fits(p.name, project, version, target)]
+        if res.returncode != 0 or len(wheels) != 1:
+            detail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no wheel"]
+            raise PackagingError(f"cannot get a {project} {version} wheel for {target.describe()}: {detail[0]}")
+        os.replace(wheels[0], cache / wheels[0].name)
+    return cache / wheels[0].name
+
+
+def build_layer(target: LayerTarget, version: str | None = None) -> LayerPackage:
+    """Build (or find in the cache) the pyarrow layer for ``target``, content-hashed.
+
+    The layer built from a wheel is cached by the wheel's own hash (not its name, which two
+    different files can share).
+    """
+    version = version or pyarrow_version()
+    try:
+        pyarrow = wheel("pyarrow", version, target)
+    except PackagingError as err:
+        if target.glibc >= 28:
+            raise
+        raise PackagingError(
+            f"{err}. pyarrow has had no wheels for glibc 2.{target.glibc} since 21.0 (they need glibc 2.28), "
+            f"and Lambda's python3.11 runs on Amazon Linux 2 (glibc 2.26): use --runtime-version python3.12 or "
+            f"later, or name a layer holding pyarrow with --layer ARN") from None
+    with open(pyarrow, "rb") as fh:
+        wheel_sha = hashlib.file_digest(fh, "sha256").hexdigest()
+    cached = cache_dir() / "layers" / f"pyarrow-{version}-{wheel_sha[:16]}.zip"
+    if not cached.exists():
+        with zipfile.ZipFile(pyarrow) as whl:
+            infos = sorted((i for i in whl.infolist() if not i.is_dir()
+                            and not i.filename.startswith(LAYER_SKIP_DIRS)
+                            and not i.filename.endswith(LAYER_SKIP_SUFFIXES)), key=lambda i: i.filename)
+            _cache_write(cached, _zip_bytes(
+                (f"python/{i.filename}", whl.read(i), 0o755 if _SHARED_LIBRARY.search(i.filename) else 0o644)
+                for i in infos))
+    data = cached.read_bytes()
+    return LayerPackage(str(cached), hashlib.sha256(data).hexdigest(), len(data), unzipped_size(str(cached)),
+                        version, target)

@@ -386,6 +386,14 @@ class JobSpec:
                               help="Lambda invocations in flight at once (aws runtime).")
     code_uri: str | None = option(None, metavar="S3URI", runtime=True,
                                   help="s3:// prefix for zips above Lambda's direct upload limit (aws runtime).")
+    layer: str | None = option(None, metavar="ARN", runtime=True, templated=True,
+                               help="A Lambda layer version holding pyarrow (e.g. AWS SDK for pandas) for the "
+                                    "functions, so vectorized jobs run vectorized (aws runtime).")
+    pyarrow_layer: bool = option(
+        False, runtime=True,
+        help="Build the pinned pyarrow into a Lambda layer for the functions' architecture and Python, "
+             "publish it once per content hash (through --code-uri: it is above the direct upload "
+             "limit) and attach it (aws runtime).")
 
     def __post_init__(self) -> None:
         self.job_ref = resolve_job_ref(self.job)

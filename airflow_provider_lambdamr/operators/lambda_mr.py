@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset, AssetAlias, BaseOperator, BaseOperatorLink, conf
 from airflow.sdk.exceptions import AirflowException
 
+from airflow_provider_lambdamr.engine import commit as commit_mod
 from airflow_provider_lambdamr.engine import jobdir, jobstate
 from airflow_provider_lambdamr.engine import report as report_mod
 from airflow_provider_lambdamr.engine.driver import Driver, JobFailed, JobWaiting, Progress
@@ -496,6 +497,8 @@ class LambdaMapOperator(_LambdaMapReduceBase):
         runtime_version: str = "python3.12",
         concurrency: int = 100,
         code_uri: str | None = None,
+        layer: str | None = None,
+        pyarrow_layer: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("multiple_outputs", True)  # so map_task.output["job_dir"] works
@@ -601,9 +604,11 @@ class LambdaMapOperator(_LambdaMapReduceBase):
             "input_records": sum(int(s.get("input_records", 0)) for s in stats),
             "map_output_records": sum(int(s.get("output_records", 0)) for s in stats),
             "bad_records": sum(int(s.get("bad_records", 0)) for s in stats),
+            "map_modes": commit_mod.map_modes(stats),
             "invocations": invocations,
         }
-        self.log.info("map phase done: %s", summary)
+        self.log.info("map phase done (map tasks: %s): %s", commit_mod.format_map_modes(summary["map_modes"]),
+                      summary)
         return summary
 
     def _resume_spec(self, context: Context) -> JobSpec:
@@ -707,6 +712,8 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
         runtime_version: str | None = None,
         concurrency: int | None = None,
         code_uri: str | None = None,
+        layer: str | None = None,
+        pyarrow_layer: bool | None = None,
         launched: Mapping[str, Any] | None = None,
         report: bool = True,
         **kwargs: Any,
@@ -787,6 +794,7 @@ class LambdaReduceOperator(_LambdaMapReduceBase):
             "input_records": c["input_records"],
             "bad_records": c["bad_records"],
             "reduce_tasks": summary["tasks"]["reduce"],
+            "map_modes": summary["tasks"]["map_modes"],
             "duration_s": summary["durations_s"].get("total"),
             "cost_estimate": (summary.get("cost") or {}).get("total"),
             "cost_reference_formula": (summary.get("cost") or {}).get("reference_formula"),

@@ -220,6 +220,7 @@ def test_a_retried_map_task_resumes_instead_of_redoing_work(tmp_path):
     assert ctx["ti"].pushed["job_dir"] == first["job_dir"]
     retry = op.execute({**ctx, "ti": _TI()})  # the Airflow task's second try, same run
     assert retry["invocations"] == 0 and retry["map_tasks"] == 5
+    assert first["map_modes"] == retry["map_modes"] == {"record": 5}  # wordcount has no map_table
     assert retry["job_dir"] == first["job_dir"]
     red = LambdaReduceOperator(task_id="reduce", job_dir=first["job_dir"], aws_conn_id=None, result_asset=str(tmp_path / "out"))
     from airflow.sdk.execution_time.context import OutletEventAccessors

@@ -238,3 +238,85 @@ def test_a_multi_step_job_with_every_event_delivered_twice_counts_once(lambda_cl
     assert summary["steps"] == 2 and summary["runtime"] == "aws"
     got = {int(k): int(v) for k, v in read_rows(str(tmp_path / "out"))}
     assert got == dict(collections.Counter(words.values()))
+
+
+def _layer_versions(client, name):
+    pages = client.get_paginator("list_layer_versions").paginate(LayerName=name)
+    return sorted(v["Version"] for p in pages for v in p["LayerVersions"])
+
+
+def test_the_pyarrow_layer_is_published_once_per_content_attached_and_pruned(lambda_client, role_arn, s3_bucket,
+                                                                            tmp_path, monkeypatch):
+    import hashlib
+    import zipfile
+
+    from airflow_provider_lambdamr.engine.runtimes.aws import prune_functions
+    from tests.helpers import fake_pyarrow_wheel
+
+    monkeypatch.setenv("LAMBDAMR_WHEEL_DIR", str(tmp_path))
+    for python in ("3.12", "3.13"):
+        fake_pyarrow_wheel(tmp_path, version=packaging.pyarrow_version(), python=python)
+    prefix = f"lmr-{uuid.uuid4().hex[:6]}"
+    pkg = packaging.build("lambda_src.jobs.wordcount:WordCount")
+
+    def runtime(**kwargs):
+        return AwsRuntime(lambda_client, role_arn=role_arn, function_prefix=prefix, pyarrow_layer=True,
+                          direct_upload_limit=200, **kwargs)
+
+    with pytest.raises(DeployError, match=r"the pyarrow layer zip is \d+ bytes, above the 200-byte direct "
+                                          r"upload limit; pass an s3:// code_uri"):
+        runtime().deploy(pkg)
+    with monkeypatch.context() as small:
+        small.setattr(packaging, "UNZIPPED_LIMIT", 2000)
+        with pytest.raises(DeployError, match=r"the function \(\d+ bytes\) and the pyarrow layer \(\d+ bytes\) are "
+                                              r"\d+ bytes above Lambda's 2000-byte limit, unzipped"):
+            runtime(code_uri=f"s3://{s3_bucket}/code").deploy(pkg)
+    first = runtime(code_uri=f"s3://{s3_bucket}/code").deploy(pkg)["pyarrow_layer"]
+    arn = first["arn"]
+    for kind in ("mapper", "reducer"):
+        cfg = lambda_client.get_function_configuration(FunctionName=f"{prefix}-{kind}")
+        assert [layer["Arn"] for layer in cfg["Layers"]] == [arn]
+    layer_zip = lambda_client.get_layer_version(LayerName=f"{prefix}-pyarrow", VersionNumber=int(arn.rsplit(":", 1)[1]))
+    assert layer_zip["Description"].startswith("lambdamr pyarrow ") and "python3.12" in layer_zip["Description"]
+    uploaded = boto3.client("s3").get_object(Bucket=s3_bucket, Key=f"code/lambdamr-layer-{first['sha256'][:16]}.zip")
+    assert hashlib.sha256(uploaded["Body"].read()).hexdigest() == first["sha256"], "the layer went through S3"
+    with zipfile.ZipFile(pkg.path) as zf:
+        function_bytes = sum(i.file_size for i in zf.infolist())
+    assert first["room_left_bytes"] == 262_144_000 - function_bytes - first["unzipped_bytes"]
+    assert runtime(code_uri=f"s3://{s3_bucket}/code").deploy(pkg)["pyarrow_layer"] == first
+    assert len(_layer_versions(lambda_client, f"{prefix}-pyarrow")) == 1, "the same content is published once"
+    lambda_client.publish_layer_version(LayerName=f"{prefix}-pyarrow", Description="someone else's",
+                                        Content={"ZipFile": b"PK\x05\x06" + bytes(18)})
+    newer = runtime(code_uri=f"s3://{s3_bucket}/code", runtime_version="python3.13").deploy(pkg)["pyarrow_layer"]
+    assert newer["arn"] != arn
+    cfg = lambda_client.get_function_configuration(FunctionName=f"{prefix}-mapper")
+    assert [layer["Arn"] for layer in cfg["Layers"]] == [newer["arn"]]
+    versions = _layer_versions(lambda_client, f"{prefix}-pyarrow")
+    assert len(versions) == 3
+    pruned = prune_functions(lambda_client, prefix)
+    assert pruned[f"{prefix}-pyarrow"]["versions"] == [int(arn.rsplit(":", 1)[1])]
+    assert _layer_versions(lambda_client, f"{prefix}-pyarrow") == sorted(
+        [int(newer["arn"].rsplit(":", 1)[1]), versions[1]]), "the live layer and one lambdamr did not publish stay"
+
+
+def test_a_named_layer_is_attached_and_a_bad_one_refused(lambda_client, role_arn):
+    prefix = f"lmr-{uuid.uuid4().hex[:6]}"
+    arn = lambda_client.publish_layer_version(
+        LayerName=f"{prefix}-sdk-for-pandas", Content={"ZipFile": b"PK\x05\x06" + bytes(18)})["LayerVersionArn"]
+    rt = AwsRuntime(lambda_client, role_arn=role_arn, function_prefix=prefix, layer=arn)
+    assert rt.missing_pyarrow() is None
+    assert rt.deploy(packaging.build("lambda_src.jobs.wordcount:WordCount"))["pyarrow_layer"] == {
+        "arn": arn, "source": "named"}
+    cfg = lambda_client.get_function_configuration(FunctionName=f"{prefix}-reducer")
+    assert [layer["Arn"] for layer in cfg["Layers"]] == [arn]
+    without = AwsRuntime(lambda_client, role_arn=role_arn, function_prefix=prefix).deploy(
+        packaging.build("lambda_src.jobs.wordcount:WordCount"))
+    assert without["pyarrow_layer"] is None
+    live = lambda_client.get_function_configuration(FunctionName=f"{prefix}-reducer",
+                                                    Qualifier=without["functions"]["reducer"]["alias"])
+    assert live.get("Layers", []) == [], "the same code deployed without the layer drops it"
+    assert "--pyarrow-layer" in AwsRuntime(lambda_client, role_arn=role_arn).missing_pyarrow()
+    with pytest.raises(ValueError, match="layer must be a layer version ARN"):
+        AwsRuntime(lambda_client, role_arn=role_arn, layer="pyarrow")
+    with pytest.raises(ValueError, match="either --layer ARN or --pyarrow-layer, not both"):
+        AwsRuntime(lambda_client, role_arn=role_arn, layer=arn, pyarrow_layer=True)

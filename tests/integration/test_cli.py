@@ -144,6 +144,49 @@ def test_deploy_prints_a_stable_json_summary(aws_env, tmp_path):
     assert json.loads(second.stdout) == summary
 
 
+def test_deploy_builds_attaches_and_reports_the_pyarrow_layer(aws_env, s3_bucket, tmp_path):
+    import uuid
+
+    import boto3
+
+    from airflow_provider_lambdamr.engine import packaging
+    from tests.helpers import fake_pyarrow_wheel
+
+    fake_pyarrow_wheel(tmp_path, version=packaging.pyarrow_version(), python="3.12")
+    role = boto3.client("iam").create_role(
+        RoleName=f"cli-{uuid.uuid4().hex[:8]}",
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}))["Role"]["Arn"]
+    prefix = f"cli-{uuid.uuid4().hex[:6]}"
+    args = ["deploy", "amplab-2a", "--role", role, "--function-prefix", prefix, "--pyarrow-layer",
+            "--code-uri", f"s3://{s3_bucket}/code"]
+    res = run(*args, env={"LAMBDAMR_WHEEL_DIR": str(tmp_path)})
+    assert res.returncode == 0, res.stderr
+    layer = json.loads(res.stdout)["pyarrow_layer"]
+    assert layer["arn"].startswith(f"arn:aws:lambda:us-east-1:123456789012:layer:{prefix}-pyarrow:")
+    assert layer["pyarrow"] == packaging.pyarrow_version() and 0 < layer["room_left_bytes"] < 262_144_000
+    cfg = boto3.client("lambda").get_function_configuration(FunctionName=f"{prefix}-reducer")
+    assert [x["Arn"] for x in cfg["Layers"]] == [layer["arn"]]
+    old = run(*args, "--runtime-version", "python3.11", env={"LAMBDAMR_WHEEL_DIR": str(tmp_path / "none")})
+    assert old.returncode == 1 and "Traceback" not in old.stderr
+    assert "Lambda's python3.11 runs on Amazon Linux 2 (glibc 2.26)" in old.stderr
+    assert "use --runtime-version python3.12 or later, or name a layer holding pyarrow with --layer ARN" in old.stderr
+
+
+def test_the_summary_line_says_how_the_map_tasks_ran(tmp_path):
+    gen = run("amplab-gen", "--output", str(tmp_path / "data"), "--rows", "2000", "--files", "2", "--seed", "3")
+    assert gen.returncode == 0, gen.stderr
+    for flags, mode in (((), "vectorized"), (("--no-vectorized",), "record")):
+        res = run("run", "amplab-1a", "--input", str(tmp_path / "data" / "rankings"), "--output",
+                  str(tmp_path / f"out-{mode}"), "--workers", "2", "--max-files-per-task", "1", *flags)
+        assert res.returncode == 0, res.stderr
+        assert f" 2 map tasks (2 {mode}), " in res.stdout
+        assert f"; map tasks {mode}) (projection for Lambda)" in res.stdout  # the cost line says what it assumes
+        cost = json.loads((tmp_path / f"out-{mode}" / "_SUCCESS").read_text())["cost"]
+        assert cost["mode"] == mode and cost["map_modes"] == {mode: 2}
+        assert cost["note"].startswith(f"projection for AWS Lambda from local task durations; assumes the map "
+                                       f"tasks {'vectorized' if mode == 'vectorized' else 'in record mode'}")
+
+
 def test_aws_runtime_needs_a_role(tmp_path):
     (tmp_path / "in.txt").write_text("a\n")
     res = run("run", "wordcount", "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "o"),

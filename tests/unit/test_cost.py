@@ -273,3 +273,8 @@ def test_format_estimate_of_a_real_estimate_and_other_currency() -> None:
     line = format_estimate(estimate(job_usage(), PriceTable(currency="EUR")))
     assert "\n" not in line
     assert line.startswith("est. cost 0.00309441 EUR (Lambda 0.00308641 EUR compute + 0.000008 EUR requests")
+
+
+def test_format_estimate_says_which_mode_the_figure_assumes() -> None:
+    line = format_estimate({**estimate(job_usage()), "mode": "record"})
+    assert line.endswith("; map tasks record)")

@@ -78,3 +78,49 @@ def test_extracted_once_per_version():
     assert packaging.extracted(pkg) == first
     assert marker.stat().st_mtime_ns == mtime
     assert (first / "lambda_src" / "mapper.py").is_file()
+
+
+def test_the_layer_holds_the_wheel_under_python_without_headers_sources_or_tests(tmp_path, monkeypatch):
+    from tests.helpers import fake_pyarrow_wheel
+
+    monkeypatch.setenv("LAMBDAMR_WHEEL_DIR", str(tmp_path))
+    fake_pyarrow_wheel(tmp_path, python="3.12", platform="manylinux_2_28_aarch64")  # another machine's
+    fake_pyarrow_wheel(tmp_path, python="3.11", platform="manylinux_2_28_x86_64")  # another Python's
+    fake_pyarrow_wheel(tmp_path, python="3.12", platform="manylinux_2_28_x86_64")
+    target = packaging.LayerTarget.for_runtime("x86_64", "python3.12")
+    layer = packaging.build_layer(target, version="99.0.0")
+    with zipfile.ZipFile(layer.path) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        assert sorted(infos) == ["python/pyarrow-99.0.0.dist-info/METADATA", "python/pyarrow/__init__.py",
+                                 "python/pyarrow/libarrow.so.9900"]
+        assert zf.read("python/pyarrow/__init__.py") == b"__version__ = '99.0.0'\n"
+        assert stat.S_IMODE(infos["python/pyarrow/libarrow.so.9900"].external_attr >> 16) == 0o755
+        assert layer.unzipped_size == sum(i.file_size for i in infos.values())
+    assert layer.description == f"lambdamr pyarrow 99.0.0 python3.12 x86_64 sha256:{layer.sha256[:16]}"
+    again = packaging.build_layer(target, version="99.0.0")
+    assert again == layer
+
+
+def test_layer_targets_follow_each_runtimes_glibc():
+    old = packaging.LayerTarget.for_runtime("x86_64", "python3.11").platforms()
+    new = packaging.LayerTarget.for_runtime("arm64", "python3.12").platforms()
+    assert "manylinux_2_28_x86_64" not in old and "manylinux2014_x86_64" in old  # Amazon Linux 2: glibc 2.26
+    assert "manylinux_2_26_x86_64" in old
+    assert "manylinux_2_28_aarch64" in new and "manylinux_2_34_aarch64" in new
+    assert "manylinux_2_35_aarch64" not in new  # Amazon Linux 2023: glibc 2.34
+
+
+def test_a_layer_is_cached_by_the_wheels_content_not_its_name(tmp_path, monkeypatch):
+    from tests.helpers import fake_pyarrow_wheel
+
+    monkeypatch.setenv("LAMBDAMR_WHEEL_DIR", str(tmp_path))
+    target = packaging.LayerTarget.for_runtime("arm64", "python3.13")
+    wheel = fake_pyarrow_wheel(tmp_path, version="98.0.0", python="3.13", platform="manylinux_2_28_aarch64")
+    first = packaging.build_layer(target, version="98.0.0")
+    os.remove(wheel)
+    with zipfile.ZipFile(wheel, "w") as zf:  # another file of the same name
+        zf.writestr("pyarrow/__init__.py", "# another build\n")
+    second = packaging.build_layer(target, version="98.0.0")
+    assert second.sha256 != first.sha256
+    with zipfile.ZipFile(second.path) as zf:
+        assert zf.namelist() == ["python/pyarrow/__init__.py"]

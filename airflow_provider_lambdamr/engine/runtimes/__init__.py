@@ -43,7 +43,8 @@ def _aws(options: Mapping[str, Any], *, lambda_client: Callable[[], Any] | None,
         lambda_client(), role_arn=options["role_arn"], function_prefix=options["function_prefix"],
         memory_mb=options["memory_mb"], timeout_s=options["timeout_s"], architecture=options["architecture"],
         runtime_version=options["runtime_version"], tracing=options["tracing"],
-        concurrency=options["concurrency"], code_uri=options["code_uri"],
+        concurrency=options["concurrency"], code_uri=options["code_uri"], layer=options["layer"],
+        pyarrow_layer=options["pyarrow_layer"],
     )
 
 

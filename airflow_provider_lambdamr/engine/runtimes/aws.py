@@ -17,13 +17,14 @@ import json
 import logging
 import math
 import random
+import re
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_lambdamr.engine import coordinator
-from airflow_provider_lambdamr.engine.packaging import CodePackage
+from airflow_provider_lambdamr.engine import coordinator, packaging
+from airflow_provider_lambdamr.engine.packaging import CodePackage, LayerPackage
 from airflow_provider_lambdamr.engine.runtimes.base import (
     HANDLERS,
     InvocationResult,
@@ -43,6 +44,9 @@ RUNTIME_VERSIONS = ("python3.11", "python3.12", "python3.13")
 THROTTLE_CODES = ("TooManyRequestsException", "ThrottlingException", "EC2ThrottledException")
 #: The suffix of the task functions' aliases whose ends go to the coordinator.
 COORDINATED = "-coordinated"
+LAYER_ARN_RE = re.compile(r"^arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:layer:[A-Za-z0-9_-]+:\d+$")
+#: What fixes a deployment without pyarrow, for the warning before launch.
+PYARROW_FLAGS = "--pyarrow-layer (with --code-uri s3://...; operators: pyarrow_layer=True) or --layer ARN"
 
 
 class DeployError(Exception):
@@ -70,6 +74,9 @@ class AwsRuntime(Runtime):
     :param concurrency: Invocations in flight at once.
     :param environment: Extra environment variables for the functions.
     :param code_uri: ``s3://`` prefix for zips above the direct-upload limit.
+    :param layer: The ARN of a layer version holding pyarrow (e.g. AWS SDK for pandas) to attach.
+    :param pyarrow_layer: Build the pinned pyarrow into a layer for this architecture and
+        runtime, publish it once per content hash (through ``code_uri``) and attach it.
     :param status_grace_s: How long past the timeout a task may stay silent before it
         counts as lost (async delivery can lag under throttling).
     """
@@ -90,6 +97,8 @@ class AwsRuntime(Runtime):
         concurrency: int = 100,
         environment: dict[str, str] | None = None,
         code_uri: str | None = None,
+        layer: str | None = None,
+        pyarrow_layer: bool = False,
         status_grace_s: float = 120.0,
         poll_interval_s: float = 2.0,
         direct_upload_limit: int = DIRECT_UPLOAD_LIMIT,
@@ -104,6 +113,11 @@ class AwsRuntime(Runtime):
             raise ValueError(f"role_arn must be an IAM role ARN, got {role_arn!r}")
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if layer is not None and not LAYER_ARN_RE.match(layer):
+            raise ValueError(f"layer must be a layer version ARN (arn:aws:lambda:REGION:ACCOUNT:layer:NAME:VERSION), "
+                             f"got {layer!r}")
+        if layer and pyarrow_layer:
+            raise ValueError("give either --layer ARN or --pyarrow-layer, not both: each puts pyarrow on the path")
         self.client = lambda_client
         self.role_arn = role_arn
         self.function_prefix = function_prefix
@@ -115,6 +129,8 @@ class AwsRuntime(Runtime):
         self.concurrency = concurrency
         self.environment = dict(environment or {})
         self.code_uri = code_uri
+        self.layer = layer
+        self.pyarrow_layer = pyarrow_layer
         self.status_grace_s = status_grace_s
         self.poll_interval_s = poll_interval_s
         self.direct_upload_limit = direct_upload_limit
@@ -135,8 +151,14 @@ class AwsRuntime(Runtime):
     def alias_name(self, package: CodePackage) -> str:
         return f"v{package.version}"
 
+    def layer_name(self) -> str:
+        return f"{self.function_prefix}-pyarrow"
+
+    def missing_pyarrow(self) -> str | None:
+        return None if self.layer or self.pyarrow_layer else f"pass {PYARROW_FLAGS}"
+
     # -- deploy ------------------------------------------------------------------------
-    def _configuration(self, kind: str) -> dict:
+    def _configuration(self, kind: str, layers: list[str]) -> dict:
         coordinating = kind == coordinator.KIND
         return {
             "Role": self.role_arn,
@@ -146,22 +168,73 @@ class AwsRuntime(Runtime):
             "Timeout": math.ceil(coordinator.TIMEOUT_S if coordinating else self.timeout_s),
             "TracingConfig": {"Mode": "Active" if self.tracing else "PassThrough"},
             "Environment": {"Variables": {**self.environment, "LAMBDAMR_TRACING": "1" if self.tracing else "0"}},
+            "Layers": layers,
         }
 
-    def _code(self, package: CodePackage) -> dict:
-        with open(package.path, "rb") as fh:
+    def _code(self, path: str, what: str, name: str) -> dict:
+        """Lambda's ``Code`` / ``Content`` for a zip: its bytes, or where it went on S3."""
+        with open(path, "rb") as fh:
             data = fh.read()
         if len(data) <= self.direct_upload_limit:
             return {"ZipFile": data}
         if not self.code_uri or not st.is_s3(self.code_uri):
             raise DeployError(
-                f"the function zip is {len(data)} bytes, above the {self.direct_upload_limit}-byte "
+                f"the {what} is {len(data)} bytes, above the {self.direct_upload_limit}-byte "
                 f"direct upload limit; pass an s3:// code_uri to upload it through S3"
             )
-        uri = st.join(self.code_uri, f"lambdamr-{package.version}.zip")
+        uri = st.join(self.code_uri, name)
         st.for_uri(uri).write_bytes(uri, data)
         bucket, key = st.split_s3(uri)
         return {"S3Bucket": bucket, "S3Key": key}
+
+    def _package_code(self, package: CodePackage) -> dict:
+        return self._code(package.path, "function zip", f"lambdamr-{package.version}.zip")
+
+    def _published_layer(self, layer: LayerPackage) -> str:
+        """The ARN of the layer version holding ``layer``: found by its content hash, or published."""
+        from botocore.exceptions import ClientError
+
+        name = self.layer_name()
+        try:
+            for page in self.client.get_paginator("list_layer_versions").paginate(LayerName=name):
+                for version in page["LayerVersions"]:
+                    if version.get("Description") == layer.description:
+                        return version["LayerVersionArn"]
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise
+        content = self._code(layer.path, "pyarrow layer zip", f"lambdamr-layer-{layer.version}.zip")
+        try:
+            published = self.client.publish_layer_version(
+                LayerName=name, Description=layer.description, Content=content,
+                CompatibleRuntimes=[self.runtime_version], CompatibleArchitectures=[self.architecture],
+                LicenseInfo="Apache-2.0",
+            )
+        except ClientError as err:
+            raise DeployError(f"cannot publish the pyarrow layer {name}: {err}") from err
+        log.info("published layer %s (pyarrow %s, %d bytes)", published["LayerVersionArn"],
+                 layer.pyarrow_version, layer.size)
+        return published["LayerVersionArn"]
+
+    def _layers(self, package: CodePackage) -> tuple[list[str], dict | None]:
+        """The layer ARNs the functions list, and what to report about them."""
+        if self.layer:
+            return [self.layer], {"arn": self.layer, "source": "named"}
+        if not self.pyarrow_layer:
+            return [], None
+        try:
+            layer = packaging.build_layer(packaging.LayerTarget.for_runtime(self.architecture, self.runtime_version))
+        except packaging.PackagingError as err:
+            raise DeployError(str(err)) from err
+        room = packaging.UNZIPPED_LIMIT - layer.unzipped_size - packaging.unzipped_size(package.path)
+        if room < 0:
+            raise DeployError(
+                f"the function ({packaging.unzipped_size(package.path)} bytes) and the pyarrow layer "
+                f"({layer.unzipped_size} bytes) are {-room} bytes above Lambda's {packaging.UNZIPPED_LIMIT}-byte "
+                f"limit, unzipped")
+        arn = self._published_layer(layer)
+        return [arn], {"arn": arn, "source": "built", "pyarrow": layer.pyarrow_version, "sha256": layer.sha256,
+                       "unzipped_bytes": layer.unzipped_size, "room_left_bytes": room}
 
     @staticmethod
     def lambda_sha256(package: CodePackage) -> str:
@@ -179,6 +252,7 @@ class AwsRuntime(Runtime):
             int(current.get("Timeout", 0)) != wanted["Timeout"],
             (current.get("TracingConfig") or {}).get("Mode", "PassThrough") != wanted["TracingConfig"]["Mode"],
             env != wanted["Environment"]["Variables"],
+            [layer["Arn"] for layer in current.get("Layers") or []] != wanted["Layers"],
         ))
 
     def _wait(self, waiter: str, name: str, qualifier: str | None = None) -> None:
@@ -190,11 +264,11 @@ class AwsRuntime(Runtime):
         except Exception as err:
             raise DeployError(f"function {name} did not become ready ({waiter}): {err}") from err
 
-    def _deploy_function(self, kind: str, package: CodePackage, sha: str) -> dict:
+    def _deploy_function(self, kind: str, package: CodePackage, sha: str, layers: list[str]) -> dict:
         from botocore.exceptions import ClientError
 
         name = self.function_name(kind)
-        wanted = self._configuration(kind)
+        wanted = self._configuration(kind, layers)
         alias = self.alias_name(package)
         try:
             existing = self.client.get_function(FunctionName=name)["Configuration"]
@@ -204,7 +278,7 @@ class AwsRuntime(Runtime):
             existing = None
         if existing is None:
             log.info("creating function %s", name)
-            code = self._code(package)
+            code = self._package_code(package)
             for attempt in range(self.role_propagation_retries + 1):
                 try:
                     self.client.create_function(
@@ -225,7 +299,7 @@ class AwsRuntime(Runtime):
             if existing.get("CodeSha256") != sha or (existing.get("Architectures") or ["x86_64"]) != [self.architecture]:
                 log.info("updating the code of %s", name)
                 self.client.update_function_code(
-                    FunctionName=name, Architectures=[self.architecture], **self._code(package)
+                    FunctionName=name, Architectures=[self.architecture], **self._package_code(package)
                 )
                 self._wait("function_updated_v2", name)
             if self._config_differs(existing, wanted):
@@ -276,7 +350,8 @@ class AwsRuntime(Runtime):
 
     def deploy(self, package: CodePackage) -> dict:
         sha = self.lambda_sha256(package)
-        functions = {kind: self._deploy_function(kind, package, sha) for kind in HANDLERS}
+        layers, layer_report = self._layers(package)
+        functions = {kind: self._deploy_function(kind, package, sha, layers) for kind in HANDLERS}
         self.package = package
         self.deployment = {
             "runtime": self.name,
@@ -288,6 +363,7 @@ class AwsRuntime(Runtime):
             "architecture": self.architecture,
             "runtime_version": self.runtime_version,
             "tracing": self.tracing,
+            "pyarrow_layer": layer_report,
         }
         return self.deployment
 
@@ -302,7 +378,7 @@ class AwsRuntime(Runtime):
         to whole minutes) until its job finished (``end_coordination``)."""
         if self.deployment is None:
             raise RuntimeError("deploy() the job's code package before its coordinator")
-        deployed = self._deploy_function(coordinator.KIND, package, self.lambda_sha256(package))
+        deployed = self._deploy_function(coordinator.KIND, package, self.lambda_sha256(package), [])
         target = self.client.get_alias(FunctionName=deployed["name"], Name=deployed["alias"])["AliasArn"]
         for kind in HANDLERS:
             fn = self.deployment["functions"][kind]
@@ -436,16 +512,19 @@ FUNCTION_KINDS = (*HANDLERS, coordinator.KIND)
 
 
 def prune_functions(lambda_client: Any, function_prefix: str, keep_alias: str | None = None) -> dict:
-    """Delete old aliases and versions of ``<prefix>-mapper`` / ``-reducer`` / ``-coordinator``.
+    """Delete old aliases and versions of ``<prefix>-mapper`` / ``-reducer`` / ``-coordinator``,
+    and the versions of the ``<prefix>-pyarrow`` layer that lambdamr published and no
+    remaining function version lists.
 
     The alias ``keep_alias`` (default: the most recently published one; for the coordinator,
     whose versions its own zip names, always that) and the version it points to stay, with
     every alias of that version (its ``-coordinated`` alias), as does ``$LATEST``. Returns
-    what was deleted, by function.
+    what was deleted, by function and layer.
     """
     from botocore.exceptions import ClientError
 
     deleted: dict[str, dict[str, list[str]]] = {}
+    layers_in_use: set[str] = set()
     for kind in FUNCTION_KINDS:
         name = f"{function_prefix}-{kind}"
         try:
@@ -468,7 +547,34 @@ def prune_functions(lambda_client: Any, function_prefix: str, keep_alias: str | 
         for version in gone_versions:
             lambda_client.delete_function(FunctionName=name, Qualifier=version)
         deleted[name] = {"aliases": gone_aliases, "versions": gone_versions, "kept": sorted(kept_versions)}
+        for version in ("$LATEST", *kept_versions):
+            config = lambda_client.get_function_configuration(FunctionName=name, Qualifier=version)
+            layers_in_use.update(layer["Arn"] for layer in config.get("Layers") or [])
+    layer = _prune_layer(lambda_client, f"{function_prefix}-pyarrow", layers_in_use)
+    if layer is not None:
+        deleted[f"{function_prefix}-pyarrow"] = layer
     return deleted
+
+
+def _prune_layer(lambda_client: Any, name: str, in_use: set[str]) -> dict | None:
+    """Delete the versions of layer ``name`` that lambdamr published and nothing lists."""
+    from botocore.exceptions import ClientError
+
+    try:
+        pages = lambda_client.get_paginator("list_layer_versions").paginate(LayerName=name)
+        versions = [v for p in pages for v in p["LayerVersions"]]
+    except ClientError as err:
+        if err.response["Error"]["Code"] != "ResourceNotFoundException":
+            raise
+        versions = []
+    if not versions:
+        return None
+    ours = [v for v in versions if (v.get("Description") or "").startswith(packaging.LAYER_MARK)]
+    gone = [v for v in ours if v["LayerVersionArn"] not in in_use]
+    for version in gone:
+        lambda_client.delete_layer_version(LayerName=name, VersionNumber=version["Version"])
+    return {"versions": [v["Version"] for v in gone],
+            "kept": sorted(v["Version"] for v in versions if v not in gone)}
 
 
 def delete_log_groups(logs_client: Any, function_prefix: str) -> list[str]:

@@ -119,6 +119,15 @@ class Runtime(abc.ABC):
     def capacity(self) -> int:
         """How many invocations may be in flight at once."""
 
+    def missing_pyarrow(self) -> str | None:
+        """What would put pyarrow where the functions run, or None when it is there already.
+
+        The local runtimes run the handlers in this machine's Python.
+        """
+        import importlib.util
+
+        return None if importlib.util.find_spec("pyarrow") else "install pyarrow (pip install pyarrow)"
+
     @abc.abstractmethod
     def deploy(self, package: CodePackage) -> dict:
         """Make this code version ready to invoke; return a summary of what was deployed."""
