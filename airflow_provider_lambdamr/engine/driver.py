@@ -37,6 +37,7 @@ from airflow_provider_lambdamr.engine.scheduler import (
     TaskFailed,
     Waiting,
 )
+from airflow_provider_lambdamr.engine.jobcode import describe as describe_job
 from airflow_provider_lambdamr.engine.spec import JobSpec
 from airflow_provider_lambdamr.engine.tasks import TaskFactory
 from airflow_provider_lambdamr.engine.tracing import JobTracer
@@ -44,7 +45,6 @@ from lambda_src import contract
 from lambda_src import storage as st
 from lambda_src.contract import MAP, REDUCE, SUCCESS
 from lambda_src.reader import InputError
-from lambda_src.task import load_job_class
 
 log = logging.getLogger(__name__)
 
@@ -143,19 +143,18 @@ class Driver:
         self._trace_header: str | None = None
         #: The phase ``advance`` is moving (rebuilt from storage in a fresh driver).
         self._current: _Phase | None = None
-        job_class = load_job_class(spec.job_ref)
-        if job_class.input_names is not None and set(spec.inputs) != set(job_class.input_names):
+        shape = describe_job(spec.job_ref, spec.params)
+        if shape.input_names is not None and set(spec.inputs) != set(shape.input_names):
             got = ", ".join(repr(n) if n else "one unnamed input" for n in spec.inputs) or "none"
             raise JobFailed(
-                f"job {spec.job_ref} reads the named inputs {', '.join(job_class.input_names)} "
+                f"job {spec.job_ref} reads the named inputs {', '.join(shape.input_names)} "
                 f"(got {got}): pass "
-                + " ".join(f"--input {n}=URI" for n in job_class.input_names),
+                + " ".join(f"--input {n}=URI" for n in shape.input_names),
                 phase="prepare",
             )
-        steps = job_class(spec.params).checked_steps()
         #: Partitions of each step (a step may override the job's --partitions).
-        self.step_partitions = [s.partitions or spec.partitions for s in steps]
-        self.map_only = len(steps) == 1 and steps[0].reducer is None
+        self.step_partitions = [s.partitions or spec.partitions for s in shape.steps]
+        self.map_only = shape.map_only
         self.tasks = TaskFactory(spec, map_only=self.map_only, step_count=self.step_count)
 
     @property

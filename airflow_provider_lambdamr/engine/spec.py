@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 import re
 import secrets
 import time
@@ -24,7 +25,12 @@ BUILTIN_JOBS: dict[str, str] = {
     "amplab-2b": "lambda_src.jobs.amplab:Query2b",
     "amplab-2c": "lambda_src.jobs.amplab:Query2c",
     "amplab-3a": "lambda_src.jobs.amplab:Query3a",
+    # The same jobs written in JavaScript (lambda_src/nodejs/jobs), run by the Node.js handlers.
+    "wordcount-js": "lambda_src/nodejs/jobs/wordcount.mjs",
+    "amplab-2a-js": "lambda_src/nodejs/jobs/amplab2a.mjs",
 }
+#: A job module written in JavaScript ends so (see engine.packaging).
+_NODE_JOB = (".mjs", ".cjs", ".js")
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)?\s*$", re.IGNORECASE)
 _NAMED_INPUT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
@@ -47,14 +53,24 @@ def parse_size(text: str | int, what: str = "size") -> int:
 
 
 def resolve_job_ref(job: str) -> str:
-    """A built-in job name or ``package.module:ClassName``."""
+    """A built-in job name, ``package.module:ClassName``, or a JavaScript module's absolute path."""
     if job in BUILTIN_JOBS:
-        return BUILTIN_JOBS[job]
+        job = BUILTIN_JOBS[job]
+        if not job.endswith(_NODE_JOB):
+            return job
+        import lambda_src
+
+        job = os.path.join(os.path.dirname(os.path.dirname(lambda_src.__file__)), job)
+    if job.endswith(_NODE_JOB):
+        path = os.path.abspath(os.path.expanduser(job))
+        if not os.path.isfile(path):
+            raise ValueError(f"JavaScript job module {job} does not exist")
+        return path
     if JOB_REF_RE.match(job):
         return job
     raise ValueError(
-        f"unknown job {job!r}: use a built-in job ({', '.join(sorted(BUILTIN_JOBS))}) "
-        f"or 'package.module:ClassName'"
+        f"unknown job {job!r}: use a built-in job ({', '.join(sorted(BUILTIN_JOBS))}), "
+        f"'package.module:ClassName' or the path of a JavaScript module (.mjs, .cjs, .js)"
     )
 
 
@@ -164,7 +180,7 @@ def check_option(f: dataclasses.Field, value: Any) -> Any:
 
 def new_job_id(name: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    base = re.sub(r"[^A-Za-z0-9]+", "-", name.rsplit(":", 1)[-1]).strip("-").lower() or "job"
+    base = re.sub(r"[^A-Za-z0-9]+", "-", os.path.basename(name).rsplit(":", 1)[-1]).strip("-").lower() or "job"
     return f"{base}-{stamp}-{secrets.token_hex(3)}"
 
 
@@ -267,7 +283,8 @@ class JobSpec:
 
     job: str = option(
         flag="job", templated=True,
-        help=f"A built-in job ({', '.join(sorted(BUILTIN_JOBS))}) or package.module:ClassName.")
+        help=f"A built-in job ({', '.join(sorted(BUILTIN_JOBS))}), package.module:ClassName, or the "
+             f"path of a JavaScript job module (.mjs, .cjs, .js: run by the Node.js handlers).")
     inputs: dict[str, list[str]] = option(  # noqa: RUF009 - option() is dataclasses.field()
         flag="--input", metavar="[NAME=]URI", cli={"action": "append", "required": True},
         from_cli=parse_inputs, templated=True,

@@ -25,6 +25,7 @@ from typing import Any
 from airflow_provider_lambdamr.engine.packaging import CodePackage
 from airflow_provider_lambdamr.engine.runtimes.base import (
     HANDLERS,
+    LANGUAGE_HANDLERS,
     InvocationResult,
     Runtime,
     list_status_dirs,
@@ -38,7 +39,9 @@ log = logging.getLogger(__name__)
 #: Lambda accepts zips up to this size in the request itself; larger ones go through S3.
 DIRECT_UPLOAD_LIMIT = 50 * 1024 * 1024
 ARCHITECTURES = ("x86_64", "arm64")
-RUNTIME_VERSIONS = ("python3.11", "python3.12", "python3.13")
+RUNTIME_VERSIONS = ("python3.11", "python3.12", "python3.13", "nodejs20.x", "nodejs22.x")
+#: The Lambda runtime of a JavaScript job when ``runtime_version`` names a Python one.
+NODE_RUNTIME = "nodejs20.x"
 THROTTLE_CODES = ("TooManyRequestsException", "ThrottlingException", "EC2ThrottledException")
 
 
@@ -133,11 +136,19 @@ class AwsRuntime(Runtime):
         return f"v{package.version}"
 
     # -- deploy ------------------------------------------------------------------------
-    def _configuration(self, kind: str) -> dict:
+    def lambda_runtime(self, package: CodePackage) -> str:
+        """The Lambda runtime for the package's handler language."""
+        if package.language == "nodejs":
+            return self.runtime_version if self.runtime_version.startswith("nodejs") else NODE_RUNTIME
+        if not self.runtime_version.startswith("python"):
+            raise DeployError(f"runtime_version {self.runtime_version} cannot run a Python job: use a python3.x runtime")
+        return self.runtime_version
+
+    def _configuration(self, kind: str, package: CodePackage) -> dict:
         return {
             "Role": self.role_arn,
-            "Handler": HANDLERS[kind],
-            "Runtime": self.runtime_version,
+            "Handler": LANGUAGE_HANDLERS[package.language][kind],
+            "Runtime": self.lambda_runtime(package),
             "MemorySize": int(self.memory_mb),
             "Timeout": math.ceil(self.timeout_s),
             "TracingConfig": {"Mode": "Active" if self.tracing else "PassThrough"},
@@ -190,7 +201,7 @@ class AwsRuntime(Runtime):
         from botocore.exceptions import ClientError
 
         name = self.function_name(kind)
-        wanted = self._configuration(kind)
+        wanted = self._configuration(kind, package)
         alias = self.alias_name(package)
         try:
             existing = self.client.get_function(FunctionName=name)["Configuration"]
@@ -271,7 +282,7 @@ class AwsRuntime(Runtime):
             "memory_mb": self.memory_mb,
             "timeout_s": self.timeout_s,
             "architecture": self.architecture,
-            "runtime_version": self.runtime_version,
+            "runtime_version": self.lambda_runtime(package),
             "tracing": self.tracing,
         }
         return self.deployment

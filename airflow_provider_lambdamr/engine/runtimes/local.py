@@ -32,6 +32,7 @@ from airflow_provider_lambdamr.engine.packaging import CodePackage
 from airflow_provider_lambdamr.engine.runtimes import _bootstrap
 from airflow_provider_lambdamr.engine.runtimes.base import (
     HANDLERS,
+    LANGUAGE_HANDLERS,
     InvocationResult,
     Runtime,
     read_failed_attempt,
@@ -156,8 +157,7 @@ class LocalRuntime(Runtime):
             _bootstrap.PDEATHSIG_ENV: "1" if threading.current_thread() is threading.main_thread() else "0",
         }
         proc = subprocess.Popen(
-            [sys.executable, "-I", BOOTSTRAP, str(child.fileno()), str(self.code_dir),
-             *HANDLERS.values()],
+            self._worker_command(child.fileno()),
             pass_fds=(child.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else None,
@@ -167,6 +167,21 @@ class LocalRuntime(Runtime):
         child.close()
         conn = Connection(parent.detach())
         return _Worker(proc=proc, conn=conn)
+
+    def _handlers(self) -> dict[str, str]:
+        assert self.package is not None
+        return LANGUAGE_HANDLERS[self.package.language]
+
+    def _worker_command(self, fd: int) -> list[str]:
+        """A Python worker, or a Node.js one (exec'd by the Python bootstrap, which first makes
+        it die with this process: see ``_bootstrap.exec_worker``)."""
+        assert self.package is not None and self.code_dir is not None
+        handlers = list(self._handlers().values())
+        if self.package.language == packaging.NODEJS:
+            node = node_executable()
+            return [sys.executable, "-I", BOOTSTRAP, _bootstrap.EXEC_FLAG, node,
+                    str(self.code_dir / "lambda_src" / "nodejs" / "bootstrap.mjs"), str(fd), *handlers]
+        return [sys.executable, "-I", BOOTSTRAP, str(fd), str(self.code_dir), *handlers]
 
     def close(self) -> None:
         """Stop every worker; in-flight and queued invocations end as cancelled."""
@@ -228,7 +243,7 @@ class LocalRuntime(Runtime):
                 worker.killed_for = None
                 request = {
                     "request_id": pending.request_id,
-                    "handler": HANDLERS[pending.spec.function],
+                    "handler": self._handlers()[pending.spec.function],
                     "function_name": self.function_name(pending.spec.function),
                     "memory_mb": self.memory_mb,
                     "deadline_ms": worker.deadline * 1000,
@@ -374,6 +389,16 @@ class LocalRuntime(Runtime):
             billed_ms=max(1, math.ceil(elapsed_ms)),
             max_memory_mb=worker.peak_mb,
         )
+
+
+def node_executable() -> str:
+    """The ``node`` that runs JavaScript jobs' workers: ``LAMBDAMR_NODE``, else the one on PATH."""
+    import shutil
+
+    node = os.environ.get("LAMBDAMR_NODE") or shutil.which("node")
+    if not node:
+        raise RuntimeError("a JavaScript job needs Node.js 20 or later: install node, or set LAMBDAMR_NODE to its path")
+    return node
 
 
 def _has_fileno(stream) -> bool:

@@ -45,7 +45,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from airflow_provider_lambdamr.engine.packaging import CodePackage
+from airflow_provider_lambdamr.engine.packaging import LANGUAGES, CodePackage
 from airflow_provider_lambdamr.engine.runtimes.base import (
     InvocationResult,
     Runtime,
@@ -349,7 +349,9 @@ class Service:
         self.last_active = time.monotonic()
         pkg = request["package"]
         package = CodePackage(path=str(pkg["path"]), sha256=str(pkg["sha256"]), size=int(pkg["size"]),
-                              modules=tuple(pkg["modules"]))
+                              modules=tuple(pkg["modules"]), language=str(pkg.get("language", "python")))
+        if package.language not in LANGUAGES:
+            raise ServiceError(f"unknown handler language {package.language!r}: one of {', '.join(LANGUAGES)}")
         with open(package.path, "rb") as fh:
             digest = hashlib.sha256(fh.read()).hexdigest()
         if digest != package.sha256:
@@ -600,7 +602,8 @@ class ServiceRuntime(Runtime):
 
     def deploy(self, package: CodePackage) -> dict:
         reply = self._request("deploy", package={"path": package.path, "sha256": package.sha256,
-                                                 "size": package.size, "modules": list(package.modules)},
+                                                 "size": package.size, "modules": list(package.modules),
+                                                 "language": package.language},
                               memory_mb=self.memory_mb, timeout_s=self.timeout_s, tracing=self.tracing)
         self.function = reply["function"]
         self._capacity = int(reply["workers"])
