@@ -20,6 +20,7 @@ from airflow_provider_lambdamr.engine import cost as cost_model
 from airflow_provider_lambdamr.engine import failures, jobdir, jobstate, packaging, planner, preflight
 from airflow_provider_lambdamr.engine import rounds as rounds_mod
 from airflow_provider_lambdamr.engine.failures import JobFailed
+from airflow_provider_lambdamr.engine.jobcode import describe as describe_job
 from airflow_provider_lambdamr.engine.jobstate import PhaseState, phase_state  # noqa: F401 - re-exported
 from airflow_provider_lambdamr.engine.runtimes.base import (
     InvocationResult,
@@ -37,7 +38,6 @@ from airflow_provider_lambdamr.engine.scheduler import (
     TaskFailed,
     Waiting,
 )
-from airflow_provider_lambdamr.engine.jobcode import describe as describe_job
 from airflow_provider_lambdamr.engine.spec import JobSpec
 from airflow_provider_lambdamr.engine.tasks import TaskFactory
 from airflow_provider_lambdamr.engine.tracing import JobTracer
