@@ -14,12 +14,13 @@
 // {mapper, combiner, reducer, mapperInit, mapperFinal, partitions} for a multi-step job.
 // Every function is called with `this` bound to the job: this.params (the defaults overlaid
 // with the job's --param values), this.param(name, default), this.float(x) (a float even when
-// integral) and this.BadRecord (throw one for a record the mapper cannot parse).
+// integral), this.parseJson(text) (JSON as the contract reads it) and this.BadRecord (throw one
+// for a record the mapper cannot parse).
 
 import * as path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
-import { float } from "./codec.mjs";
+import { decode, float } from "./codec.mjs";
 
 /** Where the package's files are: this module lies at <root>/lambda_src/nodejs/job.mjs. */
 export const CODE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -106,6 +107,11 @@ export class Job {
   /** A float even when integral (see codec.mjs): this.float(2) is written 2.0. */
   float(x) {
     return float(x);
+  }
+
+  /** JSON parsed as the contract reads it (Python's dialect): 1.0 stays a Float, 2**64 a BigInt. */
+  parseJson(text) {
+    return decode(text);
   }
 
   get BadRecord() {

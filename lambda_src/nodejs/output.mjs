@@ -2,6 +2,9 @@
 // lambda_src/output.py formats them (Python's csv module, QUOTE_MINIMAL, "\n" line ends).
 
 import { Float, floatRepr, jsonText } from "./codec.mjs";
+
+/** Python's repr of a float (a CSV field): as in JSON, but nan, inf and -inf. */
+const reprOf = (x) => (Number.isFinite(x) ? floatRepr(x) : Number.isNaN(x) ? "nan" : x > 0 ? "inf" : "-inf");
 import * as st from "./storage.mjs";
 
 function field(v) {
@@ -11,10 +14,10 @@ function field(v) {
   if (typeof v === "string") return v;
   if (v instanceof String) return v.valueOf();
   if (typeof v === "bigint") return v.toString();
-  if (v instanceof Float) return floatRepr(v.valueOf());
+  if (v instanceof Float) return reprOf(v.valueOf());
   if (typeof v === "number" || v instanceof Number) {
     const x = v.valueOf();
-    return Number.isSafeInteger(x) ? String(x) : floatRepr(x);
+    return Number.isSafeInteger(x) ? String(x) : reprOf(x);
   }
   return jsonText(v);
 }

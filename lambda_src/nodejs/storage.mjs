@@ -4,8 +4,33 @@
 // unreserved characters and RFC 3986's pchar delimiters. Every write is atomic (a rename, or one PUT).
 
 import * as fsp from "node:fs/promises";
-import * as path from "node:path";
 import { randomBytes } from "node:crypto";
+import { createRequire } from "node:module";
+import * as path from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+
+const S3_SDK = "@aws-sdk/client-s3";
+
+/**
+ * The AWS SDK's S3 client: the one Lambda's Node.js runtime includes, else one the job's package
+ * holds (job/node_modules), else one on NODE_PATH (the local runtime's tests set it).
+ */
+async function importS3Sdk() {
+  try {
+    return await import(S3_SDK);
+  } catch (err) {
+    if (err?.code !== "ERR_MODULE_NOT_FOUND") throw err;
+  }
+  const jobDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "job");
+  let resolved;
+  try {
+    resolved = createRequire(path.join(jobDir, "index.js")).resolve(S3_SDK);
+  } catch {
+    throw new StorageError(`s3:// storage needs the AWS SDK for JavaScript v3 (${S3_SDK}): Lambda's Node.js ` +
+      `runtimes include it; locally, install it (npm install ${S3_SDK}) in the job's package or on NODE_PATH`);
+  }
+  return import(pathToFileURL(resolved).href);
+}
 
 export class StorageError extends Error {
   constructor(message) {
@@ -204,7 +229,7 @@ class S3Storage {
 
   async s3() {
     if (this.client === null) {
-      this.sdk = await import("@aws-sdk/client-s3");
+      this.sdk = await importS3Sdk();
       const endpoint = process.env.AWS_ENDPOINT_URL_S3 || process.env.AWS_ENDPOINT_URL;
       const config = { maxAttempts: 8 };
       if (endpoint) Object.assign(config, { endpoint, forcePathStyle: true });
