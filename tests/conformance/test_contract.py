@@ -15,20 +15,21 @@ import pytest
 
 from tests.conformance.conftest import EVENT, RECORD
 
-JOB = "userjobs.conformance:Pairs"
-BUG = "userjobs.lifetimes:KeyChangingCombiner"
+#: The suite's jobs (conftest.JOBS has each implementation's).
+JOB = "pairs"
+BUG = "key-changing-combiner"
 
 
 def _uri(path: Path) -> str:
     return path.resolve().as_uri()
 
 
-def _event(tmp_path: Path, task: dict, partitions: int = 1, job: str = JOB, **fields) -> dict:
+def _event(implementation, tmp_path: Path, task: dict, partitions: int = 1, job: str = JOB, **fields) -> dict:
     event = {
         "version": 1,
         "job_id": "conformance-1",
         "job_dir": _uri(tmp_path / "job"),
-        "job": {"ref": job, "params": {}, "partitions": partitions, "max_bad_records": 0,
+        "job": {"ref": implementation.ref(job), "params": {}, "partitions": partitions, "max_bad_records": 0,
                 "vectorized": False, "max_line_bytes": 1 << 20},
         "task": task,
         **fields,
@@ -37,12 +38,13 @@ def _event(tmp_path: Path, task: dict, partitions: int = 1, job: str = JOB, **fi
     return event
 
 
-def _map_event(tmp_path: Path, lines: list[str], index: int = 0, partitions: int = 1, job: str = JOB) -> dict:
+def _map_event(implementation, tmp_path: Path, lines: list[str], index: int = 0, partitions: int = 1,
+               job: str = JOB) -> dict:
     data = "".join(line + "\n" for line in lines).encode()
     src = tmp_path / f"in-{index}.txt"
     src.write_bytes(data)
     split = {"uri": _uri(src), "start": 0, "end": len(data), "size": len(data)}
-    return _event(tmp_path, {"phase": "map", "index": index, "count": index + 1, "attempt": 1},
+    return _event(implementation, tmp_path, {"phase": "map", "index": index, "count": index + 1, "attempt": 1},
                   partitions=partitions, job=job, splits=[split])
 
 
@@ -72,7 +74,7 @@ def _failed_records(tmp_path: Path, key: str) -> list[dict]:
 def test_a_map_task_writes_canonical_sorted_runs_partitioned_by_crc32_then_commits(tmp_path, implementation):
     pairs = [["b", 1], [{"z": 1, "a": [2, 1]}, 2], [1, 3], [1.0, 4], [True, 5], ["é", 6], ["a", 7],
              ["b", 8], [None, 9], [{"a": [2, 1], "z": 1}, 10], [-0.0, 11], [0, 12], ["a\tb", 13]]
-    event = _map_event(tmp_path, [json.dumps(p) for p in pairs], index=4, partitions=3)
+    event = _map_event(implementation, tmp_path, [json.dumps(p) for p in pairs], index=4, partitions=3)
     result = implementation.invoke(event)
     assert result.ok, result.error
     commit = tmp_path / "job" / "status" / "map" / "00004.json"
@@ -103,7 +105,7 @@ def test_a_reduce_round_merges_its_runs_into_one_sorted_run(tmp_path, implementa
         run.parent.mkdir(parents=True)
         run.write_bytes(b"".join(sorted(lines)))
         runs.append(_uri(run))
-    event = _event(tmp_path, {"phase": "reduce", "round": 1, "partition": 2, "group": 0, "final": False,
+    event = _event(implementation, tmp_path, {"phase": "reduce", "round": 1, "partition": 2, "group": 0, "final": False,
                               "attempt": 1}, partitions=3, inputs=runs)
     result = implementation.invoke(event)
     assert result.ok, result.error
@@ -121,7 +123,7 @@ def test_a_final_reduce_writes_the_partitions_part_file(tmp_path, implementation
     run.parent.mkdir(parents=True)
     run.write_bytes(b'"a"\t1\n"a"\t5\n"b"\t2\n')
     out_dir = tmp_path / "out"
-    event = _event(tmp_path, {"phase": "reduce", "round": 1, "partition": 1, "group": 0, "final": True,
+    event = _event(implementation, tmp_path, {"phase": "reduce", "round": 1, "partition": 1, "group": 0, "final": True,
                               "attempt": 1}, partitions=2, inputs=[_uri(run)], output=_uri(out_dir))
     result = implementation.invoke(event)
     assert result.ok, result.error
@@ -131,7 +133,7 @@ def test_a_final_reduce_writes_the_partitions_part_file(tmp_path, implementation
 
 
 def test_bad_input_fails_at_once_blaming_the_input(tmp_path, implementation):
-    result = implementation.invoke(_map_event(tmp_path, ['["a", 1]', "not a pair"]))
+    result = implementation.invoke(_map_event(implementation, tmp_path, ['["a", 1]', "not a pair"]))
     assert not result.ok
     assert not (tmp_path / "job" / "status" / "map" / "00000.json").exists()
     (failed,) = _failed_records(tmp_path, "map/00000")
@@ -142,7 +144,7 @@ def test_bad_input_fails_at_once_blaming_the_input(tmp_path, implementation):
 
 
 def test_a_bug_in_the_job_fails_at_once_blaming_the_job(tmp_path, implementation):
-    result = implementation.invoke(_map_event(tmp_path, ["a a b"], job=BUG))
+    result = implementation.invoke(_map_event(implementation, tmp_path, ["a a b"], job=BUG))
     assert not result.ok
     (failed,) = _failed_records(tmp_path, "map/00000")
     assert failed["error"]["kind"] == "job" and failed["error"]["retryable"] is False
@@ -150,7 +152,7 @@ def test_a_bug_in_the_job_fails_at_once_blaming_the_job(tmp_path, implementation
 
 
 def test_a_duplicate_delivery_writes_under_its_own_token_and_one_record_commits(tmp_path, implementation):
-    event = _map_event(tmp_path, ['["a", 1]', '["b", 2]'], index=7, partitions=2)
+    event = _map_event(implementation, tmp_path, ['["a", 1]', '["b", 2]'], index=7, partitions=2)
     first, second = implementation.invoke(event), implementation.invoke(event)
     assert first.ok and second.ok, (first.error, second.error)
     tokens = {first.payload["attempt_token"], second.payload["attempt_token"]}
@@ -166,7 +168,7 @@ def test_a_duplicate_delivery_writes_under_its_own_token_and_one_record_commits(
 
 @pytest.mark.parametrize("version", [0, 2, "1", None])
 def test_an_event_of_another_version_is_refused_and_writes_nothing(tmp_path, implementation, version):
-    event = _map_event(tmp_path, ['["a", 1]'])
+    event = _map_event(implementation, tmp_path, ['["a", 1]'])
     if version is None:
         del event["version"]
     else:
