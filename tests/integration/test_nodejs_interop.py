@@ -1,0 +1,129 @@
+"""The shuffle's bytes are the contract: Node.js and Python tasks of one job interoperate exactly.
+
+The same job in both languages (userjobs.interop:KeySum, tests/fixtures/nodejobs/keysum.mjs) maps
+keys whose JSON the languages write differently by default (1.0 and 1, integers beyond 2^53, -0.0,
+NaN, non-ASCII and astral strings, objects with members in any order); map tasks of either language
+write the same runs, and every mix of map, intermediate-reduce and final-reduce languages writes
+the same part files.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import io
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_lambdamr.engine import packaging
+from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
+from lambda_src import storage as st
+from lambda_src.contract import JobConfig, MapTask, ReduceTask
+from lambda_src.shuffle import CODEC
+from tests.conftest import FIXTURES
+
+PARTITIONS = 3
+JOBS = {"python": ("userjobs.interop:KeySum", "userjobs.interop:KeySum"),
+        "nodejs": (str(FIXTURES / "nodejobs" / "keysum.mjs"), "job/keysum.mjs")}
+KEYS = [
+    "1", "1.0", "true", '"1"', "-0.0", "0", "0.0", str(2**53 + 1), str(2**64), str(-(2**63)), "1e+16", "1e-05",
+    "0.1", "1.5e+300", '"é"', '"😀"', '"\\uffff"', '"\\ue000"', '"a\\tb"', '"a,b"', '"q\\""', '"x\\ny"', '""',
+    '{"b":1,"a":2}', '{"a":2,"b":1}', '[1,[2.0]]', "null", "NaN", "Infinity", "-Infinity", "false",
+]
+
+
+@pytest.fixture(scope="module")
+def runtimes(node, fixture_jobs_path) -> Iterator[dict[str, LocalRuntime]]:
+    with LocalRuntime(workers=1) as py, LocalRuntime(workers=1) as js:
+        py.deploy(packaging.build(JOBS["python"][0]))
+        js.deploy(packaging.build(JOBS["nodejs"][0]))
+        yield {"python": py, "nodejs": js}
+
+
+def _run(runtime: LocalRuntime, spec) -> dict:
+    request_id = runtime.invoke(spec)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for result in runtime.poll(1.0):
+            if result.request_id == request_id:
+                assert result.ok, result.error
+                return result.payload
+    raise AssertionError(f"no outcome of {spec.describe()}")
+
+
+def _config(language: str) -> JobConfig:
+    return JobConfig(ref=JOBS[language][1], params={}, partitions=PARTITIONS, vectorized=False)
+
+
+def _input(tmp_path: Path) -> list[Path]:
+    """Two input files of pair lists: every key several times, in different orders."""
+    files = []
+    for i in range(2):
+        keys = KEYS[i:] + KEYS[:i] + KEYS[::2]
+        lines = ["[" + ",".join(f"[{k},{n % 5 + 1}]" for n, k in enumerate(keys[j::3])) + "]" for j in range(3)]
+        path = tmp_path / f"in-{i}.txt"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        files.append(path)
+    return files
+
+
+def _expected(files: list[Path]) -> collections.Counter:
+    sums: collections.Counter = collections.Counter()
+    for path in files:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            for key, value in json.loads(line):
+                sums[CODEC.encode_key(key)] += value
+    return sums
+
+
+def _bytes(uri: str) -> bytes:
+    return Path(st.local_path(uri)).read_bytes()
+
+
+def test_node_and_python_tasks_read_each_others_runs_and_write_the_same_bytes(tmp_path, runtimes):
+    files = _input(tmp_path)
+    maps: dict[str, list[dict[int, str]]] = {}
+    for language, runtime in runtimes.items():
+        job_dir = st.from_path(str(tmp_path / f"map-{language}"))
+        maps[language] = []
+        for index, path in enumerate(files):
+            size = path.stat().st_size
+            split = {"uri": st.from_path(str(path)), "start": 0, "end": size, "size": size}
+            record = _run(runtime, MapTask("interop", job_dir, _config(language), index=index, count=2, items=[split]))
+            maps[language].append({o["partition"]: o["uri"] for o in record["outputs"]})
+    # Map tasks of both languages write the same runs, byte for byte.
+    for py_runs, js_runs in zip(maps["python"], maps["nodejs"], strict=True):
+        assert py_runs.keys() == js_runs.keys()
+        for p in py_runs:
+            assert _bytes(py_runs[p]) == _bytes(js_runs[p]), f"partition {p}"
+
+    parts: dict[tuple[str, str, str], dict[int, bytes]] = {}
+    for mapped, merged, final in itertools.product(runtimes, repeat=3):
+        job_dir = st.from_path(str(tmp_path / f"map-{mapped}"))
+        parts[mapped, merged, final] = {}
+        for p in range(PARTITIONS):
+            runs = [m[p] for m in maps[mapped] if p in m]
+            rnd = ReduceTask("interop", job_dir, _config(merged), round=1, partition=p, group=0, items=runs)
+            (merged_run,) = _run(runtimes[merged], rnd)["outputs"]
+            output = st.from_path(str(tmp_path / f"out-{mapped}-{merged}-{final}"))
+            last = ReduceTask("interop", job_dir, _config(final), round=2, partition=p, group=0, final=True,
+                              items=[merged_run["uri"]], output=output)
+            (part,) = _run(runtimes[final], last)["outputs"]
+            parts[mapped, merged, final][p] = _bytes(part["uri"])
+    reference = parts["python", "python", "python"]
+    for combo, got in parts.items():
+        assert got == reference, f"map/merge/final in {combo} wrote other part files than Python alone"
+
+    # ... and the part files hold one row per key (as the contract's encoding tells keys apart) and its sum.
+    expected = _expected(files)
+    rows = [row for p in range(PARTITIONS) for row in csv.reader(io.StringIO(reference[p].decode()))]
+    assert len(rows) == len(expected) == len(set(KEYS)) - 1  # {"b":1,"a":2} and {"a":2,"b":1} are one key
+    assert sorted(int(row[-1]) for row in rows) == sorted(expected.values())
+    shown = {row[0] for row in rows if len(row) == 2}
+    assert {"1", "1.0", "true", "-0.0", "0", "0.0", str(2**53 + 1), str(2**64), "nan", "inf", "-inf", "1e+16",
+            "é", "😀", "x\ny", "a,b", 'q"'} <= shown
