@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import gzip
 import io
 import itertools
 import json
@@ -19,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
 
 from airflow_provider_lambdamr.engine import packaging
 from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
@@ -30,6 +33,8 @@ from tests.conftest import FIXTURES
 PARTITIONS = 3
 JOBS = {"python": ("userjobs.interop:KeySum", "userjobs.interop:KeySum"),
         "nodejs": (str(FIXTURES / "nodejobs" / "keysum.mjs"), "job/keysum.mjs")}
+#: The job that maps each line to itself, in each language (in the same packages).
+LINES = {"python": "userjobs.interop:Lines", "nodejs": "job/lines.mjs"}
 KEYS = [
     "1", "1.0", "true", '"1"', "-0.0", "0", "0.0", str(2**53 + 1), str(2**64), str(-(2**63)), "1e+16", "1e-05",
     "0.1", "1.5e+300", '"é"', '"😀"', '"\\uffff"', '"\\ue000"', '"a\\tb"', '"a,b"', '"q\\""', '"x\\ny"', '""',
@@ -45,19 +50,24 @@ def runtimes(node, fixture_jobs_path) -> Iterator[dict[str, LocalRuntime]]:
         yield {"python": py, "nodejs": js}
 
 
-def _run(runtime: LocalRuntime, spec) -> dict:
+def _outcome(runtime: LocalRuntime, spec):
     request_id = runtime.invoke(spec)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for result in runtime.poll(1.0):
             if result.request_id == request_id:
-                assert result.ok, result.error
-                return result.payload
+                return result
     raise AssertionError(f"no outcome of {spec.describe()}")
 
 
-def _config(language: str) -> JobConfig:
-    return JobConfig(ref=JOBS[language][1], params={}, partitions=PARTITIONS, vectorized=False)
+def _run(runtime: LocalRuntime, spec) -> dict:
+    result = _outcome(runtime, spec)
+    assert result.ok, result.error
+    return result.payload
+
+
+def _config(language: str, ref: str | None = None, **options) -> JobConfig:
+    return JobConfig(ref=ref or JOBS[language][1], params={}, partitions=PARTITIONS, vectorized=False, **options)
 
 
 def _input(tmp_path: Path) -> list[Path]:
@@ -127,3 +137,39 @@ def test_node_and_python_tasks_read_each_others_runs_and_write_the_same_bytes(tm
     shown = {row[0] for row in rows if len(row) == 2}
     assert {"1", "1.0", "true", "-0.0", "0", "0.0", str(2**53 + 1), str(2**64), "nan", "inf", "-inf", "1e+16",
             "é", "😀", "x\ny", "a,b", 'q"'} <= shown
+
+
+#: Pieces of hostile text input: line ends of both kinds, a BOM, invalid UTF-8, non-ASCII, a long line.
+PIECES = [b"a", b"b c", b"\n", b"\r\n", b"\r", b"\xef\xbb\xbf", b"\xff\xfe", b"\xc3", b"\xc3\xa9", b"\xf0\x9f\x98\x80",
+          b"\t", b",", b'"', b" ", b"x" * 40, b"\x00"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=hs.lists(hs.sampled_from(PIECES), max_size=40).map(b"".join),
+       cuts=hs.lists(hs.integers(0, 400), max_size=4), gz=hs.booleans(), bad=hs.sampled_from([0, 2, 100]))
+def test_node_and_python_map_tasks_read_the_same_records_from_hostile_text(tmp_path_factory, runtimes, data, cuts,
+                                                                             gz, bad):
+    """Split ownership, BOM, \\r\\n, invalid UTF-8 (bad records), long lines: the same records, or the
+    same failure, whichever language reads."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    path = tmp / ("in.txt.gz" if gz else "in.txt")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    size = path.stat().st_size
+    bounds = [0, size] if gz else sorted({0, size, *(c for c in cuts if c < size)})
+    splits = [{"uri": st.from_path(str(path)), "start": a, "end": b, "size": size,
+               **({"compression": "gzip"} if gz else {})} for a, b in itertools.pairwise(bounds)]
+    seen = {}
+    for language, runtime in runtimes.items():
+        job_dir = st.from_path(str(tmp / language))
+        config = _config(language, LINES[language], max_bad_records=bad, max_line_bytes=48)
+        outcomes = []
+        for index, split in enumerate(splits):
+            result = _outcome(runtime, MapTask("hostile", job_dir, config, index=index, count=len(splits), items=[split]))
+            if not result.ok:
+                outcomes.append(("failed", result.failure.kind, result.failure.type))
+                continue
+            stats = result.payload["stats"]
+            runs = {o["partition"]: _bytes(o["uri"]) for o in result.payload["outputs"]}
+            outcomes.append(("ok", stats["input_records"], stats["bad_records"], stats["input_bytes"], runs))
+        seen[language] = outcomes
+    assert seen["nodejs"] == seen["python"]
