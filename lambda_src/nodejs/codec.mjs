@@ -38,6 +38,12 @@ export function floatRepr(x) {
   if (x === Infinity) return "Infinity";
   if (x === -Infinity) return "-Infinity";
   if (x === 0) return Object.is(x, -0) ? "-0.0" : "0.0";
+  const abs = Math.abs(x);
+  if (abs >= 1e-4 && abs < 1e16) {
+    // Both languages write the shortest round-trip digits without an exponent here.
+    const text = String(x);
+    return Number.isInteger(x) ? text + ".0" : text;
+  }
   const sign = x < 0 ? "-" : "";
   const [mant, expText] = Math.abs(x).toExponential().split("e");
   const digits = mant.replace(".", "");
@@ -134,6 +140,7 @@ export const jsonText = (value) => encode(value, "result value", false);
 
 // -- decoding ---------------------------------------------------------------------------------
 const PLAIN_INT = /^-?(0|[1-9][0-9]{0,14})$/;
+const PLAIN_NUMBER = /^-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$/;
 const NUMBER = /-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/y;
 const WS = /[ \t\n\r]*/y;
 
@@ -266,6 +273,8 @@ export function decode(text) {
     return text.slice(1, -1);
   }
   if (PLAIN_INT.test(text)) return Number(text);
+  const number = PLAIN_NUMBER.exec(text);
+  if (number) return numberOf(text, number[1] !== undefined || number[2] !== undefined);
   const p = new Parser(text);
   const v = p.value(0);
   p.ws();
