@@ -99,6 +99,28 @@ def s3_bucket(aws_env: str, request: pytest.FixtureRequest) -> str:
     return name
 
 
+@pytest.fixture
+def lambda_client(aws_env: str):
+    """A Lambda client of moto's server."""
+    import boto3
+
+    return boto3.client("lambda", region_name="us-east-1")
+
+
+@pytest.fixture
+def role_arn(aws_env: str) -> str:
+    """A fresh IAM role on moto's server that Lambda may assume."""
+    import json
+    import uuid
+
+    import boto3
+
+    trust = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+    name = f"lmr-role-{uuid.uuid4().hex[:8]}"
+    return boto3.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+
+
 # -- the Node.js data plane ----------------------------------------------------------------------
 NODE_TESTS = ROOT / "tests" / "nodejs"
 
