@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import FIXTURES
 from tests.helpers import read_counts
-from tests.integration.test_aws_runtime import AsyncLambda, lambda_client, role_arn  # noqa: F401 - fixtures
+from tests.integration.test_aws_runtime import AsyncLambda
 from tests.integration.test_aws_runtime import _runtime as _aws_runtime
 
 JOB = "userjobs.lifetimes:SlowCount"
@@ -268,7 +268,7 @@ def test_a_missing_job_class_names_the_module_and_the_attribute(tmp_path):
 
 
 def test_on_the_aws_runtime_a_job_bug_is_blamed_on_the_job_and_a_lost_invocation_hints_at_memory(
-        lambda_client, role_arn, tmp_path, fixture_jobs_path):  # noqa: F811 - the imported fixtures
+        lambda_client, role_arn, tmp_path, fixture_jobs_path):
     from airflow_provider_lambdamr.engine.driver import Driver, JobFailed
     from airflow_provider_lambdamr.engine.spec import JobSpec
 
