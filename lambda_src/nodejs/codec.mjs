@@ -25,12 +25,8 @@ export function float(x) {
   return new Float(Number(x));
 }
 
-export class EncodeError extends TypeError {
-  constructor(message) {
-    super(message);
-    this.name = "EncodeError";
-  }
-}
+export class EncodeError extends TypeError {}
+EncodeError.prototype.name = "EncodeError";
 
 /** Python's repr of a float (shortest round-trip digits; exponent outside 1e-4 <= |x| < 1e16). */
 export function floatRepr(x) {

@@ -8,12 +8,8 @@ export const EVENT_VERSION = 1;
 const JOB_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$/;
 const PARAM_NAME_RE = /^[A-Za-z_][A-Za-z0-9_.-]{0,127}$/;
 
-export class EventError extends Error {
-  constructor(message) {
-    super(message);
-    this.name = "EventError";
-  }
-}
+export class EventError extends Error {}
+EventError.prototype.name = "EventError";
 
 const pad = (n, width) => String(n).padStart(width, "0");
 const stepName = (index) => `step-${pad(index + 1, 2)}`;

@@ -27,19 +27,11 @@ export const CODE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url
 const REF_RE = /^job\/([A-Za-z0-9_.@-]+\/)*[A-Za-z0-9_.@-]+\.(mjs|cjs|js)$/;
 
 /** Raised by a mapper for an input record it cannot parse (skipped up to --max-bad-records). */
-export class BadRecord extends Error {
-  constructor(message) {
-    super(message);
-    this.name = "BadRecord";
-  }
-}
+export class BadRecord extends Error {}
+BadRecord.prototype.name = "BadRecord";
 
-export class JobCodeError extends Error {
-  constructor(message) {
-    super(message);
-    this.name = "JobCodeError";
-  }
-}
+export class JobCodeError extends Error {}
+JobCodeError.prototype.name = "JobCodeError";
 
 const modules = new Map();
 

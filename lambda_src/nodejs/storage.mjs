@@ -32,19 +32,11 @@ async function importS3Sdk() {
   return import(pathToFileURL(resolved).href);
 }
 
-export class StorageError extends Error {
-  constructor(message) {
-    super(message);
-    this.name = "StorageError";
-  }
-}
+export class StorageError extends Error {}
+StorageError.prototype.name = "StorageError";
 
-export class NotFound extends StorageError {
-  constructor(message) {
-    super(message);
-    this.name = "NotFound";
-  }
-}
+export class NotFound extends StorageError {}
+NotFound.prototype.name = "NotFound";
 
 export const isS3 = (uri) => uri.startsWith("s3://");
 

@@ -10,19 +10,11 @@ import { EventError, FAILURE_OF_KIND, RETRYABLE, TaskSpec } from "./contract.mjs
 import { BadRecord, JobCodeError } from "./job.mjs";
 import * as st from "./storage.mjs";
 
-export class InputError extends Error {
-  constructor(message) {
-    super(message);
-    this.name = "InputError";
-  }
-}
+export class InputError extends Error {}
+InputError.prototype.name = "InputError";
 
-export class CombinerKeyError extends Error {
-  constructor(message) {
-    super(message);
-    this.name = "CombinerKeyError";
-  }
-}
+export class CombinerKeyError extends Error {}
+CombinerKeyError.prototype.name = "CombinerKeyError";
 
 /** A failure whose kind the handler decided (a wrapped error keeps its cause's kind). */
 export class TaskFailure extends Error {

@@ -68,7 +68,7 @@ def _worker_pids(marks: Path) -> set[int]:
 
 
 def _is_worker(pid: int) -> bool:
-    """Whether ``pid`` is still a local-runtime worker that has not finished exiting.
+    """Whether ``pid`` is still a local-runtime worker (Python or Node.js) that has not finished exiting.
 
     A zombie has exited (its files are closed); a process whose command line is empty is
     exiting, so it still counts, as a worker; another command line is a reused pid.
@@ -78,7 +78,7 @@ def _is_worker(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError):
         return False
-    return state not in ("Z", "X") and (not cmdline or b"_bootstrap.py" in cmdline)
+    return state not in ("Z", "X") and (not cmdline or b"_bootstrap.py" in cmdline or b"bootstrap.mjs" in cmdline)
 
 
 def _kill_leftovers(pids: set[int]) -> None:

@@ -4,39 +4,18 @@ that passes its deadline is killed and reported as Lambda reports a timeout."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import FIXTURES
+from tests.integration.test_lifetimes import _is_worker, _kill_leftovers, _wait_for
 
 JOB = str(FIXTURES / "nodejobs" / "slow.mjs")
-PATIENCE_S = 60
-
 pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
               pytest.mark.usefixtures("node")]
-
-
-def _wait_for(what: str, predicate) -> None:
-    deadline = time.monotonic() + PATIENCE_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting ({PATIENCE_S} s) for {what}")
-        time.sleep(0.05)
-
-
-def _is_node_worker(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X") and (not cmdline or b"bootstrap.mjs" in cmdline)
 
 
 def _input(tmp_path: Path) -> Path:
@@ -54,19 +33,17 @@ def test_a_node_worker_dies_with_a_sigkilled_driver(tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pids: set[int] = set()
     try:
-        _wait_for("the worker to be inside the slow task", lambda: list(marks.glob("pid-*")))
+        _wait_for("the worker to be inside the slow task", lambda: list(marks.glob("pid-*")), proc)
         pids = {int(p.name.removeprefix("pid-")) for p in marks.glob("pid-*")}
-        assert all(_is_node_worker(p) for p in pids)
+        assert all(b"bootstrap.mjs" in Path(f"/proc/{p}/cmdline").read_bytes() for p in pids)
         proc.kill()
         proc.wait()
-        _wait_for("the worker to be gone", lambda: not any(_is_node_worker(p) for p in pids))
+        _wait_for("the worker to be gone", lambda: not any(_is_worker(p) for p in pids))
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for pid in pids:
-            if _is_node_worker(pid):
-                os.kill(pid, signal.SIGKILL)
+        _kill_leftovers(pids)
     assert not list(marks.glob("after-*"))
 
 
