@@ -6,7 +6,7 @@ import { decode } from "./codec.mjs";
 import { loadJob, BadRecord } from "./job.mjs";
 import { Sink, csvRow } from "./output.mjs";
 import { LineReader, checkUnchanged, iterBlocks, segment } from "./reader.mjs";
-import { MapOutputBuffer, checkPair } from "./shuffle.mjs";
+import { MapOutputBuffer, checkPair, combineMerged } from "./shuffle.mjs";
 import * as st from "./storage.mjs";
 import { EventError } from "./contract.mjs";
 import { InputError, TaskFailure, kindOf, run, sample } from "./task.mjs";
@@ -53,12 +53,22 @@ async function body(spec, token) {
   await checkUnchanged(splits);
   const bad = new BadRecords(spec.job.max_bad_records, spec.describe());
   if (step.reducer === null) return mapOnly(spec, step, splits, bad);
-  const buffer = new MapOutputBuffer(partitions, step.combiner);
-  const stats = await mapRecords(step, splits, (pairs) => buffer.add(pairs), spec.job, bad);
-  return writeRuns(spec, buffer, token, { ...stats, ...badStats(bad), mode: "record" });
+  const buffer = newBuffer(partitions, step.combiner);
+  try {
+    const stats = await mapRecords(step, splits, (pairs) => buffer.add(pairs), spec.job, bad);
+    return await writeRuns(spec, buffer, token, { ...stats, ...badStats(bad), mode: "record" });
+  } finally {
+    buffer.close();
+  }
 }
 
 const badStats = (bad) => (bad.samples.length ? { bad_records: bad.count, bad_samples: bad.samples } : { bad_records: bad.count });
+
+/** Tuning (and tests): LAMBDAMR_MAP_FLUSH_VALUES, LAMBDAMR_MAP_SPILL_CHARS override the buffer's defaults. */
+const newBuffer = (partitions, combiner) => new MapOutputBuffer(partitions, combiner, {
+  ...(process.env.LAMBDAMR_MAP_FLUSH_VALUES && { flushValues: Number(process.env.LAMBDAMR_MAP_FLUSH_VALUES) }),
+  ...(process.env.LAMBDAMR_MAP_SPILL_CHARS && { spillChars: Number(process.env.LAMBDAMR_MAP_SPILL_CHARS) }),
+});
 
 const asList = (pairs) => (Array.isArray(pairs) ? pairs : [...pairs]);
 
@@ -97,60 +107,88 @@ async function writeRuns(spec, buffer, token, stats) {
   const outputs = [];
   const parts = buffer.finish();
   for (let p = 0; p < parts.length; p++) {
-    if (!parts[p].length) continue;
+    if (parts[p] === null) continue;
     const uri = spec.mapRunUri(token, p);
-    const data = Buffer.from(parts[p].join(""), "utf8");
-    await st.forUri(uri).writeBytes(uri, data);
-    outputs.push({ partition: p, uri, records: parts[p].length, bytes: data.length });
+    let records;
+    let bytes;
+    if (Array.isArray(parts[p])) {
+      const data = Buffer.from(parts[p].join(""), "utf8");
+      await st.forUri(uri).writeBytes(uri, data);
+      [records, bytes] = [parts[p].length, data.length];
+    } else {
+      ({ records, bytes } = await writeMerged(uri, parts[p].merge, parts[p].combine && buffer.combiner, p));
+    }
+    outputs.push({ partition: p, uri, records, bytes });
   }
   Object.assign(stats, {
     output_records: outputs.reduce((n, o) => n + o.records, 0),
     output_bytes: outputs.reduce((n, o) => n + o.bytes, 0),
-    spills: 0,
+    spills: buffer.spills,
     mapper_records: buffer.recordsIn,
   });
   return { outputs, stats };
 }
 
+/** A partition's spilled runs, merged (and combined, when several runs hold its keys). */
+async function writeMerged(uri, merge, combiner, partition) {
+  const sink = new Sink(uri);
+  try {
+    if (combiner) {
+      await combineMerged(merge, combiner, `map output partition ${partition}`, (line) => sink.add(line));
+    } else {
+      for (let batch = await merge.nextBatch(); batch.length; batch = await merge.nextBatch()) {
+        for (const line of batch) sink.add(line);
+      }
+    }
+    return await sink.close();
+  } finally {
+    sink.abort();
+  }
+}
+
 /** A later step maps the (key, value) pairs of the previous step's final reducers. */
 async function laterStep(spec, step, partitions, items, token) {
   const runs = items.map((uri) => spec.insideJobDir(uri, "an input run"));
-  const buffer = new MapOutputBuffer(partitions, step.combiner);
+  const buffer = newBuffer(partitions, step.combiner);
   const mapper = step.mapper ?? ((key, value) => [[key, value]]);
   let records = 0;
   let inputBytes = 0;
-  if (step.mapperInit) step.mapperInit();
-  for (const uri of runs) {
-    const reader = new LineReader(st.forUri(uri).iterRange(uri));
-    while (await reader.fill()) {
-      for (; reader.pos < reader.lines.length; reader.pos++) {
-        const line = reader.lines[reader.pos];
-        const tab = line.indexOf(9);
-        let key;
-        let value;
-        try {
-          if (tab < 0) throw new SyntaxError("no tab");
-          key = decode(line.toString("utf8", 0, tab));
-          value = decode(line.toString("utf8", tab + 1, line.length - 1));
-        } catch (err) {
-          throw new InputError(`record ${records + 1} of ${uri} is not an intermediate (key, value) line: ${err.message} ` +
-            `(line: ${JSON.stringify(sample(line))})`);
+  try {
+    if (step.mapperInit) step.mapperInit();
+    for (const uri of runs) {
+      const reader = new LineReader(st.forUri(uri).iterRange(uri));
+      while (await reader.fill()) {
+        for (; reader.pos < reader.lines.length; reader.pos++) {
+          const line = reader.lines[reader.pos];
+          const tab = line.indexOf(9);
+          let key;
+          let value;
+          try {
+            if (tab < 0) throw new SyntaxError("no tab");
+            key = decode(line.toString("utf8", 0, tab));
+            value = decode(line.toString("utf8", tab + 1, line.length - 1));
+          } catch (err) {
+            throw new InputError(`record ${records + 1} of ${uri} is not an intermediate (key, value) line: ${err.message} ` +
+              `(line: ${JSON.stringify(sample(line))})`);
+          }
+          records++;
+          inputBytes += line.length;
+          let pairs;
+          try {
+            pairs = asList(mapper(key, value));
+          } catch (err) {
+            throw new TaskFailure(kindOf(err), `the step ${spec.step + 1} mapper raised ${err?.name}: ${err?.message} on the pair ` +
+              `with key ${JSON.stringify(sample(line.subarray(0, tab)))} from ${uri}`, err);
+          }
+          if (pairs.length) buffer.add(pairs);
         }
-        records++;
-        inputBytes += line.length;
-        let pairs;
-        try {
-          pairs = asList(mapper(key, value));
-        } catch (err) {
-          throw new TaskFailure(kindOf(err), `the step ${spec.step + 1} mapper raised ${err?.name}: ${err?.message} on the pair ` +
-            `with key ${JSON.stringify(sample(line.subarray(0, tab)))} from ${uri}`, err);
-        }
-        if (pairs.length) buffer.add(pairs);
       }
     }
+    if (step.mapperFinal) buffer.add(asList(step.mapperFinal() ?? []));
+    return await writeRuns(spec, buffer, token, { input_records: records, input_bytes: inputBytes, mode: "record" });
+  } finally {
+    buffer.close();
   }
-  if (step.mapperFinal) buffer.add(asList(step.mapperFinal() ?? []));
-  return writeRuns(spec, buffer, token, { input_records: records, input_bytes: inputBytes, mode: "record" });
 }
 
 /** A job without a reducer: the mapper's pairs, in input order, are the result. */
@@ -158,11 +196,18 @@ async function mapOnly(spec, step, splits, bad) {
   if (spec.output === null) throw new EventError("a map-only task needs the event field 'output'");
   const uri = spec.mapOnlyPartUri(spec.output);
   const sink = new Sink(uri);
-  const stats = await mapRecords(step, splits, (pairs) => {
-    for (const pair of pairs) checkPair(pair);
-    for (const [key, value] of pairs) sink.add(csvRow(key, value));
-  }, spec.job, bad);
-  const { records, bytes } = await sink.close();
+  let stats;
+  let records;
+  let bytes;
+  try {
+    stats = await mapRecords(step, splits, (pairs) => {
+      for (const pair of pairs) checkPair(pair);
+      for (const [key, value] of pairs) sink.add(csvRow(key, value));
+    }, spec.job, bad);
+    ({ records, bytes } = await sink.close());
+  } finally {
+    sink.abort();
+  }
   Object.assign(stats, badStats(bad), { mode: "record", output_records: records, output_bytes: bytes });
   return { outputs: [{ partition: null, uri, records, bytes }], stats };
 }

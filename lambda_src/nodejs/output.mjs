@@ -35,43 +35,57 @@ export function csvRow(key, value) {
   return fields.map((f) => (NEEDS_QUOTES.test(f) ? `"${f.replaceAll('"', '""')}"` : f)).join(",") + "\n";
 }
 
-/** Collects text and writes it as one object (atomically) at the end. */
+/**
+ * Writes lines (strings or Buffers) to one object, which appears whole at close(); abort()
+ * (after close(), a no-op) drops what was written.
+ */
 export class Sink {
   constructor(uri) {
     this.uri = uri;
+    this.writer = st.forUri(uri).openWrite(uri);
+    this.text = "";
     this.parts = [];
-    this.pending = [];
-    this.pendingChars = 0;
+    this.pendingLength = 0;
     this.records = 0;
     this.bytes = 0;
+    this.closed = false;
   }
 
-  add(text) {
-    this.pending.push(text);
-    this.pendingChars += text.length;
+  add(line) {
+    if (typeof line === "string") {
+      this.text += line;
+    } else {
+      this.#textToParts();
+      this.parts.push(line);
+    }
+    this.pendingLength += line.length;
     this.records++;
-    if (this.pendingChars >= 1 << 20) this.#drain();
+    if (this.pendingLength >= 1 << 20) this.#drain();
+  }
+
+  #textToParts() {
+    if (this.text) this.parts.push(Buffer.from(this.text, "utf8"));
+    this.text = "";
   }
 
   #drain() {
-    if (!this.pending.length) return;
-    const buf = Buffer.from(this.pending.join(""), "utf8");
-    this.parts.push(buf);
+    this.#textToParts();
+    if (!this.parts.length) return;
+    const buf = Buffer.concat(this.parts);
+    this.writer.write(buf);
     this.bytes += buf.length;
-    this.pending = [];
-    this.pendingChars = 0;
+    this.parts = [];
+    this.pendingLength = 0;
   }
 
   async close() {
     this.#drain();
-    await st.forUri(this.uri).writeBytes(this.uri, Buffer.concat(this.parts));
+    this.closed = true;
+    await this.writer.close();
     return { records: this.records, bytes: this.bytes };
   }
-}
 
-/** Write lines (Buffers with their newlines); return [records, bytes]. */
-export async function writeLines(uri, lines) {
-  const data = Buffer.concat(lines);
-  await st.forUri(uri).writeBytes(uri, data);
-  return [lines.length, data.length];
+  abort() {
+    if (!this.closed) this.writer.abort();
+  }
 }

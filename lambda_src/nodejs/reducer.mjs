@@ -9,7 +9,7 @@ import { EventError } from "./contract.mjs";
 import { loadJob } from "./job.mjs";
 import { Sink, csvRow } from "./output.mjs";
 import { LineReader } from "./reader.mjs";
-import { Merge, checkPair, combineValues, forEachGroup, valuesOf } from "./shuffle.mjs";
+import { Merge, checkPair, combineMerged, forEachGroup, valuesOf } from "./shuffle.mjs";
 import * as st from "./storage.mjs";
 import { run } from "./task.mjs";
 
@@ -32,38 +32,31 @@ async function body(spec, token) {
   const sizes = await Promise.all(inputs.map((uri) => st.forUri(uri).size(uri)));
   const chunk = chunkSize(inputs.length);
   const merge = new Merge(inputs.map((uri) => new LineReader(st.forUri(uri).iterRange(uri, 0, null, chunk))));
-  let uri;
+  if (spec.final && last && spec.output === null) throw new EventError("a final reduce task needs the event field 'output'");
+  const uri = !spec.final ? spec.reduceRunUri(token, "run") : last ? spec.partUri(spec.output) : spec.reduceRunUri(token, "pairs");
+  const sink = new Sink(uri);
+  let keys = 0;
   let records;
   let size;
-  let keys = 0;
-  if (spec.final) {
-    if (last && spec.output === null) throw new EventError("a final reduce task needs the event field 'output'");
-    uri = last ? spec.partUri(spec.output) : spec.reduceRunUri(token, "pairs");
-    const sink = new Sink(uri);
-    keys = await forEachGroup(merge, (keyBytes, lines) => {
-      for (const pair of step.reducer(decode(keyBytes.toString("utf8")), valuesOf(lines))) {
-        checkPair(pair, "reducer");
-        sink.add(last ? csvRow(pair[0], pair[1]) : `${encodeKey(pair[0])}\t${encodeValue(pair[1])}\n`);
-      }
-    });
-    ({ records, bytes: size } = await sink.close());
-  } else {
-    uri = spec.reduceRunUri(token, "run");
-    const out = [];
-    if (step.combiner === null) {
-      for (let batch = await merge.nextBatch(); batch.length; batch = await merge.nextBatch()) out.push(...batch);
-    } else {
-      const where = `reduce round ${spec.round}, partition ${spec.partition}`;
+  try {
+    if (spec.final) {
       keys = await forEachGroup(merge, (keyBytes, lines) => {
-        const keyText = keyBytes.toString("utf8");
-        for (const v of combineValues(step.combiner, keyText, [...valuesOf(lines)], where)) {
-          out.push(Buffer.from(`${keyText}\t${encodeValue(v)}\n`, "utf8"));
+        for (const pair of step.reducer(decode(keyBytes.toString("utf8")), valuesOf(lines))) {
+          checkPair(pair, "reducer");
+          sink.add(last ? csvRow(pair[0], pair[1]) : `${encodeKey(pair[0])}\t${encodeValue(pair[1])}\n`);
         }
       });
+    } else if (step.combiner !== null) {
+      keys = await combineMerged(merge, step.combiner, `reduce round ${spec.round}, partition ${spec.partition}`,
+        (line) => sink.add(line));
+    } else {
+      for (let batch = await merge.nextBatch(); batch.length; batch = await merge.nextBatch()) {
+        for (const line of batch) sink.add(line);
+      }
     }
-    const data = Buffer.concat(out);
-    await st.forUri(uri).writeBytes(uri, data);
-    [records, size] = [out.length, data.length];
+    ({ records, bytes: size } = await sink.close());
+  } finally {
+    sink.abort();
   }
   return {
     outputs: [{ partition: spec.partition, uri, records, bytes: size }],

@@ -2,7 +2,13 @@
 // combines and partitions a mapper's pairs into sorted runs, and the reduce side's k-way merge of
 // sorted runs and grouping by key bytes.
 
+import { randomBytes } from "node:crypto";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+
 import { EncodeError, decode, encodeKey, encodeValue, partitionOf, sortLines, valueOf } from "./codec.mjs";
+import { LineReader } from "./reader.mjs";
 import { CombinerKeyError } from "./task.mjs";
 
 export function checkPair(pair, who = "mapper") {
@@ -33,30 +39,41 @@ export function combineValues(combiner, keyText, values, where) {
 }
 
 /**
- * Collects a map task's pairs. With a combiner, values are grouped by their key's canonical
- * encoding and combined whenever flushValues are held; without one, pairs are encoded as lines
- * at once. finish() gives each partition's sorted lines (strings).
+ * Collects a map task's pairs, as lambda_src/shuffle.py's MapOutputBuffer does (the same flush
+ * points, so the same bytes). With a combiner, values are grouped by their key's canonical
+ * encoding and combined whenever flushValues are held; when still half as many are held they
+ * become sorted runs, one per partition. Without one, pairs are encoded as lines and become
+ * runs every flushValues pairs. Runs stay in memory until they pass spillChars, then go to
+ * temporary files, so a map task's memory stays bounded whatever its output size.
  */
 export class MapOutputBuffer {
-  constructor(partitions, combiner, flushValues = 1_000_000) {
+  constructor(partitions, combiner, { flushValues = 1_000_000, spillChars = 128 << 20 } = {}) {
     this.partitions = partitions;
     this.combiner = combiner;
     this.flushValues = flushValues;
+    this.spillChars = spillChars;
     this.groups = new Map();
-    this.lines = Array.from({ length: partitions }, () => []);
+    this.pending = Array.from({ length: partitions }, () => []);
     this.held = 0;
     this.recordsIn = 0;
+    // runs[p]: sorted runs of partition p, each an array of lines (strings) or a spill file's path
+    this.runs = Array.from({ length: partitions }, () => []);
+    this.memoryChars = 0;
+    this.spills = 0;
+    this.spillDir = null;
   }
 
   /** Add one record's pairs (checked first: a bad pair adds none of them). */
   add(pairs) {
     for (const pair of pairs) checkPair(pair);
     this.recordsIn += pairs.length;
+    this.held += pairs.length;
     if (this.combiner === null) {
       for (const [key, value] of pairs) {
         const k = encodeKey(key);
-        this.lines[partitionOf(k, this.partitions)].push(k + "\t" + encodeValue(value) + "\n");
+        this.pending[partitionOf(k, this.partitions)].push(k + "\t" + encodeValue(value) + "\n");
       }
+      if (this.held >= this.flushValues) this.#writeRuns();
       return;
     }
     const groups = this.groups;
@@ -66,8 +83,10 @@ export class MapOutputBuffer {
       if (values === undefined) groups.set(k, [value]);
       else values.push(value);
     }
-    this.held += pairs.length;
-    if (this.held >= this.flushValues) this.#combine();
+    if (this.held >= this.flushValues) {
+      this.#combine();
+      if (this.held >= this.flushValues >> 1) this.#writeRuns();
+    }
   }
 
   #combine() {
@@ -79,18 +98,82 @@ export class MapOutputBuffer {
     this.held = held;
   }
 
-  /** Each partition's sorted lines (strings; empty for an empty partition). */
-  finish() {
-    if (this.combiner !== null) {
-      this.#combine();
-      for (const [k, values] of this.groups) {
-        const target = this.lines[partitionOf(k, this.partitions)];
-        for (const value of values) target.push(k + "\t" + encodeValue(value) + "\n");
-      }
-      this.groups = new Map();
+  /** What is held becomes one sorted run per non-empty partition. */
+  #writeRuns() {
+    for (const [k, values] of this.groups) {
+      const target = this.pending[partitionOf(k, this.partitions)];
+      for (const value of values) target.push(k + "\t" + encodeValue(value) + "\n");
     }
-    return this.lines.map(sortLines);
+    this.groups = new Map();
+    this.held = 0;
+    for (let p = 0; p < this.partitions; p++) {
+      const lines = this.pending[p];
+      if (!lines.length) continue;
+      this.runs[p].push(sortLines(lines));
+      for (const line of lines) this.memoryChars += line.length;
+      this.pending[p] = [];
+    }
+    if (this.memoryChars > this.spillChars) this.#spill();
   }
+
+  #spill() {
+    this.spillDir ??= fs.mkdtempSync(path.join(process.env.LAMBDAMR_SPILL_DIR || os.tmpdir(), "lambdamr-spill-"));
+    for (const runs of this.runs) {
+      for (let i = 0; i < runs.length; i++) {
+        if (typeof runs[i] === "string") continue;
+        const file = path.join(this.spillDir, `run-${this.spills}-${i}-${randomBytes(4).toString("hex")}`);
+        fs.writeFileSync(file, runs[i].join(""), "utf8");
+        runs[i] = file;
+      }
+    }
+    this.memoryChars = 0;
+    this.spills++;
+  }
+
+  /**
+   * For each partition, null when empty, its sorted lines (strings) when they are one run in
+   * memory, else a Merge of its runs and whether to combine the merged stream.
+   */
+  finish() {
+    if (this.groups.size || this.pending.some((lines) => lines.length)) {
+      if (this.combiner !== null) this.#combine();
+      this.#writeRuns();
+    }
+    if (this.runs.some((runs) => runs.length > 1 || runs.some((r) => typeof r === "string"))) this.#spill();
+    return this.runs.map((runs) => {
+      if (!runs.length) return null;
+      if (typeof runs[0] !== "string") return runs[0];
+      const readers = runs.map((file) => new LineReader(fileChunks(file)));
+      return { merge: new Merge(readers), combine: this.combiner !== null && runs.length > 1 };
+    });
+  }
+
+  /** Delete the spill files. */
+  close() {
+    if (this.spillDir !== null) fs.rmSync(this.spillDir, { recursive: true, force: true });
+  }
+}
+
+async function* fileChunks(file) {
+  const fh = await fs.promises.open(file, "r");
+  try {
+    const buf = Buffer.allocUnsafe(1 << 20);
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+      if (!bytesRead) return;
+      yield Buffer.from(buf.subarray(0, bytesRead));
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Combine every key group of a merged stream (the combiner may run in any round); emit lines. */
+export async function combineMerged(merge, combiner, where, emit) {
+  return forEachGroup(merge, (keyBytes, lines) => {
+    const keyText = keyBytes.toString("utf8");
+    for (const v of combineValues(combiner, keyText, [...valuesOf(lines)], where)) emit(`${keyText}\t${encodeValue(v)}\n`);
+  });
 }
 
 /** Bytewise order of two lines (Buffers). */

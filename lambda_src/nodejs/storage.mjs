@@ -5,7 +5,9 @@
 
 import * as fsp from "node:fs/promises";
 import { randomBytes } from "node:crypto";
+import * as fs from "node:fs";
 import { createRequire } from "node:module";
+import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
@@ -148,6 +150,42 @@ export function relativeTo(uri, base) {
 
 const tmpName = (dir) => path.join(dir, `.tmp-${randomBytes(16).toString("hex")}`);
 
+/**
+ * Writes an object whose bytes spool to a temporary file: write() appends, close() makes the
+ * object appear whole (finish(tmp, size) moves or uploads the file), abort() drops it.
+ */
+class SpoolWriter {
+  constructor(tmp, finish) {
+    this.tmp = tmp;
+    this.finish = finish;
+    this.fd = fs.openSync(tmp, "wx");
+    this.size = 0;
+  }
+
+  write(buf) {
+    for (let done = 0; done < buf.length;) done += fs.writeSync(this.fd, buf, done);
+    this.size += buf.length;
+  }
+
+  async close() {
+    fs.closeSync(this.fd);
+    this.fd = null;
+    try {
+      await this.finish(this.tmp, this.size);
+    } finally {
+      fs.rmSync(this.tmp, { force: true });
+    }
+  }
+
+  abort() {
+    if (this.fd !== null) {
+      fs.closeSync(this.fd);
+      this.fd = null;
+      fs.rmSync(this.tmp, { force: true });
+    }
+  }
+}
+
 class LocalStorage {
   async stat(uri) {
     const p = localPath(uri);
@@ -194,6 +232,13 @@ class LocalStorage {
     const parts = [];
     for await (const chunk of this.iterRange(uri, start, end)) parts.push(chunk);
     return Buffer.concat(parts);
+  }
+
+  /** A writer whose object appears (by a rename) when it is closed. */
+  openWrite(uri) {
+    const p = localPath(uri);
+    fs.mkdirSync(path.dirname(p), { recursive: true });
+    return new SpoolWriter(tmpName(path.dirname(p)), (tmp) => fsp.rename(tmp, p));
   }
 
   async writeBytes(uri, data) {
@@ -278,15 +323,21 @@ class S3Storage {
     return Buffer.concat(parts);
   }
 
-  async writeBytes(uri, data) {
+  async writeBytes(uri, data, length = data.length) {
     const [Bucket, Key] = splitS3(uri);
     const client = await this.s3();
     this.requests.put++;
     try {
-      await client.send(new this.sdk.PutObjectCommand({ Bucket, Key, Body: data }));
+      await client.send(new this.sdk.PutObjectCommand({ Bucket, Key, Body: data, ContentLength: length }));
     } catch (err) {
       throw new StorageError(`cannot write ${uri}: ${err.message}`);
     }
+  }
+
+  /** A writer spooling to a temporary file (LAMBDAMR_SPILL_DIR or /tmp), one PUT when closed. */
+  openWrite(uri) {
+    const dir = process.env.LAMBDAMR_SPILL_DIR || os.tmpdir();
+    return new SpoolWriter(tmpName(dir), (tmp, size) => this.writeBytes(uri, fs.createReadStream(tmp), size));
   }
 }
 

@@ -42,12 +42,22 @@ KEYS = [
 ]
 
 
+#: Node.js map tasks that flush their buffer every 7 values and spill runs past 50 characters:
+#: merged (and combined) from spill files, their runs must still be the same bytes.
+SPILLING = {"LAMBDAMR_MAP_FLUSH_VALUES": "7", "LAMBDAMR_MAP_SPILL_CHARS": "50"}
+
+
 @pytest.fixture(scope="module")
 def runtimes(node, fixture_jobs_path) -> Iterator[dict[str, LocalRuntime]]:
-    with LocalRuntime(workers=1) as py, LocalRuntime(workers=1) as js:
+    with LocalRuntime(workers=1) as py, LocalRuntime(workers=1) as js, LocalRuntime(workers=1, env=SPILLING) as spill:
         py.deploy(packaging.build(JOBS["python"][0]))
         js.deploy(packaging.build(JOBS["nodejs"][0]))
-        yield {"python": py, "nodejs": js}
+        spill.deploy(packaging.build(JOBS["nodejs"][0]))
+        yield {"python": py, "nodejs": js, "nodejs, spilling": spill}
+
+
+def _language(runtime_name: str) -> str:
+    return runtime_name.split(",")[0]
 
 
 def _outcome(runtime: LocalRuntime, spec):
@@ -98,22 +108,28 @@ def _bytes(uri: str) -> bytes:
 def test_node_and_python_tasks_read_each_others_runs_and_write_the_same_bytes(tmp_path, runtimes):
     files = _input(tmp_path)
     maps: dict[str, list[dict[int, str]]] = {}
-    for language, runtime in runtimes.items():
-        job_dir = st.from_path(str(tmp_path / f"map-{language}"))
-        maps[language] = []
+    spills: dict[str, int] = {}
+    for name, runtime in runtimes.items():
+        job_dir = st.from_path(str(tmp_path / f"map-{name}"))
+        maps[name] = []
         for index, path in enumerate(files):
             size = path.stat().st_size
             split = {"uri": st.from_path(str(path)), "start": 0, "end": size, "size": size}
-            record = _run(runtime, MapTask("interop", job_dir, _config(language), index=index, count=2, items=[split]))
-            maps[language].append({o["partition"]: o["uri"] for o in record["outputs"]})
-    # Map tasks of both languages write the same runs, byte for byte.
-    for py_runs, js_runs in zip(maps["python"], maps["nodejs"], strict=True):
-        assert py_runs.keys() == js_runs.keys()
-        for p in py_runs:
-            assert _bytes(py_runs[p]) == _bytes(js_runs[p]), f"partition {p}"
+            record = _run(runtime, MapTask("interop", job_dir, _config(_language(name)), index=index, count=2,
+                                           items=[split]))
+            spills[name] = spills.get(name, 0) + record["stats"]["spills"]
+            maps[name].append({o["partition"]: o["uri"] for o in record["outputs"]})
+    assert spills == {"python": 0, "nodejs": 0, "nodejs, spilling": spills["nodejs, spilling"]}
+    assert spills["nodejs, spilling"] > 0
+    # Map tasks of both languages write the same runs, byte for byte (spilling or not).
+    for name in ("nodejs", "nodejs, spilling"):
+        for py_runs, js_runs in zip(maps["python"], maps[name], strict=True):
+            assert py_runs.keys() == js_runs.keys()
+            for p in py_runs:
+                assert _bytes(py_runs[p]) == _bytes(js_runs[p]), f"{name}: partition {p}"
 
     parts: dict[tuple[str, str, str], dict[int, bytes]] = {}
-    for mapped, merged, final in itertools.product(runtimes, repeat=3):
+    for mapped, merged, final in itertools.product(["python", "nodejs"], repeat=3):
         job_dir = st.from_path(str(tmp_path / f"map-{mapped}"))
         parts[mapped, merged, final] = {}
         for p in range(PARTITIONS):
@@ -159,9 +175,9 @@ def test_node_and_python_map_tasks_read_the_same_records_from_hostile_text(tmp_p
     splits = [{"uri": st.from_path(str(path)), "start": a, "end": b, "size": size,
                **({"compression": "gzip"} if gz else {})} for a, b in itertools.pairwise(bounds)]
     seen = {}
-    for language, runtime in runtimes.items():
-        job_dir = st.from_path(str(tmp / language))
-        config = _config(language, LINES[language], max_bad_records=bad, max_line_bytes=48)
+    for name, runtime in runtimes.items():
+        job_dir = st.from_path(str(tmp / name.replace(", ", "-")))
+        config = _config(_language(name), LINES[_language(name)], max_bad_records=bad, max_line_bytes=48)
         outcomes = []
         for index, split in enumerate(splits):
             result = _outcome(runtime, MapTask("hostile", job_dir, config, index=index, count=len(splits), items=[split]))
@@ -171,5 +187,6 @@ def test_node_and_python_map_tasks_read_the_same_records_from_hostile_text(tmp_p
             stats = result.payload["stats"]
             runs = {o["partition"]: _bytes(o["uri"]) for o in result.payload["outputs"]}
             outcomes.append(("ok", stats["input_records"], stats["bad_records"], stats["input_bytes"], runs))
-        seen[language] = outcomes
+        seen[name] = outcomes
     assert seen["nodejs"] == seen["python"]
+    assert seen["nodejs, spilling"] == seen["python"]
