@@ -112,6 +112,8 @@ def build_zip_bytes(job_ref: str, include: tuple[str, ...] = ()) -> tuple[bytes,
     entries: list[tuple[str, Path]] = []
     for name, path in sorted(tops.items()):
         entries.extend(_files(name, path))
+    # The Node.js handlers have zips of their own (build_node_zip_bytes).
+    entries = [(arcname, path) for arcname, path in entries if not arcname.startswith("lambda_src/nodejs/")]
     return _zip(entries), tuple(sorted(tops))
 
 

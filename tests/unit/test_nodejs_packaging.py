@@ -88,3 +88,9 @@ def test_the_job_imports_its_dependencies_from_the_package_when_it_runs(tmp_path
     (tmp_path / "in.txt").write_text("a b a\n")
     run_job(job=str(module), inputs={"": [str(tmp_path / "in.txt")]}, output=str(tmp_path / "out"))
     assert read_counts(str(tmp_path / "out")) == {"A!": 2, "B!": 1}
+
+
+def test_a_python_jobs_zip_holds_no_nodejs_handlers():
+    names = zipfile.ZipFile(packaging.build("lambda_src.jobs.wordcount:WordCount").path).namelist()
+    assert "lambda_src/mapper.py" in names
+    assert not [n for n in names if n.startswith("lambda_src/nodejs/")]
