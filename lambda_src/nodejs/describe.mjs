@@ -8,10 +8,12 @@ import { pathToFileURL } from "node:url";
 import { Job } from "./job.mjs";
 
 const [modulePath, paramsJson] = process.argv.slice(2);
+const out = process.stdout.write.bind(process.stdout);
+console.log = console.info = console.error; // a module that prints while loading keeps stdout the shape's
 try {
   const mod = await import(pathToFileURL(modulePath).href);
   const job = new Job(mod, JSON.parse(paramsJson || "{}"), modulePath);
-  process.stdout.write(JSON.stringify(job.shape()));
+  out(JSON.stringify(job.shape()));
 } catch (err) {
   process.stderr.write(`${err?.name ?? "Error"}: ${err?.message ?? err}\n`);
   process.exit(2);
