@@ -94,3 +94,16 @@ def test_a_python_jobs_zip_holds_no_nodejs_handlers():
     names = zipfile.ZipFile(packaging.build("lambda_src.jobs.wordcount:WordCount").path).namelist()
     assert "lambda_src/mapper.py" in names
     assert not [n for n in names if n.startswith("lambda_src/nodejs/")]
+
+
+def test_a_commonjs_job_runs_too(tmp_path, node):
+    from tests.helpers import read_counts, run_job
+
+    module = tmp_path / "job" / "count.cjs"
+    module.parent.mkdir()
+    module.write_text('exports.mapper = function* (key, line) { for (const w of line.split(" ")) if (w) yield [w, 1]; };\n'
+                      "exports.reducer = function* (key, values) { let n = 0; for (const v of values) n += v; "
+                      "yield [key, n]; };\n")
+    (tmp_path / "in.txt").write_text("x y x\n")
+    run_job(job=str(module), inputs={"": [str(tmp_path / "in.txt")]}, output=str(tmp_path / "out"))
+    assert read_counts(str(tmp_path / "out")) == {"x": 2, "y": 1}
