@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import lambda_src
+from airflow_provider_lambdamr.engine.packaging import NODE_EXTENSIONS
 from lambda_src import storage as st
 from lambda_src.task import JOB_REF_RE, validate_job_id, validate_params
 
@@ -29,8 +31,7 @@ BUILTIN_JOBS: dict[str, str] = {
     "wordcount-js": "lambda_src/nodejs/jobs/wordcount.mjs",
     "amplab-2a-js": "lambda_src/nodejs/jobs/amplab2a.mjs",
 }
-#: A job module written in JavaScript ends so (see engine.packaging).
-_NODE_JOB = (".mjs", ".cjs", ".js")
+
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)?\s*$", re.IGNORECASE)
 _NAMED_INPUT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
@@ -56,12 +57,10 @@ def resolve_job_ref(job: str) -> str:
     """A built-in job name, ``package.module:ClassName``, or a JavaScript module's absolute path."""
     if job in BUILTIN_JOBS:
         job = BUILTIN_JOBS[job]
-        if not job.endswith(_NODE_JOB):
+        if not job.endswith(NODE_EXTENSIONS):
             return job
-        import lambda_src
-
         job = os.path.join(os.path.dirname(os.path.dirname(lambda_src.__file__)), job)
-    if job.endswith(_NODE_JOB):
+    if job.endswith(NODE_EXTENSIONS):
         path = os.path.abspath(os.path.expanduser(job))
         if not os.path.isfile(path):
             raise ValueError(f"JavaScript job module {job} does not exist")
