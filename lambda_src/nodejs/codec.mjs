@@ -310,11 +310,6 @@ export function sortLines(lines) {
   return lines.sort(); // UTF-16 order is code point order without surrogates
 }
 
-/** The key bytes of a line (a Buffer): everything before its first tab. */
-export function keyOf(line) {
-  return line.subarray(0, line.indexOf(9));
-}
-
 /** The decoded value of a line (a Buffer, ending in its newline). */
 export function valueOf(line) {
   const end = line[line.length - 1] === 10 ? line.length - 1 : line.length;
