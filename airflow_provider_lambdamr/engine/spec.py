@@ -27,7 +27,10 @@ BUILTIN_JOBS: dict[str, str] = {
     "amplab-2b": "lambda_src.jobs.amplab:Query2b",
     "amplab-2c": "lambda_src.jobs.amplab:Query2c",
     "amplab-3a": "lambda_src.jobs.amplab:Query3a",
-    # The same jobs written in JavaScript (lambda_src/nodejs/jobs), run by the Node.js handlers.
+}
+#: Built-in jobs written in JavaScript, run by the Node.js handlers: their modules' paths
+#: relative to the directory holding ``lambda_src``.
+BUILTIN_JAVASCRIPT_JOBS: dict[str, str] = {
     "wordcount-js": "lambda_src/nodejs/jobs/wordcount.mjs",
     "amplab-2a-js": "lambda_src/nodejs/jobs/amplab2a.mjs",
 }
@@ -56,10 +59,9 @@ def parse_size(text: str | int, what: str = "size") -> int:
 def resolve_job_ref(job: str) -> str:
     """A built-in job name, ``package.module:ClassName``, or a JavaScript module's absolute path."""
     if job in BUILTIN_JOBS:
-        job = BUILTIN_JOBS[job]
-        if not job.endswith(NODE_EXTENSIONS):
-            return job
-        job = os.path.join(os.path.dirname(os.path.dirname(lambda_src.__file__)), job)
+        return BUILTIN_JOBS[job]
+    if job in BUILTIN_JAVASCRIPT_JOBS:
+        return os.path.join(os.path.dirname(os.path.dirname(lambda_src.__file__)), BUILTIN_JAVASCRIPT_JOBS[job])
     if job.endswith(NODE_EXTENSIONS):
         path = os.path.abspath(os.path.expanduser(job))
         if not os.path.isfile(path):
@@ -68,7 +70,7 @@ def resolve_job_ref(job: str) -> str:
     if JOB_REF_RE.match(job):
         return job
     raise ValueError(
-        f"unknown job {job!r}: use a built-in job ({', '.join(sorted(BUILTIN_JOBS))}), "
+        f"unknown job {job!r}: use a built-in job ({', '.join(sorted({**BUILTIN_JOBS, **BUILTIN_JAVASCRIPT_JOBS}))}), "
         f"'package.module:ClassName' or the path of a JavaScript module (.mjs, .cjs, .js)"
     )
 
@@ -282,7 +284,7 @@ class JobSpec:
 
     job: str = option(
         flag="job", templated=True,
-        help=f"A built-in job ({', '.join(sorted(BUILTIN_JOBS))}), package.module:ClassName, or the "
+        help=f"A built-in job ({', '.join(sorted({**BUILTIN_JOBS, **BUILTIN_JAVASCRIPT_JOBS}))}), package.module:ClassName, or the "
              f"path of a JavaScript job module (.mjs, .cjs, .js: run by the Node.js handlers).")
     inputs: dict[str, list[str]] = option(  # noqa: RUF009 - option() is dataclasses.field()
         flag="--input", metavar="[NAME=]URI", cli={"action": "append", "required": True},
