@@ -20,9 +20,13 @@
 
 export class Float extends Number {}
 
-/** A float, even when integral: float(1) encodes as 1.0 (a plain 1 is the integer 1). */
+/**
+ * A float, even when integral: float(1) encodes as 1.0 (a plain 1 is the integer 1). A number
+ * that is no safe integer encodes as a float already, and stays a plain number.
+ */
 export function float(x) {
-  return new Float(Number(x));
+  const n = Number(x);
+  return Number.isSafeInteger(n) ? new Float(n) : n;
 }
 
 export class EncodeError extends TypeError {}
