@@ -14,7 +14,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["airflow_provider_lambdamr*", "lambda_src*"]),
-    package_data={"airflow_provider_lambdamr": ["py.typed"]},
+    package_data={"airflow_provider_lambdamr": ["py.typed"],
+                  "lambda_src": ["nodejs/*.mjs", "nodejs/jobs/*.mjs", "nodejs/jobs/package.json"]},
     install_requires=[
         "apache-airflow>=3.3,<3.4",
         "apache-airflow-providers-amazon[aiobotocore]>=9.20",

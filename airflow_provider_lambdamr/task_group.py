@@ -24,6 +24,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_lambdamr.engine import slices
 from airflow_provider_lambdamr.engine.driver import Driver, JobWaiting, Share
+from airflow_provider_lambdamr.engine.jobcode import describe as describe_job
 from airflow_provider_lambdamr.engine.scheduler import InFlight
 from airflow_provider_lambdamr.engine.spec import JobSpec, load_spec, resolve_job_ref
 from airflow_provider_lambdamr.operators.base import documents_connection, lambdamr_template_fields
@@ -34,7 +35,6 @@ from airflow_provider_lambdamr.operators.lambda_mr import (
     _LambdaMapReduceBase,
     encode_job_params,
 )
-from lambda_src.task import load_job_class
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -309,8 +309,8 @@ def lambdamr_task_group(
         with ``deferrable=True`` each map batch and each round's batch of groups launches its
         invocations and defers, so no worker slot waits on functions.
     """
-    steps = load_job_class(resolve_job_ref(job))(encode_job_params(job_params)).checked_steps()
-    if steps[0].reducer is None:
+    steps = describe_job(resolve_job_ref(job), encode_job_params(job_params)).steps
+    if not steps[0].reducer:
         # the commit is LambdaReduceOperator's, which reduces; a map-only job has nothing to reduce
         raise ValueError(f"lambdamr_task_group {group_id!r}: job {job!r} is map-only (no reducer), which "
                          f"the task group does not run yet; run it with `lambdamr run`")

@@ -126,3 +126,68 @@ def s3_bucket(aws_env: str, request: pytest.FixtureRequest) -> str:
     name = f"lmr-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=aws_env).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def lambda_client(aws_env: str):
+    """A Lambda client of moto's server."""
+    import boto3
+
+    return boto3.client("lambda", region_name="us-east-1")
+
+
+@pytest.fixture
+def role_arn(aws_env: str) -> str:
+    """A fresh IAM role on moto's server that Lambda may assume."""
+    import json
+    import uuid
+
+    import boto3
+
+    trust = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+    name = f"lmr-role-{uuid.uuid4().hex[:8]}"
+    return boto3.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+
+
+# -- the Node.js data plane ----------------------------------------------------------------------
+NODE_TESTS = ROOT / "tests" / "nodejs"
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """The ``node`` that runs JavaScript jobs (20 or later); the test is skipped, saying so, without one."""
+    import shutil
+
+    path = os.environ.get("LAMBDAMR_NODE") or shutil.which("node")
+    if not path:
+        pytest.skip("Node.js is not installed: the JavaScript data plane's tests need node 20 or later")
+    major = int(subprocess.run([path, "-p", "process.versions.node.split('.')[0]"], capture_output=True,
+                               text=True, check=True).stdout)
+    if major < 20:
+        pytest.skip(f"Node.js {major} is too old for the JavaScript data plane (it needs 20 or later)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def node_s3_sdk(node: str) -> Iterator[str]:
+    """The AWS SDK's S3 client for Node workers (Lambda's runtime has it): ``npm ci`` of
+    tests/nodejs/package-lock.json once, then on NODE_PATH for the workers."""
+    import shutil
+
+    modules = NODE_TESTS / "node_modules"
+    if not (modules / "@aws-sdk" / "client-s3" / "package.json").is_file():
+        npm = shutil.which("npm")
+        if not npm:
+            pytest.skip("npm is not installed: cannot install the AWS SDK for JavaScript the S3 tests of the "
+                        "Node.js data plane need (npm ci in tests/nodejs)")
+        res = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=NODE_TESTS,
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, f"npm ci in {NODE_TESTS} failed:\n{res.stdout}\n{res.stderr}"
+    old = os.environ.get("NODE_PATH")
+    os.environ["NODE_PATH"] = str(modules) + (os.pathsep + old if old else "")
+    yield str(modules)
+    if old is None:
+        os.environ.pop("NODE_PATH", None)
+    else:
+        os.environ["NODE_PATH"] = old

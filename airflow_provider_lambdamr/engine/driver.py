@@ -28,6 +28,7 @@ from airflow_provider_lambdamr.engine import (
 from airflow_provider_lambdamr.engine import cost as cost_model
 from airflow_provider_lambdamr.engine import rounds as rounds_mod
 from airflow_provider_lambdamr.engine.failures import JobFailed
+from airflow_provider_lambdamr.engine.jobcode import describe as describe_job
 from airflow_provider_lambdamr.engine.jobstate import PhaseState, phase_state  # noqa: F401 - re-exported
 from airflow_provider_lambdamr.engine.runtimes.base import (
     InvocationResult,
@@ -166,25 +167,31 @@ class Driver:
         self._current: _Phase | None = None
         #: Whether this driver's invocations are in the job's ledger (``record_invocations``).
         self._recorded = False
-        job_class = load_job_class(spec.job_ref)
-        if job_class.input_names is not None and set(spec.inputs) != set(job_class.input_names):
+        shape = describe_job(spec.job_ref, spec.params)
+        if shape.input_names is not None and set(spec.inputs) != set(shape.input_names):
             got = ", ".join(repr(n) if n else "one unnamed input" for n in spec.inputs) or "none"
             raise JobFailed(
-                f"job {spec.job_ref} reads the named inputs {', '.join(job_class.input_names)} "
+                f"job {spec.job_ref} reads the named inputs {', '.join(shape.input_names)} "
                 f"(got {got}): pass "
-                + " ".join(f"--input {n}=URI" for n in job_class.input_names),
+                + " ".join(f"--input {n}=URI" for n in shape.input_names),
                 phase="prepare",
             )
-        job = job_class(spec.params)
-        steps = job.checked_steps(spec.vectorized)
-        #: The format each input is read in, where the spec or the job names one (by input name).
-        self.input_formats = self._input_formats(job)
-        #: A job whose first step is a Join has the planner choose the join's strategy.
-        self.has_join = isinstance(steps[0], Join)
         #: Partitions of each step (a step may override the job's --partitions).
-        self.step_partitions = [s.partitions or spec.partitions for s in steps]
-        self.map_only = len(steps) == 1 and steps[0].reducer is None
-        self.vectorized = spec.vectorized and job_class.has_table_mapper()
+        self.step_partitions = [s.partitions or spec.partitions for s in shape.steps]
+        self.map_only = shape.map_only
+        # A Python job's code is imported here; a JavaScript job's only described (by Node.js)
+        job = None
+        if packaging.language_of(spec.job_ref) == packaging.PYTHON:
+            job = load_job_class(spec.job_ref)(spec.params)
+        elif spec.input_format:
+            raise JobFailed(f"job {spec.job_ref} is a JavaScript job, which reads text input only: "
+                            f"drop --input-format", phase="prepare", resumable=False)
+        steps = job.checked_steps(spec.vectorized) if job is not None else []
+        #: The format each input is read in, where the spec or the job names one (by input name).
+        self.input_formats = self._input_formats(job) if job is not None else {}
+        #: A job whose first step is a Join has the planner choose the join's strategy.
+        self.has_join = bool(steps) and isinstance(steps[0], Join)
+        self.vectorized = spec.vectorized and job is not None and type(job).has_table_mapper()
         self.tasks = TaskFactory(spec, map_only=self.map_only, step_count=self.step_count)
 
     @classmethod

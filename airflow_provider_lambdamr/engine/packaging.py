@@ -4,6 +4,12 @@ Entries are sorted, timestamps fixed and permissions normalised, so the same cod
 gives the same bytes; the SHA-256 of those bytes is the code version. The local runtime
 extracts a version once (refusing entries that would escape the target directory) and AWS
 Lambda gets the very same zip.
+
+A job is written in Python (``package.module:ClassName``) or in JavaScript (the path of a
+``.mjs``/``.cjs``/``.js`` module, see ``lambda_src/nodejs/job.mjs``). A JavaScript job's zip
+holds the Node.js handlers (``lambda_src/nodejs/``) and, under ``job/``, the job's package:
+the directory of the nearest ``package.json`` above the module (with its ``node_modules``), or
+the module alone when there is none. Its event names the module by its path in the zip.
 """
 
 from __future__ import annotations
@@ -24,6 +30,13 @@ from pathlib import Path
 import lambda_src
 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+PYTHON = "python"
+NODEJS = "nodejs"
+LANGUAGES = (PYTHON, NODEJS)
+NODE_EXTENSIONS = (".mjs", ".cjs", ".js")
+#: Where a JavaScript job's package lies in its zip.
+NODE_JOB_DIR = "job"
+NODE_HANDLERS_DIR = Path(lambda_src.__file__).parent / "nodejs"
 SKIP_DIRS = {"__pycache__", ".git", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 SKIP_SUFFIXES = (".pyc", ".pyo")
 
@@ -38,6 +51,8 @@ class CodePackage:
     sha256: str
     size: int
     modules: tuple[str, ...]
+    #: The language of the handlers in the zip (``python`` or ``nodejs``).
+    language: str = PYTHON
 
     @property
     def version(self) -> str:
@@ -99,8 +114,50 @@ def build_zip_bytes(job_ref: str, include: tuple[str, ...] = ()) -> tuple[bytes,
     entries: list[tuple[str, Path]] = []
     for name, path in sorted(tops.items()):
         entries.extend(_files(name, path))
-    entries.sort()
+    # The Node.js handlers have zips of their own (build_node_zip_bytes).
+    entries = sorted((arcname, path) for arcname, path in entries if not arcname.startswith("lambda_src/nodejs/"))
     return _zip_bytes((arcname, path.read_bytes(), 0o644) for arcname, path in entries), tuple(sorted(tops))
+
+
+def language_of(job_ref: str) -> str:
+    """``nodejs`` for a JavaScript module's path, else ``python``."""
+    return NODEJS if job_ref.endswith(NODE_EXTENSIONS) else PYTHON
+
+
+def node_package(module: str) -> tuple[Path, str]:
+    """(directory packaged under ``job/``, the module's path below it) of a JavaScript job.
+
+    The directory is the nearest one holding a ``package.json``, from the module's own
+    directory up; without one, the module is packaged alone.
+    """
+    path = Path(module).resolve()
+    if not path.is_file():
+        raise PackagingError(f"JavaScript job module {module} does not exist")
+    for parent in path.parents:
+        if (parent / "package.json").is_file():
+            return parent, path.relative_to(parent).as_posix()
+    return path, path.name
+
+
+def event_ref(job_ref: str) -> str:
+    """What a task event names the job by: its Python reference, or its module's path in the zip."""
+    if language_of(job_ref) == PYTHON:
+        return job_ref
+    return f"{NODE_JOB_DIR}/{node_package(job_ref)[1]}"
+
+
+def _node_files(root: Path, prefix: str) -> list[tuple[str, Path]]:
+    """``root``'s files (a file: itself) as zip entries under ``prefix``; dot-names skipped."""
+    if root.is_file():
+        return [(f"{prefix}/{root.name}", root)]
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                full = Path(dirpath) / name
+                out.append((f"{prefix}/{full.relative_to(root).as_posix()}", full))
+    return out
 
 
 def _zip_bytes(entries: Iterable[tuple[str, bytes, int]]) -> bytes:
@@ -127,14 +184,29 @@ def _cache_write(target: Path, data: bytes) -> None:
     os.replace(tmp, target)
 
 
+def build_node_zip_bytes(module: str) -> bytes:
+    """A JavaScript job's zip: the Node.js handlers and the job's package under ``job/``."""
+    root, _ = node_package(module)
+    handlers = [(f"lambda_src/nodejs/{p.name}", p) for p in sorted(NODE_HANDLERS_DIR.glob("*.mjs"))]
+    entries = sorted(handlers + _node_files(root, NODE_JOB_DIR))
+    return _zip_bytes((arcname, path.read_bytes(), 0o644) for arcname, path in entries)
+
+
 def build(job_ref: str, tracing: bool = False, include: tuple[str, ...] = ()) -> CodePackage:
-    """Build (or find in the cache) the versioned zip for a job (with the X-Ray SDK if tracing,
-    and the top-level packages ``include`` names: the coordinator's zip adds the engine)."""
-    data, modules = build_zip_bytes(job_ref, (*include, *(TRACING_MODULES if tracing else ())))
+    """Build (or find in the cache) the versioned zip for a job: a Python job's (with the X-Ray
+    SDK if tracing, and the top-level packages ``include`` names: the coordinator's zip adds
+    the engine), or a JavaScript job's."""
+    language = language_of(job_ref)
+    if language == NODEJS:
+        if include:
+            raise PackagingError(f"a JavaScript job ({job_ref}) cannot carry the Python packages {include}")
+        data, modules = build_node_zip_bytes(job_ref), (NODE_JOB_DIR, "lambda_src")
+    else:
+        data, modules = build_zip_bytes(job_ref, (*include, *(TRACING_MODULES if tracing else ())))
     digest = hashlib.sha256(data).hexdigest()
     target = cache_dir() / "zips" / f"lambdamr-{digest[:16]}.zip"
     _cache_write(target, data)
-    return CodePackage(str(target), digest, len(data), modules)
+    return CodePackage(str(target), digest, len(data), modules, language)
 
 
 def safe_extract(zip_path: str, target: Path) -> None:

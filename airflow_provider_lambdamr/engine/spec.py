@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 import re
 import secrets
 import time
@@ -12,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import lambda_src
+from airflow_provider_lambdamr.engine.packaging import NODE_EXTENSIONS
 from lambda_src import storage as st
 from lambda_src.contract import OUTPUT_FORMATS
 from lambda_src.task import JOB_REF_RE, validate_job_id, validate_params
@@ -26,6 +29,13 @@ BUILTIN_JOBS: dict[str, str] = {
     "amplab-2c": "lambda_src.jobs.amplab:Query2c",
     "amplab-3a": "lambda_src.jobs.amplab:Query3a",
 }
+#: Built-in jobs written in JavaScript, run by the Node.js handlers: their modules' paths
+#: relative to the directory holding ``lambda_src``.
+BUILTIN_JAVASCRIPT_JOBS: dict[str, str] = {
+    "wordcount-js": "lambda_src/nodejs/jobs/wordcount.mjs",
+    "amplab-2a-js": "lambda_src/nodejs/jobs/amplab2a.mjs",
+}
+
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)?\s*$", re.IGNORECASE)
 _NAMED_INPUT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
@@ -48,14 +58,21 @@ def parse_size(text: str | int, what: str = "size") -> int:
 
 
 def resolve_job_ref(job: str) -> str:
-    """A built-in job name or ``package.module:ClassName``."""
+    """A built-in job name, ``package.module:ClassName``, or a JavaScript module's absolute path."""
     if job in BUILTIN_JOBS:
         return BUILTIN_JOBS[job]
+    if job in BUILTIN_JAVASCRIPT_JOBS:
+        return os.path.join(os.path.dirname(os.path.dirname(lambda_src.__file__)), BUILTIN_JAVASCRIPT_JOBS[job])
+    if job.endswith(NODE_EXTENSIONS):
+        path = os.path.abspath(os.path.expanduser(job))
+        if not os.path.isfile(path):
+            raise ValueError(f"JavaScript job module {job} does not exist")
+        return path
     if JOB_REF_RE.match(job):
         return job
     raise ValueError(
-        f"unknown job {job!r}: use a built-in job ({', '.join(sorted(BUILTIN_JOBS))}) "
-        f"or 'package.module:ClassName'"
+        f"unknown job {job!r}: use a built-in job ({', '.join(sorted({**BUILTIN_JOBS, **BUILTIN_JAVASCRIPT_JOBS}))}), "
+        f"'package.module:ClassName' or the path of a JavaScript module (.mjs, .cjs, .js)"
     )
 
 
@@ -176,7 +193,7 @@ def check_option(f: dataclasses.Field, value: Any) -> Any:
 
 def new_job_id(name: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    base = re.sub(r"[^A-Za-z0-9]+", "-", name.rsplit(":", 1)[-1]).strip("-").lower() or "job"
+    base = re.sub(r"[^A-Za-z0-9]+", "-", os.path.basename(name).rsplit(":", 1)[-1]).strip("-").lower() or "job"
     return f"{base}-{stamp}-{secrets.token_hex(3)}"
 
 
@@ -298,7 +315,8 @@ class JobSpec:
 
     job: str = option(
         flag="job", templated=True,
-        help=f"A built-in job ({', '.join(sorted(BUILTIN_JOBS))}) or package.module:ClassName.")
+        help=f"A built-in job ({', '.join(sorted({**BUILTIN_JOBS, **BUILTIN_JAVASCRIPT_JOBS}))}), package.module:ClassName, or the "
+             f"path of a JavaScript job module (.mjs, .cjs, .js: run by the Node.js handlers).")
     inputs: dict[str, list[str]] = option(  # noqa: RUF009 - option() is dataclasses.field()
         flag="--input", metavar="[NAME=]URI", cli={"action": "append", "required": True},
         from_cli=parse_inputs, templated=True,

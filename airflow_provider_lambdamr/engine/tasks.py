@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from airflow_provider_lambdamr.engine import jobstate
+from airflow_provider_lambdamr.engine import jobstate, packaging
 from airflow_provider_lambdamr.engine.rounds import PartitionRounds
 from airflow_provider_lambdamr.engine.scheduler import Task
 from airflow_provider_lambdamr.engine.spec import JobSpec
@@ -25,7 +25,7 @@ class TaskFactory:
         self.map_only = map_only
         self.step_count = step_count
         self.job = JobConfig(
-            ref=spec.job_ref,
+            ref=packaging.event_ref(spec.job_ref),
             params=spec.params,
             partitions=spec.partitions,
             max_bad_records=spec.max_bad_records,

@@ -2,8 +2,9 @@
 
 The tests drive a handler implementation through events (JSON, as docs/schemas/event.schema.json
 describes them) and storage (files they read themselves); they import nothing of lambda_src.
-This harness runs the Python handlers in the local runtime from a built package. Another
-implementation (a Node.js one, say) is held to the same suite by swapping ``Implementation``.
+This harness runs each implementation's handlers in the local runtime from a built package:
+the Python ones (``lambda_src``) and the Node.js ones (``lambda_src/nodejs``), each with the
+suite's jobs written in its language; every test runs against both.
 """
 
 from __future__ import annotations
@@ -17,9 +18,15 @@ import jsonschema
 import pytest
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
-#: The package holds the fixture jobs (userjobs); events name any job in it.
-PACKAGE_JOB = "userjobs.conformance:Pairs"
 PATIENCE_S = 60
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+#: The suite's jobs by name, in each language: what a job's ``ref`` in an event is. The first
+#: names the module the package is built from; the package holds the others too.
+JOBS = {
+    "python": {"pairs": "userjobs.conformance:Pairs", "key-changing-combiner": "userjobs.lifetimes:KeyChangingCombiner"},
+    "nodejs": {"pairs": "job/conformance.mjs", "key-changing-combiner": "job/keychanging.mjs"},
+}
+PACKAGE_JOB = {"python": JOBS["python"]["pairs"], "nodejs": str(FIXTURES / "nodejobs" / "conformance.mjs")}
 
 
 def _validator(name: str) -> jsonschema.protocols.Validator:
@@ -56,8 +63,14 @@ class _Sent:
 class Implementation:
     """Invokes a handler with an event and reports the outcome as Lambda would."""
 
-    def __init__(self, runtime) -> None:
+    def __init__(self, runtime, language: str) -> None:
         self.runtime = runtime
+        self.language = language
+
+    def ref(self, job: str) -> str:
+        """The event's ``job.ref`` of the suite's job ``job`` in this implementation (a
+        Python-only test names its Python job by its ref)."""
+        return JOBS[self.language].get(job, job)
 
     def invoke(self, event: dict):
         request_id = self.runtime.invoke(_Sent(event))
@@ -69,11 +82,13 @@ class Implementation:
         raise AssertionError(f"no outcome of {event['task']} within {PATIENCE_S} s")
 
 
-@pytest.fixture(scope="module")
-def implementation(fixture_jobs_path) -> Iterator[Implementation]:
+@pytest.fixture(scope="module", params=sorted(JOBS))
+def implementation(request, fixture_jobs_path) -> Iterator[Implementation]:
     from airflow_provider_lambdamr.engine import packaging
     from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
 
+    if request.param == "nodejs":
+        request.getfixturevalue("node")  # skipped, saying why, without Node.js
     with LocalRuntime(workers=1, timeout_s=PATIENCE_S) as runtime:
-        runtime.deploy(packaging.build(PACKAGE_JOB))
-        yield Implementation(runtime)
+        runtime.deploy(packaging.build(PACKAGE_JOB[request.param]))
+        yield Implementation(runtime, request.param)

@@ -24,23 +24,6 @@ from airflow_provider_lambdamr.engine.spec import JobSpec
 from lambda_src import mapper, reducer
 from tests.helpers import read_counts, read_rows
 
-TRUST = {
-    "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-}
-
-
-@pytest.fixture
-def lambda_client(aws_env):
-    return boto3.client("lambda", region_name="us-east-1")
-
-
-@pytest.fixture
-def role_arn(aws_env):
-    iam = boto3.client("iam")
-    name = f"lmr-role-{uuid.uuid4().hex[:8]}"
-    return iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(TRUST))["Role"]["Arn"]
-
 
 def _versions(client, name):
     pages = client.get_paginator("list_versions_by_function").paginate(FunctionName=name)

@@ -21,7 +21,7 @@ import pytest
 from airflow_provider_lambdamr.engine import jobstate
 from tests.conftest import FIXTURES
 from tests.helpers import read_counts
-from tests.integration.test_aws_runtime import AsyncLambda, lambda_client, role_arn  # noqa: F401 - fixtures
+from tests.integration.test_aws_runtime import AsyncLambda
 from tests.integration.test_aws_runtime import _runtime as _aws_runtime
 
 JOB = "userjobs.lifetimes:SlowCount"
@@ -69,7 +69,7 @@ def _worker_pids(marks: Path) -> set[int]:
 
 
 def _is_worker(pid: int) -> bool:
-    """Whether ``pid`` is still a local-runtime worker that has not finished exiting.
+    """Whether ``pid`` is still a local-runtime worker (Python or Node.js) that has not finished exiting.
 
     A zombie has exited (its files are closed); a process whose command line is empty is
     exiting, so it still counts, as a worker; another command line is a reused pid.
@@ -79,7 +79,7 @@ def _is_worker(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError):
         return False
-    return state not in ("Z", "X") and (not cmdline or b"_bootstrap.py" in cmdline)
+    return state not in ("Z", "X") and (not cmdline or b"_bootstrap.py" in cmdline or b"bootstrap.mjs" in cmdline)
 
 
 def _kill_leftovers(pids: set[int]) -> None:
@@ -273,7 +273,7 @@ def test_a_missing_job_class_names_the_module_and_the_attribute(tmp_path):
 
 
 def test_on_the_aws_runtime_a_job_bug_is_blamed_on_the_job_and_a_lost_invocation_hints_at_memory(
-        lambda_client, role_arn, tmp_path, fixture_jobs_path):  # noqa: F811 - the imported fixtures
+        lambda_client, role_arn, tmp_path, fixture_jobs_path):
     from airflow_provider_lambdamr.engine.driver import Driver, JobFailed
     from airflow_provider_lambdamr.engine.spec import JobSpec
 

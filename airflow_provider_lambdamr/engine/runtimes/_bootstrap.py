@@ -29,6 +29,8 @@ PDEATHSIG_ENV = "LAMBDAMR_PDEATHSIG"
 TIMEOUT_EXIT = 124
 #: Exit status of a worker whose driver is gone.
 ORPHAN_EXIT = 125
+#: ``_bootstrap.py --exec PROGRAM ARGS...``: become another language's worker (see ``exec_worker``).
+EXEC_FLAG = "--exec"
 #: How often the watchdog checks that the driver is still the worker's parent.
 PARENT_POLL_S = 0.2
 _PR_SET_PDEATHSIG = 1
@@ -136,7 +138,17 @@ def _peak_rss_mb() -> float:
     return 0.0
 
 
+def exec_worker(argv: list[str]) -> None:
+    """Replace this process with another language's worker (a Node.js one), which then dies
+    with the driver too: the parent-death signal survives exec, and the worker checks its
+    parent itself (``LAMBDAMR_PARENT_PID``)."""
+    die_with_parent(int(os.environ.get(PARENT_PID_ENV) or os.getppid()))
+    os.execv(argv[0], argv)
+
+
 def main() -> None:
+    if sys.argv[1] == EXEC_FLAG:
+        exec_worker(sys.argv[2:])
     parent_pid = int(os.environ.get(PARENT_PID_ENV) or os.getppid())  # unset when run by hand
     die_with_parent(parent_pid)
     watchdog = Watchdog(parent_pid)

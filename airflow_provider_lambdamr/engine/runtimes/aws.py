@@ -27,6 +27,7 @@ from airflow_provider_lambdamr.engine import coordinator, packaging
 from airflow_provider_lambdamr.engine.packaging import CodePackage, LayerPackage
 from airflow_provider_lambdamr.engine.runtimes.base import (
     HANDLERS,
+    LANGUAGE_HANDLERS,
     InvocationResult,
     Runtime,
     list_status_dirs,
@@ -40,7 +41,9 @@ log = logging.getLogger(__name__)
 #: Lambda accepts zips up to this size in the request itself; larger ones go through S3.
 DIRECT_UPLOAD_LIMIT = 50 * 1024 * 1024
 ARCHITECTURES = ("x86_64", "arm64")
-RUNTIME_VERSIONS = ("python3.11", "python3.12", "python3.13")
+RUNTIME_VERSIONS = ("python3.11", "python3.12", "python3.13", "nodejs20.x", "nodejs22.x")
+#: The Lambda runtime of a JavaScript job when ``runtime_version`` names a Python one.
+NODE_RUNTIME = "nodejs20.x"
 THROTTLE_CODES = ("TooManyRequestsException", "ThrottlingException", "EC2ThrottledException")
 #: The suffix of the task functions' aliases whose ends go to the coordinator.
 COORDINATED = "-coordinated"
@@ -158,12 +161,20 @@ class AwsRuntime(Runtime):
         return None if self.layer or self.pyarrow_layer else f"pass {PYARROW_FLAGS}"
 
     # -- deploy ------------------------------------------------------------------------
-    def _configuration(self, kind: str, layers: list[str]) -> dict:
+    def lambda_runtime(self, package: CodePackage) -> str:
+        """The Lambda runtime for the package's handler language."""
+        if package.language == "nodejs":
+            return self.runtime_version if self.runtime_version.startswith("nodejs") else NODE_RUNTIME
+        if not self.runtime_version.startswith("python"):
+            raise DeployError(f"runtime_version {self.runtime_version} cannot run a Python job: use a python3.x runtime")
+        return self.runtime_version
+
+    def _configuration(self, kind: str, package: CodePackage, layers: list[str]) -> dict:
         coordinating = kind == coordinator.KIND
         return {
             "Role": self.role_arn,
-            "Handler": coordinator.HANDLER if coordinating else HANDLERS[kind],
-            "Runtime": self.runtime_version,
+            "Handler": coordinator.HANDLER if coordinating else LANGUAGE_HANDLERS[package.language][kind],
+            "Runtime": self.lambda_runtime(package),
             "MemorySize": coordinator.MEMORY_MB if coordinating else int(self.memory_mb),
             "Timeout": math.ceil(coordinator.TIMEOUT_S if coordinating else self.timeout_s),
             "TracingConfig": {"Mode": "Active" if self.tracing else "PassThrough"},
@@ -268,7 +279,7 @@ class AwsRuntime(Runtime):
         from botocore.exceptions import ClientError
 
         name = self.function_name(kind)
-        wanted = self._configuration(kind, layers)
+        wanted = self._configuration(kind, package, layers)
         alias = self.alias_name(package)
         try:
             existing = self.client.get_function(FunctionName=name)["Configuration"]
@@ -361,7 +372,7 @@ class AwsRuntime(Runtime):
             "memory_mb": self.memory_mb,
             "timeout_s": self.timeout_s,
             "architecture": self.architecture,
-            "runtime_version": self.runtime_version,
+            "runtime_version": self.lambda_runtime(package),
             "tracing": self.tracing,
             "pyarrow_layer": layer_report,
         }

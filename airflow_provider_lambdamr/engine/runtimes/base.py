@@ -18,6 +18,14 @@ HANDLERS = {
     "mapper": "lambda_src.mapper.lambda_handler",
     "reducer": "lambda_src.reducer.lambda_handler",
 }
+#: The same for each handler language (``CodePackage.language``), in Lambda's spelling.
+LANGUAGE_HANDLERS = {
+    "python": HANDLERS,
+    "nodejs": {
+        "mapper": "lambda_src/nodejs/mapper.handler",
+        "reducer": "lambda_src/nodejs/reducer.handler",
+    },
+}
 
 
 @dataclass

@@ -31,7 +31,7 @@ from airflow_provider_lambdamr.engine import packaging
 from airflow_provider_lambdamr.engine.packaging import CodePackage
 from airflow_provider_lambdamr.engine.runtimes import _bootstrap
 from airflow_provider_lambdamr.engine.runtimes.base import (
-    HANDLERS,
+    LANGUAGE_HANDLERS,
     InvocationResult,
     Runtime,
     read_failed_attempt,
@@ -99,8 +99,8 @@ class LocalRuntime(Runtime):
         handlers: dict[str, str] | None = None,
     ) -> None:
         """``handlers``: function kind → handler, of the functions these workers serve
-        (default: the mapper and reducer, ``HANDLERS``)."""
-        self.handlers = dict(handlers or HANDLERS)
+        (default: the mapper and reducer of the deployed package's language)."""
+        self.handlers = dict(handlers) if handlers else None
         self.workers = workers or os.cpu_count() or 1
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -144,7 +144,7 @@ class LocalRuntime(Runtime):
             "runtime": self.name,
             "version": package.version,
             "sha256": package.sha256,
-            "functions": {kind: self.function_name(kind) for kind in self.handlers},
+            "functions": {kind: self.function_name(kind) for kind in self._handlers()},
             "code_dir": str(self.code_dir),
         }
 
@@ -164,8 +164,7 @@ class LocalRuntime(Runtime):
             _bootstrap.PDEATHSIG_ENV: "1" if threading.current_thread() is threading.main_thread() else "0",
         }
         proc = subprocess.Popen(
-            [sys.executable, "-I", BOOTSTRAP, str(child.fileno()), str(self.code_dir),
-             *self.handlers.values()],
+            self._worker_command(child.fileno()),
             pass_fds=(child.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else None,
@@ -175,6 +174,25 @@ class LocalRuntime(Runtime):
         child.close()
         conn = Connection(parent.detach())
         return _Worker(proc=proc, conn=conn)
+
+    def _handlers(self) -> dict[str, str]:
+        """Function kind → handler: those given (the coordinator's), else the deployed
+        package's mapper and reducer, in its language."""
+        if self.handlers is not None:
+            return self.handlers
+        assert self.package is not None
+        return LANGUAGE_HANDLERS[self.package.language]
+
+    def _worker_command(self, fd: int) -> list[str]:
+        """A Python worker, or a Node.js one (exec'd by the Python bootstrap, which first makes
+        it die with this process: see ``_bootstrap.exec_worker``)."""
+        assert self.package is not None and self.code_dir is not None
+        handlers = list(self._handlers().values())
+        if self.package.language == packaging.NODEJS:
+            node = node_executable()
+            return [sys.executable, "-I", BOOTSTRAP, _bootstrap.EXEC_FLAG, node,
+                    str(self.code_dir / "lambda_src" / "nodejs" / "bootstrap.mjs"), str(fd), *handlers]
+        return [sys.executable, "-I", BOOTSTRAP, str(fd), str(self.code_dir), *handlers]
 
     def close(self) -> None:
         """Stop every worker; in-flight and queued invocations end as cancelled."""
@@ -211,12 +229,12 @@ class LocalRuntime(Runtime):
         return self._enqueue(_Pending("", function, event))
 
     def _enqueue(self, pending: _Pending) -> str:
-        if pending.function not in self.handlers:
-            raise ValueError(f"unknown function {pending.function!r}: expected one of {sorted(self.handlers)}")
         if self._closed:
             raise RuntimeError("the local runtime was stopped")
         if self.package is None:
             raise RuntimeError("deploy() a code package before invoking")
+        if pending.function not in self._handlers():
+            raise ValueError(f"unknown function {pending.function!r}: expected one of {sorted(self._handlers())}")
         pending.request_id = str(uuid.uuid4())
         self._queue.append(pending)
         self._dispatch()
@@ -243,7 +261,7 @@ class LocalRuntime(Runtime):
                 worker.killed_for = None
                 request = {
                     "request_id": pending.request_id,
-                    "handler": self.handlers[pending.function],
+                    "handler": self._handlers()[pending.function],
                     "function_name": self.function_name(pending.function),
                     "memory_mb": self.memory_mb,
                     "deadline_ms": worker.deadline * 1000,
@@ -389,6 +407,16 @@ class LocalRuntime(Runtime):
             billed_ms=max(1, math.ceil(elapsed_ms)),
             max_memory_mb=worker.peak_mb,
         )
+
+
+def node_executable() -> str:
+    """The ``node`` that runs JavaScript jobs' workers: ``LAMBDAMR_NODE``, else the one on PATH."""
+    import shutil
+
+    node = os.environ.get("LAMBDAMR_NODE") or shutil.which("node")
+    if not node:
+        raise RuntimeError("a JavaScript job needs Node.js 20 or later: install node, or set LAMBDAMR_NODE to its path")
+    return node
 
 
 def _has_fileno(stream) -> bool:

@@ -46,9 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from airflow_provider_lambdamr.engine import coordinator
-from airflow_provider_lambdamr.engine.packaging import CodePackage
+from airflow_provider_lambdamr.engine.packaging import LANGUAGES, CodePackage
 from airflow_provider_lambdamr.engine.runtimes.base import (
-    HANDLERS,
     InvocationResult,
     Runtime,
     list_status_dirs,
@@ -78,7 +77,9 @@ LOOP_S = 0.05
 #: must not keep the service from ever going idle).
 MAX_WATCHDOG_FAILURES = 10
 #: The kinds of function the service runs: the job's tasks, or a job's coordinator.
-FUNCTION_KINDS = {"tasks": HANDLERS, coordinator.KIND: {coordinator.KIND: coordinator.HANDLER}}
+#: The kinds of function the service runs, with their handlers (None: the package's mapper
+#: and reducer, in its language).
+FUNCTION_KINDS = {"tasks": None, coordinator.KIND: {coordinator.KIND: coordinator.HANDLER}}
 _HEADER = struct.Struct(">I")
 
 
@@ -422,7 +423,9 @@ class Service:
         self.last_active = time.monotonic()
         pkg = request["package"]
         package = CodePackage(path=str(pkg["path"]), sha256=str(pkg["sha256"]), size=int(pkg["size"]),
-                              modules=tuple(pkg["modules"]))
+                              modules=tuple(pkg["modules"]), language=str(pkg.get("language", "python")))
+        if package.language not in LANGUAGES:
+            raise ServiceError(f"unknown handler language {package.language!r}: one of {', '.join(LANGUAGES)}")
         with open(package.path, "rb") as fh:
             digest = hashlib.sha256(fh.read()).hexdigest()
         if digest != package.sha256:
@@ -525,7 +528,8 @@ class Service:
 
 
 def _package_dict(package: CodePackage) -> dict:
-    return {"path": package.path, "sha256": package.sha256, "size": package.size, "modules": list(package.modules)}
+    return {"path": package.path, "sha256": package.sha256, "size": package.size, "modules": list(package.modules),
+            "language": package.language}
 
 
 def _result_to_dict(res: InvocationResult) -> dict:
