@@ -128,6 +128,11 @@ def s3_bucket(aws_env: str, request: pytest.FixtureRequest) -> str:
     return name
 
 
+#: The trust policy of a role Lambda may assume.
+TRUST = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+
+
 @pytest.fixture
 def lambda_client(aws_env: str):
     """A Lambda client of moto's server."""
@@ -144,10 +149,8 @@ def role_arn(aws_env: str) -> str:
 
     import boto3
 
-    trust = {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
     name = f"lmr-role-{uuid.uuid4().hex[:8]}"
-    return boto3.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    return boto3.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(TRUST))["Role"]["Arn"]
 
 
 # -- the Node.js data plane ----------------------------------------------------------------------

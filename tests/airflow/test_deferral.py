@@ -18,7 +18,6 @@ import pytest
 
 from lambda_src import storage as st
 from tests.helpers import read_counts
-from tests.integration.test_aws_runtime import lambda_client, role_arn  # noqa: F401 - fixtures
 from tests.integration.test_service import svc_dir  # noqa: F401 - the fixture
 
 JOB = "userjobs.faulty:FaultyCount"
@@ -268,7 +267,7 @@ def test_not_waiting_refuses_the_local_runtime_too(tmp_path):
 
 
 def test_deferrable_operators_on_the_aws_runtime_launch_defer_retry_and_commit_exactly(
-        lambda_client, role_arn, s3_bucket, tmp_path, fixture_jobs_path, monkeypatch):  # noqa: F811
+        lambda_client, role_arn, s3_bucket, tmp_path, fixture_jobs_path, monkeypatch):
     """The aws runtime's deferral path: moto answers the deploy (functions, versions, aliases)
     and S3; Lambda's asynchronous invoke is the tests' stub (the handlers run on threads of
     this process). Each resume is a fresh operator; the triggers read the status records

@@ -28,7 +28,7 @@ from airflow_provider_lambdamr.engine.driver import Driver
 from airflow_provider_lambdamr.engine.runtimes.aws import AwsRuntime
 from airflow_provider_lambdamr.engine.spec import JobSpec
 from tests.helpers import read_counts
-from tests.integration.test_aws_runtime import AsyncLambda, lambda_client, role_arn  # noqa: F401 - fixtures
+from tests.integration.test_aws_runtime import AsyncLambda
 
 
 class DestinedLambda:
@@ -83,7 +83,7 @@ class DestinedLambda:
 
 
 def test_a_job_on_lambda_commits_through_destinations_and_the_watchdog_with_each_task_launched_once(
-    lambda_client, role_arn, s3_bucket  # noqa: F811 - fixtures
+    lambda_client, role_arn, s3_bucket
 ):
     s3 = boto3.client("s3")
     expected: collections.Counter = collections.Counter()

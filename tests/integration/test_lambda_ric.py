@@ -31,8 +31,8 @@ from airflow_provider_lambdamr.engine import amplab_gen, jobdir, packaging
 from airflow_provider_lambdamr.engine.driver import Driver, JobFailed
 from airflow_provider_lambdamr.engine.runtimes.aws import AwsRuntime
 from airflow_provider_lambdamr.engine.spec import JobSpec
+from tests.conftest import TRUST
 from tests.helpers import read_counts, read_rows, run_job
-from tests.integration.test_aws_runtime import TRUST
 from tests.lambda_ric import LambdaProcess, RuntimeApi, find_python, runtime_dir
 
 RUNTIME_VERSION = "python3.12"
