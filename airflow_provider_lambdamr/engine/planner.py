@@ -240,13 +240,14 @@ def plan(
             listed = [item for item in listed if item[1] != join["broadcast"]]
     total = sum(info.size for info, _ in listed)
     effective = balanced_split_size(total, split_size, parallelism)
-    heads = read_heads([info for info, _ in listed])
+    heads = read_heads([info for info, _ in [*listed, *broadcast]])
 
-    def split(item: tuple[st.ObjectInfo, str | None]) -> list[Segment]:
+    def split(item: tuple[st.ObjectInfo, str | None], size: int | None = None) -> list[Segment]:
+        """The object's splits of ``size`` bytes (default: the planned split size)."""
         info, name = item
         head = heads.get(info.uri, b"")
         fmt = formats.for_object(info.uri, (input_formats or {}).get(name or ""), head)
-        return fmt.split(info, effective, name, formats.compression_of(info.uri, head))
+        return fmt.split(info, size or effective, name, formats.compression_of(info.uri, head))
 
     # A format may read the object to split it (Parquet's footer): several at once on S3.
     segments = [seg for segs in st.per_object(split, listed, _uri) for seg in segs]
@@ -255,7 +256,8 @@ def plan(
         tasks = _equal_shares(segments, count, max_files_per_task)
     else:
         tasks = pack(segments, effective, max_files_per_task)
-    shared = [seg for info, name in broadcast for seg in formats.for_object(info.uri).split(info, info.size, name)]
+    # a broadcast input is read whole by every task: one split per object, in its own format
+    shared = [seg for item in broadcast for seg in split(item, max(1, item[0].size))]
     if shared:
         tasks = [MapTask(t.index, [*t.splits, *shared]) for t in tasks] or [MapTask(0, shared)]
     summary = {"objects": len(listed) + len(broadcast), "bytes": total + sum(i.size for i, _ in broadcast),
