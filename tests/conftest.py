@@ -32,23 +32,16 @@ def _private_service() -> Iterator[None]:
     """No test starts a local function service in the user's own directory: the session has a
     private one (short path: socket paths are limited), stopped at the end with its workers.
     Tests that need a service of their own use ``svc_dir`` (tests/integration/test_service.py)."""
-    import contextlib
     import shutil
-    import signal
 
     from airflow_provider_lambdamr.engine.runtimes import service
+    from tests.helpers import stop_test_service
 
     directory = Path(tempfile.mkdtemp(prefix="lmr-sess-", dir="/tmp")) / "svc"
     old = os.environ.get(service.DIR_ENV)
     os.environ[service.DIR_ENV] = str(directory)
     yield
-    pid_file = directory / service.PID_FILE
-    if pid_file.exists():
-        pid = int(pid_file.read_text())
-        with contextlib.suppress(Exception):
-            service.stop_service(directory, timeout_s=10)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    stop_test_service(directory)
     shutil.rmtree(directory.parent, ignore_errors=True)
     if old is None:
         os.environ.pop(service.DIR_ENV, None)

@@ -64,3 +64,23 @@ def fake_pyarrow_wheel(directory, version: str = "99.0.0", python: str = "3.12",
         zf.writestr("pyarrow/lib.pyx", "# cython\n")
         zf.writestr(f"pyarrow-{version}.dist-info/METADATA", f"Name: pyarrow\nVersion: {version}\n")
     return str(path)
+
+
+def stop_test_service(directory) -> None:
+    """Stop the local function service a test started in ``directory`` (if any) and, failing
+    that, kill it: no service or worker outlives the test that started it."""
+    import contextlib
+    import os
+    import signal
+    from pathlib import Path
+
+    from airflow_provider_lambdamr.engine.runtimes import service
+
+    pid_file = Path(directory) / service.PID_FILE
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    with contextlib.suppress(Exception):
+        service.stop_service(directory, timeout_s=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)

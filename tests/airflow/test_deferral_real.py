@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from lambda_src import storage as st
-from tests.helpers import read_counts
+from tests.helpers import read_counts, stop_test_service
 
 pytestmark = pytest.mark.slow
 
@@ -159,7 +159,6 @@ def _group_alive(pgid: int) -> bool:
 
 @pytest.fixture
 def airflow_stack(tmp_path):
-    from airflow_provider_lambdamr.engine.runtimes import service
 
     home = Path(tempfile.mkdtemp(prefix="lmr-af-", dir="/tmp"))
     svc_dir = home / "svc"
@@ -201,13 +200,7 @@ def airflow_stack(tmp_path):
     finally:
         groups = [p.pid for p in af.procs.values()]
         af.stop()
-        pid_file = svc_dir / service.PID_FILE
-        if pid_file.exists():
-            pid = int(pid_file.read_text())
-            with contextlib.suppress(Exception):
-                service.stop_service(svc_dir, timeout_s=10)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_test_service(svc_dir)
         assert not [g for g in groups if _group_alive(g)], "airflow processes outlived the test"
         shutil.rmtree(home, ignore_errors=True)
 

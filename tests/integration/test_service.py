@@ -7,7 +7,6 @@ stops it (by the pid the service recorded) however the test ends.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
 import re
@@ -28,7 +27,7 @@ from airflow_provider_lambdamr.engine.driver import Driver
 from airflow_provider_lambdamr.engine.runtimes import service
 from airflow_provider_lambdamr.engine.runtimes.service import ServiceError, ServiceRuntime
 from airflow_provider_lambdamr.engine.spec import JobSpec
-from tests.helpers import read_counts
+from tests.helpers import read_counts, stop_test_service
 
 LAMBDAMR = [sys.executable, "-m", "airflow_provider_lambdamr.cli"]
 WORD = re.compile(r"[\w']+")
@@ -73,13 +72,7 @@ def svc_dir(monkeypatch):
     directory = Path(tempfile.mkdtemp(prefix="lmr-svc-", dir="/tmp")) / "svc"
     monkeypatch.setenv(service.DIR_ENV, str(directory))
     yield directory
-    pid_file = directory / service.PID_FILE
-    if pid_file.exists():  # the service this test started: stop it and, failing that, kill it
-        pid = int(pid_file.read_text())
-        with contextlib.suppress(Exception):
-            service.stop_service(directory, timeout_s=10)
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    stop_test_service(directory)
     shutil.rmtree(directory.parent, ignore_errors=True)
 
 
