@@ -9,6 +9,7 @@ phase (they import ``phase_state`` from here).
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -18,6 +19,8 @@ from airflow_provider_lambdamr.engine.scheduler import InvocationStats
 from lambda_src import contract
 from lambda_src import storage as st
 from lambda_src.contract import MAP, REDUCE
+
+log = logging.getLogger(__name__)
 
 
 def write_json(uri: str, data: dict | list) -> None:
@@ -147,18 +150,39 @@ def record_invocations(job_dir: str, ledger: Ledger) -> None:
 
 
 def read_invocations(job_dir: str) -> Ledger:
-    """The sum of the job's ledger entries: the invocations every process recorded."""
+    """The sum of the job's ledger entries: the invocations every process recorded.
+
+    An entry that is not one this engine writes (corrupt, foreign) is left out, with a
+    warning naming it: the ledger is accounting, and it must not stop a commit.
+    """
     where = contract.ledger_dir(job_dir)
     store = st.for_uri(where)
     total = Ledger({MAP: InvocationStats(), REDUCE: InvocationStats()})
     for info in store.list(where):
         try:
             entry = json.loads(store.read_bytes(info.uri))
-            total += Ledger({p: InvocationStats(**entry["stats"][p]) for p in (MAP, REDUCE) if p in entry["stats"]},
-                            int(entry.get("speculative_attempts", 0)))
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"invocation ledger entry {info.uri} is not one this engine wrote: {err}") from None
+            total += Ledger({p: _ledger_stats(entry["stats"][p]) for p in (MAP, REDUCE) if p in entry["stats"]},
+                            _count(entry.get("speculative_attempts", 0)))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            log.warning("invocation ledger entry %s is not one this engine wrote (%s: %s): its invocations are "
+                        "not counted", info.uri, type(err).__name__, err)
     return total
+
+
+def _count(value: object) -> int:
+    if type(value) is not int or value < 0:
+        raise TypeError(f"{value!r} is not a count")
+    return value
+
+
+def _ledger_stats(data: dict) -> InvocationStats:
+    stats = InvocationStats(**data)
+    for value in (stats.invocations, stats.failures, stats.cold_starts, stats.billed_ms):
+        _count(value)
+    numbers = [stats.peak_memory_mb, *stats.durations_ms]
+    if not isinstance(stats.durations_ms, list) or not all(type(n) in (int, float) for n in numbers):
+        raise TypeError("durations and memory must be numbers")
+    return stats
 
 
 def read_step_plan(job_dir: str, step: int) -> list[tuple[list[str], int]] | None:
