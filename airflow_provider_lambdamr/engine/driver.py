@@ -475,36 +475,40 @@ class Driver:
             tasks_spec = self._later_step_inputs(step)
             bytes_total = sum(b for _, b in tasks_spec)
         listing = jobstate.list_statuses(self.job_dir, contract.status_prefix(step, MAP))
-        done = jobstate.read_records(self.job_dir, listing.committed)
+        committed = set(listing.committed)
+        #: The records of the tasks this process saw commit; the others are read at the commit
+        #: only (a phase rebuilt on every resume of a deferred task must not read them all).
         records: dict[int, dict] = {}
         todo: list[Task] = []
         count = len(tasks_spec)
+        already = bytes_already = 0
         for index, item in enumerate(tasks_spec):
-            key = contract.map_status_key(step, index)
-            if key in done:
-                records[index] = done[key]
-                continue
-            if step == 0:
+            if contract.map_status_key(step, index) in committed:
+                already += 1
+                bytes_already += sum(s["end"] - s["start"] for s in item) if step == 0 else item[1]
+            elif step == 0:
                 todo.append(self.tasks.map_task(index, count, item))
             else:
                 todo.append(self.tasks.later_map_task(step, index, count, *item))
-        if done:
-            log.info("%s: %d of %d tasks already done; running %d", phase, len(records), count, len(todo))
+        if already:
+            log.info("%s: %d of %d tasks already done; running %d", phase, already, count, len(todo))
 
         def finished(task: Task, record: dict) -> list[Task]:
             records[task.meta["index"]] = record
             return []
 
         def finish() -> list[dict]:
+            earlier = [i for i in range(count) if i not in records]
+            read = jobstate.read_records(self.job_dir, [contract.map_status_key(step, i) for i in earlier])
+            records.update((i, read[contract.map_status_key(step, i)]) for i in earlier)
             ordered = [records[i] for i in range(count)]
             if step == 0:
                 self._check_bad_record_budget(ordered)
             jobstate.write_map_commit(self.job_dir, self.spec.job_id, step, ordered)
             return ordered
 
-        bytes_already = sum(int(r.get("stats", {}).get("input_bytes", 0)) for r in records.values())
         sched = self._scheduler(phase, todo, finished, listing.failed_attempts, fresh_budget, in_flight,
-                                total=count, already=len(records), bytes_already=bytes_already,
+                                total=count, already=already, bytes_already=bytes_already,
                                 budget_base=budget_base)
         return _Phase(phase, sched, finish, bytes_total)
 

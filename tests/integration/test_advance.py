@@ -124,3 +124,38 @@ def _committed(spec: JobSpec) -> set[str]:
     from airflow_provider_lambdamr.engine import jobstate
 
     return set(jobstate.committed(spec.job_dir, ""))
+
+
+def test_a_rebuilt_map_phase_reads_the_earlier_records_once_at_its_commit(tmp_path, monkeypatch):
+    """Every resume of a deferred task rebuilds its phase from storage: it must list the
+    status records, not read every committed one (a 5,000-task phase resumed 100 times would
+    read 500,000 objects). They are read once, when the phase commits."""
+    from airflow_provider_lambdamr.engine import jobstate
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(6):
+        (inp / f"f{i}.txt").write_text(f"w{i} common\n")
+    spec = JobSpec(job="wordcount", inputs={"": [str(inp)]}, output=str(tmp_path / "out"), max_files_per_task=1,
+                   speculation=False)
+    with LocalRuntime(workers=2) as rt:
+        driver = Driver(spec, rt)
+        driver.prepare()
+        driver.run_share(driver.map_share(0, [0, 1, 2]))
+    reads: list[list[str]] = []
+    real = jobstate.read_records
+
+    def spy(job_dir, keys):
+        reads.append(sorted(keys))
+        return real(job_dir, keys)
+
+    monkeypatch.setattr(jobstate, "read_records", spy)
+    with LocalRuntime(workers=2) as rt:
+        driver = Driver(spec, rt)
+        waiting = driver.advance(stop_after_map=True)
+        assert reads == [] and {f.key for f in waiting.in_flight} <= {f"map/{i:05d}" for i in (3, 4, 5)}
+        while not waiting.stopped:
+            waiting = driver.advance(rt.poll(0.5), stop_after_map=True)
+    assert reads == [["map/00000", "map/00001", "map/00002"]], reads
+    records = jobstate.read_map_commit(spec.job_dir)
+    assert len(records) == 6 and all(r["outputs"] for r in records)
