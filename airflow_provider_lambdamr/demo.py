@@ -118,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     with open(out / summary["files"][0]) as fh:
         for _, line in zip(range(5), fh, strict=False):
             print("  " + line.rstrip("\n"))
+    from lambda_src import contract
+    from lambda_src import storage as st
+
+    report = Path(st.local_path(contract.report_uri(summary["job_dir"])))
+    if report.exists():
+        print(f"job report (a timeline of every task attempt): {report}")
     print(f"Airflow log: {log}")
     return 0
 

@@ -37,6 +37,9 @@ def test_make_demo_runs_the_expanded_dag_deferring_on_the_service_and_stops_it(t
     inputs = sorted(str(p) for p in (tmp_path / "samples" / "uservisits").iterdir() if p.is_file())
     assert_equal_to_duckdb(str(success.parent), inputs, summary)
     assert f"{summary['invocations']['map']['invocations']} map and" in res.stdout
+    # the commit wrote the job's report, and the demo says where
+    (report,) = re.findall(r"^job report \(a timeline of every task attempt\): (.+)$", res.stdout, re.M)
+    assert Path(report).is_file() and "<svg" in Path(report).read_text()
     # the demo's own service is stopped: no service process is left
     left = subprocess.run(["pgrep", "-f", "lmr-demo-"], capture_output=True, text=True).stdout.split()
     assert not left, f"a demo service process outlived the demo: {left}"
