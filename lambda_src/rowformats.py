@@ -230,9 +230,11 @@ class CsvFormat(fm.TextFormat):
 
         def lines() -> Iterator[str]:
             for block in fm.TextFormat.read_blocks(self, store, seg, on_bad, max_line_bytes, None):
+                # The text reader drops the \r of a \r\n ending; a quoted field keeps it.
+                crlf = [p.endswith(b"\r") for p in block.raw.split(b"\n")] if b"\r" in block.raw else None
                 for i, line in enumerate(block.records):
                     pending.append((block, i))
-                    yield line + "\n"
+                    yield line + ("\r\n" if crlf and crlf[i] else "\n")
 
         if csv.field_size_limit() < max_line_bytes:  # a field as long as a line may be (process-wide)
             csv.field_size_limit(max_line_bytes)
