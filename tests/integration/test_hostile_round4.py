@@ -9,6 +9,10 @@ import io
 
 import pyarrow.csv as pacsv
 
+from airflow_provider_lambdamr.engine import jobdir, jobstate
+from airflow_provider_lambdamr.engine.scheduler import InvocationStats
+from lambda_src import contract
+from lambda_src import storage as st
 from tests.helpers import read_rows, run_job
 
 
@@ -25,3 +29,30 @@ def test_a_quoted_csv_field_keeps_its_crlf(tmp_path, fixture_jobs_path):
     run_job(job="userjobs.rows:RegionRows", inputs={"": [str(path)]}, output=str(tmp_path / "out"),
             input_format="csv")
     assert {row[0]: int(row[1]) for row in read_rows(str(tmp_path / "out"))} == expected
+
+
+def test_cleanup_keeps_files_in_the_ledger_and_launch_directories_that_the_job_did_not_write(tmp_path):
+    """Defect: ``lambdamr cleanup --delete-job-dir`` deleted every file under ``invocations/``
+    and ``launch/`` (a user's notes there too), though the ledger's reader itself calls an
+    entry it did not write foreign. Only ledger entries (``<uuid4 hex>.json``) and launch
+    markers (``<status key>.a<N>.json``) are the job's."""
+    (tmp_path / "in.txt").write_text("a b a\n")
+    job_root = tmp_path / "jobs"
+    run_job(job="wordcount", inputs={"": [str(tmp_path / "in.txt")]}, output=str(tmp_path / "out"),
+            job_id="ledger", job_root=str(job_root))
+    job_dir = st.normalize(str(job_root / "ledger"))
+    jobstate.record_invocations(job_dir, jobstate.Ledger({contract.MAP: InvocationStats(invocations=2)}))
+    marker = job_root / "ledger" / contract.LAUNCH / "map" / "00000.a1.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text("{}")
+    assert contract.launch_of(job_dir, st.normalize(str(marker))) == ("map/00000", 1)  # a real marker's name
+    foreign = [job_root / "ledger" / contract.LEDGER / name for name in ("notes.txt", "mine.json", "sub/x.json")]
+    foreign += [job_root / "ledger" / contract.LAUNCH / "README"]
+    for path in foreign:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("not the job's")
+    report = jobdir.cleanup(job_dir, delete_job_dir=True)
+    assert sorted(report.kept) == sorted(st.normalize(str(p)) for p in foreign)
+    assert all(p.read_text() == "not the job's" for p in foreign)
+    left = sorted(str(p.relative_to(job_root)) for p in job_root.rglob("*") if p.is_file())
+    assert left == sorted(str(p.relative_to(job_root)) for p in foreign)  # the entry and the marker went
