@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import collections
 import io
+import random
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow.csv as pacsv
+import pytest
 
-from airflow_provider_lambdamr.engine import jobdir, jobstate
+from airflow_provider_lambdamr.engine import coordinator, jobdir, jobstate
+from airflow_provider_lambdamr.engine.driver import Driver
+from airflow_provider_lambdamr.engine.failures import JobFailed
 from airflow_provider_lambdamr.engine.scheduler import InvocationStats
+from airflow_provider_lambdamr.engine.spec import JobSpec
 from lambda_src import contract
 from lambda_src import storage as st
-from tests.helpers import read_rows, run_job
+from tests.helpers import read_counts, read_rows, run_job
+from tests.integration.test_coordinator import Bus, _deliver
 
 
 def test_a_quoted_csv_field_keeps_its_crlf(tmp_path, fixture_jobs_path):
@@ -56,3 +63,30 @@ def test_cleanup_keeps_files_in_the_ledger_and_launch_directories_that_the_job_d
     assert all(p.read_text() == "not the job's" for p in foreign)
     left = sorted(str(p.relative_to(job_root)) for p in job_root.rglob("*") if p.is_file())
     assert left == sorted(str(p.relative_to(job_root)) for p in foreign)  # the entry and the marker went
+
+
+def test_a_job_live_in_coordinator_mode_is_refused_to_a_driver_without_it(tmp_path, fixture_jobs_path):
+    """Defect: the same job id run without ``--coordinator`` while its coordinator advanced it
+    invoked attempts the coordinator had launched a second time (it takes no launch markers),
+    and its ``_SUCCESS`` counted 20 of the 24 invocations. Refused now; the coordinator then
+    commits the exact result with every attempt launched once and counted."""
+    lines = [" ".join(f"w{(i * 7 + j) % 13}" for j in range(5)) for i in range(400)]
+    (tmp_path / "in.txt").write_text("".join(line + "\n" for line in lines))
+    common = dict(job="wordcount", inputs={"": [str(tmp_path / "in.txt")]}, output=str(tmp_path / "out"),
+                  job_id="both", job_root=str(tmp_path / "jobs"), runtime="service", split_size=2000,
+                  partitions=2, speculation=False)
+    spec = JobSpec(coordinator=True, **common)
+    bus = Bus()
+    assert Driver(spec, bus).launch().state == "running"
+    _, record = bus.run(*bus.take())
+    assert coordinator.step(spec.job_dir, bus, coordinator.parse_event(record)).state == "running"
+    with pytest.raises(JobFailed, match=r"job both was launched in coordinator mode .* launch it again with "
+                                        r"--coordinator"):
+        Driver(JobSpec(**common), bus).run()
+    assert jobstate.read_failure(spec.job_dir) is None  # the refusal did not fail the coordinator's job
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        _deliver(bus, spec.job_dir, random.Random(4), drop=0.0, pool=pool)
+    assert read_counts(spec.output) == collections.Counter(" ".join(lines).split())
+    assert set(bus.launches.values()) == {1}
+    invocations = jobdir.read_success(spec.output).summary["invocations"]
+    assert sum(invocations[p]["invocations"] for p in ("map", "reduce")) == sum(bus.launches.values())
