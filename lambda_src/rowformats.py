@@ -228,8 +228,14 @@ class CsvFormat(fm.TextFormat):
         filters, columns = _shaped(job)
         pending: list[tuple[Any, int]] = []  # the lines of the record being read: (block, index)
 
+        def on_bad_row(offset: int, raw: bytes | str, reason: str) -> None:
+            if header is None:  # not a row to skip: the next one would be taken for the header
+                raise InputError(f"{seg.uri}: the CSV header at byte {offset} cannot be read: {reason}",
+                                 uri=seg.uri, offset=offset)
+            on_bad(offset, raw, reason)
+
         def lines() -> Iterator[str]:
-            for block in fm.TextFormat.read_blocks(self, store, seg, on_bad, max_line_bytes, None):
+            for block in fm.TextFormat.read_blocks(self, store, seg, on_bad_row, max_line_bytes, None):
                 # The text reader drops the \r of a \r\n ending; a quoted field keeps it.
                 crlf = [p.endswith(b"\r") for p in block.raw.split(b"\n")] if b"\r" in block.raw else None
                 for i, line in enumerate(block.records):
@@ -252,7 +258,7 @@ class CsvFormat(fm.TextFormat):
                 if not pending:
                     raise
                 block, i = pending[0]
-                on_bad(block.offset(i), block.records[i], f"malformed CSV record: {err}")
+                on_bad_row(block.offset(i), block.records[i], f"malformed CSV record: {_csv_error(err)}")
                 continue
             block, i = pending[0]
             if header is None:
@@ -293,6 +299,13 @@ class CsvFormat(fm.TextFormat):
 
     def read_tables(self, seg, job, max_line_bytes):
         raise fm.VectorFallback(f"{seg.describe()}: the csv format has no vectorized reader")
+
+
+def _csv_error(err: csv.Error) -> str:
+    """The csv module's complaint, without its advice for Python file objects."""
+    if str(err).startswith("new-line character seen in unquoted field"):
+        return "a \\r in an unquoted field (a line ends at \\n or \\r\\n): quote the field that holds it"
+    return str(err)
 
 
 @dataclass

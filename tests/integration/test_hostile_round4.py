@@ -90,3 +90,32 @@ def test_a_job_live_in_coordinator_mode_is_refused_to_a_driver_without_it(tmp_pa
     assert set(bus.launches.values()) == {1}
     invocations = jobdir.read_success(spec.output).summary["invocations"]
     assert sum(invocations[p]["invocations"] for p in ("map", "reduce")) == sum(bus.launches.values())
+
+
+@pytest.mark.parametrize("header", [b'region,"amo"unt', b"region,amount\rx", b"reg\xffion,amount"],
+                         ids=["quote", "lone-cr", "invalid-utf8"])
+def test_a_csv_header_that_cannot_be_read_fails_the_job_even_with_bad_records_allowed(tmp_path, fixture_jobs_path,
+                                                                                       header):
+    """Defect: with --max-bad-records, an unreadable CSV header was skipped as a bad record and
+    the first data row became the header: ``north,1`` named the columns and every later row
+    was read under those names (``{'north': 'south', '1': '2'}``), a silently wrong result."""
+    path = tmp_path / "in" / "rows.csv"
+    path.parent.mkdir()
+    path.write_bytes(header + b"\nnorth,1\nsouth,2\n")
+    with pytest.raises(JobFailed, match=rf"{st.normalize(str(path))}: the CSV header at byte 0 cannot be read: "):
+        run_job(job="userjobs.rows:RegionRows", inputs={"": [str(path)]}, output=str(tmp_path / "out"),
+                input_format="csv", max_bad_records=5)
+
+
+def test_a_lone_cr_in_an_unquoted_csv_field_is_a_bad_record_whose_reason_gives_a_remedy_that_works(
+    tmp_path, fixture_jobs_path
+):
+    """Defect: the reason was Python's "do you need to open the file in universal-newline
+    mode?", advice no user of lambdamr can follow."""
+    path = tmp_path / "in" / "rows.csv"
+    path.parent.mkdir()
+    path.write_bytes(b"region,amount\nno\rrth,1\nsouth,2\n")
+    with pytest.raises(JobFailed, match=r"at byte 14: malformed CSV record: a \\r in an unquoted field .*: quote") as err:
+        run_job(job="userjobs.rows:RegionRows", inputs={"": [str(path)]}, output=str(tmp_path / "out"),
+                input_format="csv")
+    assert "universal-newline" not in str(err.value)
