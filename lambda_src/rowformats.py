@@ -228,14 +228,22 @@ class CsvFormat(fm.TextFormat):
         filters, columns = _shaped(job)
         pending: list[tuple[Any, int]] = []  # the lines of the record being read: (block, index)
 
-        def on_bad_row(offset: int, raw: bytes | str, reason: str) -> None:
+        spoiled: list[str] = []  # why the record being read is bad: a line of it cannot be read
+
+        def bad_row(offset: int, raw: bytes | str, reason: str) -> None:
             if header is None:  # not a row to skip: the next one would be taken for the header
                 raise InputError(f"{seg.uri}: the CSV header at byte {offset} cannot be read: {reason}",
                                  uri=seg.uri, offset=offset)
             on_bad(offset, raw, reason)
 
+        def bad_line(offset: int, raw: bytes | str, reason: str) -> None:
+            if pending:  # inside a record (a quoted field spans lines): the record is bad, not the line
+                spoiled.append(reason)
+            else:
+                bad_row(offset, raw, reason)
+
         def lines() -> Iterator[str]:
-            for block in fm.TextFormat.read_blocks(self, store, seg, on_bad_row, max_line_bytes, None):
+            for block in fm.TextFormat.read_blocks(self, store, seg, bad_line, max_line_bytes, None):
                 # The text reader drops the \r of a \r\n ending; a quoted field keeps it.
                 crlf = [p.endswith(b"\r") for p in block.raw.split(b"\n")] if b"\r" in block.raw else None
                 for i, line in enumerate(block.records):
@@ -250,6 +258,7 @@ class CsvFormat(fm.TextFormat):
         out = _CsvBlock()
         while True:
             pending.clear()
+            spoiled.clear()
             try:
                 fields = next(rows)
             except StopIteration:
@@ -258,15 +267,18 @@ class CsvFormat(fm.TextFormat):
                 if not pending:
                     raise
                 block, i = pending[0]
-                on_bad_row(block.offset(i), block.records[i], f"malformed CSV record: {_csv_error(err)}")
+                bad_row(block.offset(i), block.records[i], f"malformed CSV record: {_csv_error(err)}")
                 continue
             block, i = pending[0]
+            if spoiled:
+                bad_row(block.offset(i), block.records[i], f"{spoiled[0]}, inside this record")
+                continue
+            if not fields:  # a blank line (before the header too)
+                continue
             if header is None:
                 header, picks = self._header(seg, fields, columns, filters)
                 continue
             if len(fields) != len(header):
-                if fields == []:  # a blank line
-                    continue
                 on_bad(block.offset(i), block.records[i],
                        f"CSV record of {len(fields)} fields, the header has {len(header)}")
                 continue

@@ -119,3 +119,36 @@ def test_a_lone_cr_in_an_unquoted_csv_field_is_a_bad_record_whose_reason_gives_a
         run_job(job="userjobs.rows:RegionRows", inputs={"": [str(path)]}, output=str(tmp_path / "out"),
                 input_format="csv")
     assert "universal-newline" not in str(err.value)
+
+
+def test_blank_lines_before_a_csv_header_are_skipped(tmp_path, fixture_jobs_path):
+    """Defect: a blank first line (after a BOM too) was taken for an empty header, so every
+    row was a bad record ("CSV record of 2 fields, the header has 0"). pyarrow's reader
+    (the reference) skips blank lines and reads the header after them."""
+    data = b"\xef\xbb\xbf\r\n\nregion,amount\nnorth,1\nsouth,2\nnorth,3\n"
+    path = tmp_path / "in" / "rows.csv"
+    path.parent.mkdir()
+    path.write_bytes(data)
+    expected = collections.Counter(pacsv.read_csv(io.BytesIO(data)).column("region").to_pylist())
+    summary = run_job(job="userjobs.rows:RegionRows", inputs={"": [str(path)]}, output=str(tmp_path / "out"),
+                      input_format="csv")
+    assert read_counts(str(tmp_path / "out")) == expected and summary["counters"]["bad_records"] == 0
+
+
+def test_invalid_utf8_inside_a_quoted_csv_field_makes_the_whole_record_bad(tmp_path, fixture_jobs_path):
+    """Defect: the line holding invalid UTF-8 was dropped from the middle of a quoted field
+    and the rest of the record was kept, spliced (``"x\\ny"`` for ``"x\\n<bad>\\ny"``): a
+    changed value, under a count of one skipped record. Now the record is the bad one, named
+    by the byte it starts at."""
+    good = b"region,amount\n"
+    bad = b'north,"x\n\xff\ny"\n'
+    path = tmp_path / "in" / "rows.csv"
+    path.parent.mkdir()
+    path.write_bytes(good + bad + b"south,2\n")
+    with pytest.raises(JobFailed, match=rf"bad record in {st.normalize(str(path))} at byte {len(good)}: invalid "
+                                        r"UTF-8 \(invalid start byte at byte 23\), inside this record"):
+        run_job(job="userjobs.rows:RegionRows", inputs={"": [str(path)]}, output=str(tmp_path / "out"),
+                input_format="csv")
+    summary = run_job(job="userjobs.rows:RegionRows", inputs={"": [str(path)]}, output=str(tmp_path / "skip"),
+                      input_format="csv", max_bad_records=1)
+    assert read_counts(str(tmp_path / "skip")) == {"south": 1} and summary["counters"]["bad_records"] == 1
