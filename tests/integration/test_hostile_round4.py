@@ -152,3 +152,20 @@ def test_invalid_utf8_inside_a_quoted_csv_field_makes_the_whole_record_bad(tmp_p
     summary = run_job(job="userjobs.rows:RegionRows", inputs={"": [str(path)]}, output=str(tmp_path / "skip"),
                       input_format="csv", max_bad_records=1)
     assert read_counts(str(tmp_path / "skip")) == {"south": 1} and summary["counters"]["bad_records"] == 1
+
+
+def test_a_driverconfig_naming_a_field_twice_is_refused(tmp_path):
+    """Defect: ``{"bucket": "data-b", ..., "bucket": "other-b"}`` read other-b and dropped
+    data-b without a word (json keeps the last), though every field is to be honoured or
+    refused by name. Inside a function's entry too."""
+    from airflow_provider_lambdamr.engine import driverconfig
+
+    path = tmp_path / "driverconfig.json"
+    for text, name in (('{"bucket": "data-b", "jobBucket": "job-b", "bucket": "other-b"}', "'bucket'"),
+                       ('{"bucket": "b1", "mapper": {"zip": "mapper.zip", "zip": "x.zip"}}', "'zip'")):
+        path.write_text(text)
+        with pytest.raises(driverconfig.DriverConfigError,
+                           match=rf"{path}: an object names {name} more than once \(JSON would keep only the last\)"):
+            driverconfig.load(str(path))
+    path.write_text('{"bucket": "data-b", "jobBucket": "job-b"}')
+    assert driverconfig.load(str(path)) == {"bucket": "data-b", "jobBucket": "job-b"}
