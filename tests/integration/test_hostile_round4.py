@@ -9,6 +9,7 @@ import io
 import random
 from concurrent.futures import ThreadPoolExecutor
 
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
@@ -169,3 +170,22 @@ def test_a_driverconfig_naming_a_field_twice_is_refused(tmp_path):
             driverconfig.load(str(path))
     path.write_text('{"bucket": "data-b", "jobBucket": "job-b"}')
     assert driverconfig.load(str(path)) == {"bucket": "data-b", "jobBucket": "job-b"}
+
+
+def _skippable(payload: bytes, kind: int = 0) -> bytes:
+    """A zstd skippable frame (RFC 8878 3.1.2), as pzstd writes before each frame it compresses."""
+    return bytes([0x50 + kind, 0x2A, 0x4D, 0x18]) + len(payload).to_bytes(4, "little") + payload
+
+
+@pytest.mark.parametrize("name", ["words.txt.zst", "words"], ids=["by-name", "by-signature"])
+def test_a_zstd_stream_starting_with_a_skippable_frame_is_read(tmp_path, name):
+    """Defect: a zstd object as pzstd writes it (a skippable frame, then a frame, and so on)
+    was refused as "not zstd data", named ``.zst`` or not (then it was read as text)."""
+    first, second = "a b a\nc\n" * 50, "b d\n" * 30
+    data = b"".join((_skippable(b"\x10\x00\x00\x00"), pa.compress(first.encode(), codec="zstd", asbytes=True),
+                     _skippable(b"", kind=15), pa.compress(second.encode(), codec="zstd", asbytes=True)))
+    path = tmp_path / "in" / name
+    path.parent.mkdir()
+    path.write_bytes(data)
+    run_job(job="wordcount", inputs={"": [str(path)]}, output=str(tmp_path / "out"))
+    assert read_counts(str(tmp_path / "out")) == collections.Counter((first + second).split())
