@@ -314,9 +314,11 @@ class CsvFormat(fm.TextFormat):
 
 
 def _csv_error(err: csv.Error) -> str:
-    """The csv module's complaint, without its advice for Python file objects."""
+    """The csv module's complaint in lambdamr's terms (its advice is for Python file objects)."""
     if str(err).startswith("new-line character seen in unquoted field"):
         return "a \\r in an unquoted field (a line ends at \\n or \\r\\n): quote the field that holds it"
+    if str(err).startswith("field larger than field limit"):
+        return f"a quoted field longer than the line limit ({err}): raise --max-line-bytes"
     return str(err)
 
 

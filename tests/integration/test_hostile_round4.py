@@ -189,3 +189,19 @@ def test_a_zstd_stream_starting_with_a_skippable_frame_is_read(tmp_path, name):
     path.write_bytes(data)
     run_job(job="wordcount", inputs={"": [str(path)]}, output=str(tmp_path / "out"))
     assert read_counts(str(tmp_path / "out")) == collections.Counter((first + second).split())
+
+
+def test_a_quoted_csv_field_over_the_line_limit_names_the_option_that_raises_it(tmp_path, fixture_jobs_path):
+    """Defect: a quoted field of many short lines, longer in all than --max-line-bytes, was a
+    bad record "field larger than field limit (1048576)", naming no option; raising
+    --max-line-bytes reads it."""
+    path = tmp_path / "in" / "rows.csv"
+    path.parent.mkdir()
+    path.write_bytes(b"region,amount\nnorth,\"" + b"x\n" * 600_000 + b"\"\nsouth,2\n")
+    with pytest.raises(JobFailed, match=r"at byte 14: malformed CSV record: a quoted field longer than the line "
+                                        r"limit \(.*\): raise --max-line-bytes"):
+        run_job(job="userjobs.rows:RegionRows", inputs={"": [str(path)]}, output=str(tmp_path / "out"),
+                input_format="csv")
+    run_job(job="userjobs.rows:RegionRows", inputs={"": [str(path)]}, output=str(tmp_path / "big"),
+            input_format="csv", max_line_bytes=2 * 1024 * 1024)
+    assert read_counts(str(tmp_path / "big")) == {"north": 1, "south": 1}
