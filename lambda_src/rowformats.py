@@ -267,13 +267,17 @@ class CsvFormat(fm.TextFormat):
                 if not pending:
                     raise
                 block, i = pending[0]
-                bad_row(block.offset(i), block.records[i], f"malformed CSV record: {_csv_error(err)}")
+                bad_row(block.offset(i), block.records[i], f"malformed CSV record: {_csv_error(err, max_line_bytes)}")
                 continue
             block, i = pending[0]
             if spoiled:
                 bad_row(block.offset(i), block.records[i], f"{spoiled[0]}, inside this record")
                 continue
             if not fields:  # a blank line (before the header too)
+                continue
+            # The csv module's limit is process-wide and only ever raised: the line limit is this job's.
+            if max(map(len, fields)) > max_line_bytes:
+                bad_row(block.offset(i), block.records[i], f"malformed CSV record: {_field_too_long(max_line_bytes)}")
                 continue
             if header is None:
                 header, picks = self._header(seg, fields, columns, filters)
@@ -313,13 +317,17 @@ class CsvFormat(fm.TextFormat):
         raise fm.VectorFallback(f"{seg.describe()}: the csv format has no vectorized reader")
 
 
-def _csv_error(err: csv.Error) -> str:
+def _csv_error(err: csv.Error, max_line_bytes: int) -> str:
     """The csv module's complaint in lambdamr's terms (its advice is for Python file objects)."""
     if str(err).startswith("new-line character seen in unquoted field"):
         return "a \\r in an unquoted field (a line ends at \\n or \\r\\n): quote the field that holds it"
     if str(err).startswith("field larger than field limit"):
-        return f"a quoted field longer than the line limit ({err}): raise --max-line-bytes"
+        return _field_too_long(max_line_bytes)
     return str(err)
+
+
+def _field_too_long(max_line_bytes: int) -> str:
+    return f"a quoted field longer than the line limit ({max_line_bytes} bytes): raise --max-line-bytes"
 
 
 @dataclass

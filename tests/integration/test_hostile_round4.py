@@ -5,6 +5,7 @@ Each test names the defect it pins: it failed on the code before its fix."""
 from __future__ import annotations
 
 import collections
+import csv
 import io
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -13,13 +14,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
-from airflow_provider_lambdamr.engine import coordinator, jobdir, jobstate
+from airflow_provider_lambdamr.engine import coordinator, jobdir, jobstate, planner
 from airflow_provider_lambdamr.engine.driver import Driver
 from airflow_provider_lambdamr.engine.failures import JobFailed
 from airflow_provider_lambdamr.engine.scheduler import InvocationStats
 from airflow_provider_lambdamr.engine.spec import JobSpec
-from lambda_src import contract
+from lambda_src import contract, formats
 from lambda_src import storage as st
+from lambda_src.job import MapReduceJob
 from tests.helpers import read_counts, read_rows, run_job
 from tests.integration.test_coordinator import Bus, _deliver
 
@@ -205,3 +207,25 @@ def test_a_quoted_csv_field_over_the_line_limit_names_the_option_that_raises_it(
     run_job(job="userjobs.rows:RegionRows", inputs={"": [str(path)]}, output=str(tmp_path / "big"),
             input_format="csv", max_line_bytes=2 * 1024 * 1024)
     assert read_counts(str(tmp_path / "big")) == {"north": 1, "south": 1}
+
+
+def test_the_csv_field_limit_is_the_jobs_not_what_an_earlier_job_left_in_a_warm_worker(tmp_path):
+    """Defect: the csv module's field limit is process-wide and was only ever raised, so a
+    warm worker that had run a job with a larger --max-line-bytes read a field that a cold
+    one refused: the result depended on the worker's history."""
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b"region,amount\nnorth,\"" + b"x\n" * 600_000 + b"\"\nsouth,2\n")
+    tasks, _ = planner.plan({"": [str(path)]}, 64 << 20, 10, input_formats={"": "csv"})
+    (seg,) = [seg for task in tasks for seg in task.splits]
+    job = type("WholeRows", (MapReduceJob,), {})()
+    before = csv.field_size_limit()
+    csv.field_size_limit(8 << 20)  # what an earlier job with --max-line-bytes 8MB leaves behind
+    try:
+        bad: list = []
+        rows = [r for block in formats.of(seg).read_blocks(st.for_uri(seg.uri), seg, lambda *a: bad.append(a),
+                                                            1 << 20, job) for r in block.records]
+    finally:
+        csv.field_size_limit(before)
+    assert rows == [{"region": "south", "amount": "2"}]
+    assert [(offset, reason) for offset, _, reason in bad] == [
+        (14, "malformed CSV record: a quoted field longer than the line limit (1048576 bytes): raise --max-line-bytes")]
