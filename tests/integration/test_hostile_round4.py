@@ -229,3 +229,20 @@ def test_the_csv_field_limit_is_the_jobs_not_what_an_earlier_job_left_in_a_warm_
     assert rows == [{"region": "south", "amount": "2"}]
     assert [(offset, reason) for offset, _, reason in bad] == [
         (14, "malformed CSV record: a quoted field longer than the line limit (1048576 bytes): raise --max-line-bytes")]
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+def test_a_ledger_entry_with_a_number_that_is_not_finite_is_left_out(tmp_path, number):
+    """Defect: json reads ``NaN`` and ``Infinity``; an entry holding them (no process of this
+    engine writes one) was summed, and ``_SUCCESS`` would carry task_ms ``Infinity`` (not
+    JSON to most readers) instead of the entry being left out with a warning."""
+    job_dir = st.normalize(str(tmp_path / "job"))
+    jobstate.record_invocations(job_dir, jobstate.Ledger({contract.MAP: InvocationStats(
+        durations_ms=[10.0], billed_ms=10, peak_memory_mb=60.0, invocations=1)}))
+    for field in ("durations_ms", "peak_memory_mb"):
+        value = f"[{number}]" if field == "durations_ms" else number
+        (tmp_path / "job" / contract.LEDGER / f"{field}.json").write_text(
+            '{"stats": {"map": {"durations_ms": [5.0], "billed_ms": 5, "peak_memory_mb": 50.0, "invocations": 1, '
+            f'"failures": 0, "cold_starts": 0, "{field}": {value}}}}}}}')
+    summary = jobstate.read_invocations(job_dir).stats[contract.MAP].summary()
+    assert summary["invocations"] == 1 and summary["task_ms"] == {"min": 10.0, "median": 10.0, "max": 10.0}
