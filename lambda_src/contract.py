@@ -88,8 +88,13 @@ def report_uri(job_dir: str) -> str:
     return st.join(job_dir, REPORT)
 
 
+#: A ledger entry's name: a random uuid4, in hex.
+_LEDGER_ENTRY = re.compile(rf"^[0-9a-f]{{32}}{re.escape(_JSON)}$")
+
+
 def ledger_entry_uri(job_dir: str, name: str) -> str:
-    """An entry of the invocation ledger: ``invocations/<name>.json``, one per driver process."""
+    """An entry of the invocation ledger: ``invocations/<name>.json``, one per driver process
+    (``name``: a uuid4 in hex)."""
     return st.join(job_dir, LEDGER, name + _JSON)
 
 
@@ -270,7 +275,11 @@ def written_by_job(rel: str) -> bool:
     if _STEP_DIR.match(parts[0]) and len(parts) > 1:
         parts = parts[1:]
         return (parts[0] in INTERMEDIATE and len(parts) > 1) or parts == [STEP_PLAN] or parts == [MAP_COMMIT]
-    if parts[0] in (*INTERMEDIATE, STATUS, LEDGER, LAUNCH):
+    if parts[0] == LEDGER:
+        return len(parts) == 2 and bool(_LEDGER_ENTRY.match(parts[1]))
+    if parts[0] == LAUNCH:
+        return len(parts) > 1 and bool(_LAUNCH_MARKER.match("/".join(parts[1:])))
+    if parts[0] in (*INTERMEDIATE, STATUS):
         return len(parts) > 1
     return parts in ([MANIFEST], [FAILURE], [MAP_COMMIT], [REPORT], [COORDINATOR])
 

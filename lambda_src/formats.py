@@ -155,6 +155,12 @@ class Codec:
     #: A new streaming decompressor (``decompress``, ``eof``, ``unused_data``: zlib's, bz2's
     #: and lzma's interface); None for a codec read through pyarrow.
     decompressor: Callable[[], Any] | None
+    #: Other first bytes a stream of the codec may start with.
+    other_magic: tuple[bytes, ...] = ()
+
+    @property
+    def signatures(self) -> tuple[bytes, ...]:
+        return (self.magic, *self.other_magic)
 
 
 CODECS = {
@@ -163,7 +169,9 @@ CODECS = {
         Codec("gzip", (".gz", ".gzip"), b"\x1f\x8b", lambda: zlib.decompressobj(wbits=31)),
         Codec("bz2", (".bz2",), b"BZh", bz2.BZ2Decompressor),
         Codec("xz", (".xz",), b"\xfd7zXZ\x00", lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ)),
-        Codec("zstd", (".zst", ".zstd"), b"\x28\xb5\x2f\xfd", None),
+        # A zstd stream may start with a skippable frame (pzstd writes one before each frame).
+        Codec("zstd", (".zst", ".zstd"), b"\x28\xb5\x2f\xfd", None,
+              tuple(bytes([0x50 + i, 0x2A, 0x4D, 0x18]) for i in range(16))),
     )
 }
 #: How many leading bytes ``compression_of`` and ``for_object`` look at.
@@ -189,7 +197,7 @@ def compression_of(uri: str, head: bytes = b"") -> str | None:
     by_name = codec_by_name(uri)
     if by_name:
         return by_name
-    return next((c.name for c in CODECS.values() if head.startswith(c.magic)), None)
+    return next((c.name for c in CODECS.values() if head.startswith(c.signatures)), None)
 
 
 def for_object(uri: str, name: str | None = None, head: bytes = b"") -> InputFormat:
@@ -243,7 +251,7 @@ def check_text(uri: str, head: bytes) -> None:
         if head.startswith(magic):
             raise unsupported_format(uri, what, 0)
     for codec in CODECS.values():  # planned as plain text, but compressed
-        if head.startswith(codec.magic):
+        if head.startswith(codec.signatures):
             raise unsupported_format(uri, f"{codec.name} data read as plain text", 0)
 
 
@@ -370,9 +378,9 @@ def _checked_magic(chunks: Iterator[bytes], uri: str, codec: Codec) -> Iterator[
     head = b""
     for chunk in chunks:
         head += chunk
-        if len(head) >= len(codec.magic):
+        if len(head) >= max(map(len, codec.signatures)):
             break
-    if head and not head.startswith(codec.magic):
+    if head and not head.startswith(codec.signatures):
         raise InputError(
             f"{uri}: not {codec.name} data (it starts with {head[:HEAD_BYTES]!r}, not the {codec.name} "
             f"signature {codec.magic!r}): rename it, or check how it was written",

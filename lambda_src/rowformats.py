@@ -228,11 +228,27 @@ class CsvFormat(fm.TextFormat):
         filters, columns = _shaped(job)
         pending: list[tuple[Any, int]] = []  # the lines of the record being read: (block, index)
 
+        spoiled: list[str] = []  # why the record being read is bad: a line of it cannot be read
+
+        def bad_row(offset: int, raw: bytes | str, reason: str) -> None:
+            if header is None:  # not a row to skip: the next one would be taken for the header
+                raise InputError(f"{seg.uri}: the CSV header at byte {offset} cannot be read: {reason}",
+                                 uri=seg.uri, offset=offset)
+            on_bad(offset, raw, reason)
+
+        def bad_line(offset: int, raw: bytes | str, reason: str) -> None:
+            if pending:  # inside a record (a quoted field spans lines): the record is bad, not the line
+                spoiled.append(reason)
+            else:
+                bad_row(offset, raw, reason)
+
         def lines() -> Iterator[str]:
-            for block in fm.TextFormat.read_blocks(self, store, seg, on_bad, max_line_bytes, None):
+            for block in fm.TextFormat.read_blocks(self, store, seg, bad_line, max_line_bytes, None):
+                # The text reader drops the \r of a \r\n ending; a quoted field keeps it.
+                crlf = [p.endswith(b"\r") for p in block.raw.split(b"\n")] if b"\r" in block.raw else None
                 for i, line in enumerate(block.records):
                     pending.append((block, i))
-                    yield line + "\n"
+                    yield line + ("\r\n" if crlf and crlf[i] else "\n")
 
         if csv.field_size_limit() < max_line_bytes:  # a field as long as a line may be (process-wide)
             csv.field_size_limit(max_line_bytes)
@@ -242,6 +258,7 @@ class CsvFormat(fm.TextFormat):
         out = _CsvBlock()
         while True:
             pending.clear()
+            spoiled.clear()
             try:
                 fields = next(rows)
             except StopIteration:
@@ -250,15 +267,22 @@ class CsvFormat(fm.TextFormat):
                 if not pending:
                     raise
                 block, i = pending[0]
-                on_bad(block.offset(i), block.records[i], f"malformed CSV record: {err}")
+                bad_row(block.offset(i), block.records[i], f"malformed CSV record: {_csv_error(err, max_line_bytes)}")
                 continue
             block, i = pending[0]
+            if spoiled:
+                bad_row(block.offset(i), block.records[i], f"{spoiled[0]}, inside this record")
+                continue
+            if not fields:  # a blank line (before the header too)
+                continue
+            # The csv module's limit is process-wide and only ever raised: the line limit is this job's.
+            if max(map(len, fields)) > max_line_bytes:
+                bad_row(block.offset(i), block.records[i], f"malformed CSV record: {_field_too_long(max_line_bytes)}")
+                continue
             if header is None:
                 header, picks = self._header(seg, fields, columns, filters)
                 continue
             if len(fields) != len(header):
-                if fields == []:  # a blank line
-                    continue
                 on_bad(block.offset(i), block.records[i],
                        f"CSV record of {len(fields)} fields, the header has {len(header)}")
                 continue
@@ -291,6 +315,19 @@ class CsvFormat(fm.TextFormat):
 
     def read_tables(self, seg, job, max_line_bytes):
         raise fm.VectorFallback(f"{seg.describe()}: the csv format has no vectorized reader")
+
+
+def _csv_error(err: csv.Error, max_line_bytes: int) -> str:
+    """The csv module's complaint in lambdamr's terms (its advice is for Python file objects)."""
+    if str(err).startswith("new-line character seen in unquoted field"):
+        return "a \\r in an unquoted field (a line ends at \\n or \\r\\n): quote the field that holds it"
+    if str(err).startswith("field larger than field limit"):
+        return _field_too_long(max_line_bytes)
+    return str(err)
+
+
+def _field_too_long(max_line_bytes: int) -> str:
+    return f"a quoted field longer than the line limit ({max_line_bytes} bytes): raise --max-line-bytes"
 
 
 @dataclass

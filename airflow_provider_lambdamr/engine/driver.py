@@ -322,11 +322,26 @@ class Driver:
         t0 = time.time()
         if self.spec.recompute and self.completed_summary() is not None:
             self.reset()
+        if not self.spec.coordinator:
+            self._refuse_a_live_coordinator()
         preflight.check_output(self.spec)
         self._deploy()  # workers start (cold) while the inputs are listed
         self.manifest = self.tasks.use_plan(self._load_or_plan())
         self.timings["plan"] = round(time.time() - t0, 3)
         return self.manifest
+
+    def _refuse_a_live_coordinator(self) -> None:
+        """A job launched in coordinator mode that has not failed is its coordinator's to
+        advance: a driver without coordinator mode takes no launch markers, so it would invoke
+        the attempts the coordinator launched a second time (and count only its own)."""
+        uri = contract.coordinator_uri(self.job_dir)
+        if self.store.exists(uri) and jobstate.read_failure(self.job_dir) is None:
+            raise JobFailed(
+                f"job {self.spec.job_id} was launched in coordinator mode ({uri}) and its coordinator "
+                f"advances it: follow it with `lambdamr status {self.job_dir} --wait`, or launch it "
+                f"again with --coordinator (coordinator=True)",
+                phase="prepare", resumable=False,
+            )
 
     def run_map(self, step: int = 0) -> list[dict]:
         """Run every map task of a step not yet done; return its status records, in task order.

@@ -11,6 +11,7 @@ is either honoured or refused with an error naming it; nothing is silently dropp
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -43,7 +44,7 @@ def load(path: str) -> dict:
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
     try:
-        config = json.loads(text)
+        config = json.loads(text, object_pairs_hook=functools.partial(_unique, path))
     except json.JSONDecodeError as err:
         hint = ""
         if re.search(r",\s*[}\]]", text):
@@ -53,6 +54,16 @@ def load(path: str) -> dict:
     if not isinstance(config, dict):
         raise DriverConfigError(f"{path} must hold a JSON object, got {type(config).__name__}")
     return config
+
+
+def _unique(path: str, pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose names are unique (json keeps the last of a repeated name)."""
+    names = [name for name, _ in pairs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DriverConfigError(f"{path}: an object names {', '.join(map(repr, repeated))} more than once (JSON "
+                                f"would keep only the last): remove the others")
+    return dict(pairs)
 
 
 def _field(config: Mapping[str, Any], name: str, kind: type, where: str) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -180,8 +181,9 @@ def _ledger_stats(data: dict) -> InvocationStats:
     for value in (stats.invocations, stats.failures, stats.cold_starts, stats.billed_ms):
         _count(value)
     numbers = [stats.peak_memory_mb, *stats.durations_ms]
-    if not isinstance(stats.durations_ms, list) or not all(type(n) in (int, float) for n in numbers):
-        raise TypeError("durations and memory must be numbers")
+    if not isinstance(stats.durations_ms, list) or not all(type(n) in (int, float) and math.isfinite(n)
+                                                           for n in numbers):
+        raise TypeError("durations and memory must be finite numbers")
     return stats
 
 

@@ -138,12 +138,12 @@ def test_a_csv_header_is_read_once_per_object_and_quoted_newlines_stay_in_their_
     path.write_bytes(data)
     segs, records, bad = _read(path, 4, _job(), "csv")
     assert [(s.start, s.end) for s in segs] == [(0, len(data))]  # never cut: a whole object
-    assert [r for r, _, _ in records] == [{"a": "1", "b": "x\ny"}, {"a": "2", "b": 'say "hi", twice'},
+    assert [r for r, _, _ in records] == [{"a": "1", "b": "x\r\ny"}, {"a": "2", "b": 'say "hi", twice'},
                                           {"a": "3", "b": ""}]
     assert [off for _, _, off in records] == [data.index(b"1,"), data.index(b"2,"), data.index(b"3,")]
     assert not bad
     _, records, _ = _read(path, 4, _job(input_columns=("b",)), "csv")
-    assert [r for r, _, _ in records] == [("x\ny",), ('say "hi", twice',), ("",)]
+    assert [r for r, _, _ in records] == [("x\r\ny",), ('say "hi", twice',), ("",)]
 
 
 def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path):
