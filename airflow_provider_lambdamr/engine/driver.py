@@ -460,7 +460,9 @@ class Driver:
         keys = sorted({f.key for f in in_flight})
         if not keys:
             return
-        listing = set(jobstate.committed(self.job_dir, ""))
+        # one listing per status directory they live in (not the whole job's records)
+        listing = {key for where in {k.rsplit("/", 1)[0] for k in keys}
+                   for key in jobstate.committed(self.job_dir, where)}
         records = jobstate.read_records(self.job_dir, [k for k in keys if k in listing])
         for f in in_flight:
             record = records.get(f.key)
