@@ -16,7 +16,6 @@ generated and the result goes to a directory per run.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from datetime import datetime
 
@@ -51,16 +50,15 @@ with DAG(
             return params["input"]
         from airflow_provider_lambdamr.engine import amplab_gen
 
-        target = os.path.join(SAMPLE_ROOT, "uservisits-small")
-        if not os.path.isdir(target):
-            amplab_gen.generate(target, table="uservisits", rows=50_000, files=4, seed=42)
-        return target
+        return amplab_gen.sample(os.path.join(SAMPLE_ROOT, "uservisits-small"), table="uservisits", rows=50_000)
 
     @task
     def output_uri(run_id: str | None = None, params: dict | None = None) -> str:
         if params and params["output"]:
             return params["output"]
-        return os.path.join(SAMPLE_ROOT, "results", "deferrable", re.sub(r"[^\w.-]+", "_", run_id or "run"))
+        from airflow_provider_lambdamr.engine import amplab_gen
+
+        return amplab_gen.run_directory(SAMPLE_ROOT, "deferrable", run_id)
 
     map_task = LambdaMapOperator(
         task_id="map",

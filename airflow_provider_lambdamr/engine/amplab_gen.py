@@ -359,3 +359,35 @@ def generate(
     if progress is not None and reported != rows:
         progress(rows, rows)
     return written
+
+
+def sample(directory: str, *, table: str, rows: int, files: int = 4, seed: int = 42) -> str:
+    """A local sample table in ``directory``, generated once: into a private directory that
+    is then renamed into place, so concurrent runs (two DAG runs of an example) never read a
+    half-written sample; the loser of a race discards its copy. Returns ``directory``."""
+    import os
+    import shutil
+    import tempfile
+
+    if os.path.isdir(directory):
+        return directory
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".sample-", dir=parent)
+    try:
+        generate(tmp, table=table, rows=rows, files=files, seed=seed)
+        os.rename(tmp, directory)
+    except OSError:
+        if not os.path.isdir(directory):
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def run_directory(root: str, kind: str, run_id: str | None) -> str:
+    """``<root>/results/<kind>/<run id, made a file name>``: an example run's own output."""
+    import os
+    import re
+
+    return os.path.join(root, "results", kind, re.sub(r"[^\w.-]+", "_", run_id or "run"))

@@ -289,3 +289,28 @@ def test_writes_parquet_to_s3(s3_bucket: str, tmp_path: Path) -> None:
     body = boto3.client("s3").get_object(Bucket=s3_bucket, Key="data/rankings/part-00000.parquet")["Body"].read()
     assert len(body) == files[0]["bytes"]
     assert body == Path(st.local_path(local[0]["uri"])).read_bytes()
+
+
+def test_a_sample_generated_by_concurrent_runs_is_whole_and_written_once(tmp_path):
+    """Two runs of an example DAG at once: each gets the whole sample, never a half-written
+    one, and no private copy is left behind."""
+    import threading
+
+    target = str(tmp_path / "samples" / "uservisits")
+    got: list[str] = []
+    runs = [threading.Thread(target=lambda: got.append(amplab_gen.sample(target, table="uservisits", rows=3_000,
+                                                                         files=3, seed=7))) for _ in range(4)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
+    assert got == [target] * 4
+    reference = tmp_path / "reference"
+    amplab_gen.generate(str(reference), table="uservisits", rows=3_000, files=3, seed=7)
+    written = sorted(p.name for p in (tmp_path / "samples" / "uservisits").iterdir())
+    assert written == sorted(p.name for p in reference.iterdir())
+    for name in written:
+        assert (tmp_path / "samples" / "uservisits" / name).read_bytes() == (reference / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["uservisits"]
+    assert amplab_gen.run_directory("/r", "amplab-2a", "manual__2024-01-01T00:00:00+00:00") == \
+        "/r/results/amplab-2a/manual__2024-01-01T00_00_00_00_00"
