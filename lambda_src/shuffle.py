@@ -144,20 +144,9 @@ class ShuffleCodec:
 
     def partition_keys(self, keys: Any, partitions: int) -> list[int]:
         """:meth:`partition_of` of each key of an Arrow array (needs pyarrow)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
+        from lambda_src import arrow_shuffle
 
-        crc = zlib.crc32
-        if partitions == 1:
-            return [0] * len(keys)
-        if pa.types.is_string(keys.type) and keys.null_count == 0 and not pc.any(
-            pc.match_substring_regex(keys, r'["\\\x00-\x1f\x7f]')
-        ).as_py():
-            # Strings JSON encodes as themselves in quotes: build those bytes in Arrow.
-            quoted = pc.cast(pc.binary_join_element_wise('"', keys, '"', ""), pa.binary())
-            return [crc(b) % partitions for b in quoted.to_pylist()]
-        encode_key = self.encode_key
-        return [crc(encode_key(k)) % partitions for k in keys.to_pylist()]
+        return arrow_shuffle.partition_ids(keys, partitions).to_pylist()
 
     def iter_lines(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         """Lines (with their ``\\n``) from a stream of byte chunks."""

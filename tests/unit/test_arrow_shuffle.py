@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st_
 
 from lambda_src import arrow_shuffle as ash
 from lambda_src import output, shuffle
@@ -67,3 +69,29 @@ def test_table_csv_matches_the_record_mode_formatter(columns):
     for row in zip(*[table.column(n).to_pylist() for n in table.column_names], strict=True):
         writer.writerow(output.csv_fields(row[0], list(row[1:])) if len(row) > 1 else output.csv_fields(row[0], []))
     assert expected.decode() == buf.getvalue()
+
+
+FLOATS = st_.floats(allow_nan=True, allow_infinity=True, width=64)
+#: Magnitudes where Python and Arrow switch notation, and their neighbours.
+EDGES = st_.sampled_from([1e-4, 9.999999999999999e-05, 1e-5, 1e15, 1e16, 9999999999999998.0, 1e14,
+                          123456789012345.6, 0.0, -0.0, 3.0, 100.0, 0.30000000000000004])
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st_.lists(st_.one_of(FLOATS, EDGES, st_.none()), min_size=1, max_size=30),
+       keys=st_.lists(st_.one_of(st_.text(max_size=6), st_.text(st_.sampled_from('ab ,"\r\n\x00\x7fé'), max_size=4)),
+                      min_size=30, max_size=30))
+def test_any_floats_and_strings_are_written_as_the_record_mode_writes_them(values, keys):
+    table = pa.table({"k": pa.array(keys[: len(values)], pa.string()), "v": pa.array(values, pa.float64())})
+    expected = output.columns_to_csv([table.column(n).to_pylist() for n in table.column_names])
+    assert ash.table_to_csv(table) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=st_.lists(st_.one_of(st_.text(max_size=8), st_.text(st_.sampled_from('ab "\\\t\x00\x1f\x7fé'), max_size=4)),
+                      min_size=1, max_size=20))
+def test_json_as_is_is_exactly_whether_json_writes_the_string_unescaped(keys):
+    import json
+
+    assert ash.json_as_is(pa.array(keys, pa.string())) == all(
+        json.dumps(k, ensure_ascii=False) == f'"{k}"' and "\x7f" not in k for k in keys)

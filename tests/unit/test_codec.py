@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st_
 
+from lambda_src import arrow_shuffle as ash
 from lambda_src.shuffle import CODEC
 
 #: Strings JSON writes as themselves in quotes (the partitioner's fast path)...
@@ -30,6 +33,20 @@ def test_the_arrow_partitioner_equals_the_scalar_one(keys, partitions, chunks):
     cut = -(-len(keys) // chunks) or 1
     column = pa.chunked_array([pa.array(keys[i:i + cut]) for i in range(0, len(keys), cut)] or [pa.array([], pa.string())])
     assert CODEC.partition_keys(column, partitions) == _scalar(keys, partitions)
+
+
+#: Printable ASCII of every length around the Arrow CRC's 8-byte words and its 64-byte limit.
+ASCII = st_.text(st_.characters(min_codepoint=32, max_codepoint=126), max_size=70)
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=st_.lists(ASCII, max_size=30), partitions=st_.integers(2, 1000), skip=st_.integers(0, 3))
+def test_the_arrow_crc_of_ascii_keys_is_zlibs(keys, partitions, skip):
+    column = pa.array(["pad"] * skip + keys).slice(skip)  # an array with an offset, as slices have
+    assert CODEC.partition_keys(column, partitions) == _scalar(keys, partitions)
+    plain = [k for k in keys if '"' not in k and "\\" not in k and len(k) <= 64]
+    if plain:
+        assert ash._crc32_quoted(pa.array(plain)).to_pylist() == [zlib.crc32(f'"{k}"'.encode()) for k in plain]
 
 
 @pytest.mark.parametrize("key", ['a"b', "a\\b", "tab\there", "\x00", "\x1f", "\x7f", "é", ""])
