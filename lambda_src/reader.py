@@ -38,8 +38,9 @@ class Segment:
     #: The name of the :class:`~lambda_src.formats.InputFormat` that planned it.
     format: str = "text"
     #: The row groups ``[first, stop)`` of a split of a format that has them (Parquet); the
-    #: byte range is then theirs, for sizing only.
-    row_groups: tuple[int, int] | None = None
+    #: byte range is then theirs, for sizing only. ``stop`` None: to the object's last row
+    #: group (the whole object, planned without reading its footer).
+    row_groups: tuple[int, int | None] | None = None
 
     def to_dict(self) -> dict:
         out = {"uri": self.uri, "start": self.start, "end": self.end, "size": self.size}
@@ -78,19 +79,25 @@ class Segment:
     def describe(self) -> str:
         if self.row_groups is not None:
             first, stop = self.row_groups
+            if stop is None:
+                return f"{self.uri} row groups {first}-last"
             return f"{self.uri} row groups {first}-{stop - 1}" if stop > first else f"{self.uri} (no row groups)"
         if self.compression:
             return f"{self.uri} (whole, {self.compression})"
         return f"{self.uri} bytes {self.start}-{self.end}"
 
 
-def _row_groups(value: Any) -> tuple[int, int] | None:
+def _row_groups(value: Any) -> tuple[int, int | None] | None:
     if value is None:
         return None
-    if (not isinstance(value, list | tuple) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-            or not 0 <= value[0] <= value[1]):
-        raise ValueError(f"row_groups must be [first, stop) with 0 <= first <= stop, got {value!r}")
+
+    def index(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if (not isinstance(value, list | tuple) or len(value) != 2 or not index(value[0])
+            or not (value[1] is None or (index(value[1]) and value[0] <= value[1]))):
+        raise ValueError(f"row_groups must be [first, stop) with 0 <= first <= stop, or [first, null) "
+                         f"for every row group from first, got {value!r}")
     return (value[0], value[1])
 
 

@@ -364,6 +364,11 @@ class ParquetFormat(fm.InputFormat):
                              f"Parquet compresses its pages itself", uri=info.uri)
         if info.size == 0:  # an empty object is empty, whatever its name
             spans = []
+        elif info.size <= split_size:
+            # One split whatever its row groups: the task reads the footer, the planner need
+            # not (a ranged GET per object on S3, and pyarrow's import in the driver).
+            return [Segment(info.uri, 0, info.size, info.size, None, input_name, info.version, self.name,
+                            (0, None))]
         else:
             meta = _open(info.uri, info.size).metadata
             spans = [_row_group_span(meta.row_group(i)) for i in range(meta.num_row_groups)]
@@ -539,7 +544,9 @@ def _row_groups(seg: Segment, columns: list[str] | None, filters: list) -> Itera
         return
     pf = _open(seg.uri, seg.size)
     meta = pf.metadata
-    if stop > meta.num_row_groups:
+    if stop is None:  # to the last row group (a whole object, planned without its footer)
+        stop = meta.num_row_groups
+    if stop > meta.num_row_groups or first > stop:
         raise InputError(f"{seg.uri}: has {meta.num_row_groups} row groups, the split names {first}-{stop - 1}",
                          uri=seg.uri)
     names = pf.schema_arrow.names

@@ -50,7 +50,7 @@ TABLE = pa.table({"k": [f"k{i % 37:02d}" for i in range(2000)], "v": list(range(
 
 
 @settings(max_examples=25, deadline=None)
-@given(row_group_size=st_.integers(20, 700), split_size=st_.integers(1, 40_000))
+@given(row_group_size=st_.integers(20, 700), split_size=st_.one_of(st_.integers(1, 40_000), st_.just(10**9)))
 def test_parquet_rows_are_read_once_in_order_whatever_the_packing(tmp_path_factory, row_group_size, split_size):
     path = _parquet(tmp_path_factory.mktemp("pq"), TABLE, row_group_size)
     segs, records, _ = _read(path, split_size, _job(input_columns=("v", "k")))
@@ -58,16 +58,26 @@ def test_parquet_rows_are_read_once_in_order_whatever_the_packing(tmp_path_facto
                                                    strict=True))
     assert [off for _, _, off in records] == list(range(TABLE.num_rows))  # the row's number in its object
     groups = [seg.row_groups for seg in segs]
-    assert groups[0][0] == 0 and groups[-1][1] == pq.ParquetFile(path).metadata.num_row_groups
-    assert all(a[1] == b[0] and a[0] < a[1] for a, b in itertools.pairwise(groups))
+    if split_size >= path.stat().st_size:
+        assert groups == [(0, None)]  # the whole object, to its last row group
+    else:
+        assert groups[0][0] == 0 and groups[-1][1] == pq.ParquetFile(path).metadata.num_row_groups
+        assert all(a[1] == b[0] and a[0] < a[1] for a, b in itertools.pairwise(groups))
 
 
-def test_small_row_groups_share_a_split_and_a_large_file_makes_many(tmp_path):
+def test_small_row_groups_share_a_split_and_a_large_file_makes_many(tmp_path, monkeypatch):
     path = _parquet(tmp_path, TABLE, 100)  # 20 row groups
     meta = pq.ParquetFile(path).metadata
     one = meta.row_group(0).total_byte_size
-    segs, _, _ = _read(path, path.stat().st_size * 2, _job())
-    assert [s.row_groups for s in segs] == [(0, 20)]
+    fmt = formats.get("parquet")
+    info = st.ObjectInfo(st.normalize(str(path)), path.stat().st_size)
+    with monkeypatch.context() as m:  # an object that fits a split: its footer is not read to plan it
+        m.setattr(rowformats, "_open", lambda *a: pytest.fail("the planner read the footer"))
+        (whole,) = fmt.split(info, info.size, None)
+    assert whole.row_groups == (0, None) and (whole.start, whole.end) == (0, info.size)
+    assert whole.describe().endswith("row groups 0-last")
+    segs, records, _ = _read(path, path.stat().st_size * 2, _job())
+    assert [s.row_groups for s in segs] == [(0, None)] and len(records) == TABLE.num_rows
     segs, _, _ = _read(path, 5 * one, _job())
     assert 3 <= len(segs) <= 10 and all(s.row_groups[1] - s.row_groups[0] > 1 for s in segs[:-1])
     segs, _, _ = _read(path, 1, _job())
@@ -157,7 +167,9 @@ def test_a_split_carries_its_row_groups_through_an_event_and_refuses_bad_ones():
     seg = reader.Segment("file:///x.parquet", 4, 900, 1000, None, "in", "v1", "parquet", (2, 5))
     assert reader.Segment.from_dict(seg.to_dict()) == seg
     assert seg.to_dict()["row_groups"] == [2, 5] and seg.describe() == "file:///x.parquet row groups 2-4"
-    for bad in ([3, 2], [-1, 2], [1], ["a", "b"], [True, 2]):
+    whole = reader.Segment("file:///x.parquet", 0, 1000, 1000, None, None, "", "parquet", (0, None))
+    assert reader.Segment.from_dict(whole.to_dict()) == whole and whole.to_dict()["row_groups"] == [0, None]
+    for bad in ([3, 2], [-1, 2], [1], ["a", "b"], [True, 2], [None, 2], [-1, None]):
         with pytest.raises(ValueError, match="row_groups must be"):
             reader.Segment.from_dict({**seg.to_dict(), "row_groups": bad})
     with pytest.raises(ValueError, match="a Parquet split names its row groups"):
