@@ -116,7 +116,7 @@ def build_zip_bytes(job_ref: str, include: tuple[str, ...] = ()) -> tuple[bytes,
         entries.extend(_files(name, path))
     # The Node.js handlers have zips of their own (build_node_zip_bytes).
     entries = sorted((arcname, path) for arcname, path in entries if not arcname.startswith("lambda_src/nodejs/"))
-    return _zip_bytes((arcname, path.read_bytes(), 0o644) for arcname, path in entries), tuple(sorted(tops))
+    return _cached_zip_bytes((arcname, path.read_bytes(), 0o644) for arcname, path in entries), tuple(sorted(tops))
 
 
 def language_of(job_ref: str) -> str:
@@ -173,6 +173,31 @@ def _zip_bytes(entries: Iterable[tuple[str, bytes, int]]) -> bytes:
     return buf.getvalue()
 
 
+def _cached_zip_bytes(entries: Iterable[tuple[str, bytes, int]]) -> bytes:
+    """``_zip_bytes(entries)``, deflated once per content: every command builds its job's zip,
+    and compressing it (level 9) took longer than the rest of a small job's start-up.
+
+    The cache is keyed by a hash of the entries' names, modes and bytes; a cached zip whose
+    directory does not list exactly those entries (truncated, foreign) is built again.
+    """
+    entries = list(entries)
+    key = hashlib.sha256()
+    for arcname, data, mode in entries:
+        key.update(f"{len(arcname)}:{arcname}:{mode}:{len(data)}:".encode())
+        key.update(data)
+    cached = cache_dir() / "zips" / "content" / f"{key.hexdigest()[:32]}.zip"
+    try:
+        data = cached.read_bytes()
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            if zf.namelist() == [arcname for arcname, _, _ in entries]:
+                return data
+    except (OSError, zipfile.BadZipFile):
+        pass
+    data = _zip_bytes(entries)
+    _cache_write(cached, data)
+    return data
+
+
 def _cache_write(target: Path, data: bytes) -> None:
     """Write ``data`` to ``target`` atomically unless it already holds that many bytes."""
     if target.exists() and target.stat().st_size == len(data):
@@ -189,7 +214,7 @@ def build_node_zip_bytes(module: str) -> bytes:
     root, _ = node_package(module)
     handlers = [(f"lambda_src/nodejs/{p.name}", p) for p in sorted(NODE_HANDLERS_DIR.glob("*.mjs"))]
     entries = sorted(handlers + _node_files(root, NODE_JOB_DIR))
-    return _zip_bytes((arcname, path.read_bytes(), 0o644) for arcname, path in entries)
+    return _cached_zip_bytes((arcname, path.read_bytes(), 0o644) for arcname, path in entries)
 
 
 def build(job_ref: str, tracing: bool = False, include: tuple[str, ...] = ()) -> CodePackage:

@@ -124,3 +124,19 @@ def test_a_layer_is_cached_by_the_wheels_content_not_its_name(tmp_path, monkeypa
     assert second.sha256 != first.sha256
     with zipfile.ZipFile(second.path) as zf:
         assert zf.namelist() == ["python/pyarrow/__init__.py"]
+
+
+def test_a_zip_is_deflated_once_per_content_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAMBDAMR_CACHE_DIR", str(tmp_path / "cache"))
+    first, _ = packaging.build_zip_bytes("lambda_src.jobs.wordcount:WordCount")
+    deflate = packaging._zip_bytes
+    with monkeypatch.context() as m:  # the same content again: read from the cache, not deflated
+        m.setattr(packaging, "_zip_bytes", lambda entries: pytest.fail("deflated the same content twice"))
+        assert packaging.build_zip_bytes("lambda_src.jobs.wordcount:WordCount")[0] == first
+    (cached,) = (tmp_path / "cache" / "zips" / "content").iterdir()
+    built = []
+    monkeypatch.setattr(packaging, "_zip_bytes", lambda entries: built.append(1) or deflate(entries))
+    for damage in (first[: len(first) // 2], b"not a zip", packaging._zip_bytes([("other.py", b"x", 0o644)])):
+        cached.write_bytes(damage)
+        assert packaging.build_zip_bytes("lambda_src.jobs.wordcount:WordCount")[0] == first
+    assert len(built) == 4  # the foreign zip above, and one rebuild per damaged cache entry
