@@ -69,6 +69,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench_engine import compile_bytecode
+
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 LAMBDAMR = str(BIN / "lambdamr")
@@ -507,7 +509,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="lambdamr-amplab-"))
     report: dict = {
-        "date": time.strftime("%Y-%m-%d"),
+        "date": time.strftime("%Y-%m-%d"), "bytecode": compile_bytecode(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "workers": WORKERS, "duckdb_threads": 2, "repeat": args.repeat, "size_mb": args.size_mb, "format": args.fmt,
         "rows": table_rows(args.size_mb), "seed": SEED, "files_per_table": FILES,
