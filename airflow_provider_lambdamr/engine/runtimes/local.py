@@ -198,8 +198,10 @@ class LocalRuntime(Runtime):
         """Stop every worker; in-flight and queued invocations end as cancelled."""
         self._closed = True
         cancelled = [w.current for w in self._pool if w.current is not None] + list(self._queue)
-        for worker in self._pool:
+        for worker in self._pool:  # kill them all, then reap them: their exits overlap
             worker.current = None
+            self._kill(worker)
+        for worker in self._pool:
             self._stop(worker)
         self._pool = []
         self._queue.clear()
@@ -211,12 +213,15 @@ class LocalRuntime(Runtime):
                 })
             )
 
-    def _stop(self, worker: _Worker) -> None:
+    def _kill(self, worker: _Worker) -> None:
         with contextlib.suppress(OSError):
             worker.conn.close()
         if worker.proc.poll() is None:
             with contextlib.suppress(OSError):
                 os.killpg(worker.proc.pid, signal.SIGKILL)
+
+    def _stop(self, worker: _Worker) -> None:
+        self._kill(worker)
         with contextlib.suppress(subprocess.TimeoutExpired):
             worker.proc.wait(timeout=5)
 
