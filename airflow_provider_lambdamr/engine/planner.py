@@ -168,8 +168,11 @@ def _equal_shares(segments: list[Segment], count: int, max_files: int) -> list[M
         by_input.setdefault(seg.input, []).append(seg)
     shares = []
     for segs in by_input.values():
-        size = sum(s.end - s.start for s in segs)
-        shares.append(pack(segs, max(1, -(-size // count)), max_files, cut=True))
+        if all(formats.get(s.format).can_cut(s) for s in segs):
+            size = sum(s.end - s.start for s in segs)
+            shares.append(pack(segs, max(1, -(-size // count)), max_files, cut=True))
+        else:
+            shares.append(_balanced_bins(segs, count))
     merged = [
         [seg for share in shares if i < len(share) for seg in share[i].splits]
         for i in range(max(len(s) for s in shares))
@@ -177,6 +180,21 @@ def _equal_shares(segments: list[Segment], count: int, max_files: int) -> list[M
     if any(len(splits) > max_files for splits in merged):
         return pack(segments, -(-sum(s.end - s.start for s in segments) // count), max_files, cut=True)
     return [MapTask(i, splits) for i, splits in enumerate(merged)]
+
+
+def _balanced_bins(segments: list[Segment], count: int) -> list[MapTask]:
+    """Segments that cannot all be cut, dealt into at most ``count`` tasks of about equal bytes:
+    the largest first, each to the task with the fewest bytes so far (filling tasks up to a
+    byte target in listing order made 3 tasks of 4 equal objects for 2 workers whenever two of
+    them overfilled a half by a byte). A task's segments keep their listing order."""
+    bins: list[list[int]] = [[] for _ in range(min(count, len(segments)))]
+    loads = [0] * len(bins)
+    for i in sorted(range(len(segments)), key=lambda i: -(segments[i].end - segments[i].start)):
+        target = loads.index(min(loads))
+        bins[target].append(i)
+        loads[target] += segments[i].end - segments[i].start
+    ordered = sorted((sorted(b) for b in bins if b), key=lambda b: b[0])
+    return [MapTask(n, [segments[i] for i in b]) for n, b in enumerate(ordered)]
 
 
 def read_heads(infos: list[st.ObjectInfo]) -> dict[str, bytes]:

@@ -306,6 +306,21 @@ def test_plan_with_few_tasks_balances_uneven_objects_for_the_workers(tmp_path):
     assert sum(seen.values()) == 240_000 and max(seen.values()) == 1
 
 
+@pytest.mark.parametrize("sizes", [[22_029_664, 22_006_739, 22_012_815, 21_998_359], [30, 20, 20, 10, 10, 10], [5, 1]])
+def test_few_tasks_of_objects_that_cannot_be_cut_are_dealt_evenly(sizes):
+    """Four near-equal Parquet objects for two workers made three tasks (two rounds) when
+    the first two overfilled a half by a few bytes; largest first to the lightest task."""
+    segs = [reader.Segment(f"file:///p{i}.parquet", 0, n, n, format="parquet", row_groups=(0, None))
+            for i, n in enumerate(sizes)]
+    tasks = planner._equal_shares(segs, 2, 500)
+    assert len(tasks) == 2 and sorted(s.uri for t in tasks for s in t.splits) == sorted(s.uri for s in segs)
+    loads = sorted(t.bytes for t in tasks)
+    assert loads[1] - loads[0] <= max(sizes)  # no task holds more than one object more than needed
+    assert loads[1] <= -(-sum(sizes) // 2) + max(sizes) // 2 or len(sizes) == 2
+    for t in tasks:  # listing order within a task
+        assert [s.uri for s in t.splits] == sorted(s.uri for s in t.splits)
+
+
 def test_plan_with_few_tasks_gives_each_task_a_share_of_every_named_input(tmp_path):
     for table, files, lines in (("visits", 4, 40_000), ("ranks", 2, 20_000)):
         (tmp_path / table).mkdir()
