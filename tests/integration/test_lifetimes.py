@@ -20,7 +20,7 @@ import pytest
 
 from airflow_provider_lambdamr.engine import jobstate
 from tests.conftest import FIXTURES
-from tests.helpers import read_counts
+from tests.helpers import read_counts, run_job
 from tests.integration.test_aws_runtime import AsyncLambda
 from tests.integration.test_aws_runtime import _runtime as _aws_runtime
 
@@ -318,3 +318,14 @@ def test_an_out_of_memory_failure_names_memory_mb_whichever_way_it_is_reported(t
         assert "--memory-mb" not in str(failure)
     else:
         assert hint in str(failure)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_workers_share_out_the_cores_to_their_thread_pools(tmp_path, fixture_jobs_path, monkeypatch, workers):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    (tmp_path / "in.txt").write_text("".join(f"line {i}\n" for i in range(200)))
+    out = tmp_path / "out"
+    run_job(workers=workers, job="userjobs.lifetimes:Threads", inputs={"": [str(tmp_path / "in.txt")]},
+            output=str(out), split_size=200, partitions=1)
+    threads = {int(line.split(",")[1]) for line in (out / "part-00000").read_text().splitlines()}
+    assert threads == {max(1, (os.cpu_count() or 1) // workers)}

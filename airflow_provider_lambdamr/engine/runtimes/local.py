@@ -74,6 +74,11 @@ class _Worker:
     extra: dict = field(default_factory=dict)
 
 
+def worker_threads(workers: int) -> int:
+    """Threads for each of ``workers`` workers' thread pools: this machine's cores shared out."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process, in MB (0 where /proc is not available)."""
     try:
@@ -159,6 +164,9 @@ class LocalRuntime(Runtime):
             "AWS_EXECUTION_ENV": "lambdamr-local",
             "LAMBDA_TASK_ROOT": str(self.code_dir),
             "PYTHONDONTWRITEBYTECODE": "1",
+            # Arrow's thread pool: the workers' share of this machine's cores (a Lambda function
+            # has its own vCPUs), so that W workers do not run W times as many threads as cores.
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(worker_threads(self.workers)),
             # The worker dies with this process (see _bootstrap.die_with_parent).
             _bootstrap.PARENT_PID_ENV: str(os.getpid()),
             _bootstrap.PDEATHSIG_ENV: "1" if threading.current_thread() is threading.main_thread() else "0",
