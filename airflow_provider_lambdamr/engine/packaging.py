@@ -23,6 +23,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +179,8 @@ def _cached_zip_bytes(entries: Iterable[tuple[str, bytes, int]]) -> bytes:
     and compressing it (level 9) took longer than the rest of a small job's start-up.
 
     The cache is keyed by a hash of the entries' names, modes and bytes; a cached zip whose
-    directory does not list exactly those entries (truncated, foreign) is built again.
+    directory does not list exactly those entries, with their sizes and CRC-32s (truncated,
+    damaged, foreign), is built again.
     """
     entries = list(entries)
     key = hashlib.sha256()
@@ -189,8 +191,9 @@ def _cached_zip_bytes(entries: Iterable[tuple[str, bytes, int]]) -> bytes:
     try:
         data = cached.read_bytes()
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            if zf.namelist() == [arcname for arcname, _, _ in entries]:
-                return data
+            listed = [(i.filename, i.file_size, i.CRC) for i in zf.infolist()]
+        if listed == [(arcname, len(body), zlib.crc32(body)) for arcname, body, _ in entries]:
+            return data
     except (OSError, zipfile.BadZipFile):
         pass
     data = _zip_bytes(entries)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import zipfile
@@ -136,7 +137,11 @@ def test_a_zip_is_deflated_once_per_content_and_a_damaged_cache_is_rebuilt(tmp_p
     (cached,) = (tmp_path / "cache" / "zips" / "content").iterdir()
     built = []
     monkeypatch.setattr(packaging, "_zip_bytes", lambda entries: built.append(1) or deflate(entries))
-    for damage in (first[: len(first) // 2], b"not a zip", packaging._zip_bytes([("other.py", b"x", 0o644)])):
+    entries = [(i.filename, zipfile.ZipFile(io.BytesIO(first)).read(i), 0o644)
+               for i in zipfile.ZipFile(io.BytesIO(first)).infolist()]
+    altered = packaging._zip_bytes([(name, body + b"# not the source\n" if name.endswith("mapper.py") else body, mode)
+                                    for name, body, mode in entries])  # the same names, other bytes
+    for damage in (first[: len(first) // 2], b"not a zip", packaging._zip_bytes([("other.py", b"x", 0o644)]), altered):
         cached.write_bytes(damage)
         assert packaging.build_zip_bytes("lambda_src.jobs.wordcount:WordCount")[0] == first
-    assert len(built) == 4  # the foreign zip above, and one rebuild per damaged cache entry
+    assert len(built) == 6  # the foreign and altered zips above, and one rebuild per damaged cache entry
