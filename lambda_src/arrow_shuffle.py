@@ -216,6 +216,8 @@ def _column_text(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
             return None  # needs quoting: let the csv module do it
         return pc.fill_null(col, "")
     if pa.types.is_floating(t):
+        if t != pa.float64():  # Python writes a float32's exact float64 value, not its shortest float32 text
+            col = pc.cast(col, pa.float64())
         text = pc.cast(col, pa.string())
         # Both write the shortest round-trip digits, but Python (repr) and Arrow switch to
         # exponent notation at different magnitudes ("1e-05" and "0.00001", "1000000000000000.0"

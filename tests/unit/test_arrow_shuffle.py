@@ -81,8 +81,10 @@ EDGES = st_.sampled_from([1e-4, 9.999999999999999e-05, 1e-5, 1e15, 1e16, 9999999
 @given(values=st_.lists(st_.one_of(FLOATS, EDGES, st_.none()), min_size=1, max_size=30),
        keys=st_.lists(st_.one_of(st_.text(max_size=6), st_.text(st_.sampled_from('ab ,"\r\n\x00\x7fé'), max_size=4)),
                       min_size=30, max_size=30))
-def test_any_floats_and_strings_are_written_as_the_record_mode_writes_them(values, keys):
-    table = pa.table({"k": pa.array(keys[: len(values)], pa.string()), "v": pa.array(values, pa.float64())})
+@pytest.mark.parametrize("float_type", [pa.float64(), pa.float32()])
+def test_any_floats_and_strings_are_written_as_the_record_mode_writes_them(values, keys, float_type):
+    table = pa.table({"k": pa.array(keys[: len(values)], pa.string()), "v": pa.array(values, pa.float64()).cast(
+        float_type, safe=False)})
     expected = output.columns_to_csv([table.column(n).to_pylist() for n in table.column_names])
     assert ash.table_to_csv(table) == expected
 
