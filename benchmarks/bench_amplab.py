@@ -491,6 +491,8 @@ def main() -> int:
     parser.add_argument("--overhead", action="store_true", help="also measure ms per task (200 tiny tasks)")
     parser.add_argument("--scaling", default="", help="uservisits sizes in MB for a 2a-only scaling run")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG (its venv needs matplotlib)")
+    parser.add_argument("--without", default="", help="comma-separated tools to leave out: reference, record "
+                        "(ours and DuckDB always run), e.g. for a quicker run at 1.6 GB")
     args = parser.parse_args()
 
     if not Path(GNU_TIME).exists():
@@ -498,7 +500,12 @@ def main() -> int:
     by_name = {q.name: q for q in QUERIES}
     default = PARQUET_QUERIES if args.fmt == "parquet" else tuple(by_name)
     wanted = [name.strip() for name in (args.queries or ",".join(default)).split(",") if name.strip()]
-    tools = TOOLS[:2] if args.fmt == "parquet" else TOOLS
+    optional = {"reference": TOOLS[2], "record": TOOLS[3]}
+    left_out = {name.strip() for name in args.without.split(",") if name.strip()}
+    if left_out - set(optional):
+        raise SystemExit(f"--without takes {', '.join(optional)}; got {', '.join(sorted(left_out - set(optional)))}")
+    tools = tuple(t for t in (TOOLS[:2] if args.fmt == "parquet" else TOOLS)
+                  if t not in {optional[name] for name in left_out})
     if args.results is None:
         args.results = HERE / "results" / ("amplab.json" if args.fmt == "csv" else f"amplab-{args.fmt}.json")
     unknown = [name for name in wanted if name not in by_name]
