@@ -176,6 +176,15 @@ def test_a_split_carries_its_row_groups_through_an_event_and_refuses_bad_ones():
         formats.of(reader.Segment("file:///x.parquet", 0, 10, 10, format="parquet"))
 
 
+@pytest.mark.parametrize("row_groups, named", [((3, None), "3-last"), ((2, 3), "2-2"), ((0, 3), "0-2")])
+def test_a_split_naming_row_groups_the_object_lacks_is_refused_naming_them(tmp_path, row_groups, named):
+    path = _parquet(tmp_path, TABLE.slice(0, 10), 5)  # 2 row groups
+    info = STORE.stat(st.normalize(str(path)))
+    seg = reader.Segment(info.uri, 0, info.size, info.size, None, None, info.version, "parquet", row_groups)
+    with pytest.raises(reader.InputError, match=rf"^{info.uri} row groups {named}: the object has 2 row groups$"):
+        list(formats.of(seg).read_blocks(STORE, seg, lambda *a: None, 1 << 20, _job()))
+
+
 def test_a_malformed_filter_or_column_declaration_is_refused():
     with pytest.raises(TypeError, match=r"input_filter: \('v', '~', 1\) is not a \(column, op, value\)"):
         rowformats.check_declaration(type(_job(input_filter=(("v", "~", 1),))))
