@@ -224,7 +224,7 @@ def _column_text(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         if not _plain_ascii(col, ',"') and pc.any(pc.match_substring_regex(col, r'[,"\r\n]')).as_py():
             return None  # needs quoting: let the csv module do it
-        return pc.fill_null(col, "")
+        return pc.fill_null(pc.cast(col, pa.string()), "")  # one string type: the joins below want it
     if pa.types.is_floating(t):
         if t != pa.float64():  # Python writes a float32's exact float64 value, not its shortest float32 text
             col = pc.cast(col, pa.float64())
