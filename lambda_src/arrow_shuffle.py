@@ -55,25 +55,35 @@ def partition_table(table: pa.Table, partitions: int) -> list[pa.Table | None]:
 def partition_ids(keys: pa.Array | pa.ChunkedArray, partitions: int) -> pa.Array:
     """The partition of each key (``ShuffleCodec.partition_of`` of its encoding), as int32.
 
-    Strings JSON writes as themselves in quotes get the CRC-32 of those bytes: in Arrow for
-    short printable ASCII ones (``_crc32_quoted``), else per key in Python; any other key is
-    encoded first.
+    Computed ``_CRC_ROWS`` keys at a time (``_crc32_of_keys``): that bounds the copies made,
+    whatever the column's size (a padded copy of millions of keys outgrew an Arrow string's
+    32-bit offsets).
     """
     if partitions == 1 or len(keys) == 0:
         return pa.repeat(pa.scalar(0, pa.int32()), len(keys))
+    crcs = pa.chunked_array([_crc32_of_keys(keys.slice(start, _CRC_ROWS))
+                             for start in range(0, len(keys), _CRC_ROWS)], pa.uint32())
+    return pc.cast(pc.remainder(crcs, partitions), pa.int32()).combine_chunks()
+
+
+#: Keys whose CRCs are computed at once (``partition_ids``).
+_CRC_ROWS = 1 << 20
+
+
+def _crc32_of_keys(keys: pa.Array | pa.ChunkedArray) -> pa.UInt32Array:
+    """The CRC-32 of each key's encoding. Strings JSON writes as themselves in quotes get the
+    CRC-32 of those bytes: in Arrow for short printable ASCII ones (``_crc32_quoted``, on the
+    keys made one array: at most ``_CRC_MAX_BYTES`` each), else per key in Python; any other
+    key is encoded first."""
+    crc = zlib.crc32
     if pa.types.is_string(keys.type) and keys.null_count == 0 and json_as_is(keys):
-        keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
         if _QUOTED_CRC_READY and pc.all(pc.ascii_is_printable(keys)).as_py() is not False and (
                 pc.max(pc.utf8_length(keys)).as_py() or 0) <= _CRC_MAX_BYTES:
-            crcs = _crc32_quoted(keys)
-        else:
-            crc = zlib.crc32
-            quoted = pc.cast(pc.binary_join_element_wise('"', keys, '"', ""), pa.binary())
-            crcs = pa.array(map(crc, quoted.to_pylist()), pa.uint32(), size=len(keys))
-    else:
-        crc, encode_key = zlib.crc32, CODEC.encode_key
-        crcs = pa.array((crc(encode_key(k)) for k in keys.to_pylist()), pa.uint32(), size=len(keys))
-    return pc.cast(pc.remainder(crcs, partitions), pa.int32())
+            return _crc32_quoted(keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys)
+        quoted = pc.cast(pc.binary_join_element_wise('"', keys, '"', ""), pa.binary())
+        return pa.array(map(crc, quoted.to_pylist()), pa.uint32(), size=len(keys))
+    encode_key = CODEC.encode_key
+    return pa.array((crc(encode_key(k)) for k in keys.to_pylist()), pa.uint32(), size=len(keys))
 
 
 #: Keys up to this many bytes get their CRC computed in Arrow (``_crc32_quoted``).
@@ -237,7 +247,7 @@ def _column_text(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         if not _plain_ascii(col, ',"') and pc.any(pc.match_substring_regex(col, r'[,"\r\n]')).as_py():
             return None  # needs quoting: let the csv module do it
-        return pc.fill_null(col, "")
+        return pc.fill_null(pc.cast(col, pa.string()), "")  # one string type: the joins below want it
     if pa.types.is_floating(t):
         if t != pa.float64():  # Python writes a float32's exact float64 value, not its shortest float32 text
             col = pc.cast(col, pa.float64())

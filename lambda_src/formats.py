@@ -579,6 +579,9 @@ class TextFormat(InputFormat):
     def check(self, seg: Segment) -> None:
         if seg.compression is not None and seg.compression not in CODECS:
             raise ValueError(f"unsupported compression {seg.compression!r} for {seg.uri}")
+        if seg.row_groups is not None:  # else read as this text, whatever it was planned as
+            raise ValueError(f"a {self.name} split has no row groups, got row_groups {list(seg.row_groups)} "
+                             f"for {seg.uri}")
 
     def read_blocks(
         self, store: st.Storage, seg: Segment, on_bad: BadRecordSink, max_line_bytes: int, job: Any

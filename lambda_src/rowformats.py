@@ -547,8 +547,7 @@ def _row_groups(seg: Segment, columns: list[str] | None, filters: list) -> Itera
     if stop is None:  # to the last row group (a whole object, planned without its footer)
         stop = meta.num_row_groups
     if stop > meta.num_row_groups or first > stop:
-        raise InputError(f"{seg.uri}: has {meta.num_row_groups} row groups, the split names {first}-{stop - 1}",
-                         uri=seg.uri)
+        raise InputError(f"{seg.describe()}: the object has {meta.num_row_groups} row groups", uri=seg.uri)
     names = pf.schema_arrow.names
     wanted = list(dict.fromkeys([*(columns or names), *(f[0] for f in filters)]))
     missing = [c for c in wanted if c not in names]

@@ -179,8 +179,9 @@ def _cached_zip_bytes(entries: Iterable[tuple[str, bytes, int]]) -> bytes:
     and compressing it (level 9) took longer than the rest of a small job's start-up.
 
     The cache is keyed by a hash of the entries' names, modes and bytes; a cached zip whose
-    directory does not list exactly those entries, with their sizes and CRC-32s (truncated,
-    damaged, foreign), is built again.
+    directory does not list exactly those entries, with their sizes and CRC-32s, or whose
+    entries do not inflate to those CRC-32s (truncated, damaged, foreign), is built again
+    and replaced. Inflating is a small part of deflating.
     """
     entries = list(entries)
     key = hashlib.sha256()
@@ -192,12 +193,13 @@ def _cached_zip_bytes(entries: Iterable[tuple[str, bytes, int]]) -> bytes:
         data = cached.read_bytes()
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             listed = [(i.filename, i.file_size, i.CRC) for i in zf.infolist()]
-        if listed == [(arcname, len(body), zlib.crc32(body)) for arcname, body, _ in entries]:
-            return data
-    except (OSError, zipfile.BadZipFile):
+            if (listed == [(arcname, len(body), zlib.crc32(body)) for arcname, body, _ in entries]
+                    and zf.testzip() is None):
+                return data
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error):
         pass
     data = _zip_bytes(entries)
-    _cache_write(cached, data)
+    _write_atomic(cached, data)
     return data
 
 
@@ -205,6 +207,10 @@ def _cache_write(target: Path, data: bytes) -> None:
     """Write ``data`` to ``target`` atomically unless it already holds that many bytes."""
     if target.exists() and target.stat().st_size == len(data):
         return
+    _write_atomic(target, data)
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
     with os.fdopen(fd, "wb") as fh:

@@ -329,3 +329,20 @@ def test_workers_share_out_the_cores_to_their_thread_pools(tmp_path, fixture_job
             output=str(out), split_size=200, partitions=1)
     threads = {int(line.split(",")[1]) for line in (out / "part-00000").read_text().splitlines()}
     assert threads == {max(1, (os.cpu_count() or 1) // workers)}
+
+
+def test_a_thread_count_given_in_the_runtimes_environment_is_the_workers(tmp_path, fixture_jobs_path, monkeypatch):
+    from airflow_provider_lambdamr.engine.driver import Driver
+    from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime, worker_threads
+    from airflow_provider_lambdamr.engine.spec import JobSpec
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    (tmp_path / "in.txt").write_text("".join(f"line {i}\n" for i in range(200)))
+    out = tmp_path / "out"
+    given = worker_threads(2) + 2  # not what the runtime would choose
+    spec = JobSpec(job="userjobs.lifetimes:Threads", inputs={"": [str(tmp_path / "in.txt")]}, output=str(out),
+                   split_size=200, partitions=1)
+    with LocalRuntime(workers=2, env={"OMP_NUM_THREADS": str(given)}) as rt:
+        Driver(spec, rt).run()
+    threads = {int(line.split(",")[1]) for line in (out / "part-00000").read_text().splitlines()}
+    assert threads == {given}

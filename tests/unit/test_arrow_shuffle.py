@@ -103,3 +103,14 @@ def test_json_as_is_is_exactly_whether_json_writes_the_string_unescaped(keys):
     for layout in (padded, pa.chunked_array([padded.slice(0, half), padded.slice(half)], pa.string()),
                    pa.array(keys, pa.large_string())):
         assert ash.json_as_is(layout) == expected
+
+
+@pytest.mark.parametrize("columns", [
+    {"k": pa.array(["north", "south"], pa.large_string())},
+    {"k": pa.array(["north", None], pa.large_string()), "v": pa.array([1.5, 2.0])},
+    {"n": pa.array([1, 2]), "k": pa.chunked_array([pa.array(["a"], pa.large_string()), pa.array(["b"], pa.large_string())])},
+])
+def test_large_strings_are_written_as_the_record_mode_writes_them(columns):
+    # pandas and polars write Parquet whose text columns read back as large_string
+    table = pa.table(columns)
+    assert ash.table_to_csv(table) == output.columns_to_csv([table.column(n).to_pylist() for n in table.column_names])

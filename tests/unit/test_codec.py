@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st_
@@ -47,6 +48,19 @@ def test_the_arrow_crc_of_ascii_keys_is_zlibs(keys, partitions, skip):
     plain = [k for k in keys if '"' not in k and "\\" not in k and len(k) <= 64]
     if plain:
         assert ash._crc32_quoted(pa.array(plain)).to_pylist() == [zlib.crc32(f'"{k}"'.encode()) for k in plain]
+
+
+@pytest.mark.slow
+def test_millions_of_keys_are_partitioned_whatever_their_padded_copy_would_weigh():
+    # 2**25 one-byte keys and one of 64 bytes: padded to 64 bytes each, they outgrow an Arrow
+    # string's 32-bit offsets (2 GiB), although the column holds only about 170 MB.
+    long = "x" * ash._CRC_MAX_BYTES
+    keys = pa.concat_arrays([pa.repeat(pa.scalar("7"), 2**25), pa.array([long])])
+    partitions = 1009
+    ids = ash.partition_ids(keys, partitions)
+    counts = {item["values"]: item["counts"] for item in pc.value_counts(ids).to_pylist()}
+    short, last = (zlib.crc32(f'"{k}"'.encode()) % partitions for k in ("7", long))
+    assert ids[-1].as_py() == last and counts[short] == 2**25 + (short == last)
 
 
 @pytest.mark.parametrize("key", ['a"b', "a\\b", "tab\there", "\x00", "\x1f", "\x7f", "é", ""])

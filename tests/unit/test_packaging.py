@@ -145,3 +145,18 @@ def test_a_zip_is_deflated_once_per_content_and_a_damaged_cache_is_rebuilt(tmp_p
         cached.write_bytes(damage)
         assert packaging.build_zip_bytes("lambda_src.jobs.wordcount:WordCount")[0] == first
     assert len(built) == 6  # the foreign and altered zips above, and one rebuild per damaged cache entry
+
+
+def test_a_cached_zip_whose_compressed_bytes_are_damaged_is_rebuilt_and_replaced(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAMBDAMR_CACHE_DIR", str(tmp_path / "cache"))
+    first, _ = packaging.build_zip_bytes("lambda_src.jobs.wordcount:WordCount")
+    (cached,) = (tmp_path / "cache" / "zips" / "content").iterdir()
+    with zipfile.ZipFile(cached) as zf:  # the middle of the first entry's deflated bytes
+        info = zf.infolist()[0]
+        body = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+        middle = body + info.compress_size // 2
+    damaged = bytearray(first)
+    damaged[middle] ^= 0xFF  # the directory (names, sizes, CRC-32s) untouched, the size too
+    cached.write_bytes(bytes(damaged))
+    assert packaging.build_zip_bytes("lambda_src.jobs.wordcount:WordCount")[0] == first
+    assert cached.read_bytes() == first  # repaired: the next build reads it

@@ -174,6 +174,18 @@ def test_a_split_carries_its_row_groups_through_an_event_and_refuses_bad_ones():
             reader.Segment.from_dict({**seg.to_dict(), "row_groups": bad})
     with pytest.raises(ValueError, match="a Parquet split names its row groups"):
         formats.of(reader.Segment("file:///x.parquet", 0, 10, 10, format="parquet"))
+    for fmt in ("text", "jsonl", "csv"):  # row groups name no bytes: such a split was planned as Parquet
+        with pytest.raises(ValueError, match=rf"a {fmt} split has no row groups, got row_groups \[0, None\]"):
+            formats.of(reader.Segment("file:///x.parquet", 0, 10, 10, format=fmt, row_groups=(0, None)))
+
+
+@pytest.mark.parametrize("row_groups, named", [((3, None), "3-last"), ((2, 3), "2-2"), ((0, 3), "0-2")])
+def test_a_split_naming_row_groups_the_object_lacks_is_refused_naming_them(tmp_path, row_groups, named):
+    path = _parquet(tmp_path, TABLE.slice(0, 10), 5)  # 2 row groups
+    info = STORE.stat(st.normalize(str(path)))
+    seg = reader.Segment(info.uri, 0, info.size, info.size, None, None, info.version, "parquet", row_groups)
+    with pytest.raises(reader.InputError, match=rf"^{info.uri} row groups {named}: the object has 2 row groups$"):
+        list(formats.of(seg).read_blocks(STORE, seg, lambda *a: None, 1 << 20, _job()))
 
 
 def test_a_malformed_filter_or_column_declaration_is_refused():

@@ -156,9 +156,9 @@ class LocalRuntime(Runtime):
     def _spawn(self) -> _Worker:
         assert self.code_dir is not None
         parent, child = socket.socketpair()
+        given = {**os.environ, **self.env}
         env = {
-            **os.environ,
-            **self.env,
+            **given,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
             "AWS_EXECUTION_ENV": "lambdamr-local",
@@ -166,7 +166,7 @@ class LocalRuntime(Runtime):
             "PYTHONDONTWRITEBYTECODE": "1",
             # Arrow's thread pool: the workers' share of this machine's cores (a Lambda function
             # has its own vCPUs), so that W workers do not run W times as many threads as cores.
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(worker_threads(self.workers)),
+            "OMP_NUM_THREADS": given.get("OMP_NUM_THREADS") or str(worker_threads(self.workers)),
             # The worker dies with this process (see _bootstrap.die_with_parent).
             _bootstrap.PARENT_PID_ENV: str(os.getpid()),
             _bootstrap.PDEATHSIG_ENV: "1" if threading.current_thread() is threading.main_thread() else "0",
