@@ -134,7 +134,7 @@ def test_a_zip_is_deflated_once_per_content_and_a_damaged_cache_is_rebuilt(tmp_p
     with monkeypatch.context() as m:  # the same content again: read from the cache, not deflated
         m.setattr(packaging, "_zip_bytes", lambda entries: pytest.fail("deflated the same content twice"))
         assert packaging.build_zip_bytes("lambda_src.jobs.wordcount:WordCount")[0] == first
-    (cached,) = (tmp_path / "cache" / "zips" / "content").iterdir()
+    (cached,) = (tmp_path / "cache" / "zips" / "content").glob("*.zip")
     built = []
     monkeypatch.setattr(packaging, "_zip_bytes", lambda entries: built.append(1) or deflate(entries))
     entries = [(i.filename, zipfile.ZipFile(io.BytesIO(first)).read(i), 0o644)
@@ -145,12 +145,14 @@ def test_a_zip_is_deflated_once_per_content_and_a_damaged_cache_is_rebuilt(tmp_p
         cached.write_bytes(damage)
         assert packaging.build_zip_bytes("lambda_src.jobs.wordcount:WordCount")[0] == first
     assert len(built) == 6  # the foreign and altered zips above, and one rebuild per damaged cache entry
+    cached.with_suffix(".sha256").unlink()  # a zip whose hash was never written is not trusted either
+    assert packaging.build_zip_bytes("lambda_src.jobs.wordcount:WordCount")[0] == first and len(built) == 7
 
 
 def test_a_cached_zip_whose_compressed_bytes_are_damaged_is_rebuilt_and_replaced(tmp_path, monkeypatch):
     monkeypatch.setenv("LAMBDAMR_CACHE_DIR", str(tmp_path / "cache"))
     first, _ = packaging.build_zip_bytes("lambda_src.jobs.wordcount:WordCount")
-    (cached,) = (tmp_path / "cache" / "zips" / "content").iterdir()
+    (cached,) = (tmp_path / "cache" / "zips" / "content").glob("*.zip")
     with zipfile.ZipFile(cached) as zf:  # the middle of the first entry's deflated bytes
         info = zf.infolist()[0]
         body = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
