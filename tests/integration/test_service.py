@@ -112,14 +112,18 @@ def test_a_job_runs_through_the_service_with_the_driver(svc_dir, tmp_path):
     assert tasks > 3 and stats["invocations"] == tasks, "every task ran in the service"
     assert stats["in_flight"] == 0 and len(stats["worker_pids"]) == 2
 
-    # A second job of the same code reuses the warm workers: no new cold start, same processes.
+    # A second job of the same code reuses the warm workers: the same processes, and no cold
+    # start but a worker's first invocation (a worker still starting while the first job's
+    # tasks ran has its first one in the second job: at most one cold start per process).
     (cold,) = [f["cold_starts"] for f in stats["functions"].values()]
+    assert 1 <= cold <= len(stats["worker_pids"])
     run_on_service(svc_dir, job="wordcount", inputs={"": [str(data)]}, output=str(tmp_path / "out2"),
                    partitions=2, split_size=2048, speculation=False)
     with service.ServiceClient(svc_dir) as client:
         again = client.request("stats")
     assert again["worker_pids"] == stats["worker_pids"] and again["pid"] == stats["pid"]
-    assert [f["cold_starts"] for f in again["functions"].values()] == [cold]
+    (cold_again,) = [f["cold_starts"] for f in again["functions"].values()]
+    assert cold <= cold_again <= len(again["worker_pids"])
     assert read_counts(str(tmp_path / "out2")) == dict(expected)
 
 
