@@ -339,6 +339,14 @@ class RejectedRecord(Exception):
         self.error = error
 
 
+class _BadPair(Exception):
+    """Something a mapper emitted that cannot be added: ``error`` says why."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 def not_a_pair(pairs: list[Any]) -> ValueError | None:
     """The error for the first item of a record's ``pairs`` that is not a (key, value) pair."""
     bad = next((p for p in pairs if not (isinstance(p, tuple | list) and len(p) == 2)), None)
@@ -413,6 +421,57 @@ class MapOutputBuffer:
             raise RejectedRecord(index, not_a_pair(pairs) or err) from None
         self._count(sum(map(len, itertools.islice(records, first, None))))
 
+    def map_records(self, mapper: Any, key: Any, records: list[Any], first: int = 0) -> tuple[int, Exception] | None:
+        """Run ``mapper(key, record)`` over ``records[first:]``, adding each one's pairs as
+        they come (no list of them is made).
+
+        Stops at the first record whose mapper raises or that emits something other than a
+        (key, value) pair of JSON values: that record's pairs are taken back (a record adds
+        all its pairs or none), and ``(its index, the error)`` is returned; None when every
+        record was added.
+        """
+        groups = self.groups
+        encode_key = CODEC.encode_key
+        trail: list[Any] = []  # the groups of the record's pairs after its first
+        added = 0
+        for index in range(first, len(records)):
+            head = None  # the group of the record's first pair
+            try:
+                for pair in mapper(key, records[index]):
+                    try:
+                        out_key, value = pair
+                        # see add_records: str and int keys by value, any other by encoding
+                        group = out_key if type(out_key) in _PLAIN_KEYS else _Encoded(encode_key(out_key))
+                        values = groups.get(group)
+                        if values is None:
+                            groups[group] = [value]
+                        else:
+                            values.append(value)
+                    except (TypeError, ValueError) as err:
+                        raise _BadPair(not_a_pair([pair]) or err) from None
+                    if head is None:
+                        head = group
+                    else:
+                        trail.append(group)
+                    added += 1
+            except Exception as err:  # the record adds nothing; the caller decides what next
+                for group in (() if head is None else (head, *trail)):
+                    values = groups[group]
+                    values.pop()
+                    added -= 1
+                    if not values:
+                        del groups[group]
+                self._count(added)
+                return index, err.error if type(err) is _BadPair else err
+            if trail:
+                trail.clear()
+            if added >= 65536:  # the flush threshold is checked every so many pairs
+                self._count(added)
+                added = 0
+                groups = self.groups  # written out: a new table
+        self._count(added)
+        return None
+
     def _take_back(self, pairs: list[Any]) -> None:
         """Remove what a refused record added before its bad pair: the same steps, undone."""
         groups = self.groups
@@ -468,26 +527,18 @@ class MapOutputBuffer:
         self.held = held
 
     def _write_runs(self) -> None:
-        parts: list[list[bytes]] = [[] for _ in range(self.partitions)]
-        encode_key, encode_value, partition_of = CODEC.encode_key, CODEC.encode_value, CODEC.partition_of
-        partitions = self.partitions
-        target = parts[0]
-        for key, values in self.groups.items():
-            kb = key.encoded if type(key) is _Encoded else encode_key(key)
-            prefix = kb + b"\t"
-            if partitions > 1:
-                target = parts[partition_of(kb, partitions)]
-            for value in values:
-                target.append(prefix + encode_value(value) + b"\n")
+        """Write the held pairs as one sorted run per partition."""
+        try:
+            blobs = _sorted_runs(self.groups, self.partitions)
+        except (RecursionError, TypeError, ValueError):
+            _raise_unencodable(self.groups)
+            raise
         self.groups = collections.defaultdict(list)
         self.held = 0
-        for p, lines in enumerate(parts):
-            if not lines:
-                continue
-            lines.sort()
-            blob = b"".join(lines)
-            self.runs[p].append(blob)
-            self.memory_bytes += len(blob)
+        for p, blob in enumerate(blobs):
+            if blob is not None:
+                self.runs[p].append(blob)
+                self.memory_bytes += len(blob)
         if self.memory_bytes > self.spill_bytes:
             self._spill()
 
@@ -552,6 +603,67 @@ class _Encoded:
 
     def __eq__(self, other: object) -> bool:
         return type(other) is _Encoded and other.encoded == self.encoded
+
+
+def _sorted_runs(groups: dict[Any, list[Any]], partitions: int) -> list[bytes | None]:
+    """For each partition, the sorted lines of the pairs ``groups`` holds (None for none).
+
+    Encoded in batches (:func:`_texts`) and sorted as text: UTF-8 keeps the order of code
+    points, so text lines sort as their bytes do, and each run is encoded once.
+    """
+    keys = _texts(list(groups))
+    held = list(groups.values())
+    values = list(itertools.chain.from_iterable(held))
+    several = len(values) != len(keys)  # some key holds several values: its text for each
+    lines = [
+        f"{key}\t{value}\n"
+        for key, value in zip(
+            [key for key, vals in zip(keys, held, strict=True) for _ in vals] if several else keys,
+            _texts(values),
+            strict=True,
+        )
+    ]
+    if partitions == 1:
+        parts = [lines]
+    else:
+        crc = zlib.crc32
+        owners = [crc(key) % partitions for key in map(str.encode, keys)]
+        if several:
+            owners = [owner for owner, vals in zip(owners, held, strict=True) for _ in vals]
+        parts = [[] for _ in range(partitions)]
+        appends = [part.append for part in parts]
+        for owner, line in zip(owners, lines, strict=True):
+            appends[owner](line)
+    for part in parts:
+        part.sort()
+    return ["".join(part).encode("utf-8") if part else None for part in parts]
+
+
+#: Types a JSON array of which has commas only between its items.
+_COMMA_FREE = frozenset({float, int, bool, type(None)})
+
+
+def _texts(items: list[Any]) -> list[str]:
+    """The canonical JSON text of each item (of a key held as :class:`_Encoded`, its
+    encoding), a batch of one kind at a time."""
+    kinds = set(map(type, items))
+    if kinds == {str}:
+        return list(map(json.encoder.encode_basestring, items))
+    if kinds <= _COMMA_FREE and items:  # one encoder call for the lot, split at its commas
+        return _encoder.encode(items)[1:-1].split(",")
+    if _Encoded in kinds:
+        return [item.encoded.decode("utf-8") if type(item) is _Encoded else _encode(item) for item in items]
+    return list(map(_encode, items))
+
+
+def _raise_unencodable(groups: dict[Any, list[Any]]) -> None:
+    """Raise the :class:`EncodeError` of the first key or value held that is not a JSON
+    value (or is text with a lone surrogate, which UTF-8 cannot hold)."""
+    for key, values in groups.items():
+        if type(key) is not _Encoded:
+            CODEC.encode_key(key)
+        for value in values:
+            CODEC.encode_value(value)
 
 
 def _run_lines(run: bytes | IO[bytes]) -> Iterator[bytes]:
