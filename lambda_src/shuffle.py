@@ -428,12 +428,14 @@ class MapOutputBuffer:
         Stops at the first record whose mapper raises or that emits something other than a
         (key, value) pair of JSON values: that record's pairs are taken back (a record adds
         all its pairs or none), and ``(its index, the error)`` is returned; None when every
-        record was added.
+        record was added. The flush threshold is checked after each record, as :meth:`add`
+        checks it (and the Node.js plane's buffer), so runs are cut at the same points.
         """
         groups = self.groups
         encode_key = CODEC.encode_key
         trail: list[Any] = []  # the groups of the record's pairs after its first
         added = 0
+        until_flush = self.flush_values - self.held  # checked after each record, as add() does
         for index in range(first, len(records)):
             head = None  # the group of the record's first pair
             try:
@@ -465,10 +467,11 @@ class MapOutputBuffer:
                 return index, err.error if type(err) is _BadPair else err
             if trail:
                 trail.clear()
-            if added >= 65536:  # the flush threshold is checked every so many pairs
+            if added >= until_flush:
                 self._count(added)
                 added = 0
                 groups = self.groups  # written out: a new table
+                until_flush = self.flush_values - self.held
         self._count(added)
         return None
 
