@@ -15,7 +15,6 @@ partitioner and the run names, for the record shuffle here and the Arrow one ali
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import gc
 import heapq
@@ -379,8 +378,9 @@ class MapOutputBuffer:
         self.flush_values = flush_values
         self.spill_bytes = spill_bytes
         self.spill_dir = spill_dir
-        #: key (str or int as itself, any other key as its _Encoded form) -> values
-        self.groups: collections.defaultdict[Any, list[Any]] = collections.defaultdict(list)
+        #: key (str or int as itself, any other key as its _Encoded form) -> its value, or
+        #: its values as a _Several when it has more than one (no list for a lone value)
+        self.groups: dict[Any, Any] = {}
         self.held = 0
         self.records_in = 0
         # runs[p] is a list of runs: bytes in memory or an open temporary file
@@ -402,24 +402,9 @@ class MapOutputBuffer:
         JSON value, is refused whole: :class:`RejectedRecord` is raised with its index,
         after the records before it were added.
         """
-        groups = self.groups
-        pairs: list[Any] = []
-        try:
-            for pairs in itertools.islice(records, first, None):
-                for key, value in pairs:
-                    # str and int keys are equal in Python exactly when their encodings are;
-                    # any other key (1.0, True, -0.0, a dict or list) is held by its encoding.
-                    if type(key) in _PLAIN_KEYS:
-                        groups[key].append(value)
-                    else:
-                        groups[_Encoded(CODEC.encode_key(key))].append(value)
-        except (TypeError, ValueError) as err:
-            index = next(i for i in range(first, len(records)) if records[i] is pairs)
-            added = sum(map(len, itertools.islice(records, first, index)))
-            self._take_back(pairs)
-            self._count(added)
-            raise RejectedRecord(index, not_a_pair(pairs) or err) from None
-        self._count(sum(map(len, itertools.islice(records, first, None))))
+        failure = self.map_records(_own_pairs, None, records, first)
+        if failure is not None:
+            raise RejectedRecord(*failure)
 
     def map_records(self, mapper: Any, key: Any, records: list[Any], first: int = 0) -> tuple[int, Exception] | None:
         """Run ``mapper(key, record)`` over ``records[first:]``, adding each one's pairs as
@@ -442,13 +427,16 @@ class MapOutputBuffer:
                 for pair in mapper(key, records[index]):
                     try:
                         out_key, value = pair
-                        # see add_records: str and int keys by value, any other by encoding
+                        # str and int keys are equal in Python exactly when their encodings are;
+                        # any other key (1.0, True, -0.0, a dict or list) is held by its encoding.
                         group = out_key if type(out_key) in _PLAIN_KEYS else _Encoded(encode_key(out_key))
-                        values = groups.get(group)
-                        if values is None:
-                            groups[group] = [value]
+                        held = groups.get(group, _NONE)
+                        if held is _NONE:
+                            groups[group] = value
+                        elif type(held) is _Several:
+                            held.append(value)
                         else:
-                            values.append(value)
+                            groups[group] = _Several((held, value))
                     except (TypeError, ValueError) as err:
                         raise _BadPair(not_a_pair([pair]) or err) from None
                     if head is None:
@@ -458,11 +446,14 @@ class MapOutputBuffer:
                     added += 1
             except Exception as err:  # the record adds nothing; the caller decides what next
                 for group in (() if head is None else (head, *trail)):
-                    values = groups[group]
-                    values.pop()
-                    added -= 1
-                    if not values:
+                    held = groups[group]
+                    if type(held) is not _Several:
                         del groups[group]
+                    elif len(held) == 2:
+                        groups[group] = held[0]
+                    else:
+                        held.pop()
+                    added -= 1
                 self._count(added)
                 return index, err.error if type(err) is _BadPair else err
             if trail:
@@ -474,20 +465,6 @@ class MapOutputBuffer:
                 until_flush = self.flush_values - self.held
         self._count(added)
         return None
-
-    def _take_back(self, pairs: list[Any]) -> None:
-        """Remove what a refused record added before its bad pair: the same steps, undone."""
-        groups = self.groups
-        for pair in pairs:
-            try:
-                key, _ = pair
-                group = key if type(key) in _PLAIN_KEYS else _Encoded(CODEC.encode_key(key))
-            except (TypeError, ValueError):
-                return
-            values = groups[group]
-            values.pop()
-            if not values:
-                del groups[group]
 
     def _count(self, added: int) -> None:
         self.records_in += added
@@ -505,7 +482,7 @@ class MapOutputBuffer:
         emptied = []
         held = 0
         for key, values in self.groups.items():
-            if len(values) == 1:
+            if type(values) is not _Several:
                 held += 1
                 continue
             real_key = key.value if type(key) is _Encoded else key
@@ -521,9 +498,12 @@ class MapOutputBuffer:
                             f"{CODEC.encode_key(out_key).decode()}; a combiner must emit the key it is given"
                         )
                 out.append(out_value)
-            values[:] = out
             held += len(out)
-            if not out:
+            if len(out) > 1:
+                values[:] = out
+            elif out:
+                self.groups[key] = out[0]  # the same keys: iterating goes on
+            else:
                 emptied.append(key)
         for key in emptied:
             del self.groups[key]
@@ -536,7 +516,7 @@ class MapOutputBuffer:
         except (RecursionError, TypeError, ValueError):
             _raise_unencodable(self.groups)
             raise
-        self.groups = collections.defaultdict(list)
+        self.groups = {}
         self.held = 0
         for p, blob in enumerate(blobs):
             if blob is not None:
@@ -589,6 +569,21 @@ class MapOutputBuffer:
         self.runs = [[] for _ in range(self.partitions)]
 
 
+class _Several(list):
+    """The values of a key of ``MapOutputBuffer.groups`` that holds more than one."""
+
+    __slots__ = ()
+
+
+#: Not a value: what ``groups.get`` gives for a key not held.
+_NONE = object()
+
+
+def _own_pairs(_key: Any, pairs: list[Any]) -> list[Any]:
+    """A "mapper" whose records are lists of pairs already: ``add_records``'."""
+    return pairs
+
+
 class _Encoded:
     """A key held by its canonical encoding (its decoded value is what a combiner sees)."""
 
@@ -608,31 +603,27 @@ class _Encoded:
         return type(other) is _Encoded and other.encoded == self.encoded
 
 
-def _sorted_runs(groups: dict[Any, list[Any]], partitions: int) -> list[bytes | None]:
+def _sorted_runs(groups: dict[Any, Any], partitions: int) -> list[bytes | None]:
     """For each partition, the sorted lines of the pairs ``groups`` holds (None for none).
 
     Encoded in batches (:func:`_texts`) and sorted as text: UTF-8 keeps the order of code
     points, so text lines sort as their bytes do, and each run is encoded once.
     """
     keys = _texts(list(groups))
-    held = list(groups.values())
-    values = list(itertools.chain.from_iterable(held))
-    several = len(values) != len(keys)  # some key holds several values: its text for each
+    values = list(groups.values())
+    counts = None
+    if _Several in set(map(type, values)):  # some key holds several values: its text for each
+        counts = [len(held) if type(held) is _Several else 1 for held in values]
+        values = list(itertools.chain.from_iterable(_held_values(held) for held in values))
     lines = [
         f"{key}\t{value}\n"
-        for key, value in zip(
-            [key for key, vals in zip(keys, held, strict=True) for _ in vals] if several else keys,
-            _texts(values),
-            strict=True,
-        )
+        for key, value in zip(_repeat(keys, counts), _texts(values), strict=True)
     ]
     if partitions == 1:
         parts = [lines]
     else:
         crc = zlib.crc32
-        owners = [crc(key) % partitions for key in map(str.encode, keys)]
-        if several:
-            owners = [owner for owner, vals in zip(owners, held, strict=True) for _ in vals]
+        owners = _repeat([crc(key) % partitions for key in map(str.encode, keys)], counts)
         parts = [[] for _ in range(partitions)]
         appends = [part.append for part in parts]
         for owner, line in zip(owners, lines, strict=True):
@@ -659,14 +650,26 @@ def _texts(items: list[Any]) -> list[str]:
     return list(map(_encode, items))
 
 
-def _raise_unencodable(groups: dict[Any, list[Any]]) -> None:
+def _raise_unencodable(groups: dict[Any, Any]) -> None:
     """Raise the :class:`EncodeError` of the first key or value held that is not a JSON
     value (or is text with a lone surrogate, which UTF-8 cannot hold)."""
-    for key, values in groups.items():
+    for key, held in groups.items():
         if type(key) is not _Encoded:
             CODEC.encode_key(key)
-        for value in values:
+        for value in _held_values(held):
             CODEC.encode_value(value)
+
+
+def _held_values(held: Any) -> Any:
+    """The values of a key of ``MapOutputBuffer.groups``."""
+    return held if type(held) is _Several else (held,)
+
+
+def _repeat(items: list[Any], counts: list[int] | None) -> list[Any]:
+    """Each item ``counts`` times (once each without counts)."""
+    if counts is None:
+        return items
+    return [item for item, count in zip(items, counts, strict=True) for _ in range(count)]
 
 
 def _run_lines(run: bytes | IO[bytes]) -> Iterator[bytes]:
