@@ -23,7 +23,7 @@ import json
 import os
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from lambda_src import contract
@@ -406,7 +406,9 @@ class MapOutputBuffer:
         if failure is not None:
             raise RejectedRecord(*failure)
 
-    def map_records(self, mapper: Any, key: Any, records: list[Any], first: int = 0) -> tuple[int, Exception] | None:
+    def map_records(
+        self, mapper: Callable[[Any, Any], Iterable[Any]], key: Any, records: list[Any], first: int = 0
+    ) -> tuple[int, Exception] | None:
         """Run ``mapper(key, record)`` over ``records[first:]``, adding each one's pairs as
         they come (no list of them is made).
 
@@ -580,7 +582,7 @@ _NONE = object()
 
 
 def _own_pairs(_key: Any, pairs: list[Any]) -> list[Any]:
-    """A "mapper" whose records are lists of pairs already: ``add_records``'."""
+    """The mapper ``add_records`` runs: its records are lists of pairs already."""
     return pairs
 
 
