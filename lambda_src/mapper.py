@@ -195,15 +195,15 @@ def _map_records(
     job: MapReduceJob,
     step: Step,
     splits: list[reader.Segment],
-    buffer: shuffle.MapOutputBuffer | output.CsvWriter,
+    buffer: shuffle.MapOutputBuffer | output.ResultWriter,
     cfg: task.JobConfig,
     bad: BadRecords,
 ) -> dict:
-    """Run the mapper over every line of the splits, block by block.
+    """Run the mapper over every line of the splits, block by block (``buffer.map_records``).
 
-    Each line's pairs are materialised (a line that fails midway adds nothing) and a
-    block's worth goes to ``buffer.add_records`` at once; a failure is handled at its line,
-    in line order, after the lines before it were added.
+    A line whose mapper fails, or that emits something other than (key, value) pairs, adds
+    nothing; it is handled at its line (a bad record, or the task fails), in line order,
+    after the lines before it were added.
     """
     mapper = step.mapper if step.mapper is not None else step.map_pairs
     records = 0
@@ -231,46 +231,16 @@ def _map_records(
 
         store = st.for_uri(seg.uri)
         for block in formats.of(seg).read_blocks(store, seg, on_bad, cfg.max_line_bytes, job):
-            lines = block.records
-            records += len(lines)
+            records += len(block.records)
             input_bytes += block.size
-            i = 0
-            n = len(lines)
-            while i < n:
-                start = i
-                mapped: list[list[Any]] = []
-                append = mapped.append
-                error = None
-                try:
-                    for i in range(i, n):  # noqa: B020 - resumes after a failed record
-                        append(list(mapper(key, lines[i])))
-                    i = n
-                except Exception as err:  # handled below, after the lines before it were added
-                    error = err
-                _add_records(buffer, mapped, lambda j, err, block=block, start=start: failed(block, start + j, err))
-                if error is not None:
-                    failed(block, i, error)
-                    i += 1
+            first = 0
+            while (failure := buffer.map_records(mapper, key, block.records, first)) is not None:
+                index, err = failure
+                failed(block, index, err)
+                first = index + 1
     if step.mapper_final is not None:
         buffer.add(list(step.mapper_final()))
     return {"input_records": records, "input_bytes": input_bytes}
-
-
-def _add_records(
-    buffer: shuffle.MapOutputBuffer | output.CsvWriter,
-    mapped: list[list[Any]],
-    failed: Callable[[int, Exception], None],
-) -> None:
-    """``buffer.add_records(mapped)``; each refused record goes to ``failed`` (which raises
-    to stop), and the records after it are added."""
-    first = 0
-    while first < len(mapped):
-        try:
-            buffer.add_records(mapped, first)
-            return
-        except shuffle.RejectedRecord as rejected:
-            failed(rejected.index, rejected.error)
-            first = rejected.index + 1
 
 
 def _arrow_available() -> bool:

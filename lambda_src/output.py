@@ -170,6 +170,25 @@ class ResultWriter:
                 raise shuffle.RejectedRecord(index, error)
             self.add(pairs)
 
+    def map_records(self, mapper: Callable[[Any, Any], Iterable[Any]], key: Any, records: list[Any],
+                    first: int = 0) -> tuple[int, Exception] | None:
+        """Write the rows ``mapper(key, record)`` emits for each of ``records[first:]``.
+
+        Stops at the first record whose mapper raises or that emits something other than
+        (key, value) pairs (it writes nothing): returns ``(its index, the error)``; None when
+        every record was written. (``shuffle.MapOutputBuffer.map_records``'s contract.)
+        """
+        for index in range(first, len(records)):
+            try:
+                pairs = list(mapper(key, records[index]))
+            except Exception as err:  # the caller decides: a bad record, or the task fails
+                return index, err
+            try:
+                self.add_records([pairs])
+            except shuffle.RejectedRecord as rejected:
+                return index, rejected.error
+        return None
+
     def finish(self) -> None:
         """Write what is held (on a clean exit); raising here drops the file too."""
 

@@ -15,7 +15,6 @@ partitioner and the run names, for the record shuffle here and the Arrow one ali
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import gc
 import heapq
@@ -24,7 +23,7 @@ import json
 import os
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from lambda_src import contract
@@ -328,6 +327,14 @@ class RejectedRecord(Exception):
         self.error = error
 
 
+class _BadPair(Exception):
+    """Something a mapper emitted that cannot be added: ``error`` says why."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 def not_a_pair(pairs: list[Any]) -> ValueError | None:
     """The error for the first item of a record's ``pairs`` that is not a (key, value) pair."""
     bad = next((p for p in pairs if not (isinstance(p, tuple | list) and len(p) == 2)), None)
@@ -360,8 +367,9 @@ class MapOutputBuffer:
         self.flush_values = flush_values
         self.spill_bytes = spill_bytes
         self.spill_dir = spill_dir
-        #: key (str or int as itself, any other key as its _Encoded form) -> values
-        self.groups: collections.defaultdict[Any, list[Any]] = collections.defaultdict(list)
+        #: key (str or int as itself, any other key as its _Encoded form) -> its value, or
+        #: its values as a _Several when it has more than one (no list for a lone value)
+        self.groups: dict[Any, Any] = {}
         self.held = 0
         self.records_in = 0
         # runs[p] is a list of runs: bytes in memory or an open temporary file
@@ -383,38 +391,71 @@ class MapOutputBuffer:
         JSON value, is refused whole: :class:`RejectedRecord` is raised with its index,
         after the records before it were added.
         """
-        groups = self.groups
-        pairs: list[Any] = []
-        try:
-            for pairs in itertools.islice(records, first, None):
-                for key, value in pairs:
-                    # str and int keys are equal in Python exactly when their encodings are;
-                    # any other key (1.0, True, -0.0, a dict or list) is held by its encoding.
-                    if type(key) in _PLAIN_KEYS:
-                        groups[key].append(value)
-                    else:
-                        groups[_Encoded(CODEC.encode_key(key))].append(value)
-        except (TypeError, ValueError) as err:
-            index = next(i for i in range(first, len(records)) if records[i] is pairs)
-            added = sum(map(len, itertools.islice(records, first, index)))
-            self._take_back(pairs)
-            self._count(added)
-            raise RejectedRecord(index, not_a_pair(pairs) or err) from None
-        self._count(sum(map(len, itertools.islice(records, first, None))))
+        failure = self.map_records(_own_pairs, None, records, first)
+        if failure is not None:
+            raise RejectedRecord(*failure)
 
-    def _take_back(self, pairs: list[Any]) -> None:
-        """Remove what a refused record added before its bad pair: the same steps, undone."""
+    def map_records(
+        self, mapper: Callable[[Any, Any], Iterable[Any]], key: Any, records: list[Any], first: int = 0
+    ) -> tuple[int, Exception] | None:
+        """Run ``mapper(key, record)`` over ``records[first:]``, adding each one's pairs as
+        they come (no list of them is made).
+
+        Stops at the first record whose mapper raises or that emits something other than a
+        (key, value) pair of JSON values: that record's pairs are taken back (a record adds
+        all its pairs or none), and ``(its index, the error)`` is returned; None when every
+        record was added. The flush threshold is checked after each record, as :meth:`add`
+        checks it (and the Node.js plane's buffer), so runs are cut at the same points.
+        """
         groups = self.groups
-        for pair in pairs:
+        encode_key = CODEC.encode_key
+        trail: list[Any] = []  # the groups of the record's pairs after its first
+        added = 0
+        until_flush = self.flush_values - self.held  # checked after each record, as add() does
+        for index in range(first, len(records)):
+            head = None  # the group of the record's first pair
             try:
-                key, _ = pair
-                group = key if type(key) in _PLAIN_KEYS else _Encoded(CODEC.encode_key(key))
-            except (TypeError, ValueError):
-                return
-            values = groups[group]
-            values.pop()
-            if not values:
-                del groups[group]
+                for pair in mapper(key, records[index]):
+                    try:
+                        out_key, value = pair
+                        # str and int keys are equal in Python exactly when their encodings are;
+                        # any other key (1.0, True, -0.0, a dict or list) is held by its encoding.
+                        group = out_key if type(out_key) in _PLAIN_KEYS else _Encoded(encode_key(out_key))
+                        held = groups.get(group, _NONE)
+                        if held is _NONE:
+                            groups[group] = value
+                        elif type(held) is _Several:
+                            held.append(value)
+                        else:
+                            groups[group] = _Several((held, value))
+                    except (TypeError, ValueError) as err:
+                        raise _BadPair(not_a_pair([pair]) or err) from None
+                    if head is None:
+                        head = group
+                    else:
+                        trail.append(group)
+                    added += 1
+            except Exception as err:  # the record adds nothing; the caller decides what next
+                for group in (() if head is None else (head, *trail)):
+                    held = groups[group]
+                    if type(held) is not _Several:
+                        del groups[group]
+                    elif len(held) == 2:
+                        groups[group] = held[0]
+                    else:
+                        held.pop()
+                    added -= 1
+                self._count(added)
+                return index, err.error if type(err) is _BadPair else err
+            if trail:
+                trail.clear()
+            if added >= until_flush:
+                self._count(added)
+                added = 0
+                groups = self.groups  # written out: a new table
+                until_flush = self.flush_values - self.held
+        self._count(added)
+        return None
 
     def _count(self, added: int) -> None:
         self.records_in += added
@@ -432,7 +473,7 @@ class MapOutputBuffer:
         emptied = []
         held = 0
         for key, values in self.groups.items():
-            if len(values) == 1:
+            if type(values) is not _Several:
                 held += 1
                 continue
             real_key = key.value if type(key) is _Encoded else key
@@ -448,35 +489,30 @@ class MapOutputBuffer:
                             f"{CODEC.encode_key(out_key).decode()}; a combiner must emit the key it is given"
                         )
                 out.append(out_value)
-            values[:] = out
             held += len(out)
-            if not out:
+            if len(out) > 1:
+                values[:] = out
+            elif out:
+                self.groups[key] = out[0]  # the same keys: iterating goes on
+            else:
                 emptied.append(key)
         for key in emptied:
             del self.groups[key]
         self.held = held
 
     def _write_runs(self) -> None:
-        parts: list[list[bytes]] = [[] for _ in range(self.partitions)]
-        encode_key, encode_value, partition_of = CODEC.encode_key, CODEC.encode_value, CODEC.partition_of
-        partitions = self.partitions
-        target = parts[0]
-        for key, values in self.groups.items():
-            kb = key.encoded if type(key) is _Encoded else encode_key(key)
-            prefix = kb + b"\t"
-            if partitions > 1:
-                target = parts[partition_of(kb, partitions)]
-            for value in values:
-                target.append(prefix + encode_value(value) + b"\n")
-        self.groups = collections.defaultdict(list)
+        """Write the held pairs as one sorted run per partition."""
+        try:
+            blobs = _sorted_runs(self.groups, self.partitions)
+        except (RecursionError, TypeError, ValueError):
+            _raise_unencodable(self.groups)
+            raise
+        self.groups = {}
         self.held = 0
-        for p, lines in enumerate(parts):
-            if not lines:
-                continue
-            lines.sort()
-            blob = b"".join(lines)
-            self.runs[p].append(blob)
-            self.memory_bytes += len(blob)
+        for p, blob in enumerate(blobs):
+            if blob is not None:
+                self.runs[p].append(blob)
+                self.memory_bytes += len(blob)
         if self.memory_bytes > self.spill_bytes:
             self._spill()
 
@@ -524,6 +560,21 @@ class MapOutputBuffer:
         self.runs = [[] for _ in range(self.partitions)]
 
 
+class _Several(list):
+    """The values of a key of ``MapOutputBuffer.groups`` that holds more than one."""
+
+    __slots__ = ()
+
+
+#: Not a value: what ``groups.get`` gives for a key not held.
+_NONE = object()
+
+
+def _own_pairs(_key: Any, pairs: list[Any]) -> list[Any]:
+    """The mapper ``add_records`` runs: its records are lists of pairs already."""
+    return pairs
+
+
 class _Encoded:
     """A key held by its canonical encoding (its decoded value is what a combiner sees)."""
 
@@ -541,6 +592,75 @@ class _Encoded:
 
     def __eq__(self, other: object) -> bool:
         return type(other) is _Encoded and other.encoded == self.encoded
+
+
+def _sorted_runs(groups: dict[Any, Any], partitions: int) -> list[bytes | None]:
+    """For each partition, the sorted lines of the pairs ``groups`` holds (None for none).
+
+    Encoded in batches (:func:`_texts`) and sorted as text: UTF-8 keeps the order of code
+    points, so text lines sort as their bytes do, and each run is encoded once.
+    """
+    keys = _texts(list(groups))
+    values = list(groups.values())
+    counts = None
+    if _Several in set(map(type, values)):  # some key holds several values: its text for each
+        counts = [len(held) if type(held) is _Several else 1 for held in values]
+        values = list(itertools.chain.from_iterable(_held_values(held) for held in values))
+    lines = [
+        f"{key}\t{value}\n"
+        for key, value in zip(_repeat(keys, counts), _texts(values), strict=True)
+    ]
+    if partitions == 1:
+        parts = [lines]
+    else:
+        crc = zlib.crc32
+        owners = _repeat([crc(key) % partitions for key in map(str.encode, keys)], counts)
+        parts = [[] for _ in range(partitions)]
+        appends = [part.append for part in parts]
+        for owner, line in zip(owners, lines, strict=True):
+            appends[owner](line)
+    for part in parts:
+        part.sort()
+    return ["".join(part).encode("utf-8") if part else None for part in parts]
+
+
+#: Types a JSON array of which has commas only between its items.
+_COMMA_FREE = frozenset({float, int, bool, type(None)})
+
+
+def _texts(items: list[Any]) -> list[str]:
+    """The canonical JSON text of each item (of a key held as :class:`_Encoded`, its
+    encoding), a batch of one kind at a time."""
+    kinds = set(map(type, items))
+    if kinds == {str}:
+        return list(map(json.encoder.encode_basestring, items))
+    if kinds <= _COMMA_FREE and items:  # one encoder call for the lot, split at its commas
+        return _encoder.encode(items)[1:-1].split(",")
+    if _Encoded in kinds:
+        return [item.encoded.decode("utf-8") if type(item) is _Encoded else _encode(item) for item in items]
+    return list(map(_encode, items))
+
+
+def _raise_unencodable(groups: dict[Any, Any]) -> None:
+    """Raise the :class:`EncodeError` of the first key or value held that is not a JSON
+    value (or is text with a lone surrogate, which UTF-8 cannot hold)."""
+    for key, held in groups.items():
+        if type(key) is not _Encoded:
+            CODEC.encode_key(key)
+        for value in _held_values(held):
+            CODEC.encode_value(value)
+
+
+def _held_values(held: Any) -> Any:
+    """The values of a key of ``MapOutputBuffer.groups``."""
+    return held if type(held) is _Several else (held,)
+
+
+def _repeat(items: list[Any], counts: list[int] | None) -> list[Any]:
+    """Each item ``counts`` times (once each without counts)."""
+    if counts is None:
+        return items
+    return [item for item, count in zip(items, counts, strict=True) for _ in range(count)]
 
 
 def _run_lines(run: bytes | IO[bytes]) -> Iterator[bytes]:
