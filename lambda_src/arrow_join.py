@@ -140,23 +140,27 @@ def read_side(side: TableInput, segments: list[reader.Segment], cfg: contract.Jo
     """A side's rows from its segments, selected, its join column first as ``key``:
     (table, input records, input bytes). A segment the vectorized reader gives up on is
     read line by line (``TableInput.parse_line``), bad records counted in ``bad``."""
+    def selected(table: pa.Table) -> pa.Table:
+        return side.select(table) if side.select is not None else table
+
     parts: list[pa.Table] = []
     records = size = 0
     for seg in segments:
-        mine: list[pa.Table] = []
+        mine: list[pa.Table] = []  # selected as read: a segment's unselected rows are never held at once
         try:
             nbytes, tables = formats.of(seg).read_tables(seg, side, cfg.max_line_bytes)
             seg_records = 0
             for table in tables:
                 seg_records += table.num_rows
-                mine.append(table)
+                mine.append(selected(table))
         except formats.VectorFallback as why:
             log.info("join input %s: vectorized read stopped (%s); reading %s line by line", side.name, why,
                      seg.describe())
-            nbytes, seg_records, mine = _read_lines(side, seg, cfg, bad)
+            nbytes, seg_records, lines = _read_lines(side, seg, cfg, bad)
+            mine = [selected(t) for t in lines]
         size += nbytes
         records += seg_records
-        parts.extend(side.select(t) if side.select is not None else t for t in mine)
+        parts.extend(mine)
     table = ash.concat(parts) if parts else _empty(side)
     if side.key not in table.column_names:
         raise task.TaskJobError(f"the select of join input {side.name!r} dropped the key column {side.key!r}")

@@ -209,6 +209,15 @@ def join_strategy(sizes: dict[str, int], memory_mb: int) -> dict:
             "input_bytes": dict(sizes), "memory_mb": memory_mb}
 
 
+def broadcast_task_bytes(split_size: int, broadcast_bytes: int) -> int:
+    """A broadcast join's map task's share of the larger input: at least the broadcast input's
+    size. Every map task reads the whole broadcast input (on a cold worker) and probes all of
+    its rows in the join, whatever its own share; a share at least as large keeps that fixed
+    cost at most half the task's work (with 64 MB tasks of 1.6 GB beside a 400 MB broadcast
+    input, 25 tasks would each probe 5.6 M rows to join about 3,000)."""
+    return max(split_size, broadcast_bytes)
+
+
 def plan(
     inputs: dict[str, list[str]], split_size: int, max_files_per_task: int, parallelism: int = 1,
     input_formats: dict[str, str] | None = None,
@@ -240,6 +249,10 @@ def plan(
             listed = [item for item in listed if item[1] != join["broadcast"]]
     total = sum(info.size for info, _ in listed)
     effective = balanced_split_size(total, split_size, parallelism)
+    # A task's bytes: a split's, or in a broadcast join about the broadcast input's (balanced for
+    # the workers), in splits of the planned size, so that a task reads its share a split at a time
+    share = effective if not broadcast else balanced_split_size(
+        total, broadcast_task_bytes(split_size, join["input_bytes"][join["broadcast"]]), parallelism)
     heads = read_heads([info for info, _ in [*listed, *broadcast]])
 
     def split(item: tuple[st.ObjectInfo, str | None], size: int | None = None) -> list[Segment]:
@@ -251,11 +264,11 @@ def plan(
 
     # A format may read the object to split it (Parquet's footer): several at once on S3.
     segments = [seg for segs in st.per_object(split, listed, _uri) for seg in segs]
-    count = -(-total // effective)
+    count = -(-total // share)
     if parallelism > 1 and 0 < count < 8 * parallelism:
         tasks = _equal_shares(segments, count, max_files_per_task)
     else:
-        tasks = pack(segments, effective, max_files_per_task)
+        tasks = pack(segments, share, max_files_per_task)
     # a broadcast input is read whole by every task: one split per object, in its own format
     shared = [seg for item in broadcast for seg in split(item, max(1, item[0].size))]
     if shared:

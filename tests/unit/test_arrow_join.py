@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from airflow_provider_lambdamr.engine import planner
-from lambda_src import arrow_join, task
+from lambda_src import arrow_join, contract, task
 from lambda_src.job import BadRecord, Join, MapReduceJob, Step, TableInput
 
 
@@ -88,3 +88,65 @@ def test_the_planner_broadcasts_the_smaller_input_only_when_it_fits():
     too_big = planner.join_strategy({"big": 900 * mb, "small": 500 * mb}, memory_mb=1536)
     assert too_big["strategy"] == "partitioned" and too_big["broadcast"] is None
     assert too_big["input_bytes"] == {"big": 900 * mb, "small": 500 * mb} and too_big["memory_mb"] == 1536
+
+
+def _lines(path, count: int, width: int = 99) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{i:0{width}d}\n" for i in range(count)))  # 100-byte lines
+
+
+@pytest.mark.parametrize(("parallelism", "count"), [(1, 3), (2, 4)])
+def test_a_broadcast_joins_tasks_each_take_about_the_broadcast_inputs_bytes_in_planned_splits(
+        tmp_path, parallelism, count):
+    for f in range(4):
+        _lines(tmp_path / "big" / f"p{f}.txt", 10_000)  # 4 x 1 MB
+    _lines(tmp_path / "small" / "p0.txt", 15_000)  # 1.5 MB: broadcast, and more than a split
+    split = 256 * 1024
+    tasks, summary = planner.plan({"big": [str(tmp_path / "big")], "small": [str(tmp_path / "small")]}, split,
+                                  500, parallelism=parallelism, join_memory_mb=1536)
+    assert summary["join"]["broadcast"] == "small"
+    big = [[s for s in t.splits if s.input == "big"] for t in tasks]
+    shares = [sum(s.end - s.start for s in segs) for segs in big]
+    # 4 MB in tasks of 1.5 MB (not 16 of a split each); for two workers, 4 tasks balance better than 3
+    assert sum(shares) == 4_000_000 and len(tasks) == count
+    assert min(shares[:-1]) >= 4_000_000 // count
+    # each task reads its share a split at a time: a split's pages, not the share's, at once
+    assert max(s.end - s.start for segs in big for s in segs) <= split
+    for t in tasks:
+        assert [(s.uri, s.start, s.end) for s in t.splits if s.input == "small"] == [
+            ((tmp_path / "small" / "p0.txt").as_uri(), 0, 1_500_000)]
+
+
+def test_a_partitioned_join_keeps_the_planned_split_size(tmp_path):
+    for name in ("big", "small"):
+        _lines(tmp_path / name / "p0.txt", 10_000)
+    tasks, summary = planner.plan({"big": [str(tmp_path / "big")], "small": [str(tmp_path / "small")]},
+                                  256 * 1024, 500, join_memory_mb=1)  # 1 MB of memory: nothing fits
+    assert summary["join"]["strategy"] == "partitioned"
+    assert len(tasks) == 8  # 2 MB in 256 kB tasks
+
+
+def test_a_sides_select_runs_on_each_table_as_it_is_read(monkeypatch):
+    """A split's rows are selected batch by batch: its unselected rows are never all held."""
+    events = []
+
+    def tables():
+        for n in range(3):
+            events.append(f"read {n}")
+            yield pa.table({"k": [f"k{n}"], "v": [n]})
+
+    class Reader:
+        def read_tables(self, seg, side, max_line_bytes):
+            return 30, tables()
+
+    def select(table):
+        events.append("select")
+        return table
+
+    monkeypatch.setattr(arrow_join.formats, "of", lambda seg: Reader())
+    side = TableInput("l", ("k", "v"), key="k", types={"v": "int64"}, select=select)
+    seg = arrow_join.reader.Segment("file:///x", 0, 30, 30, input="l")
+    cfg = contract.JobConfig(ref="x:Y", params={}, partitions=1)
+    table, records, size = arrow_join.read_side(side, [seg], cfg, None)
+    assert events == ["read 0", "select", "read 1", "select", "read 2", "select"]
+    assert (table.column_names, table.num_rows, records, size) == (["key", "v"], 3, 3, 30)
