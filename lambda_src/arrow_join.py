@@ -15,8 +15,8 @@ side's, whichever side is broadcast.
   memory (the broadcast side is cached across a warm worker's tasks), applies ``emit`` and
   writes the pairs as Arrow runs partitioned by their key. The final reducer concatenates.
 
-Either way the step's final reducers write the pairs as intermediate lines, which the next
-step's mappers read.
+Either way the step's final reducers write the pairs for the next step's mappers: an Arrow
+run when that step works on tables (``arrow_steps``), else intermediate lines.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambda_src import arrow_shuffle as ash
-from lambda_src import contract, formats, output, reader, shuffle, task
+from lambda_src import arrow_steps, contract, formats, output, reader, task
 from lambda_src import storage as st
-from lambda_src.job import Join, TableInput
+from lambda_src.job import Join, Step, TableInput
 from lambda_src.mapper import BAD_SAMPLES, RECORD_ERRORS, BadRecords
 
 log = logging.getLogger("lambdamr")
@@ -105,33 +105,11 @@ def _null_matches(left: pa.Table, right: pa.Table, columns: list[str]) -> pa.Tab
     return product.add_column(0, "key", pa.nulls(product.num_rows, key_type)).select(columns)
 
 
-def pair_lines(table: pa.Table) -> list[bytes]:
-    """The (key, value) pairs of an ``emit`` table as intermediate lines.
-
-    The value is the ``value`` column's when that is the only other column, else the list of
-    the other columns' values.
-    """
-    codec = shuffle.CODEC
-    encode_key, encode_value, line = codec.encode_key, codec.encode_value, codec.line
-    keys = table.column("key").to_pylist()
-    others = [c for c in table.column_names if c != "key"]
-    if others == ["value"]:
-        values: Any = table.column("value").to_pylist()
-    else:
-        values = map(list, zip(*(table.column(c).to_pylist() for c in others), strict=True))
-    return [line(encode_key(k), encode_value(v)) for k, v in zip(keys, values, strict=True)]
-
-
 def emit_pairs(join: Join, joined: pa.Table) -> pa.Table | None:
     """``emit`` of joined rows, checked; None when there are none."""
     if joined.num_rows == 0:
         return None
-    result = join.emit(joined)
-    if not isinstance(result, pa.Table) or "key" not in result.column_names or result.num_columns < 2:
-        got = result.column_names if isinstance(result, pa.Table) else type(result).__name__
-        raise task.TaskJobError(f"the join's emit must return a pyarrow.Table with a 'key' column and value "
-                                f"columns, got {got}")
-    return result.select(["key", *(c for c in result.column_names if c != "key")])
+    return arrow_steps.pairs_table(join.emit(joined), "the join's emit")
 
 
 # -- reading a side ----------------------------------------------------------------------------
@@ -290,15 +268,18 @@ def _combine_sides(left: pa.Table | None, right: pa.Table | None) -> pa.Table | 
 
 
 # -- the reduce task ------------------------------------------------------------------------------
-def run_reduce(spec: contract.ReduceTask, cfg: contract.JobConfig, join: Join, inputs: list[str], token: str) -> dict:
+def run_reduce(spec: contract.ReduceTask, cfg: contract.JobConfig, join: Join, inputs: list[str], token: str,
+               next_step: Step | Join | None) -> dict:
     """Concatenate a partition's runs; in the final round, join them (partitioned) and write
-    the pairs as intermediate lines for the next step."""
+    the pairs for the next step (``arrow_steps.write_pairs``)."""
     tables = [ash.read_run(uri) for uri in inputs]
     table = ash.concat(tables) if tables else None  # a partition no map task wrote to
     stats: dict[str, Any] = {"input_records": table.num_rows if table is not None else 0}
-    if table is None:
-        uri = spec.run_uri(token, "pairs" if spec.final else "run")
+    if table is None and not spec.final:
+        uri = spec.run_uri(token, "run")
         records, size = output.write_lines(uri, b"")
+    elif table is None:
+        uri, records, size = arrow_steps.write_pairs(spec, token, None, next_step)
     elif not spec.final:
         uri = spec.run_uri(token, "run", arrow=True)
         records, size = ash.write_run(uri, table)
@@ -309,8 +290,7 @@ def run_reduce(spec: contract.ReduceTask, cfg: contract.JobConfig, join: Join, i
             pairs = emit_pairs(join, joined)
         else:
             pairs = table
-        uri = spec.run_uri(token, "pairs")
-        records, size = output.write_lines(uri, pair_lines(pairs) if pairs is not None else b"")
+        uri, records, size = arrow_steps.write_pairs(spec, token, pairs, next_step)
     stats.update(output_records=records, output_bytes=size,
                  mode="partitioned join" if cfg.broadcast is None else "broadcast join")
     return {"outputs": [{"partition": spec.partition, "uri": uri, "records": records, "bytes": size}],

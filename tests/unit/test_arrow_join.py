@@ -150,3 +150,34 @@ def test_a_sides_select_runs_on_each_table_as_it_is_read(monkeypatch):
     table, records, size = arrow_join.read_side(side, [seg], cfg, None)
     assert events == ["read 0", "select", "read 1", "select", "read 2", "select"]
     assert (table.column_names, table.num_rows, records, size) == (["key", "v"], 3, 3, 30)
+
+
+def test_a_step_on_tables_follows_a_join_or_another_and_has_no_record_functions():
+    join = _Steps.join
+
+    def tables(t):
+        return t
+
+    class Good(_Steps):
+        def table_steps(self):
+            return [join, Step(combine_table=tables, reduce_table=tables)]
+
+    class AfterRecords(_Steps):
+        def table_steps(self):
+            return [Step(reducer=self.reducer), Step(reduce_table=tables)]
+
+    class Mixed(_Steps):
+        def table_steps(self):
+            return [join, Step(reducer=self.reducer, reduce_table=tables)]
+
+    class CombineOnly(_Steps):
+        def table_steps(self):
+            return [join, Step(combine_table=tables)]
+
+    assert Good().checked_steps(vectorized=True)[1].on_tables
+    with pytest.raises(TypeError, match="step 2 works on tables, so it must follow a Join or another step"):
+        AfterRecords().checked_steps(vectorized=True)
+    with pytest.raises(TypeError, match=r"step 2 works on tables .* cannot also have reducer"):
+        Mixed().checked_steps(vectorized=True)
+    with pytest.raises(TypeError, match="step 2 has a combine_table but no reduce_table"):
+        CombineOnly().checked_steps(vectorized=True)
