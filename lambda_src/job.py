@@ -79,7 +79,7 @@ Python objects.
          emit=self.revenue_by_ip)
 
 The planner picks how the join runs from the input sizes: a broadcast hash join (every
-map task over the larger input reads the whole smaller one, cached per warm worker) when
+map task over the larger input reads the whole smaller one, keeping its rows that may join) when
 the smaller input fits the function's memory, else a partitioned join (both sides
 shuffled on the join key). The result is the same either way.
 """

@@ -95,26 +95,28 @@ def _lines(path, count: int, width: int = 99) -> None:
     path.write_text("".join(f"{i:0{width}d}\n" for i in range(count)))  # 100-byte lines
 
 
-@pytest.mark.parametrize(("parallelism", "count"), [(1, 3), (2, 4)])
-def test_a_broadcast_joins_tasks_each_take_about_the_broadcast_inputs_bytes_in_planned_splits(
+@pytest.mark.parametrize(("parallelism", "count"), [(1, 2), (2, 2), (4, 4), (64, 6)])
+def test_a_broadcast_joins_tasks_are_one_per_worker_of_one_to_four_broadcast_inputs_in_planned_splits(
         tmp_path, parallelism, count):
     for f in range(4):
         _lines(tmp_path / "big" / f"p{f}.txt", 10_000)  # 4 x 1 MB
-    _lines(tmp_path / "small" / "p0.txt", 15_000)  # 1.5 MB: broadcast, and more than a split
+    _lines(tmp_path / "small" / "p0.txt", 7_500)  # 0.75 MB: broadcast, and more than a split
     split = 256 * 1024
     tasks, summary = planner.plan({"big": [str(tmp_path / "big")], "small": [str(tmp_path / "small")]}, split,
                                   500, parallelism=parallelism, join_memory_mb=1536)
     assert summary["join"]["broadcast"] == "small"
     big = [[s for s in t.splits if s.input == "big"] for t in tasks]
     shares = [sum(s.end - s.start for s in segs) for segs in big]
-    # 4 MB in tasks of 1.5 MB (not 16 of a split each); for two workers, 4 tasks balance better than 3
+    # 4 MB: a task per worker, of at most 3 MB (four broadcast inputs: 1 worker gets 3 + 1 MB),
+    # not 16 tasks of a split each; tasks for 64 workers would be smaller than the broadcast
+    # input: tasks of about its size instead (0.75 MB: 6 of 0.67 MB)
     assert sum(shares) == 4_000_000 and len(tasks) == count
-    assert min(shares[:-1]) >= 4_000_000 // count
+    assert max(shares) <= 3_000_000 and min(shares[:-1]) >= 4_000_000 // count - 1
     # each task reads its share a split at a time: a split's pages, not the share's, at once
     assert max(s.end - s.start for segs in big for s in segs) <= split
     for t in tasks:
         assert [(s.uri, s.start, s.end) for s in t.splits if s.input == "small"] == [
-            ((tmp_path / "small" / "p0.txt").as_uri(), 0, 1_500_000)]
+            ((tmp_path / "small" / "p0.txt").as_uri(), 0, 750_000)]
 
 
 def test_a_partitioned_join_keeps_the_planned_split_size(tmp_path):
@@ -181,3 +183,59 @@ def test_a_step_on_tables_follows_a_join_or_another_and_has_no_record_functions(
         Mixed().checked_steps(vectorized=True)
     with pytest.raises(TypeError, match="step 2 has a combine_table but no reduce_table"):
         CombineOnly().checked_steps(vectorized=True)
+
+
+def test_the_broadcast_side_keeps_only_rows_that_may_join_the_other_sides_keys():
+    """A semi-join before the join: equal keys as the codec sees them (int32 1 is int64 1),
+    and every null key (a null joins a null); keys of another kind only by a null."""
+    keys = arrow_join.semi_keys(pa.chunked_array([pa.array([1, 2, None, 2], pa.int64())]))
+    assert sorted(keys.to_pylist()) == [1, 2]
+    side = pa.table({"k": pa.array([1, 3, None, 2, 4], pa.int32()), "v": list("abcde")})
+    assert arrow_join._may_match(side, "k", keys).column("v").to_pylist() == ["a", "c", "d"]
+    text = pa.table({"k": ["1", None, "2"], "v": list("xyz")})
+    assert arrow_join._may_match(text, "k", keys).column("v").to_pylist() == ["y"]
+    assert arrow_join.semi_keys(pa.array([None, None], pa.null())) is None
+
+
+def test_a_share_is_joined_in_chunks_of_a_quarter_of_the_memory(monkeypatch):
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1")  # chunks of 256 kB
+    tables = [pa.table({"k": pa.array(range(n * 10_000, n * 10_000 + 10_000), pa.int64())}) for n in range(8)]
+    empty = pa.table({"k": pa.array([], pa.int64())})
+    chunks = list(arrow_join._chunks(iter([empty, *tables, empty])))
+    # 80 kB a table: chunks of 4 (the fourth passes 256 kB), then the rest; none without rows
+    assert [c.num_rows for c in chunks] == [40_000, 40_000]
+    assert pa.concat_tables(chunks).column("k").to_pylist() == list(range(80_000))
+
+
+def test_a_broadcast_map_task_in_many_chunks_joins_as_in_one_and_counts_the_broadcast_input_once(
+        tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from airflow_provider_lambdamr.engine import amplab_gen
+    from lambda_src import arrow_shuffle, mapper
+    from lambda_src import storage as st
+
+    amplab_gen.generate(str(tmp_path / "rk"), table="rankings", rows=3_000, files=2, seed=4)
+    amplab_gen.generate(str(tmp_path / "uv"), table="uservisits", rows=30_000, files=2, seed=4, rankings_rows=3_000)
+    splits = []
+    for name, folder in (("uservisits", "uv"), ("rankings", "rk")):
+        for path in sorted((tmp_path / folder).glob("part-*")):
+            size = path.stat().st_size
+            splits.append({"uri": path.as_uri(), "start": 0, "end": size, "size": size, "input": name})
+    ctx = SimpleNamespace(aws_request_id="r", function_name="f", memory_limit_in_mb="1536",
+                          get_remaining_time_in_millis=lambda: 60_000)
+    results = {}
+    for memory in ("1536", "1"):  # one chunk; chunks of 256 kB of the visits' selected rows
+        monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", memory)
+        job_dir = st.normalize(str(tmp_path / f"job-{memory}"))
+        event = {"version": task.EVENT_VERSION, "job_id": "j", "job_dir": job_dir,
+                 "job": {"ref": "lambda_src.jobs.amplab:Query3a", "partitions": 1, "broadcast": "rankings",
+                         "params": {"start": "1970-01-01", "end": "2010-12-31"}},  # every visit
+                 "task": {"phase": "map", "index": 0, "count": 1, "attempt": 1}, "splits": splits}
+        record = mapper.lambda_handler(event, ctx)
+        (out,) = record["outputs"]
+        totals = arrow_shuffle.read_run(out["uri"]).to_pylist()
+        results[memory] = (sorted((r["key"], round(r["revenue"], 6), r["rank_sum"], r["visits"]) for r in totals),
+                           record["stats"]["input_records"], record["stats"]["joined_rows"])
+    assert results["1"] == results["1536"]
+    assert results["1"][1] == 33_000 and results["1"][2] > 1_000  # both tables once; visits joined
