@@ -106,12 +106,24 @@ class RevenueByIpPrefix(MapReduceJob):
         # Not aggregated here: the map task combines all its batches' rows in one group-by.
         return pa.table({"key": keys, "value": table.column("adRevenue")})
 
+    #: A combine is skipped when a sample of its keys says it would keep more than this share
+    #: of its rows: the reducer adds them up anyway (prefixes of 10 and 12 characters are
+    #: nearly unique, 99% of a sample; of 8, 81%, and 41% of a 100 MB task's rows).
+    combine_at_most = 0.95
+    combine_sample = 65536
+
     def combine_table(self, table: Any) -> Any:
-        grouped = table.group_by("key", use_threads=False).aggregate([("value", "sum")])
-        return grouped.select(["key", "value_sum"]).rename_columns(["key", "value"])
+        import pyarrow.compute as pc
+
+        if table.num_rows > self.combine_sample:
+            keys = table.column("key").slice(0, self.combine_sample)
+            if pc.count_distinct(keys).as_py() > self.combine_at_most * self.combine_sample:
+                return table
+        return self.reduce_table(table)
 
     def reduce_table(self, table: Any) -> Any:
-        return self.combine_table(table)
+        grouped = table.group_by("key", use_threads=False).aggregate([("value", "sum")])
+        return grouped.select(["key", "value_sum"]).rename_columns(["key", "value"])
 
 
 class Query2a(RevenueByIpPrefix):

@@ -66,3 +66,19 @@ def test_3a_top_rows_on_tables_are_the_record_steps(top):
     assert got.column_names == ["sourceIP", "totalRevenue", "avgPageRank"]
     assert [list(r.values()) for r in got.to_pylist()] == want
     assert [r[0] for r in want][:3] == ["c", "a", "b"][: int(top)]  # a and b tie at 5.5; c leads with 7.5
+
+
+def test_a_combine_that_would_keep_nearly_every_row_is_skipped_and_the_reducer_still_adds_up():
+    import pyarrow as pa
+
+    job = Query2a()
+    n = job.combine_sample + 10_000
+    unique = pa.table({"key": [f"10.{i // 256}.{i % 256}" for i in range(n)], "value": [1.5] * n})
+    assert job.combine_table(unique) is unique  # its keys are all different: nothing to combine
+    repeated = pa.table({"key": [f"k{i % 7}" for i in range(n)], "value": [1.0] * n})
+    for table in (repeated, repeated.slice(0, 100)):  # combined, whatever its size
+        combined = job.combine_table(table)
+        assert sorted(combined.to_pylist(), key=lambda r: r["key"]) == [
+            {"key": f"k{k}", "value": float(len(range(k, table.num_rows, 7)))} for k in range(7)]
+    doubled = pa.concat_tables([unique, unique])
+    assert job.reduce_table(doubled).num_rows == n  # the reducer always aggregates
