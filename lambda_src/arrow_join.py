@@ -295,14 +295,8 @@ def run_map(ev: task.TaskEvent, join: Join, partitions: int, splits: list[reader
                     SIDE, pa.array([n] * t.num_rows, pa.int8())) for t in parts])
         stats["mode"] = "partitioned join"
         parts = [_combine_sides(left, right) for left, right in zip(*sides, strict=True)]
-    outputs = []
     with task.traced("write"):
-        for p, part in enumerate(parts):
-            if part is None:
-                continue
-            uri = ev.spec.run_uri(token, p, arrow=True)
-            records, size = ash.write_run(uri, part)
-            outputs.append({"partition": p, "uri": uri, "records": records, "bytes": size})
+        outputs = arrow_steps.write_runs(ev.spec, token, parts)
     stats.update(output_records=sum(o["records"] for o in outputs), output_bytes=sum(o["bytes"] for o in outputs),
                  bad_records=bad.count)
     if bad.samples:

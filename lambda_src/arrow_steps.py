@@ -91,18 +91,22 @@ def run_map(ev: task.TaskEvent, ctx: task.StepContext, token: str) -> dict:
         records = table.num_rows if table is not None else 0
         if table is not None and ctx.step.combine_table is not None:
             table = pairs_table(ctx.step.combine_table(table), f"step {ctx.index + 1}'s combine_table")
-    outputs = []
     with task.traced("write"):
-        parts = ash.partition_table(table, ctx.partitions) if table is not None else []
-        for p, part in enumerate(parts):
-            if part is None:
-                continue
-            uri = ev.spec.run_uri(token, p, arrow=True)
-            out_records, out_size = ash.write_run(uri, part)
-            outputs.append({"partition": p, "uri": uri, "records": out_records, "bytes": out_size})
+        outputs = write_runs(ev.spec, token, ash.partition_table(table, ctx.partitions) if table is not None else [])
     stats = {"input_records": records, "input_bytes": size, "mode": "tables",
              "output_records": sum(o["records"] for o in outputs), "output_bytes": sum(o["bytes"] for o in outputs)}
     return {"outputs": outputs, "stats": stats}
+
+
+def write_runs(spec: contract.MapTask, token: str, parts: list[pa.Table | None]) -> list[dict]:
+    """A map task's Arrow run of each non-empty partition: its outputs."""
+    outputs = []
+    for p, part in enumerate(parts):
+        if part is not None:
+            uri = spec.run_uri(token, p, arrow=True)
+            records, size = ash.write_run(uri, part)
+            outputs.append({"partition": p, "uri": uri, "records": records, "bytes": size})
+    return outputs
 
 
 def run_reduce(spec: contract.ReduceTask, job: Any, ctx: task.StepContext, inputs: list[str], token: str) -> dict:
