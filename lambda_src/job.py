@@ -362,12 +362,11 @@ class MapReduceJob:
         """``steps()`` (``table_steps()`` when ``vectorized`` and defined), checked: a clear
         error for a malformed multi-step definition."""
         name = type(self).__name__
-        steps = self.steps()
+        steps = reference = self.steps()
         if vectorized and self._defines("table_steps"):
-            reference = len(steps)
             steps = self.table_steps()
-            if isinstance(steps, list | tuple) and len(steps) != reference:
-                raise TypeError(f"{name}.table_steps() has {len(steps)} steps, steps() {reference}: "
+            if isinstance(steps, list | tuple) and len(steps) != len(reference):
+                raise TypeError(f"{name}.table_steps() has {len(steps)} steps, steps() {len(reference)}: "
                                 f"they must have as many")
         if not isinstance(steps, list | tuple) or not steps:
             raise TypeError(f"{name}.steps() must return a non-empty list of Step objects")
@@ -387,6 +386,11 @@ class MapReduceJob:
             elif step.reducer is None and len(steps) > 1:
                 raise TypeError(f"{name}: step {n} of {len(steps)} has no reducer; every step "
                                 f"of a multi-step job needs one")
+        if steps is not reference:  # the driver plans each step's partitions from steps()
+            for n, (step, ref) in enumerate(zip(steps, reference, strict=True), 1):
+                if step.partitions != getattr(ref, "partitions", None):
+                    raise TypeError(f"{name}: step {n} has {step.partitions} partitions in table_steps(), "
+                                    f"{getattr(ref, 'partitions', None)} in steps(): they must have as many")
         return list(steps)
 
     @classmethod

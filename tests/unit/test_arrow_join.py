@@ -239,3 +239,13 @@ def test_a_broadcast_map_task_in_many_chunks_joins_as_in_one_and_counts_the_broa
                            record["stats"]["input_records"], record["stats"]["joined_rows"])
     assert results["1"] == results["1536"]
     assert results["1"][1] == 33_000 and results["1"][2] > 1_000  # both tables once; visits joined
+
+
+def test_a_table_step_has_the_partitions_of_its_reference_step():
+    """The driver plans each step's partitions from steps(), before it knows the mode."""
+    class Other(_Steps):
+        def table_steps(self):
+            return [self.join, Step(reduce_table=lambda t: t, partitions=3)]
+
+    with pytest.raises(TypeError, match=r"step 2 has 3 partitions in table_steps\(\), None in steps\(\)"):
+        Other().checked_steps(vectorized=True)
