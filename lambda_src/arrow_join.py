@@ -11,26 +11,31 @@ side's, whichever side is broadcast.
   ``side`` column and with the side's columns prefixed ``l.``/``r.``. The final reducer of
   a partition joins its rows and applies ``emit``.
 - Broadcast (``JobConfig.broadcast`` names the smaller input): the planner gives every map
-  task the whole broadcast input besides its share of the other one; the task joins in
-  memory (the broadcast side is cached across a warm worker's tasks), applies ``emit`` and
-  writes the pairs as Arrow runs partitioned by their key. The final reducer concatenates.
+  task the whole broadcast input besides its share of the other one. The task reads its
+  share's selected rows (in chunks of at most a quarter of its memory: one chunk when the
+  ``select`` is selective), then the broadcast input, keeping only the rows whose key is
+  among the chunk's (a semi-join: the broadcast input is never held whole), joins, applies
+  ``emit`` and writes the pairs as Arrow runs partitioned by their key. The final reducer
+  concatenates.
 
-Either way the step's final reducers write the pairs as intermediate lines, which the next
-step's mappers read.
+Either way the step's final reducers write the pairs for the next step's mappers: an Arrow
+run when that step works on tables (``arrow_steps``), else intermediate lines.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambda_src import arrow_shuffle as ash
-from lambda_src import contract, formats, output, reader, shuffle, task
+from lambda_src import arrow_steps, contract, formats, output, reader, task
 from lambda_src import storage as st
-from lambda_src.job import Join, TableInput
+from lambda_src.job import Join, Step, TableInput
 from lambda_src.mapper import BAD_SAMPLES, RECORD_ERRORS, BadRecords
 
 log = logging.getLogger("lambdamr")
@@ -38,8 +43,6 @@ log = logging.getLogger("lambdamr")
 SIDE = "side"
 PREFIX = ("l.", "r.")
 KEY = ("key.l", "key.r")
-#: The broadcast side of the last join this process ran: its identity, and what read_side gave.
-_broadcast_cache: dict[str, Any] = {}
 
 
 # -- the join itself ------------------------------------------------------------------------
@@ -55,12 +58,14 @@ def _key_kind(t: pa.DataType) -> str:
     raise task.TaskJobError(f"a join key must be text, an integer or a boolean, not {t}")
 
 
-def _normal_keys(table: pa.Table, kind: str) -> pa.Table:
+def _normal(values: Any, kind: str) -> Any:
+    """Keys of a kind (``_key_kind``) as one type: string, int64 or bool."""
     target = {"text": pa.string(), "integer": pa.int64(), "boolean": pa.bool_()}.get(kind)
-    col = table.column("key")
-    if target is None or col.type == target:
-        return table
-    return table.set_column(0, "key", pc.cast(col, target))
+    return values if target is None or values.type == target else pc.cast(values, target)
+
+
+def _normal_keys(table: pa.Table, kind: str) -> pa.Table:
+    return table.set_column(0, "key", _normal(table.column("key"), kind))
 
 
 def join_tables(left: pa.Table, right: pa.Table) -> pa.Table:
@@ -105,64 +110,89 @@ def _null_matches(left: pa.Table, right: pa.Table, columns: list[str]) -> pa.Tab
     return product.add_column(0, "key", pa.nulls(product.num_rows, key_type)).select(columns)
 
 
-def pair_lines(table: pa.Table) -> list[bytes]:
-    """The (key, value) pairs of an ``emit`` table as intermediate lines.
-
-    The value is the ``value`` column's when that is the only other column, else the list of
-    the other columns' values.
-    """
-    codec = shuffle.CODEC
-    encode_key, encode_value, line = codec.encode_key, codec.encode_value, codec.line
-    keys = table.column("key").to_pylist()
-    others = [c for c in table.column_names if c != "key"]
-    if others == ["value"]:
-        values: Any = table.column("value").to_pylist()
-    else:
-        values = map(list, zip(*(table.column(c).to_pylist() for c in others), strict=True))
-    return [line(encode_key(k), encode_value(v)) for k, v in zip(keys, values, strict=True)]
-
-
 def emit_pairs(join: Join, joined: pa.Table) -> pa.Table | None:
     """``emit`` of joined rows, checked; None when there are none."""
     if joined.num_rows == 0:
         return None
-    result = join.emit(joined)
-    if not isinstance(result, pa.Table) or "key" not in result.column_names or result.num_columns < 2:
-        got = result.column_names if isinstance(result, pa.Table) else type(result).__name__
-        raise task.TaskJobError(f"the join's emit must return a pyarrow.Table with a 'key' column and value "
-                                f"columns, got {got}")
-    return result.select(["key", *(c for c in result.column_names if c != "key")])
+    return arrow_steps.pairs_table(join.emit(joined), "the join's emit")
 
 
 # -- reading a side ----------------------------------------------------------------------------
-def read_side(side: TableInput, segments: list[reader.Segment], cfg: contract.JobConfig,
-              bad: BadRecords) -> tuple[pa.Table, int, int]:
-    """A side's rows from its segments, selected, its join column first as ``key``:
-    (table, input records, input bytes). A segment the vectorized reader gives up on is
-    read line by line (``TableInput.parse_line``), bad records counted in ``bad``."""
-    parts: list[pa.Table] = []
-    records = size = 0
+class _Read:
+    """What reading a side's segments came to: input records and bytes."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.size = 0
+
+
+def _selected_tables(side: TableInput, segments: list[reader.Segment], cfg: contract.JobConfig, bad: BadRecords,
+                     read: _Read, semi: pa.Array | None = None) -> Iterator[pa.Table]:
+    """A side's rows, a table at a time as read, each selected (and with ``semi``, only the
+    rows whose key may equal one of those keys); ``read`` counts the records and bytes. A
+    segment the vectorized reader gives up on is read line by line (``TableInput.parse_line``),
+    bad records counted in ``bad``."""
+    def selected(table: pa.Table) -> pa.Table:
+        table = side.select(table) if side.select is not None else table
+        if side.key not in table.column_names:
+            raise task.TaskJobError(f"the select of join input {side.name!r} dropped the key column {side.key!r}")
+        return table if semi is None else _may_match(table, side.key, semi)
+
     for seg in segments:
-        mine: list[pa.Table] = []
+        mine: list[pa.Table] = []  # a segment's rows, until it is read whole (it may fall back)
         try:
             nbytes, tables = formats.of(seg).read_tables(seg, side, cfg.max_line_bytes)
             seg_records = 0
             for table in tables:
                 seg_records += table.num_rows
-                mine.append(table)
+                mine.append(selected(table))
         except formats.VectorFallback as why:
             log.info("join input %s: vectorized read stopped (%s); reading %s line by line", side.name, why,
                      seg.describe())
-            nbytes, seg_records, mine = _read_lines(side, seg, cfg, bad)
-        size += nbytes
-        records += seg_records
-        parts.extend(side.select(t) if side.select is not None else t for t in mine)
-    table = ash.concat(parts) if parts else _empty(side)
+            nbytes, seg_records, lines = _read_lines(side, seg, cfg, bad)
+            mine = [selected(t) for t in lines]
+        read.size += nbytes
+        read.records += seg_records
+        yield from mine
+
+
+def read_side(side: TableInput, segments: list[reader.Segment], cfg: contract.JobConfig,
+              bad: BadRecords, semi: pa.Array | None = None) -> tuple[pa.Table, int, int]:
+    """A side's rows from its segments, selected, its join column first as ``key``:
+    (table, input records, input bytes); see ``_selected_tables``."""
+    read = _Read()
+    parts = list(_selected_tables(side, segments, cfg, bad, read, semi))
+    return _keyed(side, ash.concat(parts) if parts else _empty(side)), read.records, read.size
+
+
+def _keyed(side: TableInput, table: pa.Table) -> pa.Table:
+    """A side's selected rows with its join column first, as ``key``."""
     if side.key not in table.column_names:
         raise task.TaskJobError(f"the select of join input {side.name!r} dropped the key column {side.key!r}")
     rest = [c for c in table.column_names if c != side.key]
-    table = table.select([side.key, *rest]).rename_columns(["key", *rest])
-    return table, records, size
+    return table.select([side.key, *rest]).rename_columns(["key", *rest])
+
+
+def semi_keys(keys: pa.ChunkedArray | pa.Array) -> pa.Array | None:
+    """The distinct non-null keys of one side, to keep of the other side only the rows that
+    may match them (``_may_match``); None when the keys are of a kind that never narrows."""
+    kind = _key_kind(keys.type)
+    if kind == "null":
+        return None
+    return pc.unique(pc.drop_null(_normal(keys, kind)))
+
+
+def _may_match(table: pa.Table, column: str, keys: pa.Array) -> pa.Table:
+    """The rows of ``table`` whose ``column`` may join one of ``keys`` (``join_tables``
+    decides): equal to one as the codec sees keys, or null (a null matches a null)."""
+    values = table.column(column)
+    kind = _key_kind(values.type)
+    if kind == "null":
+        return table
+    if kind != _key_kind(keys.type):  # only a null matches a key of another kind
+        return table.filter(pc.is_null(values))
+    values = _normal(values, kind)
+    return table.filter(pc.or_kleene(pc.is_in(values, value_set=keys), pc.is_null(values)))
 
 
 def _read_lines(side: TableInput, seg: reader.Segment, cfg: contract.JobConfig,
@@ -206,22 +236,6 @@ def _empty(side: TableInput) -> pa.Table:
     return side.select(table) if side.select is not None else table
 
 
-def _broadcast_side(side: TableInput, segments: list[reader.Segment],
-                    cfg: contract.JobConfig) -> tuple[tuple[pa.Table, int, int, BadRecords], bool]:
-    """The broadcast side (as ``read_side``), read once per warm worker for the same job and
-    segments; and whether it came from that cache."""
-    identity = repr((cfg.ref, sorted(cfg.params.items()), side.name,
-                     [(s.uri, s.start, s.end, s.version) for s in segments]))
-    if _broadcast_cache.get("identity") == identity:
-        return _broadcast_cache["side"], True
-    _broadcast_cache.clear()  # one at a time: the old table's memory goes first
-    bad = BadRecords(cfg.max_bad_records, f"join input {side.name!r}")
-    table, records, size = read_side(side, segments, cfg, bad)
-    read = (table, records, size, bad)
-    _broadcast_cache.update(identity=identity, side=read)
-    return read, False
-
-
 # -- the map task -------------------------------------------------------------------------------
 def run_map(ev: task.TaskEvent, join: Join, partitions: int, splits: list[reader.Segment], token: str) -> dict:
     """A join step's map task; see the module docstring."""
@@ -236,19 +250,37 @@ def run_map(ev: task.TaskEvent, join: Join, partitions: int, splits: list[reader
         small = join.side(cfg.broadcast)
         large = join.right if small is join.left else join.left
         with task.traced("read+map", mode="broadcast join"):
-            mine, records, size = read_side(large, by_input.get(large.name, []), cfg, bad)
-            (table, small_records, small_bytes, small_bad), cached = _broadcast_side(
-                small, by_input.get(small.name, []), cfg)
-            joined = join_tables(mine, table) if large is join.left else join_tables(table, mine)
-            pairs = emit_pairs(join, joined)
-        # Every task reads the broadcast input (or has it cached); map task 0 counts it, once.
-        first = ev.spec.index == 0
+            read = _Read()
+            small_bad = BadRecords(cfg.max_bad_records, f"join input {small.name!r}")
+            small_counted: tuple[int, int] | None = None  # the broadcast input's records and bytes
+            emitted, joined_rows, small_rows = [], 0, 0
+            for chunk in _chunks(_selected_tables(large, by_input.get(large.name, []), cfg, bad, read)):
+                mine = _keyed(large, chunk)
+                # the broadcast input, read for this chunk: only its rows that may join it are kept
+                again = BadRecords(cfg.max_bad_records, f"join input {small.name!r}")  # counted the first time
+                table, small_records, small_bytes = read_side(
+                    small, by_input.get(small.name, []), cfg, small_bad if small_counted is None else again,
+                    semi_keys(mine.column("key")))
+                small_counted = small_counted or (small_records, small_bytes)
+                joined = join_tables(mine, table) if large is join.left else join_tables(table, mine)
+                joined_rows += joined.num_rows
+                small_rows += table.num_rows
+                pairs = emit_pairs(join, joined)
+                if pairs is not None:
+                    emitted.append(pairs)
+            pairs = ash.concat(emitted) if emitted else None
+            first = ev.spec.index == 0
+            if small_counted is None and first:  # nothing to join, but task 0 counts the broadcast input
+                no_keys = pa.array([], pa.null())  # keeps only rows with a null key
+                _, *small_counted = read_side(small, by_input.get(small.name, []), cfg, small_bad, no_keys)
+        # Every task that has rows to join reads the broadcast input; map task 0 counts it, once.
+        small_records, small_bytes = small_counted or (0, 0)
         if first:
             bad.count += small_bad.count
             bad.samples += small_bad.samples
-        stats.update(input_records=records + small_records * first, input_bytes=size + small_bytes * first,
-                     broadcast_bytes=small_bytes, broadcast_cached=cached, broadcast_rows=table.num_rows,
-                     joined_rows=joined.num_rows, mode="broadcast join")
+        stats.update(input_records=read.records + small_records * first,
+                     input_bytes=read.size + small_bytes * first, broadcast_bytes=small_bytes,
+                     broadcast_rows=small_rows, joined_rows=joined_rows, mode="broadcast join")
         parts = ash.partition_table(pairs, partitions) if pairs is not None else [None] * partitions
     else:
         with task.traced("read+map", mode="partitioned join"):
@@ -263,19 +295,40 @@ def run_map(ev: task.TaskEvent, join: Join, partitions: int, splits: list[reader
                     SIDE, pa.array([n] * t.num_rows, pa.int8())) for t in parts])
         stats["mode"] = "partitioned join"
         parts = [_combine_sides(left, right) for left, right in zip(*sides, strict=True)]
-    outputs = []
     with task.traced("write"):
-        for p, part in enumerate(parts):
-            if part is None:
-                continue
-            uri = ev.spec.run_uri(token, p, arrow=True)
-            records, size = ash.write_run(uri, part)
-            outputs.append({"partition": p, "uri": uri, "records": records, "bytes": size})
+        outputs = arrow_steps.write_runs(ev.spec, token, parts)
     stats.update(output_records=sum(o["records"] for o in outputs), output_bytes=sum(o["bytes"] for o in outputs),
                  bad_records=bad.count)
     if bad.samples:
         stats["bad_samples"] = bad.samples[:BAD_SAMPLES]
     return {"outputs": outputs, "stats": stats}
+
+
+#: A broadcast join's map task joins the selected rows of its share a chunk at a time, each
+#: chunk at most this fraction of the function's memory (the broadcast input, read again for
+#: each chunk, has as much): a selective ``select`` makes one chunk of a whole share.
+CHUNK_MEMORY_FRACTION = 4
+
+
+def _chunks(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """The tables concatenated into chunks of about ``CHUNK_MEMORY_FRACTION`` of the function's
+    memory (the last one smaller); none without rows."""
+    try:
+        memory_mb = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1536"))
+    except ValueError:
+        memory_mb = 1536
+    budget = memory_mb * 1024 * 1024 // CHUNK_MEMORY_FRACTION
+    held: list[pa.Table] = []
+    size = 0
+    for table in tables:
+        if table.num_rows:
+            held.append(table)
+            size += table.nbytes
+        if size >= budget:
+            yield ash.concat(held)
+            held, size = [], 0
+    if held:
+        yield ash.concat(held)
 
 
 def _combine_sides(left: pa.Table | None, right: pa.Table | None) -> pa.Table | None:
@@ -286,15 +339,18 @@ def _combine_sides(left: pa.Table | None, right: pa.Table | None) -> pa.Table | 
 
 
 # -- the reduce task ------------------------------------------------------------------------------
-def run_reduce(spec: contract.ReduceTask, cfg: contract.JobConfig, join: Join, inputs: list[str], token: str) -> dict:
+def run_reduce(spec: contract.ReduceTask, cfg: contract.JobConfig, join: Join, inputs: list[str], token: str,
+               next_step: Step | Join | None) -> dict:
     """Concatenate a partition's runs; in the final round, join them (partitioned) and write
-    the pairs as intermediate lines for the next step."""
+    the pairs for the next step (``arrow_steps.write_pairs``)."""
     tables = [ash.read_run(uri) for uri in inputs]
     table = ash.concat(tables) if tables else None  # a partition no map task wrote to
     stats: dict[str, Any] = {"input_records": table.num_rows if table is not None else 0}
-    if table is None:
-        uri = spec.run_uri(token, "pairs" if spec.final else "run")
+    if table is None and not spec.final:
+        uri = spec.run_uri(token, "run")
         records, size = output.write_lines(uri, b"")
+    elif table is None:
+        uri, records, size = arrow_steps.write_pairs(spec, token, None, next_step)
     elif not spec.final:
         uri = spec.run_uri(token, "run", arrow=True)
         records, size = ash.write_run(uri, table)
@@ -305,8 +361,7 @@ def run_reduce(spec: contract.ReduceTask, cfg: contract.JobConfig, join: Join, i
             pairs = emit_pairs(join, joined)
         else:
             pairs = table
-        uri = spec.run_uri(token, "pairs")
-        records, size = output.write_lines(uri, pair_lines(pairs) if pairs is not None else b"")
+        uri, records, size = arrow_steps.write_pairs(spec, token, pairs, next_step)
     stats.update(output_records=records, output_bytes=size,
                  mode="partitioned join" if cfg.broadcast is None else "broadcast join")
     return {"outputs": [{"partition": spec.partition, "uri": uri, "records": records, "bytes": size}],

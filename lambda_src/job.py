@@ -63,6 +63,15 @@ aggregates the next step must combine again. A Join is returned by ``table_steps
 vectorized variant of ``steps()`` (same number of steps), which the job uses when it runs
 vectorized; ``steps()`` stays the record-mode reference.
 
+A later step of ``table_steps()`` may work on tables too: ``Step(combine_table=...,
+reduce_table=...)``, without record-mode functions. It reads the pairs of the step before it
+(a Join or another such step) as Arrow tables of a ``key`` column and value columns, passes
+them through its map tasks, and combines (``combine_table``, optional, associative like a
+combiner: in the map tasks and in every intermediate reduce round) and reduces
+(``reduce_table``, once per partition on all of its rows) them as tables: its pairs, or the
+job's result rows in the last step. Between such steps the pairs stay Arrow runs, never
+Python objects.
+
 .. code-block:: python
 
     Join(left=TableInput("visits", VISIT_COLUMNS, key="destURL", select=self.in_window),
@@ -70,7 +79,7 @@ vectorized; ``steps()`` stays the record-mode reference.
          emit=self.revenue_by_ip)
 
 The planner picks how the join runs from the input sizes: a broadcast hash join (every
-map task over the larger input reads the whole smaller one, cached per warm worker) when
+map task over the larger input reads the whole smaller one, keeping its rows that may join) when
 the smaller input fits the function's memory, else a partitioned join (both sides
 shuffled on the join key). The result is the same either way.
 """
@@ -107,10 +116,19 @@ class Step:
     partitions: int | None = None
     #: The first step's input format (as ``MapReduceJob.input_format``); later steps read pairs.
     input_format: str | Mapping[str, str] | None = None
+    #: A later step of ``table_steps()`` in Arrow (see the module docstring): ``key``/value
+    #: tables combined (optional) and reduced; such a step has no record-mode functions.
+    combine_table: Callable[[Any], Any] | None = None
+    reduce_table: Callable[[Any], Any] | None = None
 
     def __post_init__(self) -> None:
         if self.partitions is not None and not 1 <= self.partitions <= 100_000:
             raise ValueError(f"a step's partitions must be between 1 and 100000, got {self.partitions}")
+
+    @property
+    def on_tables(self) -> bool:
+        """The step works on Arrow tables (``reduce_table``), not on pairs."""
+        return self.reduce_table is not None
 
     def map_pairs(self, key: Any, value: Any) -> Iterable[Pair]:
         """The step's mapper, or the identity."""
@@ -198,6 +216,20 @@ class Join:
             if side.name == name:
                 return side
         raise ValueError(f"the join reads inputs {self.left.name!r} and {self.right.name!r}, not {name!r}")
+
+
+def _check_table_step(name: str, n: int, step: Step, before: Step | Join | None) -> None:
+    """A step on tables reads the Arrow pairs of a Join or of another step on tables."""
+    if step.reduce_table is None:
+        raise TypeError(f"{name}: step {n} has a combine_table but no reduce_table")
+    record = [f for f in ("mapper", "combiner", "reducer", "mapper_init", "mapper_final")
+              if getattr(step, f) is not None]
+    if record:
+        raise TypeError(f"{name}: step {n} works on tables (reduce_table) and cannot also have "
+                        f"{', '.join(record)}")
+    if not (isinstance(before, Join) or (isinstance(before, Step) and before.on_tables)):
+        raise TypeError(f"{name}: step {n} works on tables, so it must follow a Join or another step on "
+                        f"tables (it reads their Arrow pairs)")
 
 
 class BadRecord(ValueError):
@@ -330,12 +362,11 @@ class MapReduceJob:
         """``steps()`` (``table_steps()`` when ``vectorized`` and defined), checked: a clear
         error for a malformed multi-step definition."""
         name = type(self).__name__
-        steps = self.steps()
+        steps = reference = self.steps()
         if vectorized and self._defines("table_steps"):
-            reference = len(steps)
             steps = self.table_steps()
-            if isinstance(steps, list | tuple) and len(steps) != reference:
-                raise TypeError(f"{name}.table_steps() has {len(steps)} steps, steps() {reference}: "
+            if isinstance(steps, list | tuple) and len(steps) != len(reference):
+                raise TypeError(f"{name}.table_steps() has {len(steps)} steps, steps() {len(reference)}: "
                                 f"they must have as many")
         if not isinstance(steps, list | tuple) or not steps:
             raise TypeError(f"{name}.steps() must return a non-empty list of Step objects")
@@ -350,9 +381,16 @@ class MapReduceJob:
             if n > 1 and step.input_format is not None:
                 raise TypeError(f"{name}: step {n} declares an input_format, but only the first step "
                                 f"reads the job's input (later steps read the pairs before them)")
-            if step.reducer is None and len(steps) > 1:
+            if step.on_tables or step.combine_table is not None:
+                _check_table_step(name, n, step, steps[n - 2] if n > 1 else None)
+            elif step.reducer is None and len(steps) > 1:
                 raise TypeError(f"{name}: step {n} of {len(steps)} has no reducer; every step "
                                 f"of a multi-step job needs one")
+        if steps is not reference:  # the driver plans each step's partitions from steps()
+            for n, (step, ref) in enumerate(zip(steps, reference, strict=True), 1):
+                if step.partitions != getattr(ref, "partitions", None):
+                    raise TypeError(f"{name}: step {n} has {step.partitions} partitions in table_steps(), "
+                                    f"{getattr(ref, 'partitions', None)} in steps(): they must have as many")
         return list(steps)
 
     @classmethod

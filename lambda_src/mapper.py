@@ -76,6 +76,10 @@ def _run_task(ev: task.TaskEvent, token: str) -> dict:
     ctx = task.step_context(ev, job)
     where = ev.spec.describe()
     if ctx.index > 0:
+        if isinstance(ctx.step, Step) and ctx.step.on_tables:
+            from lambda_src import arrow_steps
+
+            return arrow_steps.run_map(ev, ctx, token)
         return _run_later_step(ev, ctx, token)
     splits = [reader.Segment.from_dict(s) for s in ev.load_list()]
     reader.check_unchanged(splits)

@@ -14,7 +14,7 @@ from typing import Any
 
 from lambda_src import contract, output, shuffle, task
 from lambda_src import storage as st
-from lambda_src.job import Join, Pair, Reduce
+from lambda_src.job import Join, Pair, Reduce, Step
 
 READ_CHUNK = 1024 * 1024
 #: Total read-ahead across all the runs one reduce task merges.
@@ -58,7 +58,11 @@ def _run_task(ev: task.TaskEvent, token: str, in_memory: int) -> dict:
         if isinstance(ctx.step, Join):
             from lambda_src import arrow_join
 
-            result = arrow_join.run_reduce(spec, ev.job, ctx.step, inputs, token)
+            result = arrow_join.run_reduce(spec, ev.job, ctx.step, inputs, token, ctx.next)
+        elif isinstance(ctx.step, Step) and ctx.step.on_tables:
+            from lambda_src import arrow_steps
+
+            result = arrow_steps.run_reduce(spec, job, ctx, inputs, token)
         elif arrow_runs and job.has_table_shuffle() and len(arrow_runs) == len(inputs):
             result = _run_tables(spec, job, inputs, token)
         else:

@@ -35,7 +35,7 @@ from lambda_src.contract import (  # noqa: F401 - part of this module's interfac
     validate_job_id,
     validate_params,
 )
-from lambda_src.job import BadRecord, MapReduceJob, Step
+from lambda_src.job import BadRecord, Join, MapReduceJob, Step
 from lambda_src.output import OutputError
 from lambda_src.reader import InputError
 from lambda_src.shuffle import CombinerKeyError, EncodeError
@@ -177,6 +177,8 @@ class StepContext:
     count: int
     partitions: int
     dir: str  # the job directory for step 1, <job dir>/step-NN for later steps
+    #: The step after this one (None in the last): what the pairs this step writes are for.
+    next: Step | Join | None = None
 
     @property
     def last(self) -> bool:
@@ -197,6 +199,7 @@ def step_context(ev: TaskEvent, job: MapReduceJob) -> StepContext:
         count=len(steps),
         partitions=step.partitions or ev.job.partitions,
         dir=ev.spec.step_dir,
+        next=steps[index + 1] if index + 1 < len(steps) else None,
     )
 
 

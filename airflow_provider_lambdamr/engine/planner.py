@@ -227,6 +227,21 @@ def join_strategy(sizes: dict[str, int], memory_mb: int) -> dict:
             "input_bytes": dict(sizes), "memory_mb": memory_mb}
 
 
+def broadcast_task_bytes(split_size: int, broadcast_bytes: int, total_bytes: int, parallelism: int) -> int:
+    """A broadcast join's map task's share of the larger input: one task per worker (of
+    ``parallelism``), within bounds. At least the broadcast input's size: every task reads
+    all of it, whatever its own share, so a share at least as large keeps that fixed cost at
+    most half the task's work (with 64 MB tasks of 1.6 GB beside a 400 MB broadcast input,
+    25 tasks would each read it). At most four times that, so that a large input still makes
+    tasks enough to balance and retry. Never less than the split size. Few tasks are made a
+    multiple of the workers (``balanced_split_size``) only where each stays at least the
+    broadcast input's size."""
+    per_worker = -(-total_bytes // max(1, parallelism))
+    share = max(split_size, broadcast_bytes, min(per_worker, 4 * broadcast_bytes))
+    balanced = balanced_split_size(total_bytes, share, parallelism)
+    return balanced if balanced >= min(share, broadcast_bytes) else share
+
+
 def plan(
     inputs: dict[str, list[str]], split_size: int, max_files_per_task: int, parallelism: int = 1,
     input_formats: dict[str, str] | None = None,
@@ -258,6 +273,10 @@ def plan(
             listed = [item for item in listed if item[1] != join["broadcast"]]
     total = sum(info.size for info, _ in listed)
     effective = balanced_split_size(total, split_size, parallelism)
+    # A task's bytes: a split's, or in a broadcast join more (broadcast_task_bytes, balanced for
+    # the workers), in splits of the planned size, so that a task reads its share a split at a time
+    share = effective if not broadcast else broadcast_task_bytes(
+        split_size, join["input_bytes"][join["broadcast"]], total, parallelism)
     heads = read_heads([info for info, _ in [*listed, *broadcast]])
 
     def split(item: tuple[st.ObjectInfo, str | None], size: int | None = None) -> list[Segment]:
@@ -269,11 +288,11 @@ def plan(
 
     # A format may read the object to split it (Parquet's footer): several at once on S3.
     segments = [seg for segs in st.per_object(split, listed, _uri) for seg in segs]
-    count = -(-total // effective)
+    count = -(-total // share)
     if parallelism > 1 and 0 < count < 8 * parallelism:
         tasks = _equal_shares(segments, count, max_files_per_task)
     else:
-        tasks = pack(segments, effective, max_files_per_task)
+        tasks = pack(segments, share, max_files_per_task)
     # a broadcast input is read whole by every task: one split per object, in its own format
     shared = [seg for item in broadcast for seg in split(item, max(1, item[0].size))]
     if shared:

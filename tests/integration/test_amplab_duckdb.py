@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import duckdb
 import pytest
 
-from airflow_provider_lambdamr.engine import amplab_gen
+from airflow_provider_lambdamr.engine import amplab_gen, planner
 from lambda_src import storage as st
 from tests.helpers import read_rows, run_job
 
@@ -185,3 +188,32 @@ def test_3a_join_equals_duckdb(tmp_path, layout):
     assert summary["steps"] == 3
     assert summary["counters"]["input_records"] == 64_000
     assert summary["files"] == ["part-00000"]  # the top-N step has one partition
+
+
+def test_3a_steps_after_the_join_run_on_tables_and_equal_record_mode(tmp_path, monkeypatch):
+    """Vectorized, the pairs after the join stay Arrow runs through steps 2 and 3 (every
+    later task's mode is "tables"), whichever the join's strategy, and the rows are record
+    mode's, ties and order included."""
+    amplab_gen.generate(str(tmp_path / "rk"), table="rankings", rows=3_000, files=2, seed=5)
+    amplab_gen.generate(str(tmp_path / "uv"), table="uservisits", rows=40_000, files=2, seed=5,
+                        rankings_rows=3_000)
+    rows, modes = {}, {}
+    # the planner's factor decides the strategy: 0 broadcasts, a huge one partitions
+    for run, vectorized, factor in (("broadcast", True, 0), ("partitioned", True, 10**15), ("record", False, 0)):
+        monkeypatch.setattr(planner, "BROADCAST_MEMORY_FACTOR", factor)
+        out = tmp_path / f"out-{run}"
+        summary = run_job(
+            job="amplab-3a", inputs={"uservisits": [str(tmp_path / "uv")], "rankings": [str(tmp_path / "rk")]},
+            output=str(out), split_size=200_000, partitions=3, fan_in=2, vectorized=vectorized,
+            keep_intermediates=True, params={"start": "1978-01-01", "end": "1982-12-31", "top": "40"})
+        if vectorized:
+            assert summary["join"]["strategy"] == run
+        rows[run] = read_rows(str(out))
+        status = Path(st.local_path(summary["job_dir"])) / "status"
+        modes[run] = {json.loads(p.read_text())["stats"]["mode"] for p in status.glob("step-0[23]/**/*.json")}
+    assert modes == {"broadcast": {"tables"}, "partitioned": {"tables"}, "record": {"record"}}
+    assert len(rows["record"]) == 40
+    for run in ("broadcast", "partitioned"):
+        for got, want in zip(rows[run], rows["record"], strict=True):
+            assert got[0] == want[0]
+            assert [float(v) for v in got[1:]] == pytest.approx([float(v) for v in want[1:]], rel=1e-12)

@@ -141,3 +141,28 @@ def test_the_map_task_reads_each_split_with_the_format_that_planned_it(tmp_path,
             key, value = line.split(b"\t")
             pairs.append((json.loads(key), json.loads(value)))
     assert sorted(pairs) == sorted(RECORDS)
+
+
+def test_a_local_text_split_is_mapped_once_for_its_check_and_its_read(tmp_path, monkeypatch):
+    """Both passes over a local split (the record path's checks, then Arrow's parse) read one
+    mapping of the object, whose pages then count once in the task's memory, not twice."""
+    import pyarrow as pa
+
+    path = tmp_path / "t.txt"
+    path.write_text("".join(f"k{i},{i}\n" for i in range(1000)))
+    mapped = []
+    real = pa.memory_map
+
+    def counting(*args, **kwargs):
+        mapped.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pa, "memory_map", counting)
+    job = SimpleNamespace(table_columns=("k", "v"), table_include=None, table_types={"v": "int64"},
+                          table_delimiter=",")
+    size = path.stat().st_size
+    seg = reader.Segment(path.as_uri(), 0, size, size)
+    nbytes, tables = formats.of(seg).read_tables(seg, job, 1 << 20)
+    rows = [r for t in tables for r in t.to_pylist()]
+    assert nbytes == size and rows == [{"k": f"k{i}", "v": i} for i in range(1000)]
+    assert mapped == [str(path)]

@@ -111,7 +111,9 @@ def test_a_later_step_mapper_reads_pairs_and_writes_under_its_step(tmp_path):
     job_dir = st.normalize(str(tmp_path / "job"))
     uri = f"{job_dir}/reduce/r001/p00000-g00000/a1-x/pairs"  # what step 1's final reducer wrote
     st.for_uri(uri).write_bytes(uri, b'"1.2.3.4"\t[2.5,10,1]\n"5.6.7.8"\t[1.0,3,1]\n"1.2.3.4"\t[0.5,20,1]\n')
-    ev = _event(job_dir, job=Q3A, task={"phase": "map", "step": 1, "index": 0, "count": 1}, runs=[uri])
+    # record mode (vectorized, step 2 works on the Join's Arrow pairs: arrow_steps)
+    ev = _event(job_dir, job={**Q3A, "vectorized": False}, task={"phase": "map", "step": 1, "index": 0, "count": 1},
+                runs=[uri])
     record = mapper.lambda_handler(ev, CTX)
     assert (tmp_path / "job" / "status" / "step-02" / "map" / "00000.json").is_file()
     assert record["stats"]["input_records"] == 3
