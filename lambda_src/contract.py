@@ -24,6 +24,9 @@ from lambda_src import storage as st
 
 #: Bumped whenever the event's shape changes incompatibly.
 EVENT_VERSION = 1
+#: A function's environment variable: "0" when its jobs' map tasks run in record mode, so its
+#: init phase need not import pyarrow (a task that reads Parquet imports it when it must).
+ARROW_AT_INIT_ENV = "LAMBDAMR_ARROW_AT_INIT"
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
 PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 

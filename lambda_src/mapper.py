@@ -10,6 +10,7 @@ instead of input splits.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -19,11 +20,12 @@ from lambda_src.job import Join, MapReduceJob, Step
 
 log = logging.getLogger("lambdamr")
 
-try:  # in the init phase, so a warm container pays for it once (Lambda's advice)
-    import pyarrow.compute
-    import pyarrow.csv  # noqa: F401
-except ImportError:
-    pass
+if os.environ.get(contract.ARROW_AT_INIT_ENV) != "0":  # see contract.ARROW_AT_INIT_ENV
+    try:  # in the init phase, so a warm container pays for it once (Lambda's advice)
+        import pyarrow.compute
+        import pyarrow.csv  # noqa: F401
+    except ImportError:
+        pass
 
 #: Exceptions that mean "this record cannot be parsed" rather than "the job has a bug".
 RECORD_ERRORS = (ValueError, IndexError, KeyError, UnicodeError)

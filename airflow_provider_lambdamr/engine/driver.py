@@ -774,6 +774,7 @@ class Driver:
 
     def _deploy(self) -> None:
         if not self._deployed:
+            self.runtime.set_map_mode(self.vectorized)
             self.deployment = self.runtime.deploy(self._package())
             self._deployed = True
             self._warn_without_pyarrow()

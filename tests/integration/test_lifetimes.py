@@ -346,3 +346,14 @@ def test_a_thread_count_given_in_the_runtimes_environment_is_the_workers(tmp_pat
         Driver(spec, rt).run()
     threads = {int(line.split(",")[1]) for line in (out / "part-00000").read_text().splitlines()}
     assert threads == {given}
+
+
+@pytest.mark.parametrize(("job", "at_init"), [("RecordMode", False), ("Vectorized", True)])
+def test_workers_import_pyarrow_at_init_only_for_vectorized_map_tasks(tmp_path, fixture_jobs_path, job, at_init):
+    (tmp_path / "in.txt").write_text("".join(f"line {i}\n" for i in range(50)))
+    out = tmp_path / "out"
+    summary = run_job(job=f"userjobs.arrowinit:{job}", inputs={"": [str(tmp_path / "in.txt")]}, output=str(out),
+                      split_size=100, partitions=1)
+    assert summary["tasks"]["map_modes"] == {"vectorized" if at_init else "record": summary["tasks"]["map"]}
+    rows = [line.split(",") for line in (out / "part-00000").read_text().splitlines()]
+    assert rows and {value for _, value in rows} == {str(at_init).lower()}

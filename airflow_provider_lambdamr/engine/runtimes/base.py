@@ -140,6 +140,12 @@ class Runtime(abc.ABC):
     def deploy(self, package: CodePackage) -> dict:
         """Make this code version ready to invoke; return a summary of what was deployed."""
 
+    def set_map_mode(self, vectorized: bool) -> None:
+        """Before ``deploy``: whether the job's map tasks run vectorized. Workers started for
+        the job then leave pyarrow out of their init phase when they do not (the local
+        runtime's); functions shared by every job of a code version ignore it."""
+        return None
+
     @abc.abstractmethod
     def invoke(self, spec: TaskSpec, trace_header: str | None = None) -> str:
         """Start one invocation of the task ``spec`` (run by ``HANDLERS[spec.function]``,

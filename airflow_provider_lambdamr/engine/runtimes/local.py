@@ -36,7 +36,7 @@ from airflow_provider_lambdamr.engine.runtimes.base import (
     Runtime,
     read_failed_attempt,
 )
-from lambda_src.contract import TaskSpec
+from lambda_src.contract import ARROW_AT_INIT_ENV, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,10 @@ class LocalRuntime(Runtime):
         self.workers_replaced = 0
         self._deaths_before_ready = 0
         self._closed = False
+        self.arrow_at_init = True
+
+    def set_map_mode(self, vectorized: bool) -> None:
+        self.arrow_at_init = vectorized
 
     @property
     def capacity(self) -> int:
@@ -164,6 +168,7 @@ class LocalRuntime(Runtime):
             "AWS_EXECUTION_ENV": "lambdamr-local",
             "LAMBDA_TASK_ROOT": str(self.code_dir),
             "PYTHONDONTWRITEBYTECODE": "1",
+            ARROW_AT_INIT_ENV: "1" if self.arrow_at_init else "0",
             # Arrow's thread pool: the workers' share of this machine's cores (a Lambda function
             # has its own vCPUs), so that W workers do not run W times as many threads as cores.
             "OMP_NUM_THREADS": given.get("OMP_NUM_THREADS") or str(worker_threads(self.workers)),
