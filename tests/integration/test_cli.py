@@ -166,6 +166,7 @@ def test_deploy_builds_attaches_and_reports_the_pyarrow_layer(aws_env, s3_bucket
     assert layer["pyarrow"] == packaging.pyarrow_version() and 0 < layer["room_left_bytes"] < 262_144_000
     cfg = boto3.client("lambda").get_function_configuration(FunctionName=f"{prefix}-reducer")
     assert [x["Arn"] for x in cfg["Layers"]] == [layer["arn"]]
+    assert cfg["Environment"]["Variables"]["ARROW_DEFAULT_MEMORY_POOL"] == "jemalloc"  # x86_64, the default
     old = run(*args, "--runtime-version", "python3.11", env={"LAMBDAMR_WHEEL_DIR": str(tmp_path / "none")})
     assert old.returncode == 1 and "Traceback" not in old.stderr
     assert "Lambda's python3.11 runs on Amazon Linux 2 (glibc 2.26)" in old.stderr

@@ -325,7 +325,7 @@ def test_workers_share_out_the_cores_to_their_thread_pools(tmp_path, fixture_job
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     (tmp_path / "in.txt").write_text("".join(f"line {i}\n" for i in range(200)))
     out = tmp_path / "out"
-    run_job(workers=workers, job="userjobs.lifetimes:Threads", inputs={"": [str(tmp_path / "in.txt")]},
+    run_job(workers=workers, job="userjobs.probes:Threads", inputs={"": [str(tmp_path / "in.txt")]},
             output=str(out), split_size=200, partitions=1)
     threads = {int(line.split(",")[1]) for line in (out / "part-00000").read_text().splitlines()}
     assert threads == {max(1, (os.cpu_count() or 1) // workers)}
@@ -340,7 +340,7 @@ def test_a_thread_count_given_in_the_runtimes_environment_is_the_workers(tmp_pat
     (tmp_path / "in.txt").write_text("".join(f"line {i}\n" for i in range(200)))
     out = tmp_path / "out"
     given = worker_threads(2) + 2  # not what the runtime would choose
-    spec = JobSpec(job="userjobs.lifetimes:Threads", inputs={"": [str(tmp_path / "in.txt")]}, output=str(out),
+    spec = JobSpec(job="userjobs.probes:Threads", inputs={"": [str(tmp_path / "in.txt")]}, output=str(out),
                    split_size=200, partitions=1)
     with LocalRuntime(workers=2, env={"OMP_NUM_THREADS": str(given)}) as rt:
         Driver(spec, rt).run()
@@ -357,3 +357,27 @@ def test_workers_import_pyarrow_at_init_only_for_vectorized_map_tasks(tmp_path, 
     assert summary["tasks"]["map_modes"] == {"vectorized" if at_init else "record": summary["tasks"]["map"]}
     rows = [line.split(",") for line in (out / "part-00000").read_text().splitlines()]
     assert rows and {value for _, value in rows} == {str(at_init).lower()}
+
+
+@pytest.mark.parametrize("given", [None, "system"])
+def test_workers_use_the_functions_arrow_memory_pool_unless_one_is_given(tmp_path, fixture_jobs_path, monkeypatch,
+                                                                         given):
+    import platform
+
+    import pyarrow
+
+    from lambda_src.contract import arrow_memory_pool
+
+    if given is None:
+        monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    else:
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", given)
+    expected = given or arrow_memory_pool(platform.machine())
+    if expected not in pyarrow.supported_memory_backends():
+        pytest.skip(f"this pyarrow has no {expected} memory pool (it has {pyarrow.supported_memory_backends()})")
+    (tmp_path / "in.txt").write_text("".join(f"line {i}\n" for i in range(40)))
+    out = tmp_path / "out"
+    run_job(job="userjobs.probes:MemoryPool", inputs={"": [str(tmp_path / "in.txt")]}, output=str(out),
+            split_size=100, partitions=1)
+    pools = {line.split(",")[1] for line in (out / "part-00000").read_text().splitlines()}
+    assert pools == {expected}

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -36,7 +37,7 @@ from airflow_provider_lambdamr.engine.runtimes.base import (
     Runtime,
     read_failed_attempt,
 )
-from lambda_src.contract import ARROW_AT_INIT_ENV, TaskSpec
+from lambda_src.contract import ARROW_AT_INIT_ENV, ARROW_POOL_ENV, TaskSpec, arrow_memory_pool
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ class LocalRuntime(Runtime):
             "LAMBDA_TASK_ROOT": str(self.code_dir),
             "PYTHONDONTWRITEBYTECODE": "1",
             ARROW_AT_INIT_ENV: "1" if self.arrow_at_init else "0",
+            ARROW_POOL_ENV: given.get(ARROW_POOL_ENV) or arrow_memory_pool(platform.machine()),
             # Arrow's thread pool: the workers' share of this machine's cores (a Lambda function
             # has its own vCPUs), so that W workers do not run W times as many threads as cores.
             "OMP_NUM_THREADS": given.get("OMP_NUM_THREADS") or str(worker_threads(self.workers)),
