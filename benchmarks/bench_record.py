@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_engine import compile_bytecode
 from bench_engine import ensure_data as ensure_uservisits
 from bench_lithops import LITHOPS_RUNNER, ensure_lithops_venv, read_csv, write_lithops_config
 from bench_lithops import ensure_data as ensure_words
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run another checkout's code (2 workers), e.g. the main branch's, "
                              "as the contender 'tree 2w'")
     args = parser.parse_args(argv)
+    bytecode = compile_bytecode()
     jobs = args.jobs.split(",")
     if args.repeat < 1 or args.warmup < 0 or not set(jobs) <= set(JOBS):
         parser.error(f"--repeat must be positive, --warmup not negative, --jobs from {sorted(JOBS)}")
@@ -238,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps({
+        "bytecode": bytecode,
         "benchmark": "record mode: lambdamr local (2 and 1 workers) vs Lithops localhost (2) vs a plain loop",
         "created_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
