@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-ARCHITECTURES = ("x86_64", "arm64")
+from airflow_provider_lambdamr.engine.packaging import ARCHITECTURES
+
 HOURS_PER_MONTH = 730
 
 # The reference architecture's hard-coded prices, kept apart from PriceTable on purpose:

@@ -32,6 +32,9 @@ import lambda_src
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 PYTHON = "python"
 NODEJS = "nodejs"
+#: Lambda's instruction set architectures, and the runtimes its functions run jobs on.
+ARCHITECTURES = ("x86_64", "arm64")
+RUNTIME_VERSIONS = ("python3.11", "python3.12", "python3.13", "nodejs20.x", "nodejs22.x")
 LANGUAGES = (PYTHON, NODEJS)
 NODE_EXTENSIONS = (".mjs", ".cjs", ".js")
 #: Where a JavaScript job's package lies in its zip.

@@ -294,13 +294,13 @@ def _runtime_names() -> Sequence[str]:
 
 
 def _architectures() -> Sequence[str]:
-    from airflow_provider_lambdamr.engine.runtimes.aws import ARCHITECTURES
+    from airflow_provider_lambdamr.engine.packaging import ARCHITECTURES
 
     return ARCHITECTURES
 
 
 def _runtime_versions() -> Sequence[str]:
-    from airflow_provider_lambdamr.engine.runtimes.aws import RUNTIME_VERSIONS
+    from airflow_provider_lambdamr.engine.packaging import RUNTIME_VERSIONS
 
     return RUNTIME_VERSIONS
 

@@ -24,7 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_lambdamr.engine import coordinator, packaging
-from airflow_provider_lambdamr.engine.packaging import CodePackage, LayerPackage
+from airflow_provider_lambdamr.engine.packaging import (
+    ARCHITECTURES,
+    RUNTIME_VERSIONS,
+    CodePackage,
+    LayerPackage,
+)
 from airflow_provider_lambdamr.engine.runtimes.base import (
     HANDLERS,
     LANGUAGE_HANDLERS,
@@ -40,8 +45,6 @@ log = logging.getLogger(__name__)
 
 #: Lambda accepts zips up to this size in the request itself; larger ones go through S3.
 DIRECT_UPLOAD_LIMIT = 50 * 1024 * 1024
-ARCHITECTURES = ("x86_64", "arm64")
-RUNTIME_VERSIONS = ("python3.11", "python3.12", "python3.13", "nodejs20.x", "nodejs22.x")
 #: The Lambda runtime of a JavaScript job when ``runtime_version`` names a Python one.
 NODE_RUNTIME = "nodejs20.x"
 THROTTLE_CODES = ("TooManyRequestsException", "ThrottlingException", "EC2ThrottledException")
