@@ -37,7 +37,7 @@ setup(
         ],
     },
     entry_points={
-        "console_scripts": ["lambdamr=airflow_provider_lambdamr.cli:main"],
+        "console_scripts": ["lambdamr=airflow_provider_lambdamr.prestart:main"],
         "apache_airflow_provider": [
             "provider_info=airflow_provider_lambdamr:get_provider_info",
         ],

@@ -22,22 +22,12 @@ from typing import Any, ClassVar
 
 from lambda_src import storage as st
 
+# The environment a function's handlers read, declared apart so that the local runtime's
+# launcher can start workers before it imports the contract (airflow_provider_lambdamr.prestart).
+from lambda_src.function_env import ARROW_AT_INIT_ENV, ARROW_POOL_ENV, arrow_memory_pool  # noqa: F401
+
 #: Bumped whenever the event's shape changes incompatibly.
 EVENT_VERSION = 1
-#: A function's environment variable: "0" when its jobs' map tasks run in record mode, so its
-#: init phase need not import pyarrow (a task that reads Parquet imports it when it must).
-ARROW_AT_INIT_ENV = "LAMBDAMR_ARROW_AT_INIT"
-#: Arrow's memory pool, chosen in a function's environment unless the user chose one: its
-#: default, mimalloc, spent more time in the kernel than the task computed on this project's
-#: Firecracker VM (2a on Parquet: 1.4 s of system CPU against 0.2 s with jemalloc or malloc).
-ARROW_POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
-
-
-def arrow_memory_pool(architecture: str) -> str:
-    """The memory pool a function on ``architecture`` gets: jemalloc where pyarrow's wheels
-    carry it (x86_64), the C library's malloc elsewhere (pyarrow's aarch64 wheels leave
-    jemalloc out)."""
-    return "jemalloc" if architecture in ("x86_64", "amd64") else "system"
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
 PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 

@@ -3,6 +3,8 @@
 Run as a script (``python -I _bootstrap.py FD CODE_DIR HANDLER...``) so that it imports
 nothing from the driver's environment but the standard library and the packages a Lambda
 Python runtime also has: the handlers come from the extracted zip, first on ``sys.path``.
+Or, started before its job is known (``python -I _bootstrap.py FD --standby``, see
+``airflow_provider_lambdamr.prestart``), it imports pyarrow and waits for the code.
 Messages are length-prefixed JSON bytes over a socket; nothing is pickled.
 
 A worker never outlives its driver, and never runs an invocation past its deadline, even
@@ -32,6 +34,13 @@ TIMEOUT_EXIT = 124
 ORPHAN_EXIT = 125
 #: ``_bootstrap.py --exec PROGRAM ARGS...``: become another language's worker (see ``exec_worker``).
 EXEC_FLAG = "--exec"
+#: ``_bootstrap.py FD --standby``: start, import the modules ``LAMBDAMR_STANDBY_IMPORTS`` names
+#: (comma-separated), then wait for the job's code (see ``standby``).
+STANDBY_FLAG = "--standby"
+STANDBY_IMPORTS_ENV = "LAMBDAMR_STANDBY_IMPORTS"
+#: The site-packages directories the driver's interpreter has (os.pathsep-separated): the
+#: worker runs without ``site`` (-S) and puts them on its path itself, without .pth files.
+SITE_PATH_ENV = "LAMBDAMR_SITE_PATH"
 #: How often the watchdog checks that the driver is still the worker's parent.
 PARENT_POLL_S = 0.2
 _PR_SET_PDEATHSIG = 1
@@ -183,7 +192,67 @@ def exec_worker(argv: list[str]) -> None:
     os.execv(argv[0], argv)
 
 
+def _shadowed(code_dir: str, module: str) -> bool:
+    """Whether ``code_dir`` ships its own copy of the top-level ``module`` (a package, a
+    ``.py`` file or an extension module), which must win over one imported before it."""
+    try:
+        names = os.listdir(code_dir)
+    except OSError:
+        return False
+    return any(name == module or name.startswith(module + ".") for name in names)
+
+
+def standby(conn: Channel, fd: int) -> tuple[str, list[str], float]:
+    """A worker started before its job was known: import what is named, then wait for
+    ``{"type": "init", "code_dir", "handlers", "env"}``, whose environment it adds to its own.
+
+    Returns the code directory, the handlers and the milliseconds spent importing (the part
+    of the init phase done in advance). If the code ships its own copy of a module imported
+    here, the worker replaces itself (same pid, same socket) with a fresh interpreter that
+    imports nothing in advance, so the job's copy is the one it gets. The driver closing the
+    socket instead (it needs no more workers) ends the worker."""
+    started = time.time()
+    imported = []
+    for name in filter(None, os.environ.pop(STANDBY_IMPORTS_ENV, "").split(",")):
+        try:
+            importlib.import_module(name)
+            imported.append(name.partition(".")[0])
+        except Exception:  # the job's own import reports it, as in a fresh worker
+            continue
+    done_ms = (time.time() - started) * 1000
+    try:
+        message = json.loads(conn.recv_bytes())
+    except (EOFError, OSError):
+        os._exit(0)
+    if message.get("type") != "init":
+        raise ValueError(f"a standby worker expects an init message first, got {message.get('type')!r}")
+    code_dir, handlers = str(message["code_dir"]), [str(h) for h in message["handlers"]]
+    os.environ.update({str(k): str(v) for k, v in (message.get("env") or {}).items()})
+    if any(_shadowed(code_dir, module) for module in set(imported)):
+        os.set_inheritable(fd, True)
+        os.execv(sys.executable, [sys.executable, "-I", "-S", os.path.abspath(__file__), str(fd), code_dir,
+                                  *handlers])
+    return code_dir, handlers, done_ms
+
+
+def use_site_path() -> None:
+    """What ``site`` would have done for a handler (the worker runs with -S): the driver's
+    site-packages directories on the path, and the ``exit``/``quit`` builtins."""
+    for directory in os.environ.get(SITE_PATH_ENV, "").split(os.pathsep):
+        if directory and directory not in sys.path:
+            sys.path.append(directory)
+    import builtins
+
+    def _exit(code: object = None) -> None:
+        raise SystemExit(code)
+
+    for name in ("exit", "quit"):
+        if not hasattr(builtins, name):
+            setattr(builtins, name, _exit)
+
+
 def main() -> None:
+    use_site_path()
     if sys.argv[1] == EXEC_FLAG:
         exec_worker(sys.argv[2:])
     parent_pid = int(os.environ.get(PARENT_PID_ENV) or os.getppid())  # unset when run by hand
@@ -191,8 +260,11 @@ def main() -> None:
     watchdog = Watchdog(parent_pid)
     watchdog.start()
     fd = int(sys.argv[1])
-    code_dir = sys.argv[2]
-    handler_names = sys.argv[3:]
+    conn = Channel(fd)
+    if sys.argv[2:] == [STANDBY_FLAG]:
+        code_dir, handler_names, init_done_ms = standby(conn, fd)
+    else:
+        code_dir, handler_names, init_done_ms = sys.argv[2], sys.argv[3:], 0.0
     sys.path.insert(0, code_dir)
     os.chdir(code_dir)
     logging.basicConfig(
@@ -200,7 +272,6 @@ def main() -> None:
         format="[%(levelname)s] %(asctime)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    conn = Channel(fd)
     started = time.time()
     handlers = {}
     init_error = None
@@ -211,7 +282,7 @@ def main() -> None:
         except Exception as err:
             init_error = _error(err, "Runtime.ImportModuleError")
             break
-    init_ms = (time.time() - started) * 1000
+    init_ms = init_done_ms + (time.time() - started) * 1000
     conn.send_bytes(json.dumps({"type": "ready", "init_ms": init_ms, "pid": os.getpid()}).encode())
     cold = True
     while True:

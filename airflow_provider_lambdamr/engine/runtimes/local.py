@@ -16,18 +16,16 @@ import json
 import logging
 import math
 import os
-import platform
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
+from airflow_provider_lambdamr import prestart
 from airflow_provider_lambdamr.engine import packaging
 from airflow_provider_lambdamr.engine.packaging import CodePackage
 from airflow_provider_lambdamr.engine.runtimes import _bootstrap
@@ -37,11 +35,11 @@ from airflow_provider_lambdamr.engine.runtimes.base import (
     Runtime,
     read_failed_attempt,
 )
-from lambda_src.contract import ARROW_AT_INIT_ENV, ARROW_POOL_ENV, TaskSpec, arrow_memory_pool
+from airflow_provider_lambdamr.prestart import worker_threads  # noqa: F401 (re-exported)
+from lambda_src.contract import ARROW_AT_INIT_ENV, TaskSpec
 
 log = logging.getLogger(__name__)
 
-BOOTSTRAP = str(Path(_bootstrap.__file__))
 MEMORY_POLL_S = 0.05
 #: How long a worker that closed its connection gets to exit by itself (its exit status
 #: says why it ended) before it is killed.
@@ -73,11 +71,6 @@ class _Worker:
     invocations: int = 0
     killed_for: str | None = None
     extra: dict = field(default_factory=dict)
-
-
-def worker_threads(workers: int) -> int:
-    """Threads for each of ``workers`` workers' thread pools: this machine's cores shared out."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 def rss_mb(pid: int) -> float:
@@ -113,7 +106,7 @@ class LocalRuntime(Runtime):
         self.memory_mb = memory_mb
         self.timeout_s = timeout_s
         self.function_prefix = function_prefix
-        self.env = {**(env or {}), "LAMBDAMR_TRACING": "1" if tracing else "0"}
+        self.env = dict(env or {})
         self.tracing = tracing
         self.package: CodePackage | None = None
         self.code_dir: Path | None = None
@@ -125,6 +118,8 @@ class LocalRuntime(Runtime):
         self._deaths_before_ready = 0
         self._closed = False
         self.arrow_at_init = True
+        #: Workers taken over from the ``lambdamr`` command's pre-start (see prestart).
+        self.adopted = 0
 
     def set_map_mode(self, vectorized: bool) -> None:
         self.arrow_at_init = vectorized
@@ -159,36 +154,37 @@ class LocalRuntime(Runtime):
         }
 
     def _spawn(self) -> _Worker:
-        assert self.code_dir is not None
-        parent, child = socket.socketpair()
-        given = {**os.environ, **self.env}
-        env = {
-            **given,
+        assert self.code_dir is not None and self.package is not None
+        env = prestart.early_env({**os.environ, **self.env}, self.workers)
+        # What depends on the job: a standby worker (see prestart) gets it with the code.
+        late = {
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
             "AWS_EXECUTION_ENV": "lambdamr-local",
             "LAMBDA_TASK_ROOT": str(self.code_dir),
-            "PYTHONDONTWRITEBYTECODE": "1",
+            "LAMBDAMR_TRACING": "1" if self.tracing else "0",
             ARROW_AT_INIT_ENV: "1" if self.arrow_at_init else "0",
-            ARROW_POOL_ENV: given.get(ARROW_POOL_ENV) or arrow_memory_pool(platform.machine()),
-            # Arrow's thread pool: the workers' share of this machine's cores (a Lambda function
-            # has its own vCPUs), so that W workers do not run W times as many threads as cores.
-            "OMP_NUM_THREADS": given.get("OMP_NUM_THREADS") or str(worker_threads(self.workers)),
-            # The worker dies with this process (see _bootstrap.die_with_parent).
-            _bootstrap.PARENT_PID_ENV: str(os.getpid()),
-            _bootstrap.PDEATHSIG_ENV: "1" if threading.current_thread() is threading.main_thread() else "0",
         }
-        proc = subprocess.Popen(
-            self._worker_command(child.fileno()),
-            pass_fds=(child.fileno(),),
-            stdin=subprocess.DEVNULL,
-            stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else None,
-            env=env,
-            start_new_session=True,
-        )
-        child.close()
-        conn = Connection(parent.detach())
-        return _Worker(proc=proc, conn=conn)
+        if self.package.language == packaging.PYTHON:
+            claimed = prestart.claim(env)
+            if claimed is not None:
+                proc, sock = claimed
+                conn = Connection(sock.detach())
+                init = {"type": "init", "code_dir": str(self.code_dir),
+                        "handlers": list(self._handlers().values()), "env": late}
+                with contextlib.suppress(OSError):  # it died since claim(): _receive sees it
+                    conn.send_bytes(json.dumps(init).encode())
+                log.info("local runtime: adopted pre-started worker %d", proc.pid)
+                self.adopted += 1
+                return _Worker(proc=proc, conn=conn)
+        else:
+            prestart.discard()
+        parent, child = socket.socketpair()
+        try:
+            proc = prestart.popen(self._worker_command(child.fileno()), child, {**env, **late})
+        finally:
+            child.close()
+        return _Worker(proc=proc, conn=Connection(parent.detach()))
 
     def _handlers(self) -> dict[str, str]:
         """Function kind → handler: those given (the coordinator's), else the deployed
@@ -205,9 +201,9 @@ class LocalRuntime(Runtime):
         handlers = list(self._handlers().values())
         if self.package.language == packaging.NODEJS:
             node = node_executable()
-            return [sys.executable, "-I", BOOTSTRAP, _bootstrap.EXEC_FLAG, node,
+            return [*prestart.python_command(_bootstrap.EXEC_FLAG), node,
                     str(self.code_dir / "lambda_src" / "nodejs" / "bootstrap.mjs"), str(fd), *handlers]
-        return [sys.executable, "-I", BOOTSTRAP, str(fd), str(self.code_dir), *handlers]
+        return prestart.python_command(str(fd), str(self.code_dir), *handlers)
 
     def close(self) -> None:
         """Stop every worker; in-flight and queued invocations end as cancelled."""
@@ -376,7 +372,7 @@ class LocalRuntime(Runtime):
                 code = worker.proc.poll()
                 raise RuntimeError(
                     f"local runtime workers exit before they are ready (last exit status "
-                    f"{code}); run {sys.executable} -I {BOOTSTRAP} by hand to see why"
+                    f"{code}); run {' '.join(prestart.python_command())} by hand to see why"
                 )
         if worker in self._pool:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -437,11 +433,3 @@ def node_executable() -> str:
     if not node:
         raise RuntimeError("a JavaScript job needs Node.js 20 or later: install node, or set LAMBDAMR_NODE to its path")
     return node
-
-
-def _has_fileno(stream) -> bool:
-    try:
-        stream.fileno()
-    except (AttributeError, OSError, ValueError):
-        return False
-    return True

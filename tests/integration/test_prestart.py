@@ -1,0 +1,178 @@
+"""Workers started before the engine is imported (airflow_provider_lambdamr.prestart): adopted
+only when started exactly as the runtime would start them, never left behind, and never
+hiding a module the job's code ships."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_lambdamr import prestart
+from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
+from tests.conftest import FIXTURES
+from tests.helpers import read_rows
+
+PATIENCE_S = 60
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _gone(pids) -> bool:
+    deadline = time.monotonic() + PATIENCE_S
+    while any(_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture
+def no_standby():
+    prestart.discard()
+    yield
+    prestart.discard()
+
+
+def _standby_pids() -> list[int]:
+    return [s.proc.pid for s in prestart._standby]
+
+
+def _run(tmp_path: Path, rt: LocalRuntime, job: str = "userjobs.arrowinit:Vectorized") -> list[list[str]]:
+    from airflow_provider_lambdamr.engine.driver import Driver
+    from airflow_provider_lambdamr.engine.spec import JobSpec
+
+    (tmp_path / "in.txt").write_text("".join(f"line {i}\n" for i in range(40)))
+    spec = JobSpec(job=job, inputs={"": [str(tmp_path / "in.txt")]}, output=str(tmp_path / "out"),
+                   split_size=40, partitions=1)
+    with rt:
+        Driver(spec, rt).run()
+    return read_rows(str(tmp_path / "out"))
+
+
+def test_the_runtime_adopts_workers_started_as_it_would_start_them(tmp_path, fixture_jobs_path, no_standby):
+    prestart.start(2, prestart.early_env(dict(os.environ), 2))
+    started = _standby_pids()
+    assert len(started) == 2
+    rt = LocalRuntime(workers=2)
+    rows = _run(tmp_path, rt)
+    assert rt.adopted == 2 and prestart.waiting() == 0
+    # the tasks ran in the standby processes, which had imported pyarrow before the job's code
+    assert {int(pid) for pid, _ in rows} <= set(started)
+    assert {value for _, value in rows} == {"true"}
+    assert _gone(started)
+
+
+@pytest.mark.parametrize("differs", ["threads", "workers", "environment"])
+def test_workers_started_otherwise_are_stopped_and_fresh_ones_started(tmp_path, fixture_jobs_path, no_standby,
+                                                                      monkeypatch, differs):
+    env = prestart.early_env(dict(os.environ), 2)
+    if differs == "threads":
+        env["OMP_NUM_THREADS"] = str(int(env["OMP_NUM_THREADS"]) + 3)
+    prestart.start(2, env)
+    started = _standby_pids()
+    if differs == "environment":
+        monkeypatch.setenv("LAMBDAMR_TEST_CHANGED", "1")
+    rt = LocalRuntime(workers=1 if differs == "workers" else 2)
+    rows = _run(tmp_path, rt)
+    assert rt.adopted == 0 and prestart.waiting() == 0
+    assert rows and not {int(pid) for pid, _ in rows} & set(started)
+    assert _gone(started)
+
+
+def test_unclaimed_standby_workers_are_stopped_when_the_command_exits(tmp_path):
+    code = ("import os; from airflow_provider_lambdamr import prestart; "
+            "prestart.start(2, prestart.early_env(dict(os.environ), 2)); "
+            "print(*(s.proc.pid for s in prestart._standby))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=PATIENCE_S)
+    assert res.returncode == 0, res.stderr
+    pids = [int(p) for p in res.stdout.split()]
+    assert len(pids) == 2
+    assert _gone(pids)
+
+
+def _invoke(conn: Connection, handler: str) -> dict:
+    conn.send_bytes(json.dumps({
+        "request_id": "r1", "handler": handler, "function_name": "f", "memory_mb": 128,
+        "deadline_ms": (time.time() + PATIENCE_S) * 1000, "trace_header": None, "event": {},
+    }).encode())
+    assert conn.poll(PATIENCE_S)
+    return json.loads(conn.recv_bytes())
+
+
+@pytest.mark.parametrize("ships_its_own", [True, False])
+def test_code_that_ships_a_module_the_standby_worker_imported_gets_its_own(tmp_path, no_standby, ships_its_own):
+    """The worker replaces itself (same pid, same socket) with an interpreter that imported
+    nothing in advance, so the job's copy wins, as it would in a fresh worker."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "probe.py").write_text(
+        "import colorsys\n\ndef handler(event, context):\n"
+        "    return {'colorsys': colorsys.__file__, 'pid': __import__('os').getpid()}\n\n"
+        "def exits(event, context):\n    exit(3)\n"
+    )
+    if ships_its_own:
+        (code / "colorsys.py").write_text("SHIPPED = True\n")
+    env = prestart.early_env(dict(os.environ), 1)
+    prestart.start(1, env, imports=("colorsys",))
+    proc, sock = prestart.claim(env)
+    conn = Connection(sock.detach())
+    try:
+        conn.send_bytes(json.dumps({"type": "init", "code_dir": str(code), "handlers": ["probe.handler", "probe.exits"],
+                                    "env": {"LAMBDAMR_TEST_LATE": "1"}}).encode())
+        assert conn.poll(PATIENCE_S)
+        ready = json.loads(conn.recv_bytes())
+        assert ready["type"] == "ready" and ready["pid"] == proc.pid
+        reply = _invoke(conn, "probe.handler")
+        assert reply["ok"], reply
+        assert reply["payload"]["pid"] == proc.pid
+        shipped = str(code / "colorsys.py")
+        assert (reply["payload"]["colorsys"] == shipped) is ships_its_own
+        # ``exit`` is there although the worker runs without ``site``
+        reply = _invoke(conn, "probe.exits")
+        assert not reply["ok"] and "sys.exit(3)" in reply["error"]["errorMessage"]
+    finally:
+        conn.close()
+        proc.wait(timeout=PATIENCE_S)
+
+
+def test_the_lambdamr_command_adopts_the_workers_it_started(tmp_path):
+    (tmp_path / "in").mkdir()
+    words = [f"w{i % 7}" for i in range(300)]
+    (tmp_path / "in" / "a.txt").write_text("\n".join(" ".join(words[i:i + 10]) for i in range(0, 300, 10)) + "\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(FIXTURES), os.environ.get("PYTHONPATH")) if p)}
+    env.pop(prestart.PRESTART_ENV, None)
+    entry = "import sys; from airflow_provider_lambdamr.prestart import main; sys.exit(main())"
+    runs = {}
+    for setting in ("1", "0"):
+        out = tmp_path / f"out{setting}"
+        res = subprocess.run(
+            [sys.executable, "-c", entry, "-v", "run", "wordcount", "--input", str(tmp_path / "in"),
+             "--output", str(out), "--workers", "2", "--quiet"],
+            env={**env, prestart.PRESTART_ENV: setting}, capture_output=True, text=True, timeout=PATIENCE_S,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[setting] = res.stderr.count("adopted pre-started worker")
+        counts = {word: int(n) for word, n in read_rows(str(out))}
+        assert counts == {f"w{i}": words.count(f"w{i}") for i in range(7)}
+    assert runs == {"1": 2, "0": 0}
+
+
+def test_the_console_script_is_the_prestarting_entry_point():
+    from importlib.metadata import entry_points
+
+    (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "lambdamr"]
+    assert script.value == "airflow_provider_lambdamr.prestart:main"
