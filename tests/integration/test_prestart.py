@@ -32,6 +32,7 @@ def _alive(pid: int) -> bool:
 
 
 def _gone(pids) -> bool:
+    pids = list(pids)
     deadline = time.monotonic() + PATIENCE_S
     while any(_alive(p) for p in pids):
         if time.monotonic() > deadline:
@@ -166,6 +167,8 @@ def test_the_lambdamr_command_adopts_the_workers_it_started(tmp_path):
         )
         assert res.returncode == 0, res.stderr[-3000:]
         runs[setting] = res.stderr.count("adopted pre-started worker")
+        # the command does not wait for its killed workers to be reaped; they are gone all the same
+        assert _gone(int(line.rsplit(" ", 1)[1]) for line in res.stderr.splitlines() if "adopted" in line)
         counts = {word: int(n) for word, n in read_rows(str(out))}
         assert counts == {f"w{i}": words.count(f"w{i}") for i in range(7)}
     assert runs == {"1": 2, "0": 0}
