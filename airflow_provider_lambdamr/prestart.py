@@ -65,10 +65,8 @@ def python_command(*args: str) -> list[str]:
 def _site_path() -> str:
     import site  # already imported by any interpreter started without -S
 
-    dirs = [d for d in site.getsitepackages() if os.path.isdir(d)]
-    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
-        dirs.append(site.getusersitepackages())
-    return os.pathsep.join(dirs)
+    # Not the user's site-packages: workers are isolated (-I) from it, as they always were.
+    return os.pathsep.join(d for d in site.getsitepackages() if os.path.isdir(d))
 
 
 def early_env(given: Mapping[str, str], workers: int) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import site
 import subprocess
 import sys
 import time
@@ -122,7 +123,8 @@ def test_code_that_ships_a_module_the_standby_worker_imported_gets_its_own(tmp_p
     code.mkdir()
     (code / "probe.py").write_text(
         "import colorsys\n\ndef handler(event, context):\n"
-        "    return {'colorsys': colorsys.__file__, 'pid': __import__('os').getpid()}\n\n"
+        "    import sys\n"
+        "    return {'colorsys': colorsys.__file__, 'pid': __import__('os').getpid(), 'path': sys.path}\n\n"
         "def exits(event, context):\n    exit(3)\n"
     )
     if ships_its_own:
@@ -142,6 +144,11 @@ def test_code_that_ships_a_module_the_standby_worker_imported_gets_its_own(tmp_p
         assert reply["payload"]["pid"] == proc.pid
         shipped = str(code / "colorsys.py")
         assert (reply["payload"]["colorsys"] == shipped) is ships_its_own
+        # without ``site``: the environment's site-packages on the path, the user's not (-I)
+        path = reply["payload"]["path"]
+        assert path[0] == str(code)
+        assert set(site.getsitepackages()) & set(path)
+        assert site.getusersitepackages() not in path
         # ``exit`` is there although the worker runs without ``site``
         reply = _invoke(conn, "probe.exits")
         assert not reply["ok"] and "sys.exit(3)" in reply["error"]["errorMessage"]
