@@ -124,7 +124,11 @@ class Contenders:
         """Our command; with ``tree``, that source tree's code (PYTHONPATH) instead of ours."""
         out = self.work / f"{self.job}-ours{workers}-{round_}{'-tree' if tree else ''}"
         env = {**os.environ, "PYTHONPATH": str(tree)} if tree else None
-        took = timed([str(BIN / "lambdamr"), "run", JOBS[self.job], "--runtime", "local", "--workers",
+        # An older tree may predate the command's entry point (airflow_provider_lambdamr.prestart).
+        command = [str(BIN / "lambdamr")]
+        if tree and not (tree / "airflow_provider_lambdamr" / "prestart.py").exists():
+            command = [str(BIN / "python"), "-m", "airflow_provider_lambdamr.cli"]
+        took = timed([*command, "run", JOBS[self.job], "--runtime", "local", "--workers",
                       str(workers), "--input", str(self.data), "--output", str(out), "--no-vectorized",
                       "--quiet"], env)
         self._check(f"ours ({workers} workers)", read_csv(sorted(out.glob("part-*")), self.kind))
