@@ -337,8 +337,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     spec, client = _job_and_client(args)
     region = client.pop("region", None)
     runtime = create_runtime(spec.runtime, spec.runtime_options(), lambda_client=_lambda_client(region, **client))
-    if hasattr(runtime, "reap_on_close"):  # this process exits when the job ends: see LocalRuntime
-        runtime.reap_on_close = False
     progress = None if args.quiet else _print_progress
     started = time.time()
     try:

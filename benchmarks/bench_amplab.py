@@ -16,8 +16,7 @@ What is measured, and how:
   per-record approach, without Lambda).
 - Wall time (median and min) and peak RSS of each command: ``/usr/bin/time -f %M``, which
   reports the largest resident set of any single process in the command's tree (the driver
-  or one of its workers), not their sum; for ours, with the tasks' own peaks from the
-  ``--json`` summary too (the command does not wait for its killed workers to be reaped).
+  or one of its workers), not their sum.
 - Every answer is checked against DuckDB's: the same set of rows, floats equal to within
   1e-9 relative. Any difference fails the run.
 - MB/s is the input bytes of the table a query reads divided by the median time.
@@ -261,11 +260,7 @@ class Run:
 
 
 def run_measured(cmd: list[str]) -> Run:
-    """Run a whole command under /usr/bin/time: wall seconds and peak RSS (MB).
-
-    ``lambdamr run`` does not wait for its killed workers to be reaped, so /usr/bin/time sees
-    the driver's peak only; with ``--json`` the summary has every task's and the driver's own,
-    and the peak is the largest of them."""
+    """Run a whole command under /usr/bin/time: wall seconds and peak RSS (MB)."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
         started = time.perf_counter()
         proc = subprocess.run([GNU_TIME, "-f", "%M", "-o", tf.name, *cmd], capture_output=True, text=True)
@@ -273,21 +268,7 @@ def run_measured(cmd: list[str]) -> Run:
         if proc.returncode != 0:
             raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
         lines = [line for line in tf.read().splitlines() if line.strip()]
-    return Run(seconds, max(int(lines[-1]) / 1024, job_peak_mb(proc.stdout)), proc.stdout)
-
-
-def job_peak_mb(stdout: str) -> float:
-    """The largest peak memory a ``lambdamr run --json`` summary reports (a task's or the
-    driver's), or 0 when ``stdout`` is not one."""
-    try:
-        summary = json.loads(stdout)
-    except ValueError:
-        return 0.0
-    if not isinstance(summary, dict):
-        return 0.0
-    peaks = [summary.get("driver_peak_memory_mb") or 0.0]
-    peaks += [(v or {}).get("peak_memory_mb") or 0.0 for v in (summary.get("invocations") or {}).values()]
-    return float(max(peaks))
+    return Run(seconds, int(lines[-1]) / 1024, proc.stdout)
 
 
 def ours_cmd(query: Query, root: Path, output: Path) -> list[str]:

@@ -174,7 +174,7 @@ def test_the_lambdamr_command_adopts_the_workers_it_started(tmp_path):
         )
         assert res.returncode == 0, res.stderr[-3000:]
         runs[setting] = res.stderr.count("adopted pre-started worker")
-        # the command does not wait for its killed workers to be reaped; they are gone all the same
+        # the workers it adopted are gone when it exits
         assert _gone(int(line.rsplit(" ", 1)[1]) for line in res.stderr.splitlines() if "adopted" in line)
         counts = {word: int(n) for word, n in read_rows(str(out))}
         assert counts == {f"w{i}": words.count(f"w{i}") for i in range(7)}

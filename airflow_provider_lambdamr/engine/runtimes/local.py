@@ -120,10 +120,6 @@ class LocalRuntime(Runtime):
         self.arrow_at_init = True
         #: Workers taken over from the ``lambdamr`` command's pre-start (see prestart).
         self.adopted = 0
-        #: Whether ``close`` waits until the killed workers are gone (their memory freed). A
-        #: command that exits next need not: the killed processes cannot run another instruction,
-        #: and the system reaps them (on this project's VM the wait was 20 ms of every command).
-        self.reap_on_close = True
 
     def set_map_mode(self, vectorized: bool) -> None:
         self.arrow_at_init = vectorized
@@ -216,9 +212,8 @@ class LocalRuntime(Runtime):
         for worker in self._pool:  # kill them all, then reap them: their exits overlap
             worker.current = None
             self._kill(worker)
-        if self.reap_on_close:
-            for worker in self._pool:
-                self._stop(worker)
+        for worker in self._pool:
+            self._stop(worker)
         self._pool = []
         self._queue.clear()
         for pending in cancelled:
