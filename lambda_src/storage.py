@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import posixpath
 import re
@@ -256,6 +257,16 @@ class Storage:
     def write_bytes(self, uri: str, data: bytes) -> None:
         raise NotImplementedError
 
+    def read_buffer(self, uri: str) -> bytes | memoryview:
+        """The whole object as a bytes-like object: ``read_bytes``, unless the store can give
+        it without a copy (a local file is mapped: see ``LocalStorage``)."""
+        return self.read_bytes(uri)
+
+    def write_buffer(self, uri: str, data: bytes | memoryview) -> None:
+        """``write_bytes`` of any bytes-like object (an Arrow buffer), copied only if the store
+        needs ``bytes``."""
+        self.write_bytes(uri, bytes(data))
+
     @contextlib.contextmanager
     def open_write(self, uri: str) -> Iterator[IO[bytes]]:
         """A binary writer whose object appears atomically when the block exits cleanly."""
@@ -342,6 +353,24 @@ class LocalStorage(Storage):
             raise NotFound(f"no such object: {uri}") from None
         except IsADirectoryError:
             raise NotFound(f"not a file: {uri}") from None
+
+    def read_buffer(self, uri: str) -> bytes | memoryview:
+        """The file mapped read-only (no copy into fresh memory: the pages are the page
+        cache's), or its bytes when it is empty or cannot be mapped."""
+        path = local_path(uri)
+        try:
+            with open(path, "rb") as fh:
+                try:
+                    return memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+                except (ValueError, OSError):  # empty, or a file system without mmap
+                    return fh.read()
+        except FileNotFoundError:
+            raise NotFound(f"no such object: {uri}") from None
+        except IsADirectoryError:
+            raise NotFound(f"not a file: {uri}") from None
+
+    def write_buffer(self, uri: str, data: bytes | memoryview) -> None:
+        self.write_bytes(uri, data)  # a file takes any bytes-like object
 
     def iter_range(
         self, uri: str, start: int = 0, end: int | None = None, chunk_size: int = READ_CHUNK

@@ -74,3 +74,21 @@ def test_s3_ranged_reads_and_atomic_writes(s3_bucket):
         fh.write(b"x")
         raise RuntimeError("boom")
     assert not store.exists(f"s3://{s3_bucket}/never")
+
+
+@pytest.mark.parametrize("content", [b"", b"x", bytes(range(256)) * 1000])
+def test_buffers_round_trip_locally_and_on_s3(tmp_path, s3_bucket, content):
+    """``write_buffer`` takes any bytes-like object; ``read_buffer`` gives the object back
+    (mapped for a local file, without a copy), and names a missing one."""
+    import pyarrow as pa
+
+    for uri in (f"file://{tmp_path}/run.arrow", f"s3://{s3_bucket}/run.arrow"):
+        store = st.for_uri(uri)
+        store.write_buffer(uri, pa.py_buffer(content))
+        got = store.read_buffer(uri)
+        assert bytes(got) == content
+        assert store.read_bytes(uri) == content
+        with pytest.raises(st.NotFound):
+            store.read_buffer(uri + ".missing")
+    mapped = st.for_uri(f"file://{tmp_path}/run.arrow").read_buffer(f"file://{tmp_path}/run.arrow")
+    assert isinstance(mapped, memoryview if content else bytes)
