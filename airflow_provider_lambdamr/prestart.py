@@ -29,7 +29,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 
-from lambda_src.function_env import ARROW_POOL_ENV, arrow_memory_pool
+from lambda_src.function_env import arrow_allocator_env
 
 #: "0": never start workers before the runtime asks for them.
 PRESTART_ENV = "LAMBDAMR_PRESTART"
@@ -79,7 +79,7 @@ def early_env(given: Mapping[str, str], workers: int) -> dict[str, str]:
         **given,
         "PYTHONDONTWRITEBYTECODE": "1",
         SITE_PATH_ENV: _site_path(),
-        ARROW_POOL_ENV: given.get(ARROW_POOL_ENV) or arrow_memory_pool(os.uname().machine),
+        **arrow_allocator_env(os.uname().machine, dict(given)),
         # Arrow's thread pool: the workers' share of this machine's cores (a Lambda function
         # has its own vCPUs), so that W workers do not run W times as many threads as cores.
         "OMP_NUM_THREADS": given.get("OMP_NUM_THREADS") or str(worker_threads(workers)),

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from lambda_src import function_env
+
 LAMBDAMR = [sys.executable, "-m", "airflow_provider_lambdamr.cli"]
 
 
@@ -167,6 +169,7 @@ def test_deploy_builds_attaches_and_reports_the_pyarrow_layer(aws_env, s3_bucket
     cfg = boto3.client("lambda").get_function_configuration(FunctionName=f"{prefix}-reducer")
     assert [x["Arn"] for x in cfg["Layers"]] == [layer["arn"]]
     assert cfg["Environment"]["Variables"]["ARROW_DEFAULT_MEMORY_POOL"] == "jemalloc"  # x86_64, the default
+    assert cfg["Environment"]["Variables"]["JE_ARROW_MALLOC_CONF"] == function_env.JEMALLOC_CONF
     old = run(*args, "--runtime-version", "python3.11", env={"LAMBDAMR_WHEEL_DIR": str(tmp_path / "none")})
     assert old.returncode == 1 and "Traceback" not in old.stderr
     assert "Lambda's python3.11 runs on Amazon Linux 2 (glibc 2.26)" in old.stderr

@@ -8,6 +8,7 @@ exactly which processes must be gone.
 from __future__ import annotations
 
 import collections
+import csv
 import json
 import os
 import signal
@@ -367,6 +368,7 @@ def test_workers_use_the_functions_arrow_memory_pool_unless_one_is_given(tmp_pat
     import pyarrow
 
     from lambda_src.contract import arrow_memory_pool
+    from lambda_src.function_env import JEMALLOC_CONF
 
     if given is None:
         monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
@@ -379,5 +381,5 @@ def test_workers_use_the_functions_arrow_memory_pool_unless_one_is_given(tmp_pat
     out = tmp_path / "out"
     run_job(job="userjobs.probes:MemoryPool", inputs={"": [str(tmp_path / "in.txt")]}, output=str(out),
             split_size=100, partitions=1)
-    pools = {line.split(",")[1] for line in (out / "part-00000").read_text().splitlines()}
-    assert pools == {expected}
+    pools = {row[1] for row in csv.reader((out / "part-00000").read_text().splitlines())}
+    assert pools == {f"{expected} {JEMALLOC_CONF}"}

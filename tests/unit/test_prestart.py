@@ -10,7 +10,7 @@ import pytest
 from airflow_provider_lambdamr import prestart
 from airflow_provider_lambdamr.engine.runtimes import _bootstrap
 from airflow_provider_lambdamr.engine.spec import JobSpec
-from lambda_src import contract
+from lambda_src import contract, function_env
 
 CPUS = os.cpu_count() or 1
 
@@ -57,6 +57,9 @@ def test_the_names_it_shares_with_the_worker_script_and_the_spec_are_theirs():
     runtime = next(f for f in dataclasses.fields(JobSpec) if f.name == "runtime")
     assert runtime.default == prestart.DEFAULT_RUNTIME
     assert contract.ARROW_POOL_ENV in prestart.early_env({}, 2)
+    assert prestart.early_env({}, 2)[function_env.JEMALLOC_CONF_ENV] == function_env.JEMALLOC_CONF
+    assert prestart.early_env({function_env.JEMALLOC_CONF_ENV: "narenas:1"}, 2)[function_env.JEMALLOC_CONF_ENV] == (
+        "narenas:1")
 
 
 def test_the_early_environment_holds_nothing_the_job_decides():

@@ -39,7 +39,8 @@ from airflow_provider_lambdamr.engine.runtimes.base import (
     outcome_from_records,
 )
 from lambda_src import storage as st
-from lambda_src.contract import ARROW_POOL_ENV, TaskSpec, arrow_memory_pool
+from lambda_src.contract import TaskSpec
+from lambda_src.function_env import arrow_allocator_env
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class AwsRuntime(Runtime):
             "MemorySize": coordinator.MEMORY_MB if coordinating else int(self.memory_mb),
             "Timeout": math.ceil(coordinator.TIMEOUT_S if coordinating else self.timeout_s),
             "TracingConfig": {"Mode": "Active" if self.tracing else "PassThrough"},
-            "Environment": {"Variables": {ARROW_POOL_ENV: arrow_memory_pool(self.architecture), **self.environment,
+            "Environment": {"Variables": {**arrow_allocator_env(self.architecture), **self.environment,
                                           "LAMBDAMR_TRACING": "1" if self.tracing else "0"}},
             "Layers": layers,
         }
