@@ -289,8 +289,9 @@ def _column_text(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
     return None
 
 
-def table_to_csv(table: pa.Table) -> bytes:
-    """CSV bytes for a result table (no header), built in Arrow when the columns allow.
+def table_to_csv(table: pa.Table) -> bytes | pa.Buffer:
+    """CSV bytes for a result table (no header), built in Arrow when the columns allow (then
+    an Arrow buffer: written as it is, not copied into ``bytes`` first).
 
     Strings are written as they are, integers and booleans as Python writes them, floats
     in shortest round-trip form; anything else goes through the csv module.
@@ -302,8 +303,9 @@ def table_to_csv(table: pa.Table) -> bytes:
         from lambda_src import output
 
         return output.columns_to_csv([col.to_pylist() for col in table.columns])
-    lines = pc.binary_join_element_wise(*texts, ",") if len(texts) > 1 else texts[0]
-    lines = pc.binary_join_element_wise(lines, "", "\n")  # each row + "\n" + ""
+    # The newline joined to the last column only, not to whole lines in a second pass.
+    last = pc.binary_join_element_wise(texts[-1], "", "\n")  # each value + "\n" + ""
+    lines = pc.binary_join_element_wise(*texts[:-1], last, ",") if len(texts) > 1 else last
     arr = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
     offsets = arr.buffers()[1]
     data = arr.buffers()[2]
@@ -311,4 +313,4 @@ def table_to_csv(table: pa.Table) -> bytes:
         int.from_bytes(offsets[(arr.offset + i) * 4 : (arr.offset + i) * 4 + 4], "little", signed=True)
         for i in (0, len(arr))
     )
-    return data[first:last].to_pybytes()
+    return data[first:last]

@@ -259,7 +259,8 @@ class _BufferedWriter(ResultWriter):
         self.written = True
         return self
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | memoryview) -> None:
+        """Write any bytes-like object (an Arrow buffer too)."""
         self._fh.write(data)
         self.bytes += len(data)
 

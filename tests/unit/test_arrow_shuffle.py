@@ -59,7 +59,7 @@ def test_a_corrupt_run_is_a_clear_error(tmp_path):
 def test_table_csv_matches_the_record_mode_formatter(columns):
     table = pa.table(columns)
     expected = output.columns_to_csv([table.column(n).to_pylist() for n in table.column_names])
-    assert ash.table_to_csv(table) == expected
+    assert bytes(ash.table_to_csv(table)) == expected
     # and both equal the csv module's rendering of csv_fields
     import csv
     import io
@@ -86,7 +86,7 @@ def test_any_floats_and_strings_are_written_as_the_record_mode_writes_them(value
     table = pa.table({"k": pa.array(keys[: len(values)], pa.string()), "v": pa.array(values, pa.float64()).cast(
         float_type, safe=False)})
     expected = output.columns_to_csv([table.column(n).to_pylist() for n in table.column_names])
-    assert ash.table_to_csv(table) == expected
+    assert bytes(ash.table_to_csv(table)) == expected
 
 
 @settings(max_examples=200, deadline=None)
@@ -113,4 +113,4 @@ def test_json_as_is_is_exactly_whether_json_writes_the_string_unescaped(keys):
 def test_large_strings_are_written_as_the_record_mode_writes_them(columns):
     # pandas and polars write Parquet whose text columns read back as large_string
     table = pa.table(columns)
-    assert ash.table_to_csv(table) == output.columns_to_csv([table.column(n).to_pylist() for n in table.column_names])
+    assert bytes(ash.table_to_csv(table)) == output.columns_to_csv([table.column(n).to_pylist() for n in table.column_names])
