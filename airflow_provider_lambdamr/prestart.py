@@ -217,9 +217,15 @@ def hint(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[int, bool] | 
         ):
             return None  # an abbreviation argparse would accept
         i += 1
-    if runtime != "local" or (workers is not None and workers < 1):
-        return None
-    return (workers or os.cpu_count() or 1), vectorized
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if runtime != "local" or not 1 <= workers <= max_prestart():
+        return None  # a large pool starts as before, once the command line is known to be valid
+    return workers, vectorized
+
+
+def max_prestart() -> int:
+    """The most workers started ahead of the parser: a typo must not start hundreds."""
+    return max(8, 2 * (os.cpu_count() or 1))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,6 +45,13 @@ def test_the_hint_starts_workers_only_for_a_local_run_it_is_sure_of(argv, expect
     assert prestart.hint(argv, {}) == expected
 
 
+def test_the_hint_starts_no_large_pool_before_the_command_line_is_known_to_be_valid():
+    most = prestart.max_prestart()
+    assert prestart.hint(["run", "wordcount", "--workers", str(most)], {}) == (most, True)
+    assert prestart.hint(["run", "wordcount", "--workers", str(most + 1)], {}) is None
+    assert prestart.hint(["run", "wordcount", "--workers", "100000"], {}) is None
+
+
 def test_the_hint_is_off_when_the_environment_says_so():
     assert prestart.hint(["run", "wordcount"], {prestart.PRESTART_ENV: "0"}) is None
     assert prestart.hint(["run", "wordcount"], {prestart.PRESTART_ENV: "1"}) == (CPUS, True)
