@@ -131,7 +131,7 @@ def test_code_that_ships_a_module_the_standby_worker_imported_gets_its_own(tmp_p
         (code / "colorsys.py").write_text("SHIPPED = True\n")
     env = prestart.early_env(dict(os.environ), 1)
     prestart.start(1, env, imports=("colorsys",))
-    proc, sock = prestart.claim(env)
+    proc, sock = prestart.claim(env, ("colorsys",))
     conn = Connection(sock.detach())
     try:
         conn.send_bytes(json.dumps({"type": "init", "code_dir": str(code), "handlers": ["probe.handler", "probe.exits"],
@@ -158,6 +158,8 @@ def test_code_that_ships_a_module_the_standby_worker_imported_gets_its_own(tmp_p
 
 
 def test_the_lambdamr_command_adopts_the_workers_it_started(tmp_path):
+    # wordcount has no table mapper: its workers import no pyarrow at init, and the command
+    # line says so (without --no-vectorized the hint's workers import it, and are not adopted)
     (tmp_path / "in").mkdir()
     words = [f"w{i % 7}" for i in range(300)]
     (tmp_path / "in" / "a.txt").write_text("\n".join(" ".join(words[i:i + 10]) for i in range(0, 300, 10)) + "\n")
@@ -169,7 +171,7 @@ def test_the_lambdamr_command_adopts_the_workers_it_started(tmp_path):
         out = tmp_path / f"out{setting}"
         res = subprocess.run(
             [sys.executable, "-c", entry, "-v", "run", "wordcount", "--input", str(tmp_path / "in"),
-             "--output", str(out), "--workers", "2", "--quiet"],
+             "--output", str(out), "--workers", "2", "--quiet", "--no-vectorized"],
             env={**env, prestart.PRESTART_ENV: setting}, capture_output=True, text=True, timeout=PATIENCE_S,
         )
         assert res.returncode == 0, res.stderr[-3000:]
@@ -186,3 +188,15 @@ def test_the_console_script_is_the_prestarting_entry_point():
 
     (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "lambdamr"]
     assert script.value == "airflow_provider_lambdamr.prestart:main"
+
+
+def test_a_record_mode_job_does_not_adopt_workers_that_imported_pyarrow(tmp_path, fixture_jobs_path, no_standby):
+    """The command line said vectorized (the default), but the job has no table mapper: a fresh
+    worker would not import pyarrow at init, so neither may the worker that runs its tasks."""
+    prestart.start(2, prestart.early_env(dict(os.environ), 2), prestart.ARROW_IMPORTS)
+    started = _standby_pids()
+    rt = LocalRuntime(workers=2)
+    rows = _run(tmp_path, rt, job="userjobs.arrowinit:RecordMode")
+    assert rows and {value for _, value in rows} == {"false"}
+    assert rt.adopted == 0 and prestart.waiting() == 0
+    assert _gone(started)
