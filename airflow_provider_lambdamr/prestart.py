@@ -43,6 +43,7 @@ STANDBY_IMPORTS_ENV = "LAMBDAMR_STANDBY_IMPORTS"
 PARENT_PID_ENV = "LAMBDAMR_PARENT_PID"
 PDEATHSIG_ENV = "LAMBDAMR_PDEATHSIG"
 SITE_PATH_ENV = "LAMBDAMR_SITE_PATH"
+SITE_PREFIX_ENV = "LAMBDAMR_SITE_PREFIX"
 #: What a vectorized job's mapper imports in its init phase (``lambda_src.mapper``).
 ARROW_IMPORTS = ("pyarrow", "pyarrow.compute", "pyarrow.csv")
 #: The CLI's default runtime (``JobSpec.runtime``; a unit test keeps them equal).
@@ -79,6 +80,7 @@ def early_env(given: Mapping[str, str], workers: int) -> dict[str, str]:
         **given,
         "PYTHONDONTWRITEBYTECODE": "1",
         SITE_PATH_ENV: _site_path(),
+        SITE_PREFIX_ENV: sys.prefix,
         **arrow_allocator_env(os.uname().machine, dict(given)),
         # Arrow's thread pool: the workers' share of this machine's cores (a Lambda function
         # has its own vCPUs), so that W workers do not run W times as many threads as cores.

@@ -200,3 +200,42 @@ def test_a_record_mode_job_does_not_adopt_workers_that_imported_pyarrow(tmp_path
     assert rows and {value for _, value in rows} == {"false"}
     assert rt.adopted == 0 and prestart.waiting() == 0
     assert _gone(started)
+
+
+@pytest.mark.parametrize("standby", [True, False])
+def test_a_worker_without_site_has_the_environments_prefix(tmp_path, no_standby, standby):
+    """``site`` set ``sys.prefix`` to the virtual environment the driver runs in, as it did in
+    workers before they ran without it (packages find their data files below it)."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "probe.py").write_text(
+        "import sys, sysconfig\n\ndef handler(event, context):\n"
+        "    return {'prefix': sys.prefix, 'exec_prefix': sys.exec_prefix,\n"
+        "            'purelib': sysconfig.get_paths()['purelib']}\n"
+    )
+    env = prestart.early_env(dict(os.environ), 1)
+    if standby:
+        prestart.start(1, env, imports=("sysconfig",))
+        proc, sock = prestart.claim(env, ("sysconfig",))
+    else:
+        import socket
+
+        sock, child = socket.socketpair()
+        proc = prestart.popen(prestart.python_command(str(child.fileno()), str(code), "probe.handler"), child, env)
+        child.close()
+    conn = Connection(sock.detach())
+    try:
+        if standby:
+            conn.send_bytes(json.dumps({"type": "init", "code_dir": str(code), "handlers": ["probe.handler"],
+                                        "env": {}}).encode())
+        assert conn.poll(PATIENCE_S)
+        assert json.loads(conn.recv_bytes())["type"] == "ready"
+        reply = _invoke(conn, "probe.handler")
+        assert reply["ok"], reply
+        import sysconfig
+
+        assert reply["payload"] == {"prefix": sys.prefix, "exec_prefix": sys.exec_prefix,
+                                    "purelib": sysconfig.get_paths()["purelib"]}
+    finally:
+        conn.close()
+        proc.wait(timeout=PATIENCE_S)

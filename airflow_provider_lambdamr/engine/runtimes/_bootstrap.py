@@ -41,6 +41,8 @@ STANDBY_IMPORTS_ENV = "LAMBDAMR_STANDBY_IMPORTS"
 #: The site-packages directories the driver's interpreter has (os.pathsep-separated): the
 #: worker runs without ``site`` (-S) and puts them on its path itself, without .pth files.
 SITE_PATH_ENV = "LAMBDAMR_SITE_PATH"
+#: The driver's ``sys.prefix``: its virtual environment, which ``site`` would make the worker's.
+SITE_PREFIX_ENV = "LAMBDAMR_SITE_PREFIX"
 #: How often the watchdog checks that the driver is still the worker's parent.
 PARENT_POLL_S = 0.2
 _PR_SET_PDEATHSIG = 1
@@ -237,7 +239,11 @@ def standby(conn: Channel, fd: int) -> tuple[str, list[str], float]:
 
 def use_site_path() -> None:
     """What ``site`` would have done for a handler (the worker runs with -S): the driver's
-    site-packages directories on the path, and the ``exit``/``quit`` builtins."""
+    virtual environment as ``sys.prefix`` (where packages and ``sysconfig`` look for their
+    files), its site-packages directories on the path, and the ``exit``/``quit`` builtins."""
+    prefix = os.environ.get(SITE_PREFIX_ENV)
+    if prefix and prefix != sys.prefix:
+        sys.prefix = sys.exec_prefix = prefix  # a virtual environment: as site.venv() sets them
     for directory in os.environ.get(SITE_PATH_ENV, "").split(os.pathsep):
         if directory and directory not in sys.path:
             sys.path.append(directory)
