@@ -239,3 +239,33 @@ def test_a_worker_without_site_has_the_environments_prefix(tmp_path, no_standby,
     finally:
         conn.close()
         proc.wait(timeout=PATIENCE_S)
+
+
+def test_code_that_ships_a_module_the_standby_imports_pulled_in_gets_its_own(tmp_path, no_standby):
+    """Not only the modules named: one they imported (``fractions`` imports ``numbers``) is
+    the job's own copy in a fresh worker, whose path starts with the code, and must be here."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "probe.py").write_text(
+        "def handler(event, context):\n"
+        "    import fractions, sys\n"
+        "    return {'numbers': sys.modules['numbers'].__file__}\n"
+    )
+    (code / "numbers.py").write_text(  # enough of it for fractions and decimal
+        "from abc import ABC\n\nclass Number(ABC): pass\nclass Complex(Number): pass\n"
+        "class Real(Complex): pass\nclass Rational(Real): pass\nclass Integral(Rational): pass\n")
+    env = prestart.early_env(dict(os.environ), 1)
+    prestart.start(1, env, imports=("fractions",))
+    proc, sock = prestart.claim(env, ("fractions",))
+    conn = Connection(sock.detach())
+    try:
+        conn.send_bytes(json.dumps({"type": "init", "code_dir": str(code), "handlers": ["probe.handler"],
+                                    "env": {}}).encode())
+        assert conn.poll(PATIENCE_S)
+        assert json.loads(conn.recv_bytes())["type"] == "ready"
+        reply = _invoke(conn, "probe.handler")
+        assert reply["ok"], reply
+        assert reply["payload"]["numbers"] == str(code / "numbers.py")
+    finally:
+        conn.close()
+        proc.wait(timeout=PATIENCE_S)

@@ -214,13 +214,15 @@ def standby(conn: Channel, fd: int) -> tuple[str, list[str], float]:
     imports nothing in advance, so the job's copy is the one it gets. The driver closing the
     socket instead (it needs no more workers) ends the worker."""
     started = time.time()
-    imported = []
+    before = set(sys.modules)
     for name in filter(None, os.environ.pop(STANDBY_IMPORTS_ENV, "").split(",")):
         try:
             importlib.import_module(name)
-            imported.append(name.partition(".")[0])
         except Exception:  # the job's own import reports it, as in a fresh worker
             continue
+    # Every module these imported, not only those named: a fresh worker imports them all with
+    # the code first on its path.
+    imported = {name.partition(".")[0] for name in set(sys.modules) - before}
     done_ms = (time.time() - started) * 1000
     try:
         message = json.loads(conn.recv_bytes())
@@ -230,7 +232,7 @@ def standby(conn: Channel, fd: int) -> tuple[str, list[str], float]:
         raise ValueError(f"a standby worker expects an init message first, got {message.get('type')!r}")
     code_dir, handlers = str(message["code_dir"]), [str(h) for h in message["handlers"]]
     os.environ.update({str(k): str(v) for k, v in (message.get("env") or {}).items()})
-    if any(_shadowed(code_dir, module) for module in set(imported)):
+    if any(_shadowed(code_dir, module) for module in imported):
         os.set_inheritable(fd, True)
         os.execv(sys.executable, [sys.executable, "-I", "-S", os.path.abspath(__file__), str(fd), code_dir,
                                   *handlers])
