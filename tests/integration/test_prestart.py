@@ -4,12 +4,16 @@ hiding a module the job's code ships."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import site
+import socket
 import subprocess
 import sys
+import sysconfig
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -202,6 +206,31 @@ def test_a_record_mode_job_does_not_adopt_workers_that_imported_pyarrow(tmp_path
     assert _gone(started)
 
 
+@contextlib.contextmanager
+def _probe_worker(code: Path, imports: tuple[str, ...], standby: bool = True) -> Iterator[Connection]:
+    """A ready worker for ``code``'s ``probe.handler``: a standby one that imported
+    ``imports`` and was sent the code, or a fresh one started with it."""
+    env = prestart.early_env(dict(os.environ), 1)
+    if standby:
+        prestart.start(1, env, imports=imports)
+        proc, sock = prestart.claim(env, imports)
+    else:
+        sock, child = socket.socketpair()
+        proc = prestart.popen(prestart.python_command(str(child.fileno()), str(code), "probe.handler"), child, env)
+        child.close()
+    conn = Connection(sock.detach())
+    try:
+        if standby:
+            conn.send_bytes(json.dumps({"type": "init", "code_dir": str(code), "handlers": ["probe.handler"],
+                                        "env": {}}).encode())
+        assert conn.poll(PATIENCE_S)
+        assert json.loads(conn.recv_bytes())["type"] == "ready"
+        yield conn
+    finally:
+        conn.close()
+        proc.wait(timeout=PATIENCE_S)
+
+
 @pytest.mark.parametrize("standby", [True, False])
 def test_a_worker_without_site_has_the_environments_prefix(tmp_path, no_standby, standby):
     """``site`` set ``sys.prefix`` to the virtual environment the driver runs in, as it did in
@@ -213,32 +242,11 @@ def test_a_worker_without_site_has_the_environments_prefix(tmp_path, no_standby,
         "    return {'prefix': sys.prefix, 'exec_prefix': sys.exec_prefix,\n"
         "            'purelib': sysconfig.get_paths()['purelib']}\n"
     )
-    env = prestart.early_env(dict(os.environ), 1)
-    if standby:
-        prestart.start(1, env, imports=("sysconfig",))
-        proc, sock = prestart.claim(env, ("sysconfig",))
-    else:
-        import socket
-
-        sock, child = socket.socketpair()
-        proc = prestart.popen(prestart.python_command(str(child.fileno()), str(code), "probe.handler"), child, env)
-        child.close()
-    conn = Connection(sock.detach())
-    try:
-        if standby:
-            conn.send_bytes(json.dumps({"type": "init", "code_dir": str(code), "handlers": ["probe.handler"],
-                                        "env": {}}).encode())
-        assert conn.poll(PATIENCE_S)
-        assert json.loads(conn.recv_bytes())["type"] == "ready"
+    with _probe_worker(code, ("sysconfig",), standby) as conn:
         reply = _invoke(conn, "probe.handler")
-        assert reply["ok"], reply
-        import sysconfig
-
-        assert reply["payload"] == {"prefix": sys.prefix, "exec_prefix": sys.exec_prefix,
-                                    "purelib": sysconfig.get_paths()["purelib"]}
-    finally:
-        conn.close()
-        proc.wait(timeout=PATIENCE_S)
+    assert reply["ok"], reply
+    assert reply["payload"] == {"prefix": sys.prefix, "exec_prefix": sys.exec_prefix,
+                                "purelib": sysconfig.get_paths()["purelib"]}
 
 
 def test_code_that_ships_a_module_the_standby_imports_pulled_in_gets_its_own(tmp_path, no_standby):
@@ -254,18 +262,7 @@ def test_code_that_ships_a_module_the_standby_imports_pulled_in_gets_its_own(tmp
     (code / "numbers.py").write_text(  # enough of it for fractions and decimal
         "from abc import ABC\n\nclass Number(ABC): pass\nclass Complex(Number): pass\n"
         "class Real(Complex): pass\nclass Rational(Real): pass\nclass Integral(Rational): pass\n")
-    env = prestart.early_env(dict(os.environ), 1)
-    prestart.start(1, env, imports=("fractions",))
-    proc, sock = prestart.claim(env, ("fractions",))
-    conn = Connection(sock.detach())
-    try:
-        conn.send_bytes(json.dumps({"type": "init", "code_dir": str(code), "handlers": ["probe.handler"],
-                                    "env": {}}).encode())
-        assert conn.poll(PATIENCE_S)
-        assert json.loads(conn.recv_bytes())["type"] == "ready"
+    with _probe_worker(code, ("fractions",)) as conn:
         reply = _invoke(conn, "probe.handler")
-        assert reply["ok"], reply
-        assert reply["payload"]["numbers"] == str(code / "numbers.py")
-    finally:
-        conn.close()
-        proc.wait(timeout=PATIENCE_S)
+    assert reply["ok"], reply
+    assert reply["payload"]["numbers"] == str(code / "numbers.py")
