@@ -43,6 +43,7 @@ STANDBY_IMPORTS_ENV = "LAMBDAMR_STANDBY_IMPORTS"
 PARENT_PID_ENV = "LAMBDAMR_PARENT_PID"
 PDEATHSIG_ENV = "LAMBDAMR_PDEATHSIG"
 SITE_PATH_ENV = "LAMBDAMR_SITE_PATH"
+SITE_PREFIX_ENV = "LAMBDAMR_SITE_PREFIX"
 #: What a vectorized job's mapper imports in its init phase (``lambda_src.mapper``).
 ARROW_IMPORTS = ("pyarrow", "pyarrow.compute", "pyarrow.csv")
 #: The CLI's default runtime (``JobSpec.runtime``; a unit test keeps them equal).
@@ -79,6 +80,7 @@ def early_env(given: Mapping[str, str], workers: int) -> dict[str, str]:
         **given,
         "PYTHONDONTWRITEBYTECODE": "1",
         SITE_PATH_ENV: _site_path(),
+        SITE_PREFIX_ENV: sys.prefix,
         **arrow_allocator_env(os.uname().machine, dict(given)),
         # Arrow's thread pool: the workers' share of this machine's cores (a Lambda function
         # has its own vCPUs), so that W workers do not run W times as many threads as cores.
@@ -107,10 +109,11 @@ def popen(command: Sequence[str], child: socket.socket, env: Mapping[str, str]) 
 
 
 class _Standby:
-    __slots__ = ("env", "proc", "sock")
+    __slots__ = ("env", "imports", "proc", "sock")
 
-    def __init__(self, proc: subprocess.Popen, sock: socket.socket, env: dict[str, str]) -> None:
-        self.proc, self.sock, self.env = proc, sock, env
+    def __init__(self, proc: subprocess.Popen, sock: socket.socket, env: dict[str, str],
+                 imports: tuple[str, ...]) -> None:
+        self.proc, self.sock, self.env, self.imports = proc, sock, env, imports
 
 
 _standby: list[_Standby] = []
@@ -132,19 +135,20 @@ def start(workers: int, env: Mapping[str, str], imports: Sequence[str] = ARROW_I
                 return  # the runtime starts its own, and says why if it cannot either
             finally:
                 child.close()
-            _standby.append(_Standby(proc, parent, dict(env)))
+            _standby.append(_Standby(proc, parent, dict(env), tuple(imports)))
         if not _atexit_registered:
             atexit.register(discard)
             _atexit_registered = True
 
 
-def claim(env: Mapping[str, str]) -> tuple[subprocess.Popen, socket.socket] | None:
-    """A standby worker started with exactly ``env``, still running; else None, and every
-    standby worker is stopped (they were all started alike)."""
+def claim(env: Mapping[str, str], imports: Sequence[str]) -> tuple[subprocess.Popen, socket.socket] | None:
+    """A standby worker started with exactly ``env`` that imported exactly ``imports`` (what a
+    fresh worker would import at init), still running; else None, and every standby worker is
+    stopped (they were all started alike)."""
     with _lock:
         while _standby:
             standby = _standby.pop(0)
-            if standby.env == dict(env) and standby.proc.poll() is None:
+            if standby.env == dict(env) and standby.imports == tuple(imports) and standby.proc.poll() is None:
                 return standby.proc, standby.sock
             _stop(standby)
             _discard_locked()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mmap
 import os
 import posixpath
 import re
@@ -356,18 +355,18 @@ class LocalStorage(Storage):
 
     def read_buffer(self, uri: str) -> bytes | memoryview:
         """The file mapped read-only (no copy into fresh memory: the pages are the page
-        cache's), or its bytes when it is empty or cannot be mapped."""
-        path = local_path(uri)
+        cache's), or its bytes when it cannot be mapped.
+
+        Mapped by Arrow (only Arrow code reads buffers), not by Python's ``mmap``, which keeps
+        a descriptor open for as long as the mapping lives: a reduce task holding the runs it
+        read (up to ``fan_in`` of them) would run out of descriptors."""
+        import pyarrow as pa
+
         try:
-            with open(path, "rb") as fh:
-                try:
-                    return memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
-                except (ValueError, OSError):  # empty, or a file system without mmap
-                    return fh.read()
-        except FileNotFoundError:
-            raise NotFound(f"no such object: {uri}") from None
-        except IsADirectoryError:
-            raise NotFound(f"not a file: {uri}") from None
+            with pa.memory_map(local_path(uri)) as fh:
+                return fh.read_buffer()  # the mapping outlives the file, closed here
+        except OSError:  # missing, a directory or unmappable: read_bytes says which, or reads it
+            return self.read_bytes(uri)
 
     def write_buffer(self, uri: str, data: bytes | memoryview) -> None:
         self.write_bytes(uri, data)  # a file takes any bytes-like object

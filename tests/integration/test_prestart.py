@@ -4,12 +4,16 @@ hiding a module the job's code ships."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import site
+import socket
 import subprocess
 import sys
+import sysconfig
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -131,7 +135,7 @@ def test_code_that_ships_a_module_the_standby_worker_imported_gets_its_own(tmp_p
         (code / "colorsys.py").write_text("SHIPPED = True\n")
     env = prestart.early_env(dict(os.environ), 1)
     prestart.start(1, env, imports=("colorsys",))
-    proc, sock = prestart.claim(env)
+    proc, sock = prestart.claim(env, ("colorsys",))
     conn = Connection(sock.detach())
     try:
         conn.send_bytes(json.dumps({"type": "init", "code_dir": str(code), "handlers": ["probe.handler", "probe.exits"],
@@ -158,6 +162,8 @@ def test_code_that_ships_a_module_the_standby_worker_imported_gets_its_own(tmp_p
 
 
 def test_the_lambdamr_command_adopts_the_workers_it_started(tmp_path):
+    # wordcount has no table mapper: its workers import no pyarrow at init, and the command
+    # line says so (without --no-vectorized the hint's workers import it, and are not adopted)
     (tmp_path / "in").mkdir()
     words = [f"w{i % 7}" for i in range(300)]
     (tmp_path / "in" / "a.txt").write_text("\n".join(" ".join(words[i:i + 10]) for i in range(0, 300, 10)) + "\n")
@@ -169,7 +175,7 @@ def test_the_lambdamr_command_adopts_the_workers_it_started(tmp_path):
         out = tmp_path / f"out{setting}"
         res = subprocess.run(
             [sys.executable, "-c", entry, "-v", "run", "wordcount", "--input", str(tmp_path / "in"),
-             "--output", str(out), "--workers", "2", "--quiet"],
+             "--output", str(out), "--workers", "2", "--quiet", "--no-vectorized"],
             env={**env, prestart.PRESTART_ENV: setting}, capture_output=True, text=True, timeout=PATIENCE_S,
         )
         assert res.returncode == 0, res.stderr[-3000:]
@@ -186,3 +192,77 @@ def test_the_console_script_is_the_prestarting_entry_point():
 
     (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "lambdamr"]
     assert script.value == "airflow_provider_lambdamr.prestart:main"
+
+
+def test_a_record_mode_job_does_not_adopt_workers_that_imported_pyarrow(tmp_path, fixture_jobs_path, no_standby):
+    """The command line said vectorized (the default), but the job has no table mapper: a fresh
+    worker would not import pyarrow at init, so neither may the worker that runs its tasks."""
+    prestart.start(2, prestart.early_env(dict(os.environ), 2), prestart.ARROW_IMPORTS)
+    started = _standby_pids()
+    rt = LocalRuntime(workers=2)
+    rows = _run(tmp_path, rt, job="userjobs.arrowinit:RecordMode")
+    assert rows and {value for _, value in rows} == {"false"}
+    assert rt.adopted == 0 and prestart.waiting() == 0
+    assert _gone(started)
+
+
+@contextlib.contextmanager
+def _probe_worker(code: Path, imports: tuple[str, ...], standby: bool = True) -> Iterator[Connection]:
+    """A ready worker for ``code``'s ``probe.handler``: a standby one that imported
+    ``imports`` and was sent the code, or a fresh one started with it."""
+    env = prestart.early_env(dict(os.environ), 1)
+    if standby:
+        prestart.start(1, env, imports=imports)
+        proc, sock = prestart.claim(env, imports)
+    else:
+        sock, child = socket.socketpair()
+        proc = prestart.popen(prestart.python_command(str(child.fileno()), str(code), "probe.handler"), child, env)
+        child.close()
+    conn = Connection(sock.detach())
+    try:
+        if standby:
+            conn.send_bytes(json.dumps({"type": "init", "code_dir": str(code), "handlers": ["probe.handler"],
+                                        "env": {}}).encode())
+        assert conn.poll(PATIENCE_S)
+        assert json.loads(conn.recv_bytes())["type"] == "ready"
+        yield conn
+    finally:
+        conn.close()
+        proc.wait(timeout=PATIENCE_S)
+
+
+@pytest.mark.parametrize("standby", [True, False])
+def test_a_worker_without_site_has_the_environments_prefix(tmp_path, no_standby, standby):
+    """``site`` set ``sys.prefix`` to the virtual environment the driver runs in, as it did in
+    workers before they ran without it (packages find their data files below it)."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "probe.py").write_text(
+        "import sys, sysconfig\n\ndef handler(event, context):\n"
+        "    return {'prefix': sys.prefix, 'exec_prefix': sys.exec_prefix,\n"
+        "            'purelib': sysconfig.get_paths()['purelib']}\n"
+    )
+    with _probe_worker(code, ("sysconfig",), standby) as conn:
+        reply = _invoke(conn, "probe.handler")
+    assert reply["ok"], reply
+    assert reply["payload"] == {"prefix": sys.prefix, "exec_prefix": sys.exec_prefix,
+                                "purelib": sysconfig.get_paths()["purelib"]}
+
+
+def test_code_that_ships_a_module_the_standby_imports_pulled_in_gets_its_own(tmp_path, no_standby):
+    """Not only the modules named: one they imported (``fractions`` imports ``numbers``) is
+    the job's own copy in a fresh worker, whose path starts with the code, and must be here."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "probe.py").write_text(
+        "def handler(event, context):\n"
+        "    import fractions, sys\n"
+        "    return {'numbers': sys.modules['numbers'].__file__}\n"
+    )
+    (code / "numbers.py").write_text(  # enough of it for fractions and decimal
+        "from abc import ABC\n\nclass Number(ABC): pass\nclass Complex(Number): pass\n"
+        "class Real(Complex): pass\nclass Rational(Real): pass\nclass Integral(Rational): pass\n")
+    with _probe_worker(code, ("fractions",)) as conn:
+        reply = _invoke(conn, "probe.handler")
+    assert reply["ok"], reply
+    assert reply["payload"]["numbers"] == str(code / "numbers.py")

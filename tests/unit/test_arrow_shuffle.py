@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -114,3 +116,27 @@ def test_large_strings_are_written_as_the_record_mode_writes_them(columns):
     # pandas and polars write Parquet whose text columns read back as large_string
     table = pa.table(columns)
     assert bytes(ash.table_to_csv(table)) == output.columns_to_csv([table.column(n).to_pylist() for n in table.column_names])
+
+
+def test_runs_read_together_do_not_hold_a_file_descriptor_each(tmp_path):
+    """A reduce task keeps every run it read (``fan_in`` of them, up to 10,000) until it is
+    done: mapped runs must not each keep a descriptor open, or the task runs out of them
+    (Lambda's limit is 1,024) and its next open fails."""
+    import resource
+
+    extra = 64
+    runs = []
+    for i in range(2 * extra):
+        uri = f"file://{tmp_path}/run-{i}.arrow"
+        ash.write_run(uri, pa.table({"key": [f"k{i}"], "value": [i]}))
+        runs.append(uri)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + extra, hard))
+    try:
+        tables = [ash.read_run(uri) for uri in runs]
+        # the task still opens files: its output, two at once
+        with open(tmp_path / "a", "wb"), open(tmp_path / "b", "wb"):
+            pass
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert [t.column("value").to_pylist() for t in tables] == [[i] for i in range(2 * extra)]

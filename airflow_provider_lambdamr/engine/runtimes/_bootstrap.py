@@ -41,6 +41,8 @@ STANDBY_IMPORTS_ENV = "LAMBDAMR_STANDBY_IMPORTS"
 #: The site-packages directories the driver's interpreter has (os.pathsep-separated): the
 #: worker runs without ``site`` (-S) and puts them on its path itself, without .pth files.
 SITE_PATH_ENV = "LAMBDAMR_SITE_PATH"
+#: The driver's ``sys.prefix``: its virtual environment, which ``site`` would make the worker's.
+SITE_PREFIX_ENV = "LAMBDAMR_SITE_PREFIX"
 #: How often the watchdog checks that the driver is still the worker's parent.
 PARENT_POLL_S = 0.2
 _PR_SET_PDEATHSIG = 1
@@ -212,13 +214,15 @@ def standby(conn: Channel, fd: int) -> tuple[str, list[str], float]:
     imports nothing in advance, so the job's copy is the one it gets. The driver closing the
     socket instead (it needs no more workers) ends the worker."""
     started = time.time()
-    imported = []
+    before = set(sys.modules)
     for name in filter(None, os.environ.pop(STANDBY_IMPORTS_ENV, "").split(",")):
         try:
             importlib.import_module(name)
-            imported.append(name.partition(".")[0])
         except Exception:  # the job's own import reports it, as in a fresh worker
             continue
+    # Every module these imported, not only those named: a fresh worker imports them all with
+    # the code first on its path.
+    imported = {name.partition(".")[0] for name in set(sys.modules) - before}
     done_ms = (time.time() - started) * 1000
     try:
         message = json.loads(conn.recv_bytes())
@@ -228,7 +232,7 @@ def standby(conn: Channel, fd: int) -> tuple[str, list[str], float]:
         raise ValueError(f"a standby worker expects an init message first, got {message.get('type')!r}")
     code_dir, handlers = str(message["code_dir"]), [str(h) for h in message["handlers"]]
     os.environ.update({str(k): str(v) for k, v in (message.get("env") or {}).items()})
-    if any(_shadowed(code_dir, module) for module in set(imported)):
+    if any(_shadowed(code_dir, module) for module in imported):
         os.set_inheritable(fd, True)
         os.execv(sys.executable, [sys.executable, "-I", "-S", os.path.abspath(__file__), str(fd), code_dir,
                                   *handlers])
@@ -237,7 +241,11 @@ def standby(conn: Channel, fd: int) -> tuple[str, list[str], float]:
 
 def use_site_path() -> None:
     """What ``site`` would have done for a handler (the worker runs with -S): the driver's
-    site-packages directories on the path, and the ``exit``/``quit`` builtins."""
+    virtual environment as ``sys.prefix`` (where packages and ``sysconfig`` look for their
+    files), its site-packages directories on the path, and the ``exit``/``quit`` builtins."""
+    prefix = os.environ.get(SITE_PREFIX_ENV)
+    if prefix and prefix != sys.prefix:
+        sys.prefix = sys.exec_prefix = prefix  # a virtual environment: as site.venv() sets them
     for directory in os.environ.get(SITE_PATH_ENV, "").split(os.pathsep):
         if directory and directory not in sys.path:
             sys.path.append(directory)

@@ -166,7 +166,8 @@ class LocalRuntime(Runtime):
             ARROW_AT_INIT_ENV: "1" if self.arrow_at_init else "0",
         }
         if self.package.language == packaging.PYTHON:
-            claimed = prestart.claim(env)
+            # A worker of a record-mode job does not import pyarrow at init (ARROW_AT_INIT_ENV).
+            claimed = prestart.claim(env, prestart.ARROW_IMPORTS if self.arrow_at_init else ())
             if claimed is not None:
                 proc, sock = claimed
                 conn = Connection(sock.detach())
