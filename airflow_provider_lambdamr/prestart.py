@@ -42,8 +42,6 @@ STANDBY_FLAG = "--standby"
 STANDBY_IMPORTS_ENV = "LAMBDAMR_STANDBY_IMPORTS"
 PARENT_PID_ENV = "LAMBDAMR_PARENT_PID"
 PDEATHSIG_ENV = "LAMBDAMR_PDEATHSIG"
-SITE_PATH_ENV = "LAMBDAMR_SITE_PATH"
-SITE_PREFIX_ENV = "LAMBDAMR_SITE_PREFIX"
 #: What a vectorized job's mapper imports in its init phase (``lambda_src.mapper``).
 ARROW_IMPORTS = ("pyarrow", "pyarrow.compute", "pyarrow.csv")
 #: The CLI's default runtime (``JobSpec.runtime``; a unit test keeps them equal).
@@ -56,18 +54,9 @@ def worker_threads(workers: int) -> int:
 
 
 def python_command(*args: str) -> list[str]:
-    """The command line of a Python worker: isolated (``-I``) and without ``site`` (``-S``),
-    which would run every ``.pth`` file of the environment (an editable install's costs a
-    worker 15 ms). The worker puts the site-packages directories on its path itself
-    (``SITE_PATH_ENV``), as Lambda's runtime adds its directories, without ``.pth`` files."""
-    return [sys.executable, "-I", "-S", BOOTSTRAP, *args]
-
-
-def _site_path() -> str:
-    import site  # already imported by any interpreter started without -S
-
-    # Not the user's site-packages: workers are isolated (-I) from it, as they always were.
-    return os.pathsep.join(d for d in site.getsitepackages() if os.path.isdir(d))
+    """The command line of a Python worker: isolated (``-I``: no user site-packages, no
+    ``PYTHON*`` variables), the worker script, then ``args``."""
+    return [sys.executable, "-I", BOOTSTRAP, *args]
 
 
 def early_env(given: Mapping[str, str], workers: int) -> dict[str, str]:
@@ -79,8 +68,6 @@ def early_env(given: Mapping[str, str], workers: int) -> dict[str, str]:
     return {
         **given,
         "PYTHONDONTWRITEBYTECODE": "1",
-        SITE_PATH_ENV: _site_path(),
-        SITE_PREFIX_ENV: sys.prefix,
         **arrow_allocator_env(os.uname().machine, dict(given)),
         # Arrow's thread pool: the workers' share of this machine's cores (a Lambda function
         # has its own vCPUs), so that W workers do not run W times as many threads as cores.

@@ -154,10 +154,6 @@ def to_buffer(table: pa.Table) -> pa.Buffer:
     return sink.getvalue()
 
 
-def to_bytes(table: pa.Table) -> bytes:
-    return to_buffer(table).to_pybytes()
-
-
 def write_run(uri: str, table: pa.Table) -> tuple[int, int]:
     # The Arrow buffer itself, not a bytes copy of it: every run once less through fresh memory.
     data = to_buffer(table)

@@ -148,12 +148,12 @@ def test_code_that_ships_a_module_the_standby_worker_imported_gets_its_own(tmp_p
         assert reply["payload"]["pid"] == proc.pid
         shipped = str(code / "colorsys.py")
         assert (reply["payload"]["colorsys"] == shipped) is ships_its_own
-        # without ``site``: the environment's site-packages on the path, the user's not (-I)
+        # the environment's site-packages on the path, the user's not (-I)
         path = reply["payload"]["path"]
         assert path[0] == str(code)
         assert set(site.getsitepackages()) & set(path)
         assert site.getusersitepackages() not in path
-        # ``exit`` is there although the worker runs without ``site``
+        # ``exit``, which ``site`` provides, is there
         reply = _invoke(conn, "probe.exits")
         assert not reply["ok"] and "sys.exit(3)" in reply["error"]["errorMessage"]
     finally:
@@ -232,9 +232,9 @@ def _probe_worker(code: Path, imports: tuple[str, ...], standby: bool = True) ->
 
 
 @pytest.mark.parametrize("standby", [True, False])
-def test_a_worker_without_site_has_the_environments_prefix(tmp_path, no_standby, standby):
-    """``site`` set ``sys.prefix`` to the virtual environment the driver runs in, as it did in
-    workers before they ran without it (packages find their data files below it)."""
+def test_a_worker_has_the_environments_prefix(tmp_path, no_standby, standby):
+    """A worker's ``sys.prefix`` is the virtual environment the driver runs in, standby or
+    fresh (packages find their data files below it)."""
     code = tmp_path / "code"
     code.mkdir()
     (code / "probe.py").write_text(

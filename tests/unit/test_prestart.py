@@ -58,8 +58,7 @@ def test_the_hint_is_off_when_the_environment_says_so():
 
 
 def test_the_names_it_shares_with_the_worker_script_and_the_spec_are_theirs():
-    for name in ("STANDBY_FLAG", "STANDBY_IMPORTS_ENV", "PARENT_PID_ENV", "PDEATHSIG_ENV", "SITE_PATH_ENV",
-                 "SITE_PREFIX_ENV"):
+    for name in ("STANDBY_FLAG", "STANDBY_IMPORTS_ENV", "PARENT_PID_ENV", "PDEATHSIG_ENV"):
         assert getattr(prestart, name) == getattr(_bootstrap, name), name
     assert os.path.abspath(_bootstrap.__file__) == prestart.BOOTSTRAP
     runtime = next(f for f in dataclasses.fields(JobSpec) if f.name == "runtime")

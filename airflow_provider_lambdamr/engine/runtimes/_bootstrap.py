@@ -38,11 +38,6 @@ EXEC_FLAG = "--exec"
 #: (comma-separated), then wait for the job's code (see ``standby``).
 STANDBY_FLAG = "--standby"
 STANDBY_IMPORTS_ENV = "LAMBDAMR_STANDBY_IMPORTS"
-#: The site-packages directories the driver's interpreter has (os.pathsep-separated): the
-#: worker runs without ``site`` (-S) and puts them on its path itself, without .pth files.
-SITE_PATH_ENV = "LAMBDAMR_SITE_PATH"
-#: The driver's ``sys.prefix``: its virtual environment, which ``site`` would make the worker's.
-SITE_PREFIX_ENV = "LAMBDAMR_SITE_PREFIX"
 #: How often the watchdog checks that the driver is still the worker's parent.
 PARENT_POLL_S = 0.2
 _PR_SET_PDEATHSIG = 1
@@ -234,33 +229,11 @@ def standby(conn: Channel, fd: int) -> tuple[str, list[str], float]:
     os.environ.update({str(k): str(v) for k, v in (message.get("env") or {}).items()})
     if any(_shadowed(code_dir, module) for module in imported):
         os.set_inheritable(fd, True)
-        os.execv(sys.executable, [sys.executable, "-I", "-S", os.path.abspath(__file__), str(fd), code_dir,
-                                  *handlers])
+        os.execv(sys.executable, [sys.executable, "-I", os.path.abspath(__file__), str(fd), code_dir, *handlers])
     return code_dir, handlers, done_ms
 
 
-def use_site_path() -> None:
-    """What ``site`` would have done for a handler (the worker runs with -S): the driver's
-    virtual environment as ``sys.prefix`` (where packages and ``sysconfig`` look for their
-    files), its site-packages directories on the path, and the ``exit``/``quit`` builtins."""
-    prefix = os.environ.get(SITE_PREFIX_ENV)
-    if prefix and prefix != sys.prefix:
-        sys.prefix = sys.exec_prefix = prefix  # a virtual environment: as site.venv() sets them
-    for directory in os.environ.get(SITE_PATH_ENV, "").split(os.pathsep):
-        if directory and directory not in sys.path:
-            sys.path.append(directory)
-    import builtins
-
-    def _exit(code: object = None) -> None:
-        raise SystemExit(code)
-
-    for name in ("exit", "quit"):
-        if not hasattr(builtins, name):
-            setattr(builtins, name, _exit)
-
-
 def main() -> None:
-    use_site_path()
     if sys.argv[1] == EXEC_FLAG:
         exec_worker(sys.argv[2:])
     parent_pid = int(os.environ.get(PARENT_PID_ENV) or os.getppid())  # unset when run by hand
