@@ -11,7 +11,8 @@ split in two, is still one ``init_ms``.
 
 The command line is only a hint. The runtime adopts a standby worker only when the worker
 was started with exactly the environment the runtime would give a new one (worker count,
-thread share, memory pool, the caller's environment); otherwise it stops them all and
+thread share, memory pool, the caller's environment) and imported exactly what a new one
+would import at init (nothing for a record-mode job); otherwise it stops them all and
 starts its own. A job whose code ships its own copy of a module a standby worker imported
 (pyarrow) gets a fresh interpreter: the worker replaces itself with one (see
 ``_bootstrap.standby``). Unclaimed workers are stopped at exit, and die with this process
