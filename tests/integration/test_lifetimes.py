@@ -334,8 +334,9 @@ def test_workers_share_out_the_cores_to_their_thread_pools(tmp_path, fixture_job
 
 def test_a_thread_count_given_in_the_runtimes_environment_is_the_workers(tmp_path, fixture_jobs_path, monkeypatch):
     from airflow_provider_lambdamr.engine.driver import Driver
-    from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime, worker_threads
+    from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime
     from airflow_provider_lambdamr.engine.spec import JobSpec
+    from airflow_provider_lambdamr.prestart import worker_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     (tmp_path / "in.txt").write_text("".join(f"line {i}\n" for i in range(200)))

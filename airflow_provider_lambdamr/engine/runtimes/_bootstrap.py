@@ -189,14 +189,14 @@ def exec_worker(argv: list[str]) -> None:
     os.execv(argv[0], argv)
 
 
-def _shadowed(code_dir: str, module: str) -> bool:
-    """Whether ``code_dir`` ships its own copy of the top-level ``module`` (a package, a
-    ``.py`` file or an extension module), which must win over one imported before it."""
+def _shadowed(code_dir: str, modules: set[str]) -> bool:
+    """Whether ``code_dir`` ships its own copy of any of the top-level ``modules`` (a
+    package, a ``.py`` file or an extension module), which must win over one imported before."""
     try:
         names = os.listdir(code_dir)
     except OSError:
         return False
-    return any(name == module or name.startswith(module + ".") for name in names)
+    return any(name.partition(".")[0] in modules for name in names)
 
 
 def standby(conn: Channel, fd: int) -> tuple[str, list[str], float]:
@@ -227,7 +227,7 @@ def standby(conn: Channel, fd: int) -> tuple[str, list[str], float]:
         raise ValueError(f"a standby worker expects an init message first, got {message.get('type')!r}")
     code_dir, handlers = str(message["code_dir"]), [str(h) for h in message["handlers"]]
     os.environ.update({str(k): str(v) for k, v in (message.get("env") or {}).items()})
-    if any(_shadowed(code_dir, module) for module in imported):
+    if _shadowed(code_dir, imported):
         os.set_inheritable(fd, True)
         os.execv(sys.executable, [sys.executable, "-I", os.path.abspath(__file__), str(fd), code_dir, *handlers])
     return code_dir, handlers, done_ms

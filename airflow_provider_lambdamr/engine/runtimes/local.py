@@ -35,7 +35,6 @@ from airflow_provider_lambdamr.engine.runtimes.base import (
     Runtime,
     read_failed_attempt,
 )
-from airflow_provider_lambdamr.prestart import worker_threads  # noqa: F401 (re-exported)
 from lambda_src.contract import ARROW_AT_INIT_ENV, TaskSpec
 
 log = logging.getLogger(__name__)
