@@ -9,6 +9,11 @@ imported, no job code yet) and only then imports the CLI. The runtime adopts a s
 worker when it needs one (``claim``) and sends it the job's code; Lambda's init phase, here
 split in two, is still one ``init_ms``.
 
+Several workers are started as one: a zygote process imports once, forks the workers and
+exits, and they become this process's children (it is their subreaper: see ``become_reaper``),
+so two workers cost one interpreter start and one pyarrow import, not two. Only the CLI's
+process becomes a subreaper; elsewhere (the tests, the library) each worker starts alone.
+
 The command line is only a hint. The runtime adopts a standby worker only when the worker
 was started with exactly the environment the runtime would give a new one (worker count,
 thread share, memory pool, the caller's environment) and imported exactly what a new one
@@ -22,12 +27,15 @@ in any case. ``LAMBDAMR_PRESTART=0`` turns this off.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 
 from lambda_src.function_env import arrow_allocator_env
@@ -40,6 +48,7 @@ BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "engine", "
 # importing it here would cost what this module saves): tests/unit/test_prestart.py keeps
 # them equal.
 STANDBY_FLAG = "--standby"
+ZYGOTE_FLAG = "--zygote"
 STANDBY_IMPORTS_ENV = "LAMBDAMR_STANDBY_IMPORTS"
 PARENT_PID_ENV = "LAMBDAMR_PARENT_PID"
 PDEATHSIG_ENV = "LAMBDAMR_PDEATHSIG"
@@ -79,8 +88,8 @@ def early_env(given: Mapping[str, str], workers: int) -> dict[str, str]:
     }
 
 
-def popen(command: Sequence[str], child: socket.socket, env: Mapping[str, str]) -> subprocess.Popen:
-    """Start a worker process that talks over ``child`` (its end of a socket pair)."""
+def popen(command: Sequence[str], env: Mapping[str, str], *socks: socket.socket) -> subprocess.Popen:
+    """Start a worker process (or a zygote) that talks over ``socks`` (its ends of socket pairs)."""
     stderr = sys.stderr
     try:
         stdout = stderr.fileno()
@@ -88,7 +97,7 @@ def popen(command: Sequence[str], child: socket.socket, env: Mapping[str, str]) 
         stdout = None
     return subprocess.Popen(
         list(command),
-        pass_fds=(child.fileno(),),
+        pass_fds=tuple(s.fileno() for s in socks),
         stdin=subprocess.DEVNULL,
         stdout=stdout,
         env=dict(env),
@@ -96,48 +105,183 @@ def popen(command: Sequence[str], child: socket.socket, env: Mapping[str, str]) 
     )
 
 
-class _Standby:
-    __slots__ = ("env", "imports", "proc", "sock")
+class ForkedProcess:
+    """A worker a zygote forked, now this process's child (see ``become_reaper``): what
+    ``subprocess.Popen`` offers the runtime (``pid``, ``returncode``, ``poll``, ``wait``,
+    ``kill``), by ``os.waitpid``. Like ``Popen``, it never signals a pid it has reaped."""
 
-    def __init__(self, proc: subprocess.Popen, sock: socket.socket, env: dict[str, str],
-                 imports: tuple[str, ...]) -> None:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.args = [f"<forked worker {pid}>"]
+        self.returncode: int | None = None
+
+    def _reaped(self, flags: int) -> int | None:
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:  # reaped by someone else (SIGCHLD ignored): Popen says 0 too
+            self.returncode = 0
+        else:
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self) -> int | None:
+        return self.returncode if self.returncode is not None else self._reaped(os.WNOHANG)
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is not None:
+            return self.returncode
+        if timeout is None:
+            return self._reaped(0)  # type: ignore[return-value]
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.05)
+        return self.returncode  # type: ignore[return-value]
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+#: How long ``claim`` waits for a zygote to import and fork before it gives up on it.
+ZYGOTE_PATIENCE_S = 120.0
+
+
+class _Zygote:
+    """The process that imports once for several standby workers, forks them, writes their
+    pids (``pid pid ...\n``) on its control socket and exits."""
+
+    def __init__(self, proc: subprocess.Popen, ctrl: socket.socket, count: int) -> None:
+        self.proc, self.ctrl, self.count = proc, ctrl, count
+        self.pids: list[int | None] | None = None
+
+    def forked(self, wait: bool = True) -> list[int | None]:
+        """The pid of each worker (None for one not forked), once the zygote is done; with
+        ``wait=False``, whatever is known now (the zygote is killed if it is not done)."""
+        if self.pids is not None:
+            return self.pids
+        data = b""
+        try:
+            self.ctrl.settimeout(ZYGOTE_PATIENCE_S if wait else 0)
+            while chunk := self.ctrl.recv(4096):  # its end closes when it exits
+                data += chunk
+        except OSError:  # too slow, or not done (wait=False): it forks no more workers
+            self.proc.kill()
+        self.ctrl.close()
+        self.proc.wait()  # its workers are this process's children once it is reaped
+        try:
+            pids: list[int | None] = [int(p) for p in data.split()]
+        except ValueError:
+            pids = []
+        self.pids = [*pids[: self.count], *[None] * (self.count - len(pids))]
+        return self.pids
+
+
+class _Standby:
+    __slots__ = ("env", "imports", "index", "proc", "sock", "zygote")
+
+    def __init__(self, proc: subprocess.Popen | ForkedProcess | None, sock: socket.socket, env: dict[str, str],
+                 imports: tuple[str, ...], zygote: _Zygote | None = None, index: int = 0) -> None:
         self.proc, self.sock, self.env, self.imports = proc, sock, env, imports
+        self.zygote, self.index = zygote, index
+
+    def process(self, wait: bool = True) -> subprocess.Popen | ForkedProcess | None:
+        """Its process; for a worker a zygote forks, once forked (None if it was not)."""
+        if self.proc is None and self.zygote is not None:
+            pid = self.zygote.forked(wait)[self.index]
+            self.proc = ForkedProcess(pid) if pid is not None else None
+            self.zygote = None
+        return self.proc
 
 
 _standby: list[_Standby] = []
 _lock = threading.Lock()
 _atexit_registered = False
+#: Whether this process is its orphaned descendants' reaper (``become_reaper``).
+_reaper = False
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_reaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux's
+    ``PR_SET_CHILD_SUBREAPER``), so that workers a zygote forks become its children when the
+    zygote exits; then ``start`` starts several workers through one zygote. For a process
+    that runs a job and exits (the CLI): a descendant orphaned later (a job's daemon) waits,
+    unreaped, until this process exits too. Only from the main thread, whose exit the
+    workers' parent-death signal then follows. Whether it is."""
+    global _reaper
+    if not _reaper and sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
+        try:
+            import ctypes
+
+            _reaper = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            _reaper = False
+    return _reaper
 
 
 def start(workers: int, env: Mapping[str, str], imports: Sequence[str] = ARROW_IMPORTS) -> None:
-    """Start ``workers`` standby workers with ``env`` (see ``early_env``), importing ``imports``."""
+    """Start ``workers`` standby workers with ``env`` (see ``early_env``), importing ``imports``:
+    through one zygote when this process is their reaper (``become_reaper``), else one by one."""
     global _atexit_registered
+    env = dict(env)
+    started = {**env, STANDBY_IMPORTS_ENV: ",".join(imports)}
     with _lock:
-        for _ in range(workers):
-            parent, child = socket.socketpair()
-            try:
-                proc = popen(python_command(str(child.fileno()), STANDBY_FLAG), child,
-                             {**env, STANDBY_IMPORTS_ENV: ",".join(imports)})
-            except OSError:
-                parent.close()
-                return  # the runtime starts its own, and says why if it cannot either
-            finally:
-                child.close()
-            _standby.append(_Standby(proc, parent, dict(env), tuple(imports)))
         if not _atexit_registered:
             atexit.register(discard)
             _atexit_registered = True
+        if _reaper and workers > 1 and env.get(PDEATHSIG_ENV) == "1":
+            pairs = [socket.socketpair() for _ in range(workers)]
+            ctrl, ctrl_child = socket.socketpair()
+            children = [child for _, child in pairs]
+            try:
+                proc = popen(python_command(ZYGOTE_FLAG, str(ctrl_child.fileno()),
+                                            ",".join(str(c.fileno()) for c in children)),
+                             started, ctrl_child, *children)
+            except OSError:
+                for sock in (ctrl, *(parent for parent, _ in pairs)):
+                    sock.close()
+                return  # the runtime starts its own, and says why if it cannot either
+            finally:
+                for sock in (ctrl_child, *children):
+                    sock.close()
+            zygote = _Zygote(proc, ctrl, workers)
+            _standby.extend(_Standby(None, parent, env, tuple(imports), zygote, i)
+                            for i, (parent, _) in enumerate(pairs))
+            return
+        for _ in range(workers):
+            parent, child = socket.socketpair()
+            try:
+                proc = popen(python_command(str(child.fileno()), STANDBY_FLAG), started, child)
+            except OSError:
+                parent.close()
+                return
+            finally:
+                child.close()
+            _standby.append(_Standby(proc, parent, env, tuple(imports)))
 
 
-def claim(env: Mapping[str, str], imports: Sequence[str]) -> tuple[subprocess.Popen, socket.socket] | None:
+def claim(env: Mapping[str, str], imports: Sequence[str]
+          ) -> tuple[subprocess.Popen | ForkedProcess, socket.socket] | None:
     """A standby worker started with exactly ``env`` that imported exactly ``imports`` (what a
     fresh worker would import at init), still running; else None, and every standby worker is
-    stopped (they were all started alike)."""
+    stopped (they were all started alike). A worker a zygote forks is waited for."""
     with _lock:
         while _standby:
             standby = _standby.pop(0)
-            if standby.env == dict(env) and standby.imports == tuple(imports) and standby.proc.poll() is None:
-                return standby.proc, standby.sock
+            if standby.env == dict(env) and standby.imports == tuple(imports):
+                proc = standby.process()
+                if proc is not None and proc.poll() is None:
+                    return proc, standby.sock
             _stop(standby)
             _discard_locked()
     return None
@@ -161,11 +305,15 @@ def _discard_locked() -> None:
 
 
 def _stop(standby: _Standby) -> None:
-    # A standby worker holds nothing worth a graceful exit, and may be mid-import for a while.
+    # A standby worker holds nothing worth a graceful exit, and may be mid-import for a while:
+    # a zygote not done yet is killed (a worker it forked reads the end of its socket, closed
+    # here, and exits).
     standby.sock.close()
-    if standby.proc.poll() is None:
-        standby.proc.kill()
-    standby.proc.wait()
+    proc = standby.process(wait=False)
+    if proc is not None:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 def hint(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[int, bool] | None:
@@ -226,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     planned = hint(args, os.environ)
     if planned is not None:
         workers, vectorized = planned
+        if workers > 1:
+            become_reaper()
         start(workers, early_env(dict(os.environ), workers), ARROW_IMPORTS if vectorized else ())
     from airflow_provider_lambdamr.cli import main as cli_main
 

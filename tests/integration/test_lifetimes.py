@@ -35,8 +35,12 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
-def _command(tmp_path: Path, job_id: str, *extra: str, job: str = JOB) -> list[str]:
-    return [sys.executable, "-m", "airflow_provider_lambdamr.cli", "run", job,
+#: The ``lambdamr`` command's entry point (it starts the workers first, through one zygote).
+LAMBDAMR = [sys.executable, "-c", "import sys; from airflow_provider_lambdamr.prestart import main; sys.exit(main())"]
+
+
+def _command(tmp_path: Path, job_id: str, *extra: str, job: str = JOB, entry: list[str] | None = None) -> list[str]:
+    return [*(entry or [sys.executable, "-m", "airflow_provider_lambdamr.cli"]), "run", job,
             "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--job-id", job_id,
             "--split-size", "16", "--quiet", *extra]
 
@@ -96,14 +100,19 @@ def _records(status: Path) -> dict[str, int]:
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
-@pytest.mark.parametrize("sig,exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130),
-                                           (signal.SIGHUP, 129), (signal.SIGKILL, -9)])
-def test_a_signal_to_the_driver_leaves_no_worker_running_and_a_rerun_resumes(tmp_path, sig, exit_code):
+@pytest.mark.parametrize("sig,exit_code,entry", [
+    (signal.SIGTERM, 143, None), (signal.SIGINT, 130, None), (signal.SIGHUP, 129, None), (signal.SIGKILL, -9, None),
+    # the lambdamr command's workers, forked by its zygote
+    (signal.SIGTERM, 143, LAMBDAMR), (signal.SIGKILL, -9, LAMBDAMR),
+], ids=["SIGTERM", "SIGINT", "SIGHUP", "SIGKILL", "SIGTERM-lambdamr", "SIGKILL-lambdamr"])
+def test_a_signal_to_the_driver_leaves_no_worker_running_and_a_rerun_resumes(tmp_path, sig, exit_code, entry):
     expected = _write_input(tmp_path, fast=4, slow=2)
     marks = tmp_path / "marks"
     job_id = f"sig-{sig.name.lower()}"
+    # (the job has no table mapper: the lambdamr command's workers are adopted when it says so)
     cmd = _command(tmp_path, job_id, "--workers", "2", "--param", f"marks={marks}",
-                   "--param", "sleep_s=120")
+                   "--param", "sleep_s=120", *(["--no-vectorized"] if entry else []),
+                   entry=[*entry, "-v"] if entry else None)
     status = tmp_path / "out" / "_jobs" / job_id / "status"
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     pids: set[int] = set()
@@ -115,6 +124,7 @@ def test_a_signal_to_the_driver_leaves_no_worker_running_and_a_rerun_resumes(tmp
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=PATIENCE_S)
         assert proc.returncode == exit_code, stderr
+        assert stderr.count("adopted pre-started worker") == (2 if entry else 0), stderr
         if sig != signal.SIGKILL:
             assert f"interrupted by {sig.name}; its workers were stopped" in stderr, stderr
             assert f"rerun with --job-id {job_id} to resume" in stderr, stderr

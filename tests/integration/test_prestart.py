@@ -53,8 +53,37 @@ def no_standby():
     prestart.discard()
 
 
+def _set_subreaper(on: bool) -> None:
+    import ctypes
+
+    assert ctypes.CDLL(None, use_errno=True).prctl(prestart._PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+
+
+@pytest.fixture(params=["zygote", "one by one"])
+def mode(request, monkeypatch):
+    """Standby workers forked by one zygote (this process their subreaper, as the CLI's is),
+    or started one by one."""
+    if request.param == "zygote":
+        if not sys.platform.startswith("linux"):
+            pytest.skip("a zygote's workers need Linux's PR_SET_CHILD_SUBREAPER")
+        monkeypatch.setattr(prestart, "_reaper", False)
+        assert prestart.become_reaper()
+        try:
+            yield request.param
+        finally:
+            _set_subreaper(False)
+    else:
+        monkeypatch.setattr(prestart, "_reaper", False)
+        yield request.param
+
+
 def _standby_pids() -> list[int]:
-    return [s.proc.pid for s in prestart._standby]
+    """The standby workers' pids (a zygote's, once it forked them)."""
+    return [s.process().pid for s in prestart._standby]
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def _run(tmp_path: Path, rt: LocalRuntime, job: str = "userjobs.arrowinit:Vectorized") -> list[list[str]]:
@@ -69,10 +98,16 @@ def _run(tmp_path: Path, rt: LocalRuntime, job: str = "userjobs.arrowinit:Vector
     return read_rows(str(tmp_path / "out"))
 
 
-def test_the_runtime_adopts_workers_started_as_it_would_start_them(tmp_path, fixture_jobs_path, no_standby):
+def test_the_runtime_adopts_workers_started_as_it_would_start_them(tmp_path, fixture_jobs_path, no_standby, mode):
     prestart.start(2, prestart.early_env(dict(os.environ), 2))
     started = _standby_pids()
-    assert len(started) == 2
+    assert len(set(started)) == 2
+    # a zygote's workers are this process's children, each the leader of its own session
+    # (the runtime kills a worker's process group), forked from the one that imported
+    assert {_ppid(p) for p in started} == {os.getpid()}
+    assert all(os.getsid(p) == p for p in started)
+    forked = [b"--zygote" in Path(f"/proc/{p}/cmdline").read_bytes() for p in started]
+    assert forked == [mode == "zygote"] * 2
     rt = LocalRuntime(workers=2)
     rows = _run(tmp_path, rt)
     assert rt.adopted == 2 and prestart.waiting() == 0
@@ -84,7 +119,7 @@ def test_the_runtime_adopts_workers_started_as_it_would_start_them(tmp_path, fix
 
 @pytest.mark.parametrize("differs", ["threads", "workers", "environment"])
 def test_workers_started_otherwise_are_stopped_and_fresh_ones_started(tmp_path, fixture_jobs_path, no_standby,
-                                                                      monkeypatch, differs):
+                                                                      monkeypatch, differs, mode):
     env = prestart.early_env(dict(os.environ), 2)
     if differs == "threads":
         env["OMP_NUM_THREADS"] = str(int(env["OMP_NUM_THREADS"]) + 3)
@@ -99,15 +134,80 @@ def test_workers_started_otherwise_are_stopped_and_fresh_ones_started(tmp_path, 
     assert _gone(started)
 
 
-def test_unclaimed_standby_workers_are_stopped_when_the_command_exits(tmp_path):
-    code = ("import os; from airflow_provider_lambdamr import prestart; "
+def _workers_of(driver_pid: int) -> list[int]:
+    """Live processes started as workers (or a zygote) of ``driver_pid``: their environment names it."""
+    mark = f"{prestart.PARENT_PID_ENV}={driver_pid}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if mark in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0") and _alive(int(entry)):
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def _none_left(driver_pid: int) -> bool:
+    deadline = time.monotonic() + PATIENCE_S
+    while _workers_of(driver_pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+_REAPER = "prestart.become_reaper(); " if sys.platform.startswith("linux") else ""
+
+
+@pytest.mark.parametrize("reaper", [_REAPER, ""], ids=["zygote", "one by one"])
+def test_unclaimed_standby_workers_are_stopped_when_the_command_exits(tmp_path, reaper):
+    code = ("import os; from airflow_provider_lambdamr import prestart; " + reaper +
             "prestart.start(2, prestart.early_env(dict(os.environ), 2)); "
-            "print(*(s.proc.pid for s in prestart._standby))")
+            "print(os.getpid(), *(s.process().pid for s in prestart._standby))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=PATIENCE_S)
     assert res.returncode == 0, res.stderr
-    pids = [int(p) for p in res.stdout.split()]
-    assert len(pids) == 2
+    driver, *pids = (int(p) for p in res.stdout.split())
+    assert len(set(pids)) == 2
     assert _gone(pids)
+    assert _none_left(driver)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a zygote needs Linux")
+@pytest.mark.parametrize("when", ["importing", "forked", "adopted"])
+def test_a_zygotes_workers_die_with_a_sigkilled_driver(tmp_path, fixture_jobs_path, when):
+    """Killed while the zygote imports, once it forked the workers, or once the runtime
+    adopted them: no worker (nor the zygote) outlives the driver."""
+    code = (
+        "import os, sys, time\n"
+        "from airflow_provider_lambdamr import prestart\n"
+        "prestart.become_reaper()\n"
+        "prestart.start(2, prestart.early_env(dict(os.environ), 2))\n"
+        f"when = {when!r}\n"
+        "if when != 'importing':\n"
+        "    pids = [s.process().pid for s in prestart._standby]\n"
+        "if when == 'adopted':\n"
+        "    from airflow_provider_lambdamr.engine import packaging\n"
+        "    from airflow_provider_lambdamr.engine.runtimes.local import LocalRuntime\n"
+        "    rt = LocalRuntime(workers=2)\n"
+        "    rt.deploy(packaging.build('userjobs.arrowinit:Vectorized'))\n"
+        "    assert rt.adopted == 2\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(FIXTURES), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n", proc.stderr.read() if proc.stderr else ""
+        if when != "importing":
+            assert len(_workers_of(proc.pid)) == 2  # the zygote is gone once it forked
+        else:
+            assert _workers_of(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _none_left(proc.pid)
 
 
 def _invoke(conn: Connection, handler: str) -> dict:
@@ -194,7 +294,8 @@ def test_the_console_script_is_the_prestarting_entry_point():
     assert script.value == "airflow_provider_lambdamr.prestart:main"
 
 
-def test_a_record_mode_job_does_not_adopt_workers_that_imported_pyarrow(tmp_path, fixture_jobs_path, no_standby):
+def test_a_record_mode_job_does_not_adopt_workers_that_imported_pyarrow(tmp_path, fixture_jobs_path, no_standby,
+                                                                        mode):
     """The command line said vectorized (the default), but the job has no table mapper: a fresh
     worker would not import pyarrow at init, so neither may the worker that runs its tasks."""
     prestart.start(2, prestart.early_env(dict(os.environ), 2), prestart.ARROW_IMPORTS)
@@ -216,7 +317,7 @@ def _probe_worker(code: Path, imports: tuple[str, ...], standby: bool = True) ->
         proc, sock = prestart.claim(env, imports)
     else:
         sock, child = socket.socketpair()
-        proc = prestart.popen(prestart.python_command(str(child.fileno()), str(code), "probe.handler"), child, env)
+        proc = prestart.popen(prestart.python_command(str(child.fileno()), str(code), "probe.handler"), env, child)
         child.close()
     conn = Connection(sock.detach())
     try:

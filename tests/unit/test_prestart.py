@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import subprocess
+import sys
+from unittest import mock
 
 import pytest
 
@@ -58,7 +62,7 @@ def test_the_hint_is_off_when_the_environment_says_so():
 
 
 def test_the_names_it_shares_with_the_worker_script_and_the_spec_are_theirs():
-    for name in ("STANDBY_FLAG", "STANDBY_IMPORTS_ENV", "PARENT_PID_ENV", "PDEATHSIG_ENV"):
+    for name in ("STANDBY_FLAG", "ZYGOTE_FLAG", "STANDBY_IMPORTS_ENV", "PARENT_PID_ENV", "PDEATHSIG_ENV"):
         assert getattr(prestart, name) == getattr(_bootstrap, name), name
     assert os.path.abspath(_bootstrap.__file__) == prestart.BOOTSTRAP
     runtime = next(f for f in dataclasses.fields(JobSpec) if f.name == "runtime")
@@ -78,3 +82,33 @@ def test_the_early_environment_holds_nothing_the_job_decides():
         assert late not in env
     # what the caller gives wins
     assert prestart.early_env({"OMP_NUM_THREADS": "9", contract.ARROW_POOL_ENV: "system"}, 2)["OMP_NUM_THREADS"] == "9"
+
+
+def _child(code: str) -> prestart.ForkedProcess:
+    """A child process that no ``Popen`` owns, as a zygote's worker is once it is adopted."""
+    return prestart.ForkedProcess(os.posix_spawn(sys.executable, [sys.executable, "-c", code], dict(os.environ)))
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_spawn"), reason="needs os.posix_spawn")
+def test_a_forked_worker_reports_its_exit_as_popen_does():
+    assert _child("import sys; sys.exit(124)").wait(timeout=60) == 124
+    assert _child("import os, signal; os.kill(os.getpid(), signal.SIGKILL)").wait() == -signal.SIGKILL
+    proc = _child("import time; time.sleep(60)")
+    assert proc.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=0.05)
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert proc.poll() == -signal.SIGKILL
+    # reaped: its pid may be anyone's now, and is never signalled again
+    with mock.patch.object(os, "kill") as kill:
+        proc.kill()
+        proc.send_signal(signal.SIGTERM)
+    kill.assert_not_called()
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_spawn"), reason="needs os.posix_spawn")
+def test_a_forked_worker_reaped_elsewhere_counts_as_exited():
+    proc = _child("pass")
+    os.waitpid(proc.pid, 0)  # what SIGCHLD set to SIG_IGN does
+    assert proc.poll() == 0 and proc.wait() == 0

@@ -4,7 +4,10 @@ Run as a script (``python -I _bootstrap.py FD CODE_DIR HANDLER...``) so that it 
 nothing from the driver's environment but the standard library and the packages a Lambda
 Python runtime also has: the handlers come from the extracted zip, first on ``sys.path``.
 Or, started before its job is known (``python -I _bootstrap.py FD --standby``, see
-``airflow_provider_lambdamr.prestart``), it imports pyarrow and waits for the code.
+``airflow_provider_lambdamr.prestart``), it imports pyarrow and waits for the code. Or, as a
+zygote (``python -I _bootstrap.py --zygote CTRL_FD FD,FD,...``), it imports pyarrow once,
+forks a standby worker for each FD, and exits; the workers wait to become its parent's children
+(the parent is their subreaper) before they go on.
 Messages are length-prefixed JSON bytes over a socket; nothing is pickled.
 
 A worker never outlives its driver, and never runs an invocation past its deadline, even
@@ -38,6 +41,10 @@ EXEC_FLAG = "--exec"
 #: (comma-separated), then wait for the job's code (see ``standby``).
 STANDBY_FLAG = "--standby"
 STANDBY_IMPORTS_ENV = "LAMBDAMR_STANDBY_IMPORTS"
+#: ``_bootstrap.py --zygote CTRL_FD FD,FD,...``: import once, fork a standby worker per FD (see ``zygote``).
+ZYGOTE_FLAG = "--zygote"
+#: How long a forked worker waits for the zygote's exit to make it its driver's child.
+REPARENT_PATIENCE_S = 10.0
 #: How often the watchdog checks that the driver is still the worker's parent.
 PARENT_POLL_S = 0.2
 _PR_SET_PDEATHSIG = 1
@@ -199,15 +206,10 @@ def _shadowed(code_dir: str, modules: set[str]) -> bool:
     return any(name.partition(".")[0] in modules for name in names)
 
 
-def standby(conn: Channel, fd: int) -> tuple[str, list[str], float]:
-    """A worker started before its job was known: import what is named, then wait for
-    ``{"type": "init", "code_dir", "handlers", "env"}``, whose environment it adds to its own.
-
-    Returns the code directory, the handlers and the milliseconds spent importing (the part
-    of the init phase done in advance). If the code ships its own copy of a module imported
-    here, the worker replaces itself (same pid, same socket) with a fresh interpreter that
-    imports nothing in advance, so the job's copy is the one it gets. The driver closing the
-    socket instead (it needs no more workers) ends the worker."""
+def standby_imports() -> tuple[set[str], float]:
+    """Import the modules ``STANDBY_IMPORTS_ENV`` names (and take it out of the environment):
+    the top-level name of every module they imported, not only of those named (a fresh worker
+    imports them all with the code first on its path), and the milliseconds it took."""
     started = time.time()
     before = set(sys.modules)
     for name in filter(None, os.environ.pop(STANDBY_IMPORTS_ENV, "").split(",")):
@@ -215,10 +217,51 @@ def standby(conn: Channel, fd: int) -> tuple[str, list[str], float]:
             importlib.import_module(name)
         except Exception:  # the job's own import reports it, as in a fresh worker
             continue
-    # Every module these imported, not only those named: a fresh worker imports them all with
-    # the code first on its path.
-    imported = {name.partition(".")[0] for name in set(sys.modules) - before}
-    done_ms = (time.time() - started) * 1000
+    return {name.partition(".")[0] for name in set(sys.modules) - before}, (time.time() - started) * 1000
+
+
+def zygote(ctrl_fd: int, fds: list[int], parent_pid: int) -> tuple[int, set[str], float]:
+    """Import once for all the standby workers, fork one per socket in ``fds``, write each
+    one's pid on ``ctrl_fd`` as it is forked, and exit. In a forked worker, return its socket,
+    what was imported and how long it took, once the worker is ``parent_pid``'s child.
+
+    The zygote runs no thread of its own before it forks (the watchdog starts in each worker).
+    A forked worker starts its own session (the driver kills a worker's process group), waits
+    for the zygote's exit to make it the driver's child (the driver is the subreaper of its
+    descendants), and exits if another process became its parent: the driver is gone."""
+    die_with_parent(parent_pid)
+    imported, done_ms = standby_imports()
+    me = os.getpid()
+    for fd in fds:
+        pid = os.fork()
+        if pid == 0:
+            for other in (ctrl_fd, *fds):
+                if other != fd:
+                    os.close(other)
+            os.setsid()
+            deadline = time.monotonic() + REPARENT_PATIENCE_S
+            while os.getppid() == me:
+                if time.monotonic() > deadline:
+                    os._exit(ORPHAN_EXIT)
+                time.sleep(0.0005)
+            return fd, imported, done_ms
+        os.write(ctrl_fd, f"{pid} ".encode())
+    os._exit(0)
+
+
+def standby(conn: Channel, fd: int, imported: set[str] | None = None, done_ms: float = 0.0
+            ) -> tuple[str, list[str], float]:
+    """A worker started before its job was known: import what is named (unless a zygote did,
+    ``imported``), then wait for ``{"type": "init", "code_dir", "handlers", "env"}``, whose
+    environment it adds to its own.
+
+    Returns the code directory, the handlers and the milliseconds spent importing (the part
+    of the init phase done in advance). If the code ships its own copy of a module imported
+    here, the worker replaces itself (same pid, same socket) with a fresh interpreter that
+    imports nothing in advance, so the job's copy is the one it gets. The driver closing the
+    socket instead (it needs no more workers) ends the worker."""
+    if imported is None:
+        imported, done_ms = standby_imports()
     try:
         message = json.loads(conn.recv_bytes())
     except (EOFError, OSError):
@@ -237,13 +280,17 @@ def main() -> None:
     if sys.argv[1] == EXEC_FLAG:
         exec_worker(sys.argv[2:])
     parent_pid = int(os.environ.get(PARENT_PID_ENV) or os.getppid())  # unset when run by hand
+    imported, init_done_ms = None, 0.0
+    if sys.argv[1] == ZYGOTE_FLAG:
+        fd, imported, init_done_ms = zygote(int(sys.argv[2]), [int(f) for f in sys.argv[3].split(",")], parent_pid)
+        sys.argv[1:] = [str(fd), STANDBY_FLAG]
     die_with_parent(parent_pid)
     watchdog = Watchdog(parent_pid)
     watchdog.start()
     fd = int(sys.argv[1])
     conn = Channel(fd)
     if sys.argv[2:] == [STANDBY_FLAG]:
-        code_dir, handler_names, init_done_ms = standby(conn, fd)
+        code_dir, handler_names, init_done_ms = standby(conn, fd, imported, init_done_ms)
     else:
         code_dir, handler_names, init_done_ms = sys.argv[2], sys.argv[3:], 0.0
     sys.path.insert(0, code_dir)

@@ -59,7 +59,7 @@ class _Pending:
 
 @dataclass
 class _Worker:
-    proc: subprocess.Popen
+    proc: subprocess.Popen | prestart.ForkedProcess
     conn: Connection
     ready: bool = False
     init_ms: float = 0.0
@@ -181,7 +181,7 @@ class LocalRuntime(Runtime):
             prestart.discard()
         parent, child = socket.socketpair()
         try:
-            proc = prestart.popen(self._worker_command(child.fileno()), child, {**env, **late})
+            proc = prestart.popen(self._worker_command(child.fileno()), {**env, **late}, child)
         finally:
             child.close()
         return _Worker(proc=proc, conn=Connection(parent.detach()))
