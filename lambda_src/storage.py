@@ -13,6 +13,7 @@ import logging
 import os
 import posixpath
 import re
+import stat
 import tempfile
 import threading
 import uuid
@@ -432,10 +433,14 @@ class LocalStorage(Storage):
         silently skipped.
         """
         root = local_path(uri)
-        if os.path.isfile(root):
-            yield self.stat(from_path(root))
+        try:
+            top = os.stat(root)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # nothing there, or removed just now (a concurrent cleanup)
+        if stat.S_ISREG(top.st_mode):
+            yield _local_info(root, top)
             return
-        if not os.path.isdir(root):
+        if not stat.S_ISDIR(top.st_mode):
             return
 
         def unreadable(err: OSError) -> None:
@@ -443,7 +448,6 @@ class LocalStorage(Storage):
                 return  # removed while listing
             raise StorageError(f"cannot list {from_path(err.filename)}: {err.strerror}") from err
 
-        top = os.stat(root)
         walking = {root: frozenset([(top.st_dev, top.st_ino)])}  # each directory's ancestors
         found: list[tuple[str, os.stat_result]] = []
         for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=follow_links):

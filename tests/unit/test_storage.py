@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import boto3
 import pytest
 
@@ -92,3 +94,22 @@ def test_buffers_round_trip_locally_and_on_s3(tmp_path, s3_bucket, content):
             store.read_buffer(uri + ".missing")
     mapped = st.for_uri(f"file://{tmp_path}/run.arrow").read_buffer(f"file://{tmp_path}/run.arrow")
     assert not isinstance(mapped, bytes)  # not read into a copy
+
+
+def test_a_local_listing_of_a_directory_removed_meanwhile_is_empty(tmp_path, monkeypatch):
+    """A concurrent cleanup (two coordinator steps committing at once) may remove a job's
+    directory between a listing's look at it and its walk: nothing is listed, nothing raised."""
+    (tmp_path / "map").mkdir()
+    (tmp_path / "map" / "run").write_bytes(b"x")
+    store = st.for_uri(str(tmp_path))
+    real_stat = os.stat
+
+    def removed(path, *args, **kwargs):
+        if os.fspath(path) == str(tmp_path / "map"):
+            raise FileNotFoundError(2, "No such file or directory", os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os.path, "isdir", lambda p: True)  # it was there when looked at
+    monkeypatch.setattr(os, "stat", removed)
+    assert list(store.list(str(tmp_path / "map"))) == []
+    assert store.delete_prefix(str(tmp_path / "map")) == 0
