@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from lambda_src import shuffle
 from lambda_src import storage as st
@@ -264,7 +265,7 @@ def _column_text(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         if not _plain_ascii(col, ',"') and pc.any(pc.match_substring_regex(col, r'[,"\r\n]')).as_py():
             return None  # needs quoting: let the csv module do it
-        return pc.fill_null(pc.cast(col, pa.string()), "")  # one string type: the joins below want it
+        return pc.fill_null(pc.cast(col, pa.string()), "")  # one string type for the writer
     if pa.types.is_floating(t):
         if t != pa.float64():  # Python writes a float32's exact float64 value, not its shortest float32 text
             col = pc.cast(col, pa.float64())
@@ -279,7 +280,9 @@ def _column_text(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
             integral = pc.match_substring_regex(text, r"^-?[0-9]+$")
         else:
             return None
-        return pc.fill_null(pc.if_else(integral, pc.binary_join_element_wise(text, ".0", ""), text), "")
+        if pc.any(integral).as_py():  # rare in most data: the join only then
+            text = pc.if_else(integral, pc.binary_join_element_wise(text, ".0", ""), text)
+        return pc.fill_null(text, "") if text.null_count else text
     if pa.types.is_integer(t) or pa.types.is_boolean(t):
         return pc.fill_null(pc.cast(col, pa.string()), "")
     return None
@@ -299,14 +302,8 @@ def table_to_csv(table: pa.Table) -> bytes | pa.Buffer:
         from lambda_src import output
 
         return output.columns_to_csv([col.to_pylist() for col in table.columns])
-    # The newline joined to the last column only, not to whole lines in a second pass.
-    last = pc.binary_join_element_wise(texts[-1], "", "\n")  # each value + "\n" + ""
-    lines = pc.binary_join_element_wise(*texts[:-1], last, ",") if len(texts) > 1 else last
-    arr = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
-    offsets = arr.buffers()[1]
-    data = arr.buffers()[2]
-    first, last = (
-        int.from_bytes(offsets[(arr.offset + i) * 4 : (arr.offset + i) * 4 + 4], "little", signed=True)
-        for i in (0, len(arr))
-    )
-    return data[first:last]
+    # Every value is text now, none needing quotes: Arrow's CSV writer joins them as they are.
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(pa.table([t.cast(pa.string()) for t in texts], names=[str(i) for i in range(len(texts))]), sink,
+                    pacsv.WriteOptions(include_header=False, quoting_style="none"))
+    return sink.getvalue()
