@@ -157,8 +157,8 @@ ZYGOTE_PATIENCE_S = 120.0
 
 
 class _Zygote:
-    """The process that imports once for several standby workers, forks them, writes their
-    pids (``pid pid ...\n``) on its control socket and exits."""
+    """The process that imports once for several standby workers, forks them, writes each
+    one's pid on its control socket as it forks it (``"pid "``), and exits."""
 
     def __init__(self, proc: subprocess.Popen, ctrl: socket.socket, count: int) -> None:
         self.proc, self.ctrl, self.count = proc, ctrl, count
@@ -217,7 +217,7 @@ def become_reaper() -> bool:
     zygote exits; then ``start`` starts several workers through one zygote. For a process
     that runs a job and exits (the CLI): a descendant orphaned later (a job's daemon) waits,
     unreaped, until this process exits too. Only from the main thread, whose exit the
-    workers' parent-death signal then follows. Whether it is."""
+    workers' parent-death signal then follows. Returns whether this process is a reaper."""
     global _reaper
     if not _reaper and sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
         try:
