@@ -53,12 +53,6 @@ def no_standby():
     prestart.discard()
 
 
-def _set_subreaper(on: bool) -> None:
-    import ctypes
-
-    assert ctypes.CDLL(None, use_errno=True).prctl(prestart._PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
-
-
 @pytest.fixture(params=["zygote", "one by one"])
 def mode(request, monkeypatch):
     """Standby workers forked by one zygote (this process their subreaper, as the CLI's is),
@@ -71,7 +65,7 @@ def mode(request, monkeypatch):
         try:
             yield request.param
         finally:
-            _set_subreaper(False)
+            assert prestart._set_subreaper(False)
     else:
         monkeypatch.setattr(prestart, "_reaper", False)
         yield request.param
