@@ -157,8 +157,8 @@ ZYGOTE_PATIENCE_S = 120.0
 
 
 class _Zygote:
-    """The process that imports once for several standby workers, forks them, writes their
-    pids (``pid pid ...\n``) on its control socket and exits."""
+    """The process that imports once for several standby workers, forks them and exits; each
+    worker it forks writes ``INDEX:PID `` on the control socket first thing."""
 
     def __init__(self, proc: subprocess.Popen, ctrl: socket.socket, count: int) -> None:
         self.proc, self.ctrl, self.count = proc, ctrl, count
@@ -166,25 +166,35 @@ class _Zygote:
 
     def forked(self, wait: bool = True) -> list[int | None]:
         """The pid of each worker (None for one not forked), once the zygote is done; with
-        ``wait=False``, whatever is known now (the zygote is killed if it is not done)."""
+        ``wait=False``, once it is stopped if it is not done."""
         if self.pids is not None:
             return self.pids
-        data = b""
+        data = bytearray()
         try:
-            self.ctrl.settimeout(ZYGOTE_PATIENCE_S if wait else 0)
-            while chunk := self.ctrl.recv(4096):  # its end closes when it exits
-                data += chunk
+            self._read_reports(data, ZYGOTE_PATIENCE_S if wait else 0)
         except OSError:  # too slow, or not done (wait=False): it forks no more workers
             self.proc.kill()
+            self.proc.wait()
+            # but those it forked report themselves (and close their ends) at once
+            with contextlib.suppress(OSError):
+                self._read_reports(data, ZYGOTE_PATIENCE_S)
         self.ctrl.close()
         self.proc.wait()  # its workers are this process's children once it is reaped
         _zygote_reaped()
-        try:
-            pids: list[int | None] = [int(p) for p in data.split()]
-        except ValueError:
-            pids = []
-        self.pids = [*pids[: self.count], *[None] * (self.count - len(pids))]
-        return self.pids
+        pids: list[int | None] = [None] * self.count
+        for report in data.split():
+            index, _, pid = report.partition(b":")
+            pids[int(index)] = int(pid)
+        self.pids = pids
+        return pids
+
+    def _read_reports(self, data: bytearray, timeout: float) -> None:
+        """Add to ``data`` what is written on the control socket until its last writer closes
+        it (the zygote, and each worker once it reported), waiting ``timeout`` seconds at
+        most for each read (raising OSError then: at once with 0 if the zygote is not done)."""
+        self.ctrl.settimeout(timeout)
+        while chunk := self.ctrl.recv(4096):
+            data += chunk
 
 
 class _Standby:

@@ -167,6 +167,62 @@ def test_unclaimed_standby_workers_are_stopped_when_the_command_exits(tmp_path, 
     assert _none_left(driver)
 
 
+def _children() -> set[int]:
+    """This process's children, zombies too (until they are reaped)."""
+    return {int(pid) for task in os.listdir("/proc/self/task")
+            for pid in Path(f"/proc/self/task/{task}/children").read_text().split()}
+
+
+def _zygote_that_after_its_first_fork(does: str) -> str:
+    """A zygote's command line (as ``prestart.python_command``) whose first fork returns to the
+    child only: in the zygote, it ``does`` something first (``die``: is SIGKILLed; ``hang``)."""
+    script = (
+        "import os, runpy, signal, sys, time\n"
+        "fork = os.fork\n"
+        "def fork_and_stop():\n"
+        "    pid = fork()\n"
+        "    if pid:\n"
+        f"        os.kill(os.getpid(), signal.SIGKILL) if {does!r} == 'die' else time.sleep(3600)\n"
+        "    return pid\n"
+        "os.fork = fork_and_stop\n"
+        f"sys.argv[0] = {prestart.BOOTSTRAP!r}\n"
+        f"runpy.run_path({prestart.BOOTSTRAP!r}, run_name='__main__')\n"
+    )
+    return lambda *args: [sys.executable, "-c", script, *args]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a zygote needs Linux")
+@pytest.mark.parametrize("does", ["die", "hang"])
+def test_a_worker_forked_by_a_zygote_that_then_fails_is_known(no_standby, monkeypatch, does):
+    """A zygote killed between a fork and anything after it, or hanging there until it is
+    stopped: the worker it forked is claimed like the others, or stopped with them, not left
+    unknown (to end as this process's zombie)."""
+    monkeypatch.setattr(prestart, "_reaper", False)
+    monkeypatch.setattr(prestart, "python_command", _zygote_that_after_its_first_fork(does))
+    assert prestart.become_reaper()
+    before = _children()
+    env = prestart.early_env(dict(os.environ), 2)
+    try:
+        prestart.start(2, env, imports=())
+        if does == "hang":
+            ctrl = prestart._standby[0].zygote.ctrl
+            ctrl.settimeout(PATIENCE_S)
+            assert ctrl.recv(64, socket.MSG_PEEK)  # the worker it forked reported itself
+            prestart.discard()  # the zygote is not done: it is stopped, and its workers with it
+            assert not _children() - before
+            return
+        claimed = prestart.claim(env, ())
+    finally:
+        prestart._set_subreaper(False)
+    assert claimed is not None, "the worker the zygote forked before it was killed was not claimed"
+    proc, sock = claimed
+    assert isinstance(proc, prestart.ForkedProcess) and proc.pid in _children()
+    assert prestart.claim(env, ()) is None  # the second was never forked
+    sock.close()  # the worker exits
+    assert proc.wait(timeout=PATIENCE_S) == 0
+    assert not _children() - before
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a zygote needs Linux")
 @pytest.mark.parametrize("when", ["importing", "forked", "adopted"])
 def test_a_zygotes_workers_die_with_a_sigkilled_driver(tmp_path, fixture_jobs_path, when):
