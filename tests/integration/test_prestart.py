@@ -417,3 +417,36 @@ def test_code_that_ships_a_module_the_standby_imports_pulled_in_gets_its_own(tmp
         reply = _invoke(conn, "probe.handler")
     assert reply["ok"], reply
     assert reply["payload"]["numbers"] == str(code / "numbers.py")
+
+
+@pytest.mark.parametrize(("ends", "status"), [("exit", 7), ("signal", -9), ("deadline", 124)])
+def test_a_standby_workers_exit_status_is_its_own(tmp_path, no_standby, mode, ends, status):
+    """How an adopted worker ended (its exit status, the signal that killed it, the status it
+    ends an invocation past its deadline with) is what the runtime reads, forked or not."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "probe.py").write_text(
+        "import os, signal, time\n\ndef handler(event, context):\n"
+        f"    if {ends!r} == 'exit':\n        os._exit(7)\n"
+        f"    if {ends!r} == 'signal':\n        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    time.sleep(60)\n"
+    )
+    env = prestart.early_env(dict(os.environ), 2)
+    prestart.start(2, env, imports=())
+    proc, sock = prestart.claim(env, ())
+    conn = Connection(sock.detach())
+    try:
+        conn.send_bytes(json.dumps({"type": "init", "code_dir": str(code), "handlers": ["probe.handler"],
+                                    "env": {}}).encode())
+        assert conn.poll(PATIENCE_S) and json.loads(conn.recv_bytes())["type"] == "ready"
+        assert proc.poll() is None
+        conn.send_bytes(json.dumps({
+            "request_id": "r1", "handler": "probe.handler", "function_name": "f", "memory_mb": 128,
+            "deadline_ms": (time.time() + (0.2 if ends == "deadline" else PATIENCE_S)) * 1000,
+            "trace_header": None, "event": {},
+        }).encode())
+        assert proc.wait(timeout=PATIENCE_S) == status
+    finally:
+        conn.close()
+    assert proc.returncode == status and proc.poll() == status
+    proc.kill()  # reaped: nothing is signalled (its pid may be another process's now)
