@@ -174,7 +174,6 @@ class _Zygote:
             self._read_reports(data, ZYGOTE_PATIENCE_S if wait else 0)
         except OSError:  # too slow, or not done (wait=False): it forks no more workers
             self.proc.kill()
-            self.proc.wait()
             # but those it forked report themselves (and close their ends) at once
             with contextlib.suppress(OSError):
                 self._read_reports(data, ZYGOTE_PATIENCE_S)
