@@ -157,8 +157,8 @@ ZYGOTE_PATIENCE_S = 120.0
 
 
 class _Zygote:
-    """The process that imports once for several standby workers, forks them, writes each
-    one's pid on its control socket as it forks it (``"pid "``), and exits."""
+    """The process that imports once for several standby workers, forks them and exits; each
+    worker it forks writes ``INDEX:PID `` on the control socket first thing."""
 
     def __init__(self, proc: subprocess.Popen, ctrl: socket.socket, count: int) -> None:
         self.proc, self.ctrl, self.count = proc, ctrl, count
@@ -166,24 +166,34 @@ class _Zygote:
 
     def forked(self, wait: bool = True) -> list[int | None]:
         """The pid of each worker (None for one not forked), once the zygote is done; with
-        ``wait=False``, whatever is known now (the zygote is killed if it is not done)."""
+        ``wait=False``, once it is stopped if it is not done."""
         if self.pids is not None:
             return self.pids
-        data = b""
+        data = bytearray()
         try:
-            self.ctrl.settimeout(ZYGOTE_PATIENCE_S if wait else 0)
-            while chunk := self.ctrl.recv(4096):  # its end closes when it exits
-                data += chunk
+            self._read_reports(data, ZYGOTE_PATIENCE_S if wait else 0)
         except OSError:  # too slow, or not done (wait=False): it forks no more workers
             self.proc.kill()
+            # but those it forked report themselves (and close their ends) at once
+            with contextlib.suppress(OSError):
+                self._read_reports(data, ZYGOTE_PATIENCE_S)
         self.ctrl.close()
         self.proc.wait()  # its workers are this process's children once it is reaped
-        try:
-            pids: list[int | None] = [int(p) for p in data.split()]
-        except ValueError:
-            pids = []
-        self.pids = [*pids[: self.count], *[None] * (self.count - len(pids))]
-        return self.pids
+        _zygote_reaped()
+        pids: list[int | None] = [None] * self.count
+        for report in data.split():
+            index, _, pid = report.partition(b":")
+            pids[int(index)] = int(pid)
+        self.pids = pids
+        return pids
+
+    def _read_reports(self, data: bytearray, timeout: float) -> None:
+        """Add to ``data`` what is written on the control socket until its last writer closes
+        it (the zygote, and each worker once it reported), waiting ``timeout`` seconds at
+        most for each read (raising OSError then: at once with 0 if the zygote is not done)."""
+        self.ctrl.settimeout(timeout)
+        while chunk := self.ctrl.recv(4096):
+            data += chunk
 
 
 class _Standby:
@@ -208,31 +218,47 @@ _lock = threading.Lock()
 _atexit_registered = False
 #: Whether this process is its orphaned descendants' reaper (``become_reaper``).
 _reaper = False
+#: Zygotes started and not reaped yet: their workers are not this process's children yet.
+_unreaped_zygotes = 0
 _PR_SET_CHILD_SUBREAPER = 36
+
+
+def _set_subreaper(on: bool) -> bool:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def become_reaper() -> bool:
     """Make this process the reaper of its orphaned descendants (Linux's
     ``PR_SET_CHILD_SUBREAPER``), so that workers a zygote forks become its children when the
-    zygote exits; then ``start`` starts several workers through one zygote. For a process
-    that runs a job and exits (the CLI): a descendant orphaned later (a job's daemon) waits,
-    unreaped, until this process exits too. Only from the main thread, whose exit the
+    zygote exits; then ``start`` starts several workers through one zygote. Only until they
+    are: once its zygote is reaped (or could not start), this process reaps no orphans (a
+    process a job's task leaves behind, a daemon, would otherwise stay its zombie until it
+    exits), and later workers start one by one. Only from the main thread, whose exit the
     workers' parent-death signal then follows. Returns whether this process is a reaper."""
     global _reaper
     if not _reaper and sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
-        try:
-            import ctypes
-
-            _reaper = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-        except (OSError, AttributeError):
-            _reaper = False
+        _reaper = _set_subreaper(True)
     return _reaper
+
+
+def _zygote_reaped() -> None:
+    """A zygote was reaped (or not started): when none is left, stop being a reaper."""
+    global _reaper, _unreaped_zygotes
+    _unreaped_zygotes -= 1
+    if _reaper and not _unreaped_zygotes:
+        _set_subreaper(False)
+        _reaper = False
 
 
 def start(workers: int, env: Mapping[str, str], imports: Sequence[str] = ARROW_IMPORTS) -> None:
     """Start ``workers`` standby workers with ``env`` (see ``early_env``), importing ``imports``:
     through one zygote when this process is their reaper (``become_reaper``), else one by one."""
-    global _atexit_registered
+    global _atexit_registered, _unreaped_zygotes
     env = dict(env)
     started = {**env, STANDBY_IMPORTS_ENV: ",".join(imports)}
     with _lock:
@@ -243,11 +269,13 @@ def start(workers: int, env: Mapping[str, str], imports: Sequence[str] = ARROW_I
             pairs = [socket.socketpair() for _ in range(workers)]
             ctrl, ctrl_child = socket.socketpair()
             children = [child for _, child in pairs]
+            _unreaped_zygotes += 1
             try:
                 proc = popen(python_command(ZYGOTE_FLAG, str(ctrl_child.fileno()),
                                             ",".join(str(c.fileno()) for c in children)),
                              started, ctrl_child, *children)
             except OSError:
+                _zygote_reaped()
                 for sock in (ctrl, *(parent for parent, _ in pairs)):
                     sock.close()
                 return  # the runtime starts its own, and says why if it cannot either

@@ -151,6 +151,46 @@ def test_a_signal_to_the_driver_leaves_no_worker_running_and_a_rerun_resumes(tmp
     assert read_counts(str(tmp_path / "out")) == dict(expected)
 
 
+def _zombie_of(pid: int) -> int | None:
+    """The parent of ``pid`` if it has exited unreaped (a zombie), else None (running, or gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(fields[1]) if fields[0] == "Z" else None
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_the_lambdamr_command_does_not_adopt_a_jobs_orphans(tmp_path):
+    """The command is its zygote's workers' subreaper only until they are its children: a
+    process a task leaves behind (a daemon) is not left a zombie of the command's, one per
+    task, for as long as the job runs."""
+    _write_input(tmp_path, fast=2, slow=2)
+    marks = tmp_path / "marks"
+    cmd = _command(tmp_path, "orphans", "--workers", "2", "--param", f"marks={marks}", "--param", "sleep_s=120",
+                   "--param", "orphan=1", "--no-vectorized", entry=[*LAMBDAMR, "-v"])
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    pids: set[int] = set()
+    try:
+        _wait_for("both workers to be inside slow tasks", lambda: len(_worker_pids(marks)) == 2, proc)
+        pids = _worker_pids(marks)
+        _wait_for("the orphan to have a new parent", lambda: list(marks.glob("orphan-*")), proc)
+        (orphan,) = (int(p.name.removeprefix("orphan-")) for p in marks.glob("orphan-*"))
+        _wait_for("the orphan to exit", lambda: not _running(orphan), proc)
+        assert _zombie_of(orphan) != proc.pid, "the command adopted a task's orphan and left it a zombie"
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate()
+        _kill_leftovers(pids)
+    assert stderr.count("adopted pre-started worker") == 2, stderr
+
+
 def test_workers_started_from_another_thread_die_with_a_sigkilled_host_process(tmp_path):
     """A process that runs the driver off its main thread (no parent-death signal then)."""
     _write_input(tmp_path, fast=0, slow=2)

@@ -53,12 +53,6 @@ def no_standby():
     prestart.discard()
 
 
-def _set_subreaper(on: bool) -> None:
-    import ctypes
-
-    assert ctypes.CDLL(None, use_errno=True).prctl(prestart._PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
-
-
 @pytest.fixture(params=["zygote", "one by one"])
 def mode(request, monkeypatch):
     """Standby workers forked by one zygote (this process their subreaper, as the CLI's is),
@@ -71,7 +65,7 @@ def mode(request, monkeypatch):
         try:
             yield request.param
         finally:
-            _set_subreaper(False)
+            assert prestart._set_subreaper(False)
     else:
         monkeypatch.setattr(prestart, "_reaper", False)
         yield request.param
@@ -171,6 +165,62 @@ def test_unclaimed_standby_workers_are_stopped_when_the_command_exits(tmp_path, 
     assert len(set(pids)) == 2
     assert _gone(pids)
     assert _none_left(driver)
+
+
+def _children() -> set[int]:
+    """This process's children, zombies too (until they are reaped)."""
+    return {int(pid) for task in os.listdir("/proc/self/task")
+            for pid in Path(f"/proc/self/task/{task}/children").read_text().split()}
+
+
+def _zygote_that_after_its_first_fork(does: str) -> str:
+    """A zygote's command line (as ``prestart.python_command``) whose first fork returns to the
+    child only: in the zygote, it ``does`` something first (``die``: is SIGKILLed; ``hang``)."""
+    script = (
+        "import os, runpy, signal, sys, time\n"
+        "fork = os.fork\n"
+        "def fork_and_stop():\n"
+        "    pid = fork()\n"
+        "    if pid:\n"
+        f"        os.kill(os.getpid(), signal.SIGKILL) if {does!r} == 'die' else time.sleep(3600)\n"
+        "    return pid\n"
+        "os.fork = fork_and_stop\n"
+        f"sys.argv[0] = {prestart.BOOTSTRAP!r}\n"
+        f"runpy.run_path({prestart.BOOTSTRAP!r}, run_name='__main__')\n"
+    )
+    return lambda *args: [sys.executable, "-c", script, *args]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a zygote needs Linux")
+@pytest.mark.parametrize("does", ["die", "hang"])
+def test_a_worker_forked_by_a_zygote_that_then_fails_is_known(no_standby, monkeypatch, does):
+    """A zygote killed between a fork and anything after it, or hanging there until it is
+    stopped: the worker it forked is claimed like the others, or stopped with them, not left
+    unknown (to end as this process's zombie)."""
+    monkeypatch.setattr(prestart, "_reaper", False)
+    monkeypatch.setattr(prestart, "python_command", _zygote_that_after_its_first_fork(does))
+    assert prestart.become_reaper()
+    before = _children()
+    env = prestart.early_env(dict(os.environ), 2)
+    try:
+        prestart.start(2, env, imports=())
+        if does == "hang":
+            ctrl = prestart._standby[0].zygote.ctrl
+            ctrl.settimeout(PATIENCE_S)
+            assert ctrl.recv(64, socket.MSG_PEEK)  # the worker it forked reported itself
+            prestart.discard()  # the zygote is not done: it is stopped, and its workers with it
+            assert not _children() - before
+            return
+        claimed = prestart.claim(env, ())
+    finally:
+        prestart._set_subreaper(False)
+    assert claimed is not None, "the worker the zygote forked before it was killed was not claimed"
+    proc, sock = claimed
+    assert isinstance(proc, prestart.ForkedProcess) and proc.pid in _children()
+    assert prestart.claim(env, ()) is None  # the second was never forked
+    sock.close()  # the worker exits
+    assert proc.wait(timeout=PATIENCE_S) == 0
+    assert not _children() - before
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a zygote needs Linux")
@@ -367,3 +417,36 @@ def test_code_that_ships_a_module_the_standby_imports_pulled_in_gets_its_own(tmp
         reply = _invoke(conn, "probe.handler")
     assert reply["ok"], reply
     assert reply["payload"]["numbers"] == str(code / "numbers.py")
+
+
+@pytest.mark.parametrize(("ends", "status"), [("exit", 7), ("signal", -9), ("deadline", 124)])
+def test_a_standby_workers_exit_status_is_its_own(tmp_path, no_standby, mode, ends, status):
+    """How an adopted worker ended (its exit status, the signal that killed it, the status it
+    ends an invocation past its deadline with) is what the runtime reads, forked or not."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "probe.py").write_text(
+        "import os, signal, time\n\ndef handler(event, context):\n"
+        f"    if {ends!r} == 'exit':\n        os._exit(7)\n"
+        f"    if {ends!r} == 'signal':\n        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    time.sleep(60)\n"
+    )
+    env = prestart.early_env(dict(os.environ), 2)
+    prestart.start(2, env, imports=())
+    proc, sock = prestart.claim(env, ())
+    conn = Connection(sock.detach())
+    try:
+        conn.send_bytes(json.dumps({"type": "init", "code_dir": str(code), "handlers": ["probe.handler"],
+                                    "env": {}}).encode())
+        assert conn.poll(PATIENCE_S) and json.loads(conn.recv_bytes())["type"] == "ready"
+        assert proc.poll() is None
+        conn.send_bytes(json.dumps({
+            "request_id": "r1", "handler": "probe.handler", "function_name": "f", "memory_mb": 128,
+            "deadline_ms": (time.time() + (0.2 if ends == "deadline" else PATIENCE_S)) * 1000,
+            "trace_header": None, "event": {},
+        }).encode())
+        assert proc.wait(timeout=PATIENCE_S) == status
+    finally:
+        conn.close()
+    assert proc.returncode == status and proc.poll() == status
+    proc.kill()  # reaped: nothing is signalled (its pid may be another process's now)

@@ -221,31 +221,35 @@ def standby_imports() -> tuple[set[str], float]:
 
 
 def zygote(ctrl_fd: int, fds: list[int], parent_pid: int) -> tuple[int, set[str], float]:
-    """Import once for all the standby workers, fork one per socket in ``fds``, write each
-    one's pid on ``ctrl_fd`` as it is forked, and exit. In a forked worker, return its socket,
-    what was imported and how long it took, once the worker is ``parent_pid``'s child.
+    """Import once for all the standby workers, fork one per socket in ``fds``, and exit. In a
+    forked worker, return its socket, what was imported and how long it took, once the worker
+    is ``parent_pid``'s child.
 
     The zygote runs no thread of its own before it forks (the watchdog starts in each worker).
-    A forked worker starts its own session (the driver kills a worker's process group), waits
-    for the zygote's exit to make it the driver's child (the driver is the subreaper of its
+    A forked worker starts its own session (the driver kills a worker's process group),
+    writes ``INDEX:PID `` (its socket's place in ``fds``, its pid) on ``ctrl_fd`` itself, so
+    that the driver knows it even if the zygote dies right after the fork, waits for the
+    zygote's exit to make it the driver's child (the driver is the subreaper of its
     descendants), and exits if another process became its parent: the driver is gone."""
     die_with_parent(parent_pid)
     imported, done_ms = standby_imports()
     me = os.getpid()
-    for fd in fds:
-        pid = os.fork()
-        if pid == 0:
+    for index, fd in enumerate(fds):
+        if os.fork() == 0:
+            os.setsid()
+            try:
+                os.write(ctrl_fd, f"{index}:{os.getpid()} ".encode())
+            except OSError:  # the driver gave up on the zygote: it will not know this worker
+                os._exit(ORPHAN_EXIT)
             for other in (ctrl_fd, *fds):
                 if other != fd:
                     os.close(other)
-            os.setsid()
             deadline = time.monotonic() + REPARENT_PATIENCE_S
             while os.getppid() == me:
                 if time.monotonic() > deadline:
                     os._exit(ORPHAN_EXIT)
                 time.sleep(0.0005)
             return fd, imported, done_ms
-        os.write(ctrl_fd, f"{pid} ".encode())
     os._exit(0)
 
 
