@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -193,31 +193,55 @@ _SAME_AS_REPR = r"^(-?([1-9][0-9]{0,15}(\.[0-9]+)?|0(\.0{0,3}[1-9][0-9]*)?)|nan|
 
 def _absent(col: pa.Array | pa.ChunkedArray, chars: str) -> bool:
     """Whether no string of ``col`` holds any of ``chars`` (ASCII): a byte search of the
-    strings' data, much cheaper than Arrow's search string by string (a byte that belongs to
-    a null slot can only make this answer False, which sends the caller the exact way)."""
-    data = _string_data(col)
-    if data is None:
+    strings' data where it lies (``memchr``), much cheaper than Arrow's search string by
+    string (a byte that belongs to a null slot can only make this answer False, which sends
+    the caller the exact way)."""
+    spans = _string_spans(col)
+    if spans is None:
         return not any(pc.any(pc.match_substring(col, c)).as_py() for c in chars)
-    return not any(c.encode() in data for c in chars)
+    memchr = _memchr()
+    if memchr is None:  # no C library to call: search a copy
+        data = b"".join(buf[first:last].to_pybytes() for buf, first, last in spans)
+        return not any(c.encode() in data for c in chars)
+    return not any(memchr(buf.address + first, ord(c), last - first)
+                   for buf, first, last in spans for c in chars)
 
 
-def _string_data(col: pa.Array | pa.ChunkedArray) -> bytes | None:
-    """The bytes of every string of a string or large_string column, back to back (None for
-    other layouts, such as string views)."""
+def _string_spans(col: pa.Array | pa.ChunkedArray) -> list[tuple[pa.Buffer, int, int]] | None:
+    """Where the bytes of every string of a string or large_string column lie: (data buffer,
+    first byte, end) of each non-empty chunk, within its buffer (None for other layouts,
+    such as string views)."""
     chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
     width = 4 if pa.types.is_string(col.type) else 8 if pa.types.is_large_string(col.type) else 0
     if not width:
         return None
-    parts = []
+    spans = []
     for chunk in chunks:
         if not len(chunk):
             continue
         offsets, data = chunk.buffers()[1], chunk.buffers()[2]
         first, last = (int.from_bytes(offsets[(chunk.offset + i) * width: (chunk.offset + i + 1) * width],
                                       "little", signed=True) for i in (0, len(chunk)))
-        if data is not None and last > first:
-            parts.append(data[first:last].to_pybytes())
-    return b"".join(parts)
+        if data is not None and last > first:  # within data: Arrow validates an array's offsets when it makes one
+            spans.append((data, first, last))
+    return spans
+
+
+@functools.cache
+def _memchr() -> Callable[[int, int, int], int | None] | None:
+    """The C library's ``memchr`` (the address of the first byte equal to a value in a range,
+    or None), to search Arrow's buffers where they lie: a copy of a large column into a Python
+    bytes object costs more (fresh pages from the C allocator, each a page fault) than the
+    search. None where there is no C library to load."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None).memchr
+    except (ImportError, OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_void_p
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    return fn
 
 
 def _printable_ascii(col: pa.Array | pa.ChunkedArray) -> bool:

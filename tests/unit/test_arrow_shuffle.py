@@ -107,6 +107,26 @@ def test_json_as_is_is_exactly_whether_json_writes_the_string_unescaped(keys):
         assert (ash._json_plain(layout) is not None) == expected
 
 
+@settings(max_examples=200, deadline=None)
+@given(strings=st_.lists(st_.text(st_.sampled_from('ab,"e\\\né'), max_size=5), min_size=1, max_size=20),
+       chars=st_.sampled_from([',"', '"\\', "e", "\n"]))
+@pytest.mark.parametrize("search", ["memchr", "copy"])
+def test_the_byte_search_reads_exactly_the_strings_bytes(strings, chars, search):
+    expected = not any(c in s for s in strings for c in chars)
+    # neighbours holding every character searched for: a search past either end finds them
+    padded = pa.array([',"\\\ne', *strings, ',"\\\ne'], pa.string()).slice(1, len(strings))
+    half = len(strings) // 2
+    layouts = [pa.array(strings, pa.string()), padded, pa.array(strings, pa.large_string()),
+               pa.chunked_array([padded.slice(0, half), padded.slice(half, 0), padded.slice(half)], pa.string())]
+    with pytest.MonkeyPatch.context() as mp:
+        if search == "copy":
+            mp.setattr(ash, "_memchr", lambda: None)
+        else:
+            assert ash._memchr() is not None  # this machine has a C library: the fast way is tested
+        for layout in layouts:
+            assert ash._absent(layout, chars) == expected
+
+
 @pytest.mark.parametrize("columns", [
     {"k": pa.array(["north", "south"], pa.large_string())},
     {"k": pa.array(["north", None], pa.large_string()), "v": pa.array([1.5, 2.0])},
