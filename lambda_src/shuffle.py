@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from lambda_src import contract
+from lambda_src import storage as st
 from lambda_src.job import Reduce
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True, sort_keys=True)
@@ -523,7 +524,7 @@ class MapOutputBuffer:
                     fh = tempfile.TemporaryFile(  # noqa: SIM115 - closed by close()
                         prefix="lambdamr-spill-", dir=self.spill_dir
                     )
-                    fh.write(run)
+                    st.write_chunked(fh, run)
                     runs[i] = fh
         self.memory_bytes = 0
         self.spills += 1

@@ -9,6 +9,7 @@ retried or duplicated task can never leave a half-written output behind.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import posixpath
@@ -305,6 +306,37 @@ def _local_info(path: str, info: os.stat_result) -> ObjectInfo:
     return ObjectInfo(from_path(path), info.st_size, str(info.st_mtime_ns), (info.st_dev, info.st_ino))
 
 
+#: The most bytes one ``write`` system call hands the kernel for a local file. A larger write
+#: lets Linux (6.x, ext4 and other filesystems with large folios) take 2 MiB page-cache folios
+#: for it; on this project's VM (Firecracker, which takes memory back from free pages) a
+#: 7 MiB write then took 20-80 ms instead of 2 ms, in 1 MiB writes 2 ms every time.
+WRITE_CHUNK = 1 << 20
+
+
+class ChunkedFileIO(io.FileIO):
+    """A file whose ``write`` hands the kernel at most ``WRITE_CHUNK`` bytes at a time (a
+    partial write, as raw files may do: ``io.BufferedWriter`` writes the rest)."""
+
+    def write(self, data) -> int:  # type: ignore[override]
+        view = memoryview(data)
+        if view.nbytes > WRITE_CHUNK:
+            view = view.cast("B")[:WRITE_CHUNK]
+        return super().write(view)
+
+
+def open_chunked(fd: int) -> io.BufferedWriter:
+    """A buffered binary file over the open descriptor ``fd`` (closed with it) that writes
+    at most ``WRITE_CHUNK`` bytes a system call (see ``ChunkedFileIO``)."""
+    return io.BufferedWriter(ChunkedFileIO(fd, "wb"))
+
+
+def write_chunked(fh: IO[bytes], data: bytes | memoryview) -> None:
+    """Write ``data`` to any binary file ``fh`` at most ``WRITE_CHUNK`` bytes a call."""
+    view = memoryview(data).cast("B")
+    for start in range(0, view.nbytes, WRITE_CHUNK):
+        fh.write(view[start:start + WRITE_CHUNK])
+
+
 class LocalStorage(Storage):
     def size(self, uri: str) -> int:
         path = local_path(uri)
@@ -333,7 +365,7 @@ class LocalStorage(Storage):
         tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with open_chunked(fd) as fh:
                 fh.write(data)
             os.link(tmp, path)  # whole and exclusive: fails if the name exists
         except FileExistsError:
@@ -413,7 +445,7 @@ class LocalStorage(Storage):
         tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with open_chunked(fd) as fh:
                 yield fh
             os.replace(tmp, path)
         except BaseException:

@@ -9,6 +9,7 @@ import * as path from "node:path";
 
 import { EncodeError, decode, encodeKey, encodeValue, partitionOf, sortLines, valueOf } from "./codec.mjs";
 import { LineReader } from "./reader.mjs";
+import { writeChunked } from "./storage.mjs";
 import { CombinerKeyError } from "./task.mjs";
 
 export function checkPair(pair, who = "mapper") {
@@ -122,7 +123,12 @@ export class MapOutputBuffer {
       for (let i = 0; i < runs.length; i++) {
         if (typeof runs[i] === "string") continue;
         const file = path.join(this.spillDir, `run-${this.spills}-${i}-${randomBytes(4).toString("hex")}`);
-        fs.writeFileSync(file, runs[i].join(""), "utf8");
+        const fd = fs.openSync(file, "wx");
+        try {
+          writeChunked(fd, Buffer.from(runs[i].join(""), "utf8"));
+        } finally {
+          fs.closeSync(fd);
+        }
         runs[i] = file;
       }
     }

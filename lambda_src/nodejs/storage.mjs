@@ -150,6 +150,14 @@ export function relativeTo(uri, base) {
 
 const tmpName = (dir) => path.join(dir, `.tmp-${randomBytes(16).toString("hex")}`);
 
+/** The most bytes one write system call hands the kernel (storage.py's WRITE_CHUNK, and why). */
+export const WRITE_CHUNK = 1 << 20;
+
+/** Write all of `buf` to the open file `fd`, at most WRITE_CHUNK bytes a call. */
+export function writeChunked(fd, buf) {
+  for (let done = 0; done < buf.length;) done += fs.writeSync(fd, buf, done, Math.min(WRITE_CHUNK, buf.length - done));
+}
+
 /**
  * Writes an object whose bytes spool to a temporary file: write() appends, close() makes the
  * object appear whole (finish(tmp, size) moves or uploads the file), abort() drops it.
@@ -163,7 +171,7 @@ class SpoolWriter {
   }
 
   write(buf) {
-    for (let done = 0; done < buf.length;) done += fs.writeSync(this.fd, buf, done);
+    writeChunked(this.fd, buf);
     this.size += buf.length;
   }
 

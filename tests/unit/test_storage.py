@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import boto3
@@ -113,3 +114,76 @@ def test_a_local_listing_of_a_directory_removed_meanwhile_is_empty(tmp_path, mon
     monkeypatch.setattr(os, "stat", removed)
     assert list(store.list(str(tmp_path / "map"))) == []
     assert store.delete_prefix(str(tmp_path / "map")) == 0
+
+
+SIZES = [0, 1, 6, 7, 8, 20, 49, 50]
+
+
+@pytest.mark.parametrize("kind", ["bytes", "memoryview", "arrow", "ints"])
+@pytest.mark.parametrize("size", SIZES)
+def test_local_files_are_written_whole_in_capped_system_calls(tmp_path, monkeypatch, kind, size):
+    monkeypatch.setattr(st, "WRITE_CHUNK", 7)  # many chunks, and their edges, in a small file
+    payload = bytes(range(size))
+    if kind == "memoryview":
+        data = memoryview(b"..." + payload)[3:]
+    elif kind == "arrow":
+        import pyarrow as pa
+
+        data = pa.py_buffer(b"." + payload)[1:]
+    elif kind == "ints":  # a view of 4-byte items: written as its bytes
+        import array
+
+        ints = array.array("i", bytes(range(size - size % 4)))
+        data, payload = memoryview(ints), ints.tobytes()
+    else:
+        data = payload
+    store = st.LocalStorage()
+    store.write_buffer(f"file://{tmp_path}/buffer", data)
+    assert (tmp_path / "buffer").read_bytes() == payload
+    assert store.write_new(f"file://{tmp_path}/new", data)
+    assert (tmp_path / "new").read_bytes() == payload
+    with store.open_write(f"file://{tmp_path}/stream") as fh:
+        fh.write(b"ab")
+        fh.write(data)
+        fh.flush()
+        # the file under the buffer hands the kernel no more than WRITE_CHUNK bytes a call
+        assert fh.raw.write(payload) == min(len(payload), 7)
+    assert (tmp_path / "stream").read_bytes() == b"ab" + payload + payload[:7]
+    with open(tmp_path / "plain", "wb") as fh:
+        st.write_chunked(fh, data)
+    assert (tmp_path / "plain").read_bytes() == payload
+
+
+def test_a_large_write_is_split_at_the_real_chunk_size(tmp_path):
+    data = os.urandom(2 * st.WRITE_CHUNK + 3)
+    with st.LocalStorage().open_write(f"file://{tmp_path}/big") as fh:
+        assert fh.raw.write(data) == st.WRITE_CHUNK
+        fh.write(memoryview(data)[st.WRITE_CHUNK:])
+    assert (tmp_path / "big").read_bytes() == data
+
+
+def test_the_nodejs_plane_writes_local_files_whole_in_capped_calls(tmp_path, node):
+    import subprocess
+    from pathlib import Path
+
+    module = Path(st.__file__).parent / "nodejs" / "storage.mjs"
+    data = os.urandom(2 * st.WRITE_CHUNK + 3)
+    (tmp_path / "in").write_bytes(data)
+    # every write system call is counted: the most bytes one of them was given is printed
+    script = (f"import fs from 'node:fs'; import {{ syncBuiltinESMExports }} from 'node:module';"
+              f"let most = 0; const write = fs.writeSync;"
+              f"fs.writeSync = (fd, buf, off, len) => {{ most = Math.max(most, len ?? buf.length - (off ?? 0));"
+              f"  return write(fd, buf, off, len); }};"
+              f"syncBuiltinESMExports();"
+              f"const s = await import({json_str(module.as_uri())});"
+              f"const fd = fs.openSync({json_str(str(tmp_path / 'out'))}, 'wx');"
+              f"s.writeChunked(fd, fs.readFileSync({json_str(str(tmp_path / 'in'))})); fs.closeSync(fd);"
+              f"console.log(JSON.stringify([s.WRITE_CHUNK, most]));")
+    out = subprocess.run([node, "--input-type=module", "-e", script], check=True, timeout=60,
+                         capture_output=True, text=True).stdout
+    assert json.loads(out) == [st.WRITE_CHUNK, st.WRITE_CHUNK]
+    assert (tmp_path / "out").read_bytes() == data
+
+
+def json_str(text: str) -> str:
+    return json.dumps(text)
