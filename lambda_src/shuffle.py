@@ -21,7 +21,6 @@ import heapq
 import itertools
 import json
 import os
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
@@ -521,10 +520,8 @@ class MapOutputBuffer:
         for runs in self.runs:
             for i, run in enumerate(runs):
                 if isinstance(run, bytes):
-                    fh = tempfile.TemporaryFile(  # noqa: SIM115 - closed by close()
-                        prefix="lambdamr-spill-", dir=self.spill_dir
-                    )
-                    st.write_chunked(fh, run)
+                    fh = st.spool_file("lambdamr-spill-", self.spill_dir)  # closed by close()
+                    fh.write(run)
                     runs[i] = fh
         self.memory_bytes = 0
         self.spills += 1

@@ -15,11 +15,9 @@ import os
 import posixpath
 import re
 import stat
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, TypeVar
 from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
@@ -211,6 +209,8 @@ def per_object(fn: Callable[[T], R], items: Sequence[T], uri_of: Callable[[T], s
     ``uri_of(item)``: several at once when more than one is on S3, so many small objects do
     not wait for each other's round trips."""
     if len(items) > 1 and any(is_s3(uri_of(item)) for item in items):
+        from concurrent.futures import ThreadPoolExecutor  # only here: a task's start-up spares it
+
         with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
             return list(pool.map(fn, items))
     return [fn(item) for item in items]
@@ -330,11 +330,14 @@ def open_chunked(fd: int) -> io.BufferedWriter:
     return io.BufferedWriter(ChunkedFileIO(fd, "wb"))
 
 
-def write_chunked(fh: IO[bytes], data: bytes | memoryview) -> None:
-    """Write ``data`` to any binary file ``fh`` at most ``WRITE_CHUNK`` bytes a call."""
-    view = memoryview(data).cast("B")
-    for start in range(0, view.nbytes, WRITE_CHUNK):
-        fh.write(view[start:start + WRITE_CHUNK])
+def spool_file(prefix: str, directory: str | None = None) -> io.BufferedRandom:
+    """A temporary file with no name (gone once closed), to write and read back, that writes
+    at most ``WRITE_CHUNK`` bytes a system call (see ``ChunkedFileIO``)."""
+    import tempfile  # only here: a task's start-up spares it and what it imports
+
+    with tempfile.TemporaryFile(prefix=prefix, dir=directory, buffering=0) as unbuffered:
+        fd = os.dup(unbuffered.fileno())
+    return io.BufferedRandom(ChunkedFileIO(fd, "r+"))
 
 
 class LocalStorage(Storage):
@@ -674,7 +677,7 @@ class S3Storage(Storage):
         bucket, key = split_s3(uri)
         # Spool to a temporary file, then one upload: a PUT or a multipart upload that
         # only becomes visible when complete, so readers never see a partial object.
-        with tempfile.TemporaryFile(prefix="lambdamr-") as fh:
+        with spool_file("lambdamr-") as fh:
             yield fh
             size = fh.tell()
             fh.seek(0)

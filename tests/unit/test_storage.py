@@ -149,9 +149,13 @@ def test_local_files_are_written_whole_in_capped_system_calls(tmp_path, monkeypa
         # the file under the buffer hands the kernel no more than WRITE_CHUNK bytes a call
         assert fh.raw.write(payload) == min(len(payload), 7)
     assert (tmp_path / "stream").read_bytes() == b"ab" + payload + payload[:7]
-    with open(tmp_path / "plain", "wb") as fh:
-        st.write_chunked(fh, data)
-    assert (tmp_path / "plain").read_bytes() == payload
+    with st.spool_file("test-", str(tmp_path)) as fh:
+        fh.write(data)
+        fh.flush()
+        assert fh.raw.write(payload) == min(len(payload), 7)
+        fh.seek(0)
+        assert fh.read() == payload + payload[:7]
+    assert not list(tmp_path.glob("test-*"))  # nameless, gone once closed
 
 
 def test_a_large_write_is_split_at_the_real_chunk_size(tmp_path):
