@@ -166,7 +166,9 @@ def read_run(uri: str) -> pa.Table:
     # A local run is mapped, and the table's columns point into it: no copy.
     data = st.for_uri(uri).read_buffer(uri)
     try:
-        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+        table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+        table.validate()  # the IPC reader does not check that offsets stay within their buffers
+        return table
     except pa.ArrowInvalid as err:
         raise ValueError(f"{uri} is not a valid Arrow run: {err}") from None
 
@@ -222,7 +224,13 @@ def _string_spans(col: pa.Array | pa.ChunkedArray) -> list[tuple[pa.Buffer, int,
         offsets, data = chunk.buffers()[1], chunk.buffers()[2]
         first, last = (int.from_bytes(offsets[(chunk.offset + i) * width: (chunk.offset + i + 1) * width],
                                       "little", signed=True) for i in (0, len(chunk)))
-        if data is not None and last > first:  # within data: Arrow validates an array's offsets when it makes one
+        size = 0 if data is None else data.size
+        # Checked, not assumed: Arrow's IPC reader does not validate the arrays it reads
+        # (read_run does), and memchr would read wherever the offsets point.
+        if not 0 <= first <= last <= size:
+            raise ValueError(f"not a valid {col.type} array: its strings span bytes {first} to {last} "
+                             f"of a data buffer of {size}")
+        if last > first:
             spans.append((data, first, last))
     return spans
 

@@ -315,19 +315,25 @@ WRITE_CHUNK = 1 << 20
 
 class ChunkedFileIO(io.FileIO):
     """A file whose ``write`` hands the kernel at most ``WRITE_CHUNK`` bytes at a time (a
-    partial write, as raw files may do: ``io.BufferedWriter`` writes the rest)."""
+    partial write, as raw files may do: ``io.BufferedWriter`` writes the rest). A failed
+    write (no space left, say) names the file, when it was opened by name."""
 
     def write(self, data) -> int:  # type: ignore[override]
         view = memoryview(data)
         if view.nbytes > WRITE_CHUNK:
             view = view.cast("B")[:WRITE_CHUNK]
-        return super().write(view)
+        try:
+            return super().write(view)
+        except OSError as err:
+            if err.filename is None and isinstance(self.name, str):
+                err.filename = self.name
+            raise
 
 
-def open_chunked(fd: int) -> io.BufferedWriter:
-    """A buffered binary file over the open descriptor ``fd`` (closed with it) that writes
-    at most ``WRITE_CHUNK`` bytes a system call (see ``ChunkedFileIO``)."""
-    return io.BufferedWriter(ChunkedFileIO(fd, "wb"))
+def open_chunked(path: str) -> io.BufferedWriter:
+    """A new file at ``path`` (created exclusively, mode 0666 less the umask), buffered, that
+    writes at most ``WRITE_CHUNK`` bytes a system call (see ``ChunkedFileIO``)."""
+    return io.BufferedWriter(ChunkedFileIO(path, "xb"))
 
 
 def spool_file(prefix: str, directory: str | None = None) -> io.BufferedRandom:
@@ -366,9 +372,9 @@ class LocalStorage(Storage):
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
         tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        fh = open_chunked(tmp)
         try:
-            with open_chunked(fd) as fh:
+            with fh:
                 fh.write(data)
             os.link(tmp, path)  # whole and exclusive: fails if the name exists
         except FileExistsError:
@@ -446,9 +452,9 @@ class LocalStorage(Storage):
         os.makedirs(directory, exist_ok=True)
         # Not mkstemp: its 0600 mode would survive the rename; O_EXCL with 0666 honours umask.
         tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        fh = open_chunked(tmp)
         try:
-            with open_chunked(fd) as fh:
+            with fh:
                 yield fh
             os.replace(tmp, path)
         except BaseException:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lambda_src
+from lambda_src import storage as st
 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 PYTHON = "python"
@@ -216,11 +217,9 @@ def _cache_write(target: Path, data: bytes) -> None:
 
 
 def _write_atomic(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, target)
+    """Write ``target`` whole or not at all, as the engine writes local files (at most
+    ``WRITE_CHUNK`` bytes a system call; a failed write leaves no temporary file behind)."""
+    st.LocalStorage().write_bytes(st.from_path(str(target)), data)
 
 
 def build_node_zip_bytes(module: str) -> bytes:

@@ -48,6 +48,33 @@ def test_a_corrupt_run_is_a_clear_error(tmp_path):
         ash.read_run(st.normalize(str(path)))
 
 
+def _overrunning_run() -> bytes:
+    """An Arrow run whose key column's last offset points past its 8-byte data buffer (into
+    the value column's bytes that follow it in the stream: a read there stays in memory)."""
+    table = pa.table({"key": ["abcd", "efgh"], "value": [1.0, 2.0]})
+    stream = ash.to_buffer(table).to_pybytes()
+    offsets = (0).to_bytes(4, "little") + (4).to_bytes(4, "little") + (8).to_bytes(4, "little")
+    assert stream.count(offsets) == 1
+    return stream.replace(offsets, offsets[:8] + (16).to_bytes(4, "little"))
+
+
+def test_a_run_whose_offsets_overrun_their_data_is_a_clear_error(tmp_path):
+    path = tmp_path / "overrun.arrow"
+    path.write_bytes(_overrunning_run())
+    with pytest.raises(ValueError, match=r"overrun\.arrow is not a valid Arrow run: .*binary offsets"):
+        ash.read_run(st.normalize(str(path)))
+
+
+@pytest.mark.parametrize("search", ["memchr", "copy"])
+def test_the_byte_search_never_reads_past_a_string_columns_data(monkeypatch, search):
+    # an array Arrow's IPC reader made without validating it: the search checks the offsets itself
+    keys = pa.ipc.open_stream(_overrunning_run()).read_all().column("key")
+    if search == "copy":
+        monkeypatch.setattr(ash, "_memchr", lambda: None)
+    with pytest.raises(ValueError, match=r"not a valid string array: .* bytes 0 to 16 of a data buffer of 8"):
+        ash._absent(keys, '"')
+
+
 @pytest.mark.parametrize(
     "columns",
     [

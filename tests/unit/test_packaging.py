@@ -162,3 +162,31 @@ def test_a_cached_zip_whose_compressed_bytes_are_damaged_is_rebuilt_and_replaced
     cached.write_bytes(bytes(damaged))
     assert packaging.build_zip_bytes("lambda_src.jobs.wordcount:WordCount")[0] == first
     assert cached.read_bytes() == first  # repaired: the next build reads it
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_cached_zips_are_written_in_capped_calls_and_a_failed_write_leaves_nothing(tmp_path, monkeypatch, fails):
+    from lambda_src import storage as st
+
+    monkeypatch.setattr(st, "WRITE_CHUNK", 7)
+    sizes = []
+    write = st.ChunkedFileIO.write
+
+    def counted(self, data):  # the bytes each write hands the kernel; the fourth fails when asked
+        if fails and len(sizes) == 3:
+            raise OSError(28, "No space left on device")
+        sizes.append(write(self, data))
+        return sizes[-1]
+
+    monkeypatch.setattr(st.ChunkedFileIO, "write", counted)
+    data = os.urandom(50)
+    target = tmp_path / "zips" / "lambdamr-x.zip"
+    if fails:
+        with pytest.raises(OSError, match="No space left"):
+            packaging._write_atomic(target, data)
+        assert os.listdir(target.parent) == []  # no temporary file left behind
+    else:
+        packaging._write_atomic(target, data)
+        assert target.read_bytes() == data
+        assert sum(sizes) == len(data)
+    assert sizes and max(sizes) <= 7

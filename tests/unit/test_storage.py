@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import boto3
 import pytest
@@ -191,3 +192,28 @@ def test_the_nodejs_plane_writes_local_files_whole_in_capped_calls(tmp_path, nod
 
 def json_str(text: str) -> str:
     return json.dumps(text)
+
+
+@pytest.mark.parametrize("how", ["write_bytes", "write_new", "open_write"])
+def test_a_local_write_the_kernel_refuses_names_the_file_and_leaves_nothing(tmp_path, how):
+    import resource
+
+    store, uri = st.LocalStorage(), f"file://{tmp_path}/out/part"
+    data = os.urandom(3 * st.WRITE_CHUNK)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # the kernel refuses a file beyond 1.5 chunks (EFBIG; Python ignores SIGXFSZ): a real
+    # failure partway, as a full disk would give
+    resource.setrlimit(resource.RLIMIT_FSIZE, (st.WRITE_CHUNK * 3 // 2, hard))
+    try:
+        with pytest.raises(OSError, match=f"File too large: '{re.escape(str(tmp_path))}/out/\\.tmp-"):
+            if how == "write_bytes":
+                store.write_bytes(uri, data)
+            elif how == "write_new":
+                store.write_new(uri, data)
+            else:
+                with store.open_write(uri) as fh:
+                    for start in range(0, len(data), 1000):
+                        fh.write(data[start:start + 1000])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert os.listdir(tmp_path / "out") == []
