@@ -180,18 +180,14 @@ def test_the_nodejs_plane_writes_local_files_whole_in_capped_calls(tmp_path, nod
               f"fs.writeSync = (fd, buf, off, len) => {{ most = Math.max(most, len ?? buf.length - (off ?? 0));"
               f"  return write(fd, buf, off, len); }};"
               f"syncBuiltinESMExports();"
-              f"const s = await import({json_str(module.as_uri())});"
-              f"const fd = fs.openSync({json_str(str(tmp_path / 'out'))}, 'wx');"
-              f"s.writeChunked(fd, fs.readFileSync({json_str(str(tmp_path / 'in'))})); fs.closeSync(fd);"
+              f"const s = await import({json.dumps(module.as_uri())});"
+              f"const fd = fs.openSync({json.dumps(str(tmp_path / 'out'))}, 'wx');"
+              f"s.writeChunked(fd, fs.readFileSync({json.dumps(str(tmp_path / 'in'))})); fs.closeSync(fd);"
               f"console.log(JSON.stringify([s.WRITE_CHUNK, most]));")
     out = subprocess.run([node, "--input-type=module", "-e", script], check=True, timeout=60,
                          capture_output=True, text=True).stdout
     assert json.loads(out) == [st.WRITE_CHUNK, st.WRITE_CHUNK]
     assert (tmp_path / "out").read_bytes() == data
-
-
-def json_str(text: str) -> str:
-    return json.dumps(text)
 
 
 @pytest.mark.parametrize("how", ["write_bytes", "write_new", "open_write"])
