@@ -10,6 +10,8 @@ when pyarrow is importable.
 from __future__ import annotations
 
 import functools
+import json
+import os
 import sys
 import zlib
 from collections.abc import Callable, Iterator
@@ -20,6 +22,7 @@ import pyarrow.csv as pacsv
 
 from lambda_src import shuffle
 from lambda_src import storage as st
+from lambda_src.function_env import BLOCK_ROWS_ENV
 
 CODEC = shuffle.CODEC
 
@@ -53,6 +56,106 @@ def partition_table(table: pa.Table, partitions: int) -> list[pa.Table | None]:
     return out
 
 
+#: Schema metadata of an Arrow run whose rows lie in key blocks (``partition_blocks``): the
+#: number of rows of each block, in order, as a JSON list.
+BLOCKS_META = b"lambdamr.blocks"
+#: A reduce task's blocks are aimed at this many rows or more: a hash aggregation over the
+#: keys of one block keeps its table in a core's cache (2a's final group-by of 505K rows took
+#: 0.45x the time in 8 blocks as in one, on this project's VM).
+BLOCK_ROWS = 32768
+#: The most blocks a run has.
+MAX_BLOCKS = 64
+
+
+def block_count(rows: int) -> int:
+    """The blocks for a partition that reaches its reduce task with about ``rows`` rows: a
+    power of two, each block at least ``block_rows()`` rows (1: no blocks)."""
+    target = block_rows()
+    blocks = 1
+    while blocks < MAX_BLOCKS and rows >= 2 * blocks * target:
+        blocks *= 2
+    return blocks
+
+
+def block_rows() -> int:
+    """The rows a key block is aimed at: the function's ``LAMBDAMR_BLOCK_ROWS``, else ``BLOCK_ROWS``."""
+    raw = os.environ.get(BLOCK_ROWS_ENV)
+    if not raw:
+        return BLOCK_ROWS
+    try:
+        rows = int(raw)
+    except ValueError:
+        rows = 0
+    if rows < 1:
+        raise ValueError(f"{BLOCK_ROWS_ENV}={raw[:40]!r} in the function's environment: expected a positive "
+                         f"number of rows")
+    return rows
+
+
+def block_ids(keys: pa.Array | pa.ChunkedArray, partitions: int, blocks: int) -> pa.Array:
+    """The block of each key among ``blocks`` (a power of two): the CRC-32 of its encoding (the
+    partitioner's) divided by ``partitions``, modulo ``blocks``. Bits the partition does not
+    use, so a partition's keys spread over all its blocks."""
+    crcs = _crcs(keys)
+    return pc.cast(pc.remainder(pc.divide(crcs, partitions), blocks), pa.int32()).combine_chunks()
+
+
+def partition_blocks(table: pa.Table, partitions: int, blocks: int) -> list[tuple[pa.Table, list[int]] | None]:
+    """Split a table by the codec's partitioner, each partition's rows in ``blocks`` key blocks
+    (``block_ids``): per partition, its rows, block after block, and the rows of each block
+    (None for an empty partition). A reduce task aggregates block by block (``key_blocks``)."""
+    if blocks == 1:
+        return [None if part is None else (part, [part.num_rows]) for part in partition_table(table, partitions)]
+    if table.num_rows == 0:
+        return [None] * partitions
+    buckets = pc.remainder(_crcs(table.column("key")), partitions * blocks)
+    # bucket = partition + partitions * block: ordered by partition, then block
+    order_ids = pc.add(pc.multiply(pc.remainder(buckets, partitions), blocks), pc.divide(buckets, partitions))
+    order_ids = pc.cast(order_ids, pa.int32()).combine_chunks()
+    counts = _bincount(order_ids, partitions * blocks)
+    ordered = table.take(pc.sort_indices(order_ids))
+    out: list[tuple[pa.Table, list[int]] | None] = []
+    start = 0
+    for p in range(partitions):
+        sizes = counts[p * blocks:(p + 1) * blocks]
+        rows = sum(sizes)
+        out.append((ordered.slice(start, rows), sizes) if rows else None)
+        start += rows
+    return out
+
+
+def _bincount(ids: pa.Array, n: int) -> list[int]:
+    """How many of ``ids`` (each from 0 to n - 1) equal each value."""
+    counts = [0] * n
+    for item in pc.value_counts(ids).to_pylist():
+        counts[item["values"]] = item["counts"]
+    return counts
+
+
+def key_blocks(runs: list[tuple[pa.Table, list[int] | None]], partitions: int) -> list[pa.Table | None]:
+    """The rows of one partition's runs (``read_blocked_run``), block by block: each table
+    holds every row of its keys (None for an empty block). The blocks are those of the run
+    with the most rows (every run of a partition has about as many blocks): a run with more
+    merges its blocks, one with fewer (a small run, or one written without blocks) is split
+    by ``block_ids``. Without blocks (or rows), one table of all the rows."""
+    filled = [(table, sizes) for table, sizes in runs if table.num_rows]
+    sizes = max(filled, key=lambda run: run[0].num_rows)[1] if filled else None
+    blocks = len(sizes) if sizes else 1
+    if blocks == 1:
+        return [concat([table for table, _ in runs])]
+    parts: list[list[pa.Table]] = [[] for _ in range(blocks)]
+    for table, sizes in filled:
+        if not sizes or len(sizes) < blocks:
+            ids = block_ids(table.column("key"), partitions, blocks)
+            table, sizes = table.take(pc.sort_indices(ids)), _bincount(ids, blocks)
+        start = 0
+        for block, rows in enumerate(sizes):
+            if rows:
+                parts[block % blocks].append(table.slice(start, rows))
+            start += rows
+    return [concat(tables) if tables else None for tables in parts]
+
+
 def partition_ids(keys: pa.Array | pa.ChunkedArray, partitions: int) -> pa.Array:
     """The partition of each key (``ShuffleCodec.partition_of`` of its encoding), as int32.
 
@@ -62,9 +165,13 @@ def partition_ids(keys: pa.Array | pa.ChunkedArray, partitions: int) -> pa.Array
     """
     if partitions == 1 or len(keys) == 0:
         return pa.repeat(pa.scalar(0, pa.int32()), len(keys))
-    crcs = pa.chunked_array([_crc32_of_keys(keys.slice(start, _CRC_ROWS))
+    return pc.cast(pc.remainder(_crcs(keys), partitions), pa.int32()).combine_chunks()
+
+
+def _crcs(keys: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """The CRC-32 of each key's encoding (``_crc32_of_keys``), ``_CRC_ROWS`` keys at a time."""
+    return pa.chunked_array([_crc32_of_keys(keys.slice(start, _CRC_ROWS))
                              for start in range(0, len(keys), _CRC_ROWS)], pa.uint32())
-    return pc.cast(pc.remainder(crcs, partitions), pa.int32()).combine_chunks()
 
 
 #: Keys whose CRCs are computed at once (``partition_ids``).
@@ -155,7 +262,12 @@ def to_buffer(table: pa.Table) -> pa.Buffer:
     return sink.getvalue()
 
 
-def write_run(uri: str, table: pa.Table) -> tuple[int, int]:
+def write_run(uri: str, table: pa.Table, blocks: list[int] | None = None) -> tuple[int, int]:
+    """Write a run; ``blocks``: the rows of each of its key blocks, in order (``partition_blocks``)."""
+    if blocks is not None and len(blocks) > 1:
+        if sum(blocks) != table.num_rows:
+            raise ValueError(f"key blocks of {sum(blocks)} rows in all for a run of {table.num_rows}")
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), BLOCKS_META: json.dumps(blocks)})
     # The Arrow buffer itself, not a bytes copy of it: every run once less through fresh memory.
     data = to_buffer(table)
     st.for_uri(uri).write_buffer(uri, data)
@@ -163,14 +275,33 @@ def write_run(uri: str, table: pa.Table) -> tuple[int, int]:
 
 
 def read_run(uri: str) -> pa.Table:
+    return read_blocked_run(uri)[0]
+
+
+def read_blocked_run(uri: str) -> tuple[pa.Table, list[int] | None]:
+    """A run's table (without the blocks in its metadata), and the rows of each of its key
+    blocks (None when it has none)."""
     # A local run is mapped, and the table's columns point into it: no copy.
     data = st.for_uri(uri).read_buffer(uri)
     try:
         table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
         table.validate()  # the IPC reader does not check that offsets stay within their buffers
-        return table
     except pa.ArrowInvalid as err:
         raise ValueError(f"{uri} is not a valid Arrow run: {err}") from None
+    metadata = dict(table.schema.metadata or {})
+    if BLOCKS_META not in metadata:
+        return table, None
+    raw = metadata.pop(BLOCKS_META)
+    table = table.replace_schema_metadata(metadata or None)
+    try:
+        blocks = json.loads(raw)
+    except ValueError:
+        blocks = None
+    if not (isinstance(blocks, list) and 1 < len(blocks) <= MAX_BLOCKS and len(blocks) & (len(blocks) - 1) == 0
+            and all(type(n) is int and n >= 0 for n in blocks) and sum(blocks) == table.num_rows):
+        raise ValueError(f"{uri} is not a valid Arrow run: its key blocks ({raw[:100]!r}) are not a list of "
+                         f"2 to {MAX_BLOCKS} (a power of two) row counts adding up to its {table.num_rows} rows")
+    return table, blocks
 
 
 def concat(tables: list[pa.Table]) -> pa.Table:

@@ -7,6 +7,9 @@ before anything else of the engine is imported (see ``airflow_provider_lambdamr.
 #: A function's environment variable: "0" when its jobs' map tasks run in record mode, so its
 #: init phase need not import pyarrow (a task that reads Parquet imports it when it must).
 ARROW_AT_INIT_ENV = "LAMBDAMR_ARROW_AT_INIT"
+#: A function's environment variable: the rows a reduce task's key block is aimed at, in a job
+#: whose shuffle stays in Arrow (default ``arrow_shuffle.BLOCK_ROWS``; see ``block_count``).
+BLOCK_ROWS_ENV = "LAMBDAMR_BLOCK_ROWS"
 #: Arrow's memory pool, chosen in a function's environment unless the user chose one: its
 #: default, mimalloc, spent more time in the kernel than the task computed on this project's
 #: Firecracker VM (2a on Parquet: 1.4 s of system CPU against 0.2 s with jemalloc or malloc).

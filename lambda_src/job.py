@@ -324,11 +324,14 @@ class MapReduceJob:
         raise NotImplementedError
 
     def combine_table(self, table: Any) -> Any:
-        """Combine a ``key``/``value`` table of partial results (associative, like combiner)."""
+        """Combine a ``key``/``value`` table of partial results (associative, like combiner).
+        Each key on its own: a partition's rows may come in several tables, a key's in one."""
         raise NotImplementedError
 
     def reduce_table(self, table: Any) -> Any:
-        """Final result rows from a ``key``/``value`` table; columns become CSV columns."""
+        """Final result rows from a ``key``/``value`` table; columns become CSV columns.
+        Each key on its own, as ``reducer`` does: a reduce task calls it once for each key
+        block of its partition (see docs/contract.md), every row of a key in the same call."""
         raise NotImplementedError
 
     # -- multi-step jobs ----------------------------------------------------------------

@@ -311,11 +311,14 @@ def _run_table_shuffle(
     outputs = []
     if held:
         combined = ash.check_table(job.combine_table(ash.concat(held)), "combine_table")
-        for p, part in enumerate(ash.partition_table(combined, cfg.partitions)):
+        # Each partition in key blocks, for its reduce task to aggregate one block at a time:
+        # as many as the partition's rows from every map task like this one call for.
+        blocks = ash.block_count(combined.num_rows * max(1, ev.spec.count) // cfg.partitions)
+        for p, part in enumerate(ash.partition_blocks(combined, cfg.partitions, blocks)):
             if part is None:
                 continue
             uri = ev.spec.run_uri(token, p, arrow=True)
-            records, size = ash.write_run(uri, part)
+            records, size = ash.write_run(uri, *part)
             outputs.append({"partition": p, "uri": uri, "records": records, "bytes": size})
     stats.update(
         mode="vectorized",

@@ -64,7 +64,7 @@ def _run_task(ev: task.TaskEvent, token: str, in_memory: int) -> dict:
 
             result = arrow_steps.run_reduce(spec, job, ctx, inputs, token)
         elif arrow_runs and job.has_table_shuffle() and len(arrow_runs) == len(inputs):
-            result = _run_tables(spec, job, inputs, token)
+            result = _run_tables(spec, job, inputs, token, ctx.partitions)
         else:
             result = _run_lines(spec, job, ctx, inputs, input_bytes <= in_memory, token)
     result["stats"].update(inputs=len(inputs), input_bytes=input_bytes)
@@ -147,22 +147,25 @@ def _reduce(groups: shuffle.KeyGroups, reducer: Reduce, add: Callable[[list[Pair
     add(pairs)
 
 
-def _run_tables(spec: contract.ReduceTask, job, inputs, token) -> dict:
-    """The Arrow path: concatenate the runs, combine (or reduce) them as one table."""
+def _run_tables(spec: contract.ReduceTask, job, inputs, token, partitions: int) -> dict:
+    """The Arrow path: the runs' rows, key block by key block (``arrow_shuffle.key_blocks``),
+    each combined (or reduced) as one table."""
     from lambda_src import arrow_shuffle as ash
 
-    tables = [ash.read_run(uri) for uri in inputs]
-    table = ash.concat(tables)
-    input_records = table.num_rows
+    blocks = ash.key_blocks([ash.read_blocked_run(uri) for uri in inputs], partitions)
+    filled = [block for block in blocks if block is not None]
+    input_records = sum(block.num_rows for block in filled)
     if spec.final:
-        result = job.reduce_table(table)
+        result = ash.concat([job.reduce_table(block) for block in filled])
         uri = spec.part_uri(_final_output(spec))
         with output.result_writer(uri, spec.job.output_format, job, f"partition {spec.partition}") as writer:
             writer.add_table(result)
         return _final_result(spec, writer, {"input_records": input_records, "mode": "vectorized"})
-    combined = ash.check_table(job.combine_table(table), "combine_table")
+    combined = [None if block is None else ash.check_table(job.combine_table(block), "combine_table")
+                for block in blocks]
     uri = spec.run_uri(token, "run", arrow=True)
-    records, size = ash.write_run(uri, combined)
+    records, size = ash.write_run(uri, ash.concat([part for part in combined if part is not None]),
+                                  [0 if part is None else part.num_rows for part in combined])
     return {
         "outputs": [{"partition": spec.partition, "uri": uri, "records": records, "bytes": size}],
         "stats": {"input_records": input_records, "output_records": records, "output_bytes": size,

@@ -11,10 +11,11 @@ from airflow_provider_lambdamr.engine.spec import JobSpec
 from lambda_src import storage as st
 
 
-def run_job(workers: int = 2, progress=None, **kwargs) -> dict:
+def run_job(workers: int = 2, progress=None, env: dict[str, str] | None = None, **kwargs) -> dict:
+    """Run a job on a local runtime of ``workers`` workers (``env``: added to their environment)."""
     spec = JobSpec(**kwargs)
     with LocalRuntime(workers=workers, memory_mb=spec.memory_mb, timeout_s=spec.timeout_s,
-                      tracing=spec.tracing) as rt:
+                      tracing=spec.tracing, env=env) as rt:
         return Driver(spec, rt, progress=progress).run()
 
 

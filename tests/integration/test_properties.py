@@ -17,6 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as s
 
+from lambda_src import arrow_shuffle as ash
+from lambda_src import storage as st
 from tests.helpers import read_rows, run_job
 
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
@@ -85,8 +87,11 @@ visits = s.lists(s.tuples(ips, revenues), min_size=1, max_size=40)
 
 @pytest.mark.slow
 @SETTINGS
-@given(rows=visits, layout=layouts, vectorized=s.booleans())
-def test_amplab_2a_matches_a_plain_loop_vectorized_or_not(rows, layout, vectorized):
+@given(rows=visits, layout=layouts, vectorized=s.booleans(), block_rows=s.sampled_from([None, 1, 3]))
+def test_amplab_2a_matches_a_plain_loop_vectorized_or_not(rows, layout, vectorized, block_rows):
+    """Vectorized, the shuffle stays in Arrow; with a few rows a key block (``block_rows``, the
+    function's LAMBDAMR_BLOCK_ROWS), map tasks write their runs in blocks, a different number
+    per task, and reduce tasks aggregate block by block."""
     reference: dict[str, float] = defaultdict(float)
     for ip, revenue in rows:
         reference[ip[:8]] += float(revenue)
@@ -96,10 +101,39 @@ def test_amplab_2a_matches_a_plain_loop_vectorized_or_not(rows, layout, vectoriz
         inp = _write(tmp_path / "in", text, layout["files"])
         run_job(job="amplab-2a", inputs={"": [inp]}, output=str(tmp_path / "out"), workers=layout["workers"],
                 partitions=layout["partitions"], fan_in=layout["fan_in"], split_size=layout["split_size"],
-                max_files_per_task=layout["max_files_per_task"], vectorized=vectorized, speculation=False)
+                max_files_per_task=layout["max_files_per_task"], vectorized=vectorized, speculation=False,
+                env={"LAMBDAMR_BLOCK_ROWS": str(block_rows)} if block_rows else None)
         got = read_rows(str(tmp_path / "out"))
     assert sorted(r[0] for r in got) == sorted(reference)
     for key, value in got:
         # sums of the same floats in another order may differ in the last bits
         assert math.isclose(float(value), reference[key], rel_tol=1e-12, abs_tol=1e-12), (key, value)
 
+
+
+@pytest.mark.parametrize("fan_in", [2, 8])
+def test_2a_is_exact_when_map_tasks_write_their_runs_in_different_numbers_of_key_blocks(tmp_path, fan_in):
+    """Files of very different sizes, one map task each: with a key block of 2 rows, their runs
+    hold from 1 to 32 blocks, and every reduce task (and, with a fan-in of 2, every
+    intermediate round) merges the finer ones' blocks and splits the coarser ones'."""
+    sizes = [400, 3, 60, 1, 150]
+    reference: dict[str, float] = defaultdict(float)
+    (tmp_path / "in").mkdir()
+    for f, size in enumerate(sizes):
+        lines = []
+        for i in range(size):
+            ip = f"{i % 45:02d}.{i % 2}.00.{f}"  # 90 prefixes, each in several files
+            reference[ip[:8]] += i % 5 + 0.5
+            lines.append(f"{ip},http://x/{i},1980-01-01,{i % 5 + 0.5},M,USA,USA-EN,w,1\n")
+        (tmp_path / "in" / f"part{f}.txt").write_text("".join(lines))
+    result = run_job(job="amplab-2a", inputs={"": [str(tmp_path / "in")]}, output=str(tmp_path / "out"),
+                     partitions=2, fan_in=fan_in, max_files_per_task=1, speculation=False,
+                     keep_intermediates=True, env={"LAMBDAMR_BLOCK_ROWS": "2"})
+    blocks = set()
+    for run in (tmp_path / "out" / "_jobs" / result["job_id"]).rglob("*.arrow"):
+        blocks.add(len(ash.read_blocked_run(st.normalize(str(run)))[1] or [0]))
+    assert len(blocks) >= 3, f"the runs' numbers of blocks: {sorted(blocks)}"
+    got = read_rows(str(tmp_path / "out"))
+    assert sorted(r[0] for r in got) == sorted(reference)
+    for key, value in got:
+        assert float(value) == reference[key], key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 
 import pyarrow as pa
 import pytest
@@ -187,3 +188,96 @@ def test_runs_read_together_do_not_hold_a_file_descriptor_each(tmp_path):
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert [t.column("value").to_pylist() for t in tables] == [[i] for i in range(2 * extra)]
+
+
+# -- key blocks: a reduce task aggregates a partition one block of keys at a time ----------
+
+def _crc(key) -> int:
+    return zlib.crc32(shuffle.CODEC.encode_key(key))
+
+
+block_keys = st_.lists(st_.text(alphabet='ab"\\\té日\x01', max_size=4), max_size=60) | st_.lists(
+    st_.integers(-10**12, 10**12), max_size=60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(keys=block_keys, partitions=st_.integers(1, 5), blocks=st_.sampled_from([1, 2, 4, 8]))
+def test_each_row_lands_in_its_keys_partition_and_block(keys, partitions, blocks):
+    table = pa.table({"key": keys, "value": list(range(len(keys)))})
+    parts = ash.partition_blocks(table, partitions, blocks)
+    assert len(parts) == partitions
+    seen = []
+    for p, part in enumerate(parts):
+        if part is None:
+            continue
+        rows, sizes = part
+        assert len(sizes) == blocks and sum(sizes) == rows.num_rows > 0
+        start = 0
+        for block, size in enumerate(sizes):
+            for key, value in zip(*(rows.slice(start, size).column(c).to_pylist() for c in ("key", "value")),
+                                  strict=True):
+                # the reference: the codec's CRC, the partition its remainder, the block the bits above
+                assert _crc(key) % partitions == p
+                assert _crc(key) // partitions % blocks == block
+                seen.append((key, value))
+            start += size
+    assert sorted(seen) == sorted(zip(keys, range(len(keys)), strict=True))
+
+
+@settings(max_examples=60, deadline=None)
+@given(runs=st_.lists(st_.tuples(st_.lists(st_.sampled_from(["a", "b", "c", "dd", "é", "x" * 9, "q\"", "7"]),
+                                           max_size=30),
+                                 st_.sampled_from([None, 1, 2, 4, 8])), min_size=1, max_size=5),
+       partitions=st_.integers(1, 3))
+def test_a_partitions_runs_in_any_blocks_read_as_tables_that_each_hold_whole_keys(runs, partitions):
+    written = []
+    tagged = []
+    for n, (keys, blocks) in enumerate(runs):
+        table = pa.table({"key": keys, "value": [n * 100 + i for i in range(len(keys))]})
+        # partition 0's run of this map task, in `blocks` blocks or (None) without any
+        part = ash.partition_blocks(table, partitions, blocks or 1)[0]
+        rows = part[0] if part is not None else table.slice(0, 0)
+        written.append((rows, part[1] if part is not None and blocks else None))
+        tagged += zip(rows.column("key").to_pylist(), rows.column("value").to_pylist(), strict=True)
+    tables = ash.key_blocks(written, partitions)
+    got = []
+    owner: dict[str, int] = {}
+    for index, table in enumerate(tables):
+        if table is None:
+            continue
+        for key in set(table.column("key").to_pylist()):
+            assert owner.setdefault(key, index) == index, f"key {key!r} in two blocks"
+        got += zip(table.column("key").to_pylist(), table.column("value").to_pylist(), strict=True)
+    assert sorted(got) == sorted(tagged)
+
+
+def test_block_count_is_a_power_of_two_aimed_at_the_block_rows(monkeypatch):
+    assert [ash.block_count(n) for n in (0, 65535, 65536, 131072, 10**9)] == [1, 1, 2, 4, ash.MAX_BLOCKS]
+    monkeypatch.setenv("LAMBDAMR_BLOCK_ROWS", "10")
+    assert ash.block_count(40) == 4
+    monkeypatch.setenv("LAMBDAMR_BLOCK_ROWS", "ten")
+    with pytest.raises(ValueError, match="LAMBDAMR_BLOCK_ROWS='ten'"):
+        ash.block_count(40)
+
+
+def test_blocked_runs_round_trip(tmp_path):
+    table = pa.table({"key": ["a", "b", "c"], "value": [1, 2, 3]})
+    uri = st.normalize(str(tmp_path / "run.arrow"))
+    ash.write_run(uri, table, [3, 0])
+    back, sizes = ash.read_blocked_run(uri)
+    assert sizes == [3, 0] and back.equals(table) and not back.schema.metadata
+    assert ash.read_run(uri).equals(table)
+    ash.write_run(uri, table, [3])  # one block: no blocks at all
+    assert ash.read_blocked_run(uri)[1] is None
+    with pytest.raises(ValueError, match="key blocks of 2 rows in all for a run of 3"):
+        ash.write_run(uri, table, [1, 1])
+
+
+@pytest.mark.parametrize("meta", [b"[1, 1]", b"[1, 2, 0]", b"[3, -0.0]", b"[3, true]", b"[-1, 4]", b"{}", b"[3", b"[3]",
+                                  b"[" + b"0, " * 127 + b"3]"])
+def test_a_run_with_malformed_blocks_is_a_clear_error(tmp_path, meta):
+    table = pa.table({"key": ["a", "b", "c"], "value": [1, 2, 3]})
+    uri = st.normalize(str(tmp_path / "run.arrow"))
+    st.for_uri(uri).write_buffer(uri, ash.to_buffer(table.replace_schema_metadata({ash.BLOCKS_META: meta})))
+    with pytest.raises(ValueError, match=f"{uri} is not a valid Arrow run: its key blocks"):
+        ash.read_blocked_run(uri)
