@@ -263,11 +263,15 @@ def to_buffer(table: pa.Table) -> pa.Buffer:
 
 
 def write_run(uri: str, table: pa.Table, blocks: list[int] | None = None) -> tuple[int, int]:
-    """Write a run; ``blocks``: the rows of each of its key blocks, in order (``partition_blocks``)."""
+    """Write a run; ``blocks``: the rows of each of its key blocks, in order (``partition_blocks``).
+    Only ``blocks`` says so: a ``lambdamr.blocks`` the table carries in from elsewhere is dropped."""
+    metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k != BLOCKS_META}
     if blocks is not None and len(blocks) > 1:
         if sum(blocks) != table.num_rows:
             raise ValueError(f"key blocks of {sum(blocks)} rows in all for a run of {table.num_rows}")
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), BLOCKS_META: json.dumps(blocks)})
+        metadata[BLOCKS_META] = json.dumps(blocks).encode()
+    if metadata != (table.schema.metadata or {}):
+        table = table.replace_schema_metadata(metadata or None)
     # The Arrow buffer itself, not a bytes copy of it: every run once less through fresh memory.
     data = to_buffer(table)
     st.for_uri(uri).write_buffer(uri, data)
@@ -295,7 +299,7 @@ def read_blocked_run(uri: str) -> tuple[pa.Table, list[int] | None]:
     table = table.replace_schema_metadata(metadata or None)
     try:
         blocks = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser descends
         blocks = None
     if not (isinstance(blocks, list) and 1 < len(blocks) <= MAX_BLOCKS and len(blocks) & (len(blocks) - 1) == 0
             and all(type(n) is int and n >= 0 for n in blocks) and sum(blocks) == table.num_rows):

@@ -281,3 +281,27 @@ def test_a_run_with_malformed_blocks_is_a_clear_error(tmp_path, meta):
     st.for_uri(uri).write_buffer(uri, ash.to_buffer(table.replace_schema_metadata({ash.BLOCKS_META: meta})))
     with pytest.raises(ValueError, match=f"{uri} is not a valid Arrow run: its key blocks"):
         ash.read_blocked_run(uri)
+
+
+def test_a_run_whose_blocks_are_nested_deeper_than_python_parses_is_a_clear_error(tmp_path):
+    """Forged metadata that the JSON parser cannot even descend (a RecursionError, not a
+    ValueError) is refused by name like any other."""
+    table = pa.table({"key": ["a", "b", "c"], "value": [1, 2, 3]})
+    uri = st.normalize(str(tmp_path / "run.arrow"))
+    st.for_uri(uri).write_buffer(uri, ash.to_buffer(table.replace_schema_metadata({ash.BLOCKS_META: b"[" * 100_000})))
+    with pytest.raises(ValueError, match=f"{uri} is not a valid Arrow run: its key blocks"):
+        ash.read_blocked_run(uri)
+
+
+@pytest.mark.parametrize("blocks", [None, [3], [1, 2]])
+def test_a_tables_own_block_metadata_never_stands_for_the_runs_blocks(tmp_path, blocks):
+    """Only write_run's ``blocks`` say how a run's rows lie: a table that arrives carrying
+    ``lambdamr.blocks`` in its metadata (a user's table read from elsewhere, passed through
+    map_table or combine_table) does not lend the run blocks its rows are not in."""
+    table = pa.table({"key": ["a", "b", "c"], "value": [1, 2, 3]})
+    stale = table.replace_schema_metadata({ash.BLOCKS_META: b"[2, 1]", b"other": b"kept"})
+    uri = st.normalize(str(tmp_path / "run.arrow"))
+    ash.write_run(uri, stale, blocks)
+    back, sizes = ash.read_blocked_run(uri)
+    assert sizes == (blocks if blocks is not None and len(blocks) > 1 else None)
+    assert back.schema.metadata == {b"other": b"kept"} and back.equals(table)
