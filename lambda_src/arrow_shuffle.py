@@ -282,9 +282,10 @@ def read_run(uri: str) -> pa.Table:
     return read_blocked_run(uri)[0]
 
 
-def read_blocked_run(uri: str) -> tuple[pa.Table, list[int] | None]:
+def read_blocked_run(uri: str, partitions: int | None = None) -> tuple[pa.Table, list[int] | None]:
     """A run's table (without the blocks in its metadata), and the rows of each of its key
-    blocks (None when it has none)."""
+    blocks (None when it has none). ``partitions``: the job's, to check the blocks against
+    their keys (``_check_block_edges``) before a reduce task trusts them."""
     # A local run is mapped, and the table's columns point into it: no copy.
     data = st.for_uri(uri).read_buffer(uri)
     try:
@@ -305,7 +306,32 @@ def read_blocked_run(uri: str) -> tuple[pa.Table, list[int] | None]:
             and all(type(n) is int and n >= 0 for n in blocks) and sum(blocks) == table.num_rows):
         raise ValueError(f"{uri} is not a valid Arrow run: its key blocks ({raw[:100]!r}) are not a list of "
                          f"2 to {MAX_BLOCKS} (a power of two) row counts adding up to its {table.num_rows} rows")
+    if partitions is not None:
+        _check_block_edges(uri, table, blocks, partitions)
     return table, blocks
+
+
+def _check_block_edges(uri: str, table: pa.Table, blocks: list[int], partitions: int) -> None:
+    """Refuse a run whose blocks do not hold their keys: the first and last rows of each
+    block must be of that block (``block_ids``). The rows lie block after block, so sizes
+    that add up but move a boundary (which would split a key's rows between two blocks, two
+    aggregations) leave a row of another block at one end of some block; 2 keys a block."""
+    edges: list[int] = []
+    expected: list[int] = []
+    start = 0
+    for block, rows in enumerate(blocks):
+        if rows:
+            edges += [start, start + rows - 1]
+            expected += [block, block]
+        start += rows
+    if not edges:
+        return
+    got = block_ids(table.column("key").take(pa.array(edges, pa.int64())), partitions, len(blocks)).to_pylist()
+    for row, want, have in zip(edges, expected, got, strict=True):
+        if want != have:
+            raise ValueError(f"{uri} is not a valid Arrow run: its key blocks ({json.dumps(blocks)[:100]}) do not "
+                             f"hold their keys: row {row}, in block {want}, has a key of block {have} "
+                             f"(of {len(blocks)}, {partitions} partitions)")
 
 
 def concat(tables: list[pa.Table]) -> pa.Table:

@@ -152,7 +152,7 @@ def _run_tables(spec: contract.ReduceTask, job, inputs, token, partitions: int) 
     each combined (or reduced) as one table."""
     from lambda_src import arrow_shuffle as ash
 
-    blocks = ash.key_blocks([ash.read_blocked_run(uri) for uri in inputs], partitions)
+    blocks = ash.key_blocks([ash.read_blocked_run(uri, partitions) for uri in inputs], partitions)
     filled = [block for block in blocks if block is not None]
     input_records = sum(block.num_rows for block in filled)
     if spec.final:

@@ -305,3 +305,28 @@ def test_a_tables_own_block_metadata_never_stands_for_the_runs_blocks(tmp_path, 
     back, sizes = ash.read_blocked_run(uri)
     assert sizes == (blocks if blocks is not None and len(blocks) > 1 else None)
     assert back.schema.metadata == {b"other": b"kept"} and back.equals(table)
+
+
+@settings(max_examples=60, deadline=None)
+@given(keys=st_.lists(st_.text(alphabet='ab"é\x01', max_size=3) | st_.integers(-50, 50), min_size=2, max_size=40),
+       partitions=st_.integers(1, 4), blocks=st_.sampled_from([2, 4, 8]), data=st_.data())
+def test_a_run_whose_block_sizes_were_altered_is_refused_not_read_with_keys_in_two_blocks(
+        tmp_path_factory, keys, partitions, blocks, data):
+    """Metadata that adds up and has the right shape, but puts the boundaries between blocks
+    where the rows' keys do not change block: the reduce task would aggregate one key in two
+    calls (two result rows for it). Refused by the run's name instead."""
+    table = pa.table({"key": pa.array([str(k) for k in keys]), "value": list(range(len(keys)))})
+    part = ash.partition_blocks(table, partitions, blocks)[0]
+    if part is None:
+        return
+    rows, sizes = part
+    forged = data.draw(st_.lists(st_.integers(0, rows.num_rows), min_size=blocks - 1, max_size=blocks - 1)
+                       .map(lambda cuts: [b - a for a, b in zip([0, *sorted(cuts)], [*sorted(cuts), rows.num_rows],
+                                                                 strict=True)]))
+    uri = st.normalize(str(tmp_path_factory.mktemp("run") / "run.arrow"))
+    ash.write_run(uri, rows, forged)
+    if forged == sizes:
+        assert ash.read_blocked_run(uri, partitions)[1] == sizes
+        return
+    with pytest.raises(ValueError, match=f"{uri} is not a valid Arrow run: .*block"):
+        ash.read_blocked_run(uri, partitions)
