@@ -156,10 +156,10 @@ def _run_tables(spec: contract.ReduceTask, job, inputs, token, partitions: int) 
     filled = [block for block in blocks if block is not None]
     input_records = sum(block.num_rows for block in filled)
     if spec.final:
-        result = ash.concat([job.reduce_table(block) for block in filled])
         uri = spec.part_uri(_final_output(spec))
         with output.result_writer(uri, spec.job.output_format, job, f"partition {spec.partition}") as writer:
-            writer.add_table(result)
+            for block in filled:  # each block's result as reduce_table returns it: the writer takes each
+                writer.add_table(job.reduce_table(block))
         return _final_result(spec, writer, {"input_records": input_records, "mode": "vectorized"})
     combined = [None if block is None else ash.check_table(job.combine_table(block), "combine_table")
                 for block in blocks]

@@ -1,0 +1,50 @@
+"""Key blocks end to end: a reduce task aggregating its partition one block of keys at a time
+gives the result of one aggregation of the whole partition."""
+
+from __future__ import annotations
+
+import collections
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers import read_rows, run_job
+
+
+@pytest.mark.parametrize("output_format", ["csv", "jsonl", "parquet"])
+def test_a_reduce_table_returning_a_record_batch_is_written_whatever_the_blocks(tmp_path, fixture_jobs_path,
+                                                                                 output_format):
+    """Every result writer takes a RecordBatch from reduce_table; with a key block of one row
+    the reduce tasks call it once a block, and its results still make the partition's."""
+    rng = random.Random(7)
+    reference: dict[str, float] = collections.defaultdict(float)
+    (tmp_path / "in").mkdir()
+    for f in range(3):
+        regions = [f"r{rng.randint(0, 60)}" for _ in range(200)]
+        amounts = [rng.randint(-40, 400) / 4 for _ in regions]  # quarters: exact sums in any order
+        for region, amount in zip(regions, amounts, strict=True):
+            reference[region] += amount
+        pq.write_table(pa.table({"region": regions, "amount": amounts}), tmp_path / "in" / f"p{f}.parquet")
+    out = str(tmp_path / "out")
+    run_job(job="userjobs.blocks:SalesAsBatches", inputs={"": [str(tmp_path / "in")]}, output=out, partitions=2,
+            output_format=output_format, speculation=False, env={"LAMBDAMR_BLOCK_ROWS": "1"})
+    got = _rows(out, output_format)
+    assert sorted(key for key, _ in got) == sorted(reference)
+    assert {key: float(value) for key, value in got} == reference
+
+
+def _rows(out: str, output_format: str) -> list[tuple[str, str]]:
+    """The (first, second) columns of every row of the result's part files."""
+    if output_format == "csv":
+        return [(row[0], row[1]) for row in read_rows(out)]
+    rows = []
+    for part in sorted(Path(out).glob("part-*")):
+        if output_format == "parquet":
+            rows += [tuple(row.values()) for row in pq.read_table(part).to_pylist()]
+        else:
+            rows += [tuple(json.loads(line).values()) for line in part.read_text().splitlines()]
+    return rows
