@@ -48,3 +48,40 @@ def _rows(out: str, output_format: str) -> list[tuple[str, str]]:
         else:
             rows += [tuple(json.loads(line).values()) for line in part.read_text().splitlines()]
     return rows
+
+
+KEYS = {
+    # quotes, backslashes, non-ASCII, control characters, strings past the 64 bytes hashed in Arrow, nulls
+    "string": lambda rng: None if rng.random() < 0.05 else rng.choice(
+        ['q"', "b\\s", "é日", "c\x01\x1f", "x" * 70, "y" * 65 + "é", "", "t\t", "n\n"]) + str(rng.randint(0, 400)),
+    "integer": lambda rng: rng.randint(-10**12, 10**12) if rng.random() < 0.1 else rng.randint(0, 800),
+    "boolean": lambda rng: rng.random() < 0.5,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KEYS))
+@pytest.mark.parametrize("partitions", [1, 64])
+def test_keys_of_each_type_are_aggregated_once_in_any_blocks(tmp_path, fixture_jobs_path, kind, partitions):
+    """Files of different sizes (one map task each, so runs of 1 to 64 blocks), a fan-in of 2
+    (intermediate rounds keep blocks), one partition or 64: every key's one result row holds
+    its exact sum."""
+    rng = random.Random(partitions)
+    reference: dict[str, float] = collections.defaultdict(float)
+    (tmp_path / "in").mkdir()
+    for f, size in enumerate([900, 5, 300, 1, 60]):
+        regions = [KEYS[kind](rng) for _ in range(size)]
+        amounts = [rng.randint(-40, 400) / 4 for _ in regions]
+        for region, amount in zip(regions, amounts, strict=True):
+            reference[json.dumps(region)] += amount
+        pq.write_table(pa.table({"region": regions, "amount": amounts}), tmp_path / "in" / f"p{f}.parquet")
+    out = str(tmp_path / "out")
+    run_job(job="userjobs.rows:SalesByRegion", inputs={"": [str(tmp_path / "in")]}, output=out, partitions=partitions,
+            output_format="jsonl", fan_in=2, max_files_per_task=1, speculation=False,
+            env={"LAMBDAMR_BLOCK_ROWS": "1"})
+    got = collections.Counter()
+    sums = {}
+    for key, value in _rows(out, "jsonl"):
+        got[json.dumps(key)] += 1
+        sums[json.dumps(key)] = value
+    assert got == collections.Counter(dict.fromkeys(reference, 1)), "a key missing or in several rows"
+    assert sums == reference
