@@ -132,15 +132,25 @@ def _bincount(ids: pa.Array, n: int) -> list[int]:
     return counts
 
 
+#: A reduce task splits by ``block_ids`` (a CRC-32 a key) runs holding at most this share of
+#: its rows, to use the blocks of the others (``key_blocks``).
+SPLIT_SHARE = 0.125
+
+
 def key_blocks(runs: list[tuple[pa.Table, list[int] | None]], partitions: int) -> list[pa.Table | None]:
     """The rows of one partition's runs (``read_blocked_run``), block by block: each table
-    holds every row of its keys (None for an empty block). The blocks are those of the run
-    with the most rows (every run of a partition has about as many blocks): a run with more
-    merges its blocks, one with fewer (a small run, or one written without blocks) is split
-    by ``block_ids``. Without blocks (or rows), one table of all the rows."""
+    holds every row of its keys (None for an empty block). The blocks: the most that leaves
+    at most ``SPLIT_SHARE`` of the rows in runs with fewer (a run with more merges its
+    blocks, one with fewer, such as a small run or one written without blocks, is split by
+    ``block_ids``). Without blocks (or rows), one table of all the rows."""
     filled = [(table, sizes) for table, sizes in runs if table.num_rows]
-    sizes = max(filled, key=lambda run: run[0].num_rows)[1] if filled else None
-    blocks = len(sizes) if sizes else 1
+    total = sum(table.num_rows for table, _ in filled)
+    blocks = 1
+    for candidate in sorted({len(sizes) for _, sizes in filled if sizes}, reverse=True):
+        coarser = sum(table.num_rows for table, sizes in filled if len(sizes or ()) < candidate)
+        if coarser <= SPLIT_SHARE * total:
+            blocks = candidate
+            break
     if blocks == 1:
         return [concat([table for table, _ in runs])]
     parts: list[list[pa.Table]] = [[] for _ in range(blocks)]

@@ -330,3 +330,31 @@ def test_a_run_whose_block_sizes_were_altered_is_refused_not_read_with_keys_in_t
         return
     with pytest.raises(ValueError, match=f"{uri} is not a valid Arrow run: .*block"):
         ash.read_blocked_run(uri, partitions)
+
+
+def _blocked_run(keys: list[str], blocks: int) -> tuple[pa.Table, list[int] | None]:
+    table = pa.table({"key": keys, "value": list(range(len(keys)))})
+    part = ash.partition_blocks(table, 1, blocks)[0]
+    return part if blocks > 1 else (table, None)
+
+
+@pytest.mark.parametrize(("runs", "expected"), [
+    # (rows, blocks) of each run: the reduce task uses the most blocks that leave at most an
+    # eighth of its rows in runs with fewer (those it must split, a CRC-32 a key)
+    ([(1000, 8), (1000, 4)], 4),          # two halves either side of a power of two: merge, never split
+    ([(1000, 8), (1000, 8), (100, 2)], 8),  # a small run is split
+    ([(1000, 8), (1000, 8), (100, 1), (100, 1)], 8),  # so are small runs without blocks
+    ([(1000, 8), (150, 1)], 1),           # more than an eighth: no blocks at all
+    ([(1000, 8), (1000, 1)], 1),          # a large run without blocks: no blocks at all
+    ([(0, 1), (10, 16)], 16),             # an empty run counts for nothing
+])
+def test_a_reduce_task_uses_the_most_blocks_it_need_not_split_many_rows_for(runs, expected):
+    keys = [f"k{i}" for i in range(5000)]
+    written, start = [], 0
+    for rows, blocks in runs:
+        written.append(_blocked_run(keys[start:start + rows], blocks))
+        start += rows
+    tables = ash.key_blocks(written, 1)
+    assert len(tables) == expected
+    got = sorted(k for t in tables if t is not None for k in t.column("key").to_pylist())
+    assert got == sorted(keys[:start])
