@@ -188,19 +188,24 @@ def _crcs(keys: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
 _CRC_ROWS = 1 << 20
 
 
+def crcs_in_arrow(keys: pa.Array | pa.ChunkedArray) -> bool:
+    """Whether the keys' CRC-32s are computed in Arrow (``_crc32_quoted``: printable ASCII
+    strings of at most ``_CRC_MAX_BYTES``, no null), not per key in Python."""
+    if not (_QUOTED_CRC_READY and pa.types.is_string(keys.type) and keys.null_count == 0):
+        return False
+    return _json_plain(keys) == "ascii" and (pc.max(pc.utf8_length(keys)).as_py() or 0) <= _CRC_MAX_BYTES
+
+
 def _crc32_of_keys(keys: pa.Array | pa.ChunkedArray) -> pa.UInt32Array:
     """The CRC-32 of each key's encoding. Strings JSON writes as themselves in quotes get the
-    CRC-32 of those bytes: in Arrow for short printable ASCII ones (``_crc32_quoted``, on the
-    keys made one array: at most ``_CRC_MAX_BYTES`` each), else per key in Python; any other
-    key is encoded first."""
+    CRC-32 of those bytes: in Arrow where ``crcs_in_arrow``, else per key in Python; any
+    other key is encoded first."""
     crc = zlib.crc32
-    kind = _json_plain(keys) if pa.types.is_string(keys.type) and keys.null_count == 0 else None
-    if kind == "ascii" and _QUOTED_CRC_READY:
+    if crcs_in_arrow(keys):
         keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
-        lengths = pc.utf8_length(keys)
-        if (pc.max(lengths).as_py() or 0) <= _CRC_MAX_BYTES:
-            return _crc32_quoted(keys, lengths)
-    if kind is not None:  # JSON writes the strings as they are, in quotes
+        return _crc32_quoted(keys, pc.utf8_length(keys))
+    if pa.types.is_string(keys.type) and keys.null_count == 0 and _json_plain(keys) is not None:
+        # JSON writes the strings as they are, in quotes
         quoted = pc.cast(pc.binary_join_element_wise('"', keys, '"', ""), pa.binary())
         return pa.array(map(crc, quoted.to_pylist()), pa.uint32(), size=len(keys))
     encode_key = CODEC.encode_key

@@ -312,8 +312,11 @@ def _run_table_shuffle(
     if held:
         combined = ash.check_table(job.combine_table(ash.concat(held)), "combine_table")
         # Each partition in key blocks, for its reduce task to aggregate one block at a time:
-        # as many as the partition's rows from every map task like this one call for.
+        # as many as the partition's rows from every map task like this one call for. Their
+        # CRC-32s are the partitions' too; with one partition, blocks only where those are cheap.
         blocks = ash.block_count(combined.num_rows * max(1, ev.spec.count) // cfg.partitions)
+        if blocks > 1 and cfg.partitions == 1 and not ash.crcs_in_arrow(combined.column("key")):
+            blocks = 1
         for p, part in enumerate(ash.partition_blocks(combined, cfg.partitions, blocks)):
             if part is None:
                 continue

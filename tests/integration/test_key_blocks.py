@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from lambda_src import arrow_shuffle as ash
+from lambda_src import storage as st
 from tests.helpers import read_rows, run_job
 
 
@@ -85,3 +87,22 @@ def test_keys_of_each_type_are_aggregated_once_in_any_blocks(tmp_path, fixture_j
         sums[json.dumps(key)] = value
     assert got == collections.Counter(dict.fromkeys(reference, 1)), "a key missing or in several rows"
     assert sums == reference
+
+
+@pytest.mark.parametrize(("kind", "blocked"), [("ascii", True), ("integer", False), ("non-ascii", False)])
+def test_with_one_partition_map_tasks_write_blocks_only_for_keys_hashed_in_arrow(tmp_path, fixture_jobs_path,
+                                                                                  kind, blocked):
+    """With one partition no CRC-32 is computed for partitioning: blocks would cost one a key,
+    in Python (about a microsecond) for keys other than short printable ASCII strings."""
+    keys = {"ascii": lambda i: f"r{i % 50}", "integer": lambda i: i % 50, "non-ascii": lambda i: f"é{i % 50}"}[kind]
+    (tmp_path / "in").mkdir()
+    regions = [keys(i) for i in range(400)]
+    pq.write_table(pa.table({"region": regions, "amount": [1.0] * 400}), tmp_path / "in" / "p.parquet")
+    out = tmp_path / "out"
+    result = run_job(job="userjobs.rows:SalesByRegion", inputs={"": [str(tmp_path / "in")]}, output=str(out),
+                     partitions=1, output_format="jsonl", speculation=False, keep_intermediates=True,
+                     env={"LAMBDAMR_BLOCK_ROWS": "1"})
+    runs = list((out / "_jobs" / result["job_id"] / "map").rglob("*.arrow"))
+    assert len(runs) == 1
+    assert (ash.read_blocked_run(st.normalize(str(runs[0])))[1] is not None) == blocked
+    assert sorted(json.dumps(key) for key, _ in _rows(str(out), "jsonl")) == sorted({json.dumps(k) for k in regions})
