@@ -191,9 +191,24 @@ _CRC_ROWS = 1 << 20
 def crcs_in_arrow(keys: pa.Array | pa.ChunkedArray) -> bool:
     """Whether the keys' CRC-32s are computed in Arrow (``_crc32_quoted``: printable ASCII
     strings of at most ``_CRC_MAX_BYTES``, no null), not per key in Python."""
-    if not (_QUOTED_CRC_READY and pa.types.is_string(keys.type) and keys.null_count == 0):
-        return False
-    return _json_plain(keys) == "ascii" and (pc.max(pc.utf8_length(keys)).as_py() or 0) <= _CRC_MAX_BYTES
+    return _crc_way(keys)[0] == "arrow"
+
+
+def _crc_way(keys: pa.Array | pa.ChunkedArray) -> tuple[str | None, pa.Array | None]:
+    """How ``_crc32_of_keys`` computes the keys' CRC-32s: ("arrow", their lengths) for printable
+    ASCII strings of at most ``_CRC_MAX_BYTES`` (``_crc32_quoted``); ("quoted", None) for other
+    strings JSON writes as themselves in quotes (per key, unencoded); (None, None) otherwise
+    (per key, encoded)."""
+    if not (pa.types.is_string(keys.type) and keys.null_count == 0):
+        return None, None
+    kind = _json_plain(keys)
+    if kind is None:
+        return None, None
+    if kind == "ascii" and _QUOTED_CRC_READY:
+        lengths = pc.utf8_length(keys)
+        if (pc.max(lengths).as_py() or 0) <= _CRC_MAX_BYTES:
+            return "arrow", lengths
+    return "quoted", None
 
 
 def _crc32_of_keys(keys: pa.Array | pa.ChunkedArray) -> pa.UInt32Array:
@@ -201,11 +216,12 @@ def _crc32_of_keys(keys: pa.Array | pa.ChunkedArray) -> pa.UInt32Array:
     CRC-32 of those bytes: in Arrow where ``crcs_in_arrow``, else per key in Python; any
     other key is encoded first."""
     crc = zlib.crc32
-    if crcs_in_arrow(keys):
-        keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
-        return _crc32_quoted(keys, pc.utf8_length(keys))
-    if pa.types.is_string(keys.type) and keys.null_count == 0 and _json_plain(keys) is not None:
-        # JSON writes the strings as they are, in quotes
+    way, lengths = _crc_way(keys)
+    if way == "arrow":
+        if isinstance(keys, pa.ChunkedArray):
+            keys, lengths = keys.combine_chunks(), lengths.combine_chunks()
+        return _crc32_quoted(keys, lengths)
+    if way == "quoted":  # JSON writes the strings as they are, in quotes
         quoted = pc.cast(pc.binary_join_element_wise('"', keys, '"', ""), pa.binary())
         return pa.array(map(crc, quoted.to_pylist()), pa.uint32(), size=len(keys))
     encode_key = CODEC.encode_key
